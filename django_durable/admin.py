@@ -1,0 +1,44 @@
+"""A read-only view of runs, their history and pending work (the debugger grows here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from .models import HistoryEvent, WorkflowInstance, WorkItem
+
+
+class ReadOnlyMixin:
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class HistoryEventInline(ReadOnlyMixin, admin.TabularInline):
+    model = HistoryEvent
+    fields = ("seq", "timestamp", "kind", "name", "task_id", "payload")
+    readonly_fields = fields
+    extra = 0
+
+
+class WorkItemInline(ReadOnlyMixin, admin.TabularInline):
+    model = WorkItem
+    fields = ("kind", "name", "task_id", "queue", "due_at", "attempt", "lease_owner", "lease_expires_at", "failures", "parked_at")
+    readonly_fields = fields
+    extra = 0
+
+
+@admin.register(WorkflowInstance)
+class WorkflowInstanceAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ("workflow_id", "workflow_name", "status", "created_at", "closed_at")
+    list_filter = ("status", "workflow_name")
+    search_fields = ("workflow_id", "=run_id")
+    readonly_fields = [f.name for f in WorkflowInstance._meta.fields]
+    inlines = [WorkItemInline, HistoryEventInline]

@@ -1,0 +1,68 @@
+"""System checks (``manage.py check``), ids ``django_durable.E0xx`` / ``W0xx``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+from django.db import connections
+from django.utils.module_loading import import_string
+
+from .conf import DEFAULTS
+
+
+@checks.register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    user = getattr(settings, "DURABLE", {})
+    if not isinstance(user, dict):
+        return [checks.Error("DURABLE must be a dict.", hint="DURABLE = {...}", id="django_durable.E001")]
+    for key in sorted(set(user) - set(DEFAULTS)):
+        errors.append(
+            checks.Error(
+                f"Unknown django-durable setting DURABLE[{key!r}].",
+                hint="Valid keys: " + ", ".join(sorted(DEFAULTS)),
+                id="django_durable.E002",
+            )
+        )
+    converter = user.get("DATA_CONVERTER", DEFAULTS["DATA_CONVERTER"])
+    if isinstance(converter, str):
+        try:
+            import_string(converter)
+        except ImportError as exc:
+            errors.append(
+                checks.Error(
+                    f"DURABLE['DATA_CONVERTER'] cannot be imported: {exc}",
+                    hint="Give the dotted path of a DataConverter subclass.",
+                    id="django_durable.E003",
+                )
+            )
+    for key in ("LEASE_SECONDS", "POLL_INTERVAL", "REAP_INTERVAL"):
+        value = user.get(key, DEFAULTS[key])
+        if not isinstance(value, (int, float)) or value <= 0:
+            errors.append(
+                checks.Error(f"DURABLE[{key!r}] must be a positive number of seconds.", id="django_durable.E004")
+            )
+    return errors
+
+
+@checks.register(checks.Tags.database)
+def check_sqlite(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    warnings: list[checks.CheckMessage] = []
+    for alias in databases or []:
+        connection = connections[alias]
+        if connection.vendor != "sqlite":
+            continue
+        options = connection.settings_dict.get("OPTIONS", {})
+        if str(options.get("transaction_mode", "")).upper() != "IMMEDIATE":
+            warnings.append(
+                checks.Warning(
+                    f"SQLite database {alias!r} does not use IMMEDIATE transactions: concurrent "
+                    "durable workers will hit 'database is locked' errors.",
+                    hint='Set OPTIONS = {"transaction_mode": "IMMEDIATE", "timeout": 20, '
+                    '"init_command": "PRAGMA journal_mode=WAL;"} on that database.',
+                    id="django_durable.W001",
+                )
+            )
+    return warnings

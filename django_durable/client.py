@@ -1,0 +1,157 @@
+"""Starting workflows and looking at them from ordinary Django code."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+import uuid
+from typing import Any
+
+from . import registry, store
+from .conf import durable_settings
+from .converter import from_json, to_json
+from .engine.events import Event
+from .exceptions import TimeoutError, WorkflowFailed
+from .models import OPEN_STATUSES, WorkflowInstance, WorkflowStatus
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowDescription:
+    workflow_id: str
+    run_id: str
+    workflow_name: str
+    status: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    result: Any
+    error: dict[str, Any] | None
+    vars: dict[str, Any]
+    waiting_on: str
+    task_error: dict[str, Any] | None
+    history_length: int
+    created_at: datetime.datetime
+    scheduled_start_at: datetime.datetime | None
+    started_at: datetime.datetime | None
+    updated_at: datetime.datetime
+    closed_at: datetime.datetime | None
+    pending_work: list[dict[str, Any]]
+
+
+class WorkflowHandle:
+    """A workflow run, by id. Made by ``start_workflow`` or ``get_workflow``."""
+
+    def __init__(self, workflow_id: str, run_id: str | None = None) -> None:
+        self.workflow_id = workflow_id
+        self._run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.workflow_id} run {self._run_id or 'latest'}>"
+
+    @property
+    def run_id(self) -> str:
+        if self._run_id is None:
+            self._run_id = str(self._instance().run_id)
+        return self._run_id
+
+    def _instance(self) -> WorkflowInstance:
+        return store.get_instance(self.workflow_id, self._run_id)
+
+    def status(self) -> str:
+        return self._instance().status
+
+    def describe(self) -> WorkflowDescription:
+        instance = self._instance()
+        return WorkflowDescription(
+            workflow_id=instance.workflow_id,
+            run_id=str(instance.run_id),
+            workflow_name=instance.workflow_name,
+            status=instance.status,
+            queue=instance.queue,
+            args=from_json(instance.input.get("args", [])),
+            kwargs=from_json(instance.input.get("kwargs", {})),
+            result=from_json(instance.result),
+            error=instance.error,
+            vars=from_json(instance.vars),
+            waiting_on=instance.waiting_on,
+            task_error=instance.task_error,
+            history_length=instance.history_length,
+            created_at=instance.created_at,
+            scheduled_start_at=instance.scheduled_start_at,
+            started_at=instance.started_at,
+            updated_at=instance.updated_at,
+            closed_at=instance.closed_at,
+            pending_work=store.pending_work(instance.pk),
+        )
+
+    def vars(self) -> dict[str, Any]:
+        """The latest ``ctx.set_var`` values (as of the last committed workflow task)."""
+        return from_json(self._instance().vars)
+
+    def history(self) -> list[Event]:
+        return store.get_history(self._instance().pk)
+
+    def result(self, timeout: float | datetime.timedelta | None = None) -> Any:
+        """Wait for the run to close; return its result or raise ``WorkflowFailed``.
+
+        Raises ``django_durable.TimeoutError`` if it is still open after ``timeout`` seconds.
+        """
+        if isinstance(timeout, datetime.timedelta):
+            timeout = timeout.total_seconds()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.01
+        while True:
+            instance = self._instance()
+            if instance.status not in OPEN_STATUSES:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"Workflow {self.workflow_id!r} is still {instance.status} after {timeout}s.")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            time.sleep(max(0.0, min(interval, remaining if remaining is not None else interval)))
+            interval = min(interval * 2, durable_settings.RESULT_POLL_INTERVAL)
+        if instance.status == WorkflowStatus.COMPLETED:
+            return from_json(instance.result)
+        error = instance.error or {}
+        raise WorkflowFailed(
+            error.get("message") or f"Workflow {self.workflow_id!r} {instance.status}.",
+            type=error.get("type", ""),
+            traceback=error.get("traceback", ""),
+            details=error.get("details"),
+            status=instance.status,
+        )
+
+
+def start_workflow(
+    workflow: Any,
+    *args: Any,
+    workflow_id: str | None = None,
+    queue: str | None = None,
+    start_at: datetime.datetime | None = None,
+    **kwargs: Any,
+) -> WorkflowHandle:
+    """Start a run of ``workflow`` (the decorated function or its registered name).
+
+    Joins the caller's transaction if there is one: the run exists, and workers
+    see it, only once that transaction commits.
+    """
+    definition = registry.get_workflow_definition(workflow)
+    if start_at is not None and start_at.tzinfo is None:
+        raise ValueError("start_at must be a timezone-aware datetime.")
+    encoded_args = to_json(list(args), f"the arguments of workflow {definition.name!r}")
+    encoded_kwargs = to_json(kwargs, f"the keyword arguments of workflow {definition.name!r}")
+    instance = store.create_instance(
+        workflow_name=definition.name,
+        workflow_id=workflow_id or uuid.uuid4().hex,
+        queue=queue or definition.queue or durable_settings.DEFAULT_QUEUE,
+        args=encoded_args,
+        kwargs=encoded_kwargs,
+        start_at=start_at,
+    )
+    return WorkflowHandle(instance.workflow_id, str(instance.run_id))
+
+
+def get_workflow(workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
+    """A handle on the latest run of ``workflow_id`` (or the given run)."""
+    instance = store.get_instance(workflow_id, run_id)
+    return WorkflowHandle(instance.workflow_id, str(instance.run_id) if run_id else None)

@@ -1,0 +1,79 @@
+"""``durable_settings``: the one ``DURABLE = {...}`` settings dict, read lazily.
+
+Modelled on Django REST framework's ``api_settings``: defaults here, user
+overrides in ``settings.DURABLE``, import strings resolved on access, and the
+cache dropped when a test changes the setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+DEFAULTS: dict[str, Any] = {
+    # Queue used when neither the workflow/activity nor the caller names one.
+    "DEFAULT_QUEUE": "default",
+    # How long a claim is valid without renewal; a dead worker's work is
+    # reclaimed this long after its last renewal.
+    "LEASE_SECONDS": 30.0,
+    # Idle worker poll interval (seconds) and how often it looks for expired leases.
+    "POLL_INTERVAL": 1.0,
+    "REAP_INTERVAL": 5.0,
+    # Items claimed per transaction.
+    "CLAIM_BATCH_SIZE": 8,
+    # Activity threads per worker (``durable_worker --concurrency`` overrides).
+    "ACTIVITY_CONCURRENCY": 4,
+    # A workflow task that fails at engine level (crash, non-determinism) is
+    # retried with exponential backoff and parked after this many failures.
+    "WORKFLOW_TASK_MAX_FAILURES": 10,
+    "WORKFLOW_TASK_RETRY_INITIAL": 1.0,
+    "WORKFLOW_TASK_RETRY_MAXIMUM": 300.0,
+    # ``WorkflowHandle.result()`` polls with backoff up to this interval.
+    "RESULT_POLL_INTERVAL": 0.5,
+    "DATA_CONVERTER": "django_durable.converter.JSONDataConverter",
+}
+
+IMPORT_STRINGS = {"DATA_CONVERTER"}
+
+
+class DurableSettings:
+    def __init__(self, defaults: dict[str, Any] | None = None) -> None:
+        self.defaults = defaults or DEFAULTS
+        self._cached: set[str] = set()
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        if not hasattr(self, "_user_settings"):
+            self._user_settings = getattr(settings, "DURABLE", {}) or {}
+        return self._user_settings
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr not in self.defaults:
+            raise AttributeError(f"Invalid django-durable setting: {attr!r}")
+        value = self.user_settings.get(attr, self.defaults[attr])
+        if attr in IMPORT_STRINGS and isinstance(value, str):
+            value = import_string(value)
+        self._cached.add(attr)
+        setattr(self, attr, value)
+        return value
+
+    def reload(self) -> None:
+        for attr in self._cached:
+            delattr(self, attr)
+        self._cached.clear()
+        if hasattr(self, "_user_settings"):
+            delattr(self, "_user_settings")
+
+
+durable_settings = DurableSettings(DEFAULTS)
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "DURABLE":
+        durable_settings.reload()
+
+
+setting_changed.connect(_reload)

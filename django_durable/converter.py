@@ -1,0 +1,131 @@
+"""Values crossing the durable boundary (arguments, results, variables).
+
+The default converter produces plain JSON with Django's encoder for dates,
+decimals, UUIDs and durations. Dataclasses and Pydantic-style models
+(``model_dump()`` / ``model_validate()``) are tagged with their class so they
+come back as the same type. A value that cannot be encoded raises
+``SerializationError`` where it was passed, never later in a worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+
+from .exceptions import SerializationError
+
+_DATACLASS_TAG = "__dataclass__"
+_MODEL_TAG = "__model__"
+
+
+class DataConverter:
+    """Interface: ``to_json`` returns a JSON-compatible structure, ``from_json`` reverses it."""
+
+    def to_json(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def from_json(self, data: Any) -> Any:
+        raise NotImplementedError
+
+
+class JSONDataConverter(DataConverter):
+    encoder = DjangoJSONEncoder()
+
+    def to_json(self, value: Any) -> Any:
+        return self._encode(value, "value")
+
+    def from_json(self, data: Any) -> Any:
+        if isinstance(data, list):
+            return [self.from_json(item) for item in data]
+        if isinstance(data, dict):
+            if _DATACLASS_TAG in data or _MODEL_TAG in data:
+                return self._revive(data)
+            return {key: self.from_json(item) for key, item in data.items()}
+        return data
+
+    def _encode(self, value: Any, path: str) -> Any:
+        if value is None or isinstance(value, (bool, int, str)):
+            return value
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise SerializationError(f"{path}: {value!r} is not valid JSON (NaN/Infinity).")
+            return value
+        if isinstance(value, (list, tuple)):
+            return [self._encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        if isinstance(value, dict):
+            encoded = {}
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise SerializationError(
+                        f"{path}: dictionary key {key!r} is not a string; JSON keys must be strings."
+                    )
+                encoded[key] = self._encode(item, f"{path}[{key!r}]")
+            return encoded
+        cls = type(value)
+        if dataclasses.is_dataclass(value):
+            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            return {_DATACLASS_TAG: _class_path(cls), "fields": self._encode(fields, path)}
+        if callable(getattr(value, "model_dump", None)) and hasattr(cls, "model_validate"):
+            return {_MODEL_TAG: _class_path(cls), "data": self._encode(value.model_dump(mode="json"), path)}
+        try:
+            return self.encoder.default(value)
+        except TypeError:
+            raise SerializationError(
+                f"{path}: object of type {cls.__qualname__} cannot be serialised to JSON. "
+                "Pass JSON-compatible values, dataclasses or models with model_dump()."
+            ) from None
+
+    def _revive(self, data: dict[str, Any]) -> Any:
+        is_dataclass = _DATACLASS_TAG in data
+        path = data[_DATACLASS_TAG] if is_dataclass else data[_MODEL_TAG]
+        cls = _loaded_class(path)
+        if is_dataclass:
+            if cls is None or not dataclasses.is_dataclass(cls):
+                return self.from_json(data.get("fields", {}))
+            return cls(**self.from_json(data.get("fields", {})))
+        if cls is None or not hasattr(cls, "model_validate"):
+            return self.from_json(data.get("data", {}))
+        return cls.model_validate(data.get("data", {}))
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _loaded_class(path: str) -> type | None:
+    # Only classes of modules already imported by the project are revived:
+    # stored data must never make the worker import arbitrary modules.
+    module_name, _, qualname = path.partition(":")
+    obj: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, type) else None
+
+
+_converter: tuple[type, DataConverter] | None = None
+
+
+def get_converter() -> DataConverter:
+    from .conf import durable_settings
+
+    global _converter
+    cls = durable_settings.DATA_CONVERTER
+    if _converter is None or _converter[0] is not cls:
+        _converter = (cls, cls())
+    return _converter[1]
+
+
+def to_json(value: Any, what: str = "value") -> Any:
+    """Encode ``value`` with the configured converter; errors name ``what``."""
+    try:
+        return get_converter().to_json(value)
+    except SerializationError as exc:
+        raise SerializationError(f"Cannot serialise {what}: {exc.detail}") from None
+
+
+def from_json(data: Any) -> Any:
+    return get_converter().from_json(data)

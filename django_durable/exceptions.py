@@ -1,0 +1,150 @@
+"""The exception hierarchy: one base, ``DurableError``.
+
+Each class carries ``status_code``, ``default_detail`` and ``default_code`` so
+the HTTP layer can render any of them without a mapping table of its own.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+
+class DurableError(Exception):
+    status_code: int = 500
+    default_detail: str = "A durable workflow error occurred."
+    default_code: str = "durable_error"
+
+    def __init__(self, detail: str | None = None, *, code: str | None = None) -> None:
+        self.detail = detail if detail is not None else self.default_detail
+        self.code = code if code is not None else self.default_code
+        super().__init__(self.detail)
+
+
+class SerializationError(DurableError, TypeError):
+    status_code = 400
+    default_detail = "A value could not be serialised."
+    default_code = "not_serializable"
+
+
+class NotRegistered(DurableError, LookupError):
+    status_code = 400
+    default_detail = "No workflow or activity is registered under that name."
+    default_code = "not_registered"
+
+
+class WorkflowNotFound(DurableError, LookupError):
+    status_code = 404
+    default_detail = "Workflow not found."
+    default_code = "workflow_not_found"
+
+
+class WorkflowAlreadyExists(DurableError):
+    status_code = 409
+    default_detail = "A workflow with this id is already running."
+    default_code = "workflow_already_exists"
+
+
+class InvalidTaskToken(DurableError):
+    status_code = 400
+    default_detail = "The task token is invalid."
+    default_code = "invalid_token"
+
+
+class ActivityNotPending(DurableError):
+    status_code = 409
+    default_detail = "The activity attempt is no longer pending."
+    default_code = "activity_not_pending"
+
+
+class TimeoutError(DurableError, builtins.TimeoutError):  # noqa: A001 - public name by design
+    status_code = 504
+    default_detail = "Timed out."
+    default_code = "timeout"
+
+
+class WorkflowTaskError(DurableError):
+    """The workflow task could not run to a decision (engine-level, retryable)."""
+
+    default_detail = "The workflow task failed."
+    default_code = "workflow_task_failed"
+
+
+class NonDeterminismError(WorkflowTaskError):
+    """Workflow code no longer matches its recorded history.
+
+    Raised (and recorded on the workflow task, never in history) when a durable
+    call at a sequence number differs in kind or name from what history holds.
+    """
+
+    default_detail = "Workflow code does not match its history."
+    default_code = "non_determinism"
+
+
+class _RemoteError(DurableError):
+    """An error that happened elsewhere and was recorded as data."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str = "",
+        traceback: str = "",
+        details: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.type = type
+        self.traceback = traceback
+        self.details = details
+
+    @classmethod
+    def from_failure(cls, failure: dict[str, Any], **kwargs: Any) -> _RemoteError:
+        return cls(
+            failure.get("message", ""),
+            type=failure.get("type", ""),
+            traceback=failure.get("traceback", ""),
+            details=failure.get("details"),
+            **kwargs,
+        )
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.type else self.message
+
+
+class ActivityError(_RemoteError):
+    """An activity failed for good (retries exhausted, non-retryable, timed out)."""
+
+    default_code = "activity_failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str = "",
+        traceback: str = "",
+        details: Any = None,
+        activity_name: str = "",
+        attempt: int = 0,
+    ) -> None:
+        super().__init__(message, type=type, traceback=traceback, details=details)
+        self.activity_name = activity_name
+        self.attempt = attempt
+
+
+class WorkflowFailed(_RemoteError):
+    """``WorkflowHandle.result()`` of a run that did not complete."""
+
+    default_code = "workflow_failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str = "",
+        traceback: str = "",
+        details: Any = None,
+        status: str = "failed",
+    ) -> None:
+        super().__init__(message, type=type, traceback=traceback, details=details)
+        self.status = status

@@ -1,0 +1,166 @@
+"""The durable state: instances, their append-only history, inboxes and claimable work."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+
+class WorkflowStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    RUNNING = "running", _("Running")
+    COMPLETED = "completed", _("Completed")
+    FAILED = "failed", _("Failed")
+    CANCELED = "canceled", _("Canceled")
+    TERMINATED = "terminated", _("Terminated")
+
+
+OPEN_STATUSES = (WorkflowStatus.PENDING, WorkflowStatus.RUNNING)
+
+
+class WorkflowInstance(models.Model):
+    """One run of a workflow. ``workflow_id`` is the user's id; ``run_id`` names the run."""
+
+    workflow_id = models.CharField(max_length=255)
+    run_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    workflow_name = models.CharField(max_length=255)
+    queue = models.CharField(max_length=255)
+    status = models.CharField(max_length=20, choices=WorkflowStatus.choices, default=WorkflowStatus.PENDING)
+    input = models.JSONField(default=dict, help_text="{'args': [...], 'kwargs': {...}}")
+    result = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    vars = models.JSONField(default=dict, blank=True, help_text="The latest set_var() values.")
+    # Number of history events, i.e. the last event's seq; kept under the instance's row lock.
+    history_length = models.PositiveIntegerField(default=0)
+    waiting_on = models.CharField(max_length=500, blank=True)
+    # The latest engine-level failure of a workflow task (e.g. non-determinism); cleared by progress.
+    task_error = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    scheduled_start_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow_id"],
+                condition=Q(status__in=OPEN_STATUSES),
+                name="durable_one_open_run_per_workflow_id",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["workflow_id", "-created_at"], name="durable_instance_wfid"),
+            models.Index(fields=["status", "-created_at"], name="durable_instance_status"),
+            models.Index(fields=["workflow_name", "-created_at"], name="durable_instance_name"),
+        ]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_name} {self.workflow_id} ({self.status})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+
+class HistoryEvent(models.Model):
+    """An append-only record of what happened in a run, numbered 1, 2, 3, ... by ``seq``."""
+
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="history")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=40)
+    name = models.CharField(max_length=255, blank=True)
+    # The durable call's sequence number, for events that schedule or answer one.
+    task_id = models.PositiveIntegerField(null=True, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    timestamp = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["instance", "seq"], name="durable_history_seq_unique")
+        ]
+        ordering = ["instance", "seq"]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.kind} {self.name}".rstrip()
+
+
+class InboxEvent(models.Model):
+    """An event that reached a run (an activity result, a fired timer) not yet in its history.
+
+    The next workflow task moves inbox events into history, in ``id`` order.
+    """
+
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="inbox")
+    kind = models.CharField(max_length=40)
+    name = models.CharField(max_length=255, blank=True)
+    task_id = models.PositiveIntegerField(null=True, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    timestamp = models.DateTimeField()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}".rstrip()
+
+
+class WorkItemKind(models.TextChoices):
+    WORKFLOW = "workflow", _("Workflow task")
+    ACTIVITY = "activity", _("Activity task")
+    TIMER = "timer", _("Timer")
+
+
+class WorkItem(models.Model):
+    """Claimable work: a run's workflow task, an activity attempt or a timer.
+
+    Claimable when unleased, unparked and due. A claim sets ``lease_owner`` and
+    ``lease_expires_at`` and bumps ``attempt``; every write that finishes the
+    work is fenced on that owner and attempt.
+    """
+
+    kind = models.CharField(max_length=20, choices=WorkItemKind.choices)
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="work_items")
+    queue = models.CharField(max_length=255)
+    name = models.CharField(max_length=255, blank=True)
+    task_id = models.PositiveIntegerField(null=True, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    due_at = models.DateTimeField()
+    attempt = models.PositiveIntegerField(default=0)
+    lease_owner = models.CharField(max_length=255, null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    # Engine-level failures of a workflow task; after too many the item is parked.
+    failures = models.PositiveIntegerField(default=0)
+    parked_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["instance"],
+                condition=Q(kind="workflow"),
+                name="durable_one_workflow_task_per_run",
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["kind", "queue", "due_at"],
+                condition=Q(lease_owner__isnull=True, parked_at__isnull=True),
+                name="durable_workitem_claimable",
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(lease_owner__isnull=False),
+                name="durable_workitem_leased",
+            ),
+        ]
+        ordering = ["due_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.name} #{self.task_id or ''}".strip()

@@ -1,0 +1,293 @@
+"""The ``Worker``: claims workflow tasks, activity tasks and due timers, and runs them.
+
+Workflow tasks run in the worker's main thread (replay is short and must not
+race with itself); activities run in a thread pool. One loop also renews the
+leases of running work and reaps work whose claimer died.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+from typing import Any
+
+from django.db import DatabaseError, close_old_connections
+
+from . import registry, store
+from .activity import ActivityInfo, _current
+from .conf import durable_settings
+from .converter import from_json, get_converter, to_json
+from .engine import run_workflow_task
+from .engine.failures import failure_from_exception
+from .exceptions import NotRegistered, SerializationError
+from .models import OPEN_STATUSES, WorkItemKind
+
+logger = logging.getLogger("django_durable.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        batch: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.queues = list(queues or [durable_settings.DEFAULT_QUEUE])
+        self.concurrency = concurrency or durable_settings.ACTIVITY_CONCURRENCY
+        self.batch = batch
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease_seconds: float = durable_settings.LEASE_SECONDS
+        self.poll_interval: float = durable_settings.POLL_INTERVAL
+        self._stopping = threading.Event()
+        self._wakeup = threading.Event()
+        self._lock = threading.Lock()
+        # item id -> (claim, lease cap: the start-to-close deadline, if any)
+        self._running: dict[int, tuple[store.Claim, datetime.datetime | None]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="durable-activity")
+        self._last_renewal = self._last_reap = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def run(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle_signal)
+            signal.signal(signal.SIGINT, self._handle_signal)
+        logger.info("Worker %s started on queues %s, %d activity threads", self.name, self.queues, self.concurrency)
+        try:
+            while not self._stopping.is_set():
+                did_work = self._iterate()
+                if did_work:
+                    continue
+                if self.batch and self._idle():
+                    logger.info("No work due: exiting (--batch).")
+                    break
+                self._wakeup.wait(self.poll_interval)
+                self._wakeup.clear()
+        finally:
+            self._finish_running()
+        logger.info("Worker %s stopped.", self.name)
+
+    def stop(self) -> None:
+        """Stop claiming; running work finishes and the worker exits (the first signal)."""
+        self._stopping.set()
+        self._wakeup.set()
+
+    def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._stopping.is_set():
+            logger.warning("Second %s: exiting now, leaving running work to lease expiry.", signal.Signals(signum).name)
+            os._exit(1)
+        logger.warning(
+            "%s received: finishing %d running activities, then exiting (send it again to exit now).",
+            signal.Signals(signum).name, len(self._running),
+        )
+        self.stop()
+
+    def _finish_running(self) -> None:
+        while self._running:
+            self._renew_leases(force=False)
+            self._wakeup.wait(min(self.poll_interval, self.lease_seconds / 3))
+            self._wakeup.clear()
+        self._pool.shutdown(wait=True)
+        close_old_connections()
+
+    def _idle(self) -> bool:
+        if self._running:
+            return False
+        try:
+            due_in = store.seconds_until_due(queues=self.queues)
+        except DatabaseError:
+            return False
+        return due_in is None or due_in > 0
+
+    # -- the loop ------------------------------------------------------------
+
+    def _iterate(self) -> bool:
+        close_old_connections()
+        try:
+            self._renew_leases()
+            self._reap()
+            fired = store.fire_due_timers(queues=self.queues, limit=durable_settings.CLAIM_BATCH_SIZE)
+            workflow_tasks = self._claim(WorkItemKind.WORKFLOW, durable_settings.CLAIM_BATCH_SIZE)
+            for item in workflow_tasks:
+                self._run_workflow_task(item)
+            free = self.concurrency - len(self._running)
+            activities = [] if self._stopping.is_set() else self._claim(WorkItemKind.ACTIVITY, free)
+            for item in activities:
+                self._start_activity(item)
+        except DatabaseError:
+            logger.exception("Database error in the worker loop; reconnecting.")
+            close_old_connections()
+            self._stopping.wait(self.poll_interval)
+            return False
+        return bool(fired or workflow_tasks or activities)
+
+    def _claim(self, kind: str, limit: int) -> list[store.Claim]:
+        items = store.claim(
+            owner=self.name, kind=kind, queues=self.queues, limit=limit, lease_seconds=self.lease_seconds
+        )
+        for item in items:
+            logger.debug("Claimed %s %s (item %s, attempt %s)", item.kind, item.name, item.id, item.attempt)
+        return items
+
+    def _renew_leases(self, force: bool = False) -> None:
+        if time.monotonic() - self._last_renewal < self.lease_seconds / 3:
+            return
+        self._last_renewal = time.monotonic()
+        with self._lock:
+            expiries = {item_id: cap for item_id, (_, cap) in self._running.items()}
+        for item_id in store.renew_leases(owner=self.name, expiries=expiries, lease_seconds=self.lease_seconds):
+            logger.warning("Lost the lease of work item %s; its outcome will be discarded.", item_id)
+
+    def _reap(self) -> None:
+        if time.monotonic() - self._last_reap < durable_settings.REAP_INTERVAL:
+            return
+        self._last_reap = time.monotonic()
+        store.reap_expired_leases(
+            limit=100,
+            workflow_backoff=durable_settings.WORKFLOW_TASK_RETRY_INITIAL,
+            workflow_backoff_max=durable_settings.WORKFLOW_TASK_RETRY_MAXIMUM,
+            max_failures=durable_settings.WORKFLOW_TASK_MAX_FAILURES,
+        )
+
+    # -- workflow tasks ------------------------------------------------------
+
+    def _run_workflow_task(self, item: store.Claim) -> None:
+        try:
+            task = store.load_workflow_task(item)
+            if task is None or task.status not in OPEN_STATUSES:
+                store.discard(item)
+                return
+            definition = registry.get_workflow_definition(task.workflow_name)
+            outcome = run_workflow_task(
+                definition.fn,
+                workflow_id=task.workflow_id,
+                run_id=task.run_id,
+                workflow_name=task.workflow_name,
+                queue=task.queue,
+                history=task.history,
+                inbox=task.inbox,
+                now=item.claimed_at,
+                converter=get_converter(),
+                activity_options=registry.activity_call_options,
+            )
+            if outcome.task_error is not None:
+                self._fail_workflow_task(item, task.workflow_id, outcome.task_error)
+                return
+            store.complete_workflow_task(
+                item,
+                new_events=outcome.new_events,
+                inbox_ids=task.inbox_ids,
+                status=outcome.status,
+                vars=outcome.vars,
+                result=outcome.result,
+                error=outcome.error,
+                waiting_on=outcome.waiting_on,
+            )
+            logger.info(
+                "Workflow %s (%s): %s%s", task.workflow_id, task.workflow_name, outcome.status,
+                f", waiting on {outcome.waiting_on}" if outcome.waiting_on else "",
+            )
+        except store.LeaseLost as exc:
+            logger.warning("Workflow task discarded: %s", exc)
+        except DatabaseError:
+            raise
+        except Exception as exc:  # NotRegistered, or a bug: the task backs off, the worker lives
+            self._fail_workflow_task(item, str(item.instance_id), exc)
+
+    def _fail_workflow_task(self, item: store.Claim, workflow_id: str, error: Exception) -> None:
+        try:
+            parked = store.fail_workflow_task(
+                item,
+                failure_from_exception(error),
+                max_failures=durable_settings.WORKFLOW_TASK_MAX_FAILURES,
+                backoff=durable_settings.WORKFLOW_TASK_RETRY_INITIAL,
+                backoff_max=durable_settings.WORKFLOW_TASK_RETRY_MAXIMUM,
+            )
+        except store.LeaseLost as exc:
+            logger.warning("Workflow task failure discarded: %s", exc)
+            return
+        logger.error(
+            "Workflow task of %s failed (%s)%s: %s", workflow_id, type(error).__name__,
+            "; parked after too many failures" if parked else "; will retry", error,
+        )
+
+    # -- activities ----------------------------------------------------------
+
+    def _start_activity(self, item: store.Claim) -> None:
+        timeout = (item.payload.get("options") or {}).get("start_to_close_timeout")
+        cap = item.claimed_at + datetime.timedelta(seconds=timeout) if timeout else None
+        with self._lock:
+            self._running[item.id] = (item, cap)
+        self._pool.submit(self._run_activity, item)
+
+    def _run_activity(self, item: store.Claim) -> None:
+        try:
+            close_old_connections()
+            self._execute_activity(item)
+        except store.LeaseLost as exc:
+            logger.warning("Activity outcome discarded: %s", exc)
+        except DatabaseError:
+            logger.exception("Database error recording activity %s; its lease will expire and it will be retried.", item.name)
+        except Exception:
+            logger.exception("Unexpected error running activity %s", item.name)
+        finally:
+            close_old_connections()
+            with self._lock:
+                self._running.pop(item.id, None)
+            self._wakeup.set()
+
+    def _execute_activity(self, item: store.Claim) -> None:
+        try:
+            definition = registry.get_activity_definition(item.name)
+            args = from_json(item.payload.get("args", []))
+            kwargs = from_json(item.payload.get("kwargs", {}))
+        except NotRegistered as exc:
+            self._record_failure(item, exc, retryable=True)
+            return
+        instance = store.get_run_ids(item.instance_id)
+        token = _current.set(
+            ActivityInfo(
+                workflow_id=instance["workflow_id"],
+                run_id=str(instance["run_id"]),
+                activity_id=str(item.task_id),
+                activity_name=item.name,
+                attempt=item.attempt,
+            )
+        )
+        logger.info("Running activity %s of %s (attempt %d)", item.name, instance["workflow_id"], item.attempt)
+        try:
+            value = definition.fn(*args, **kwargs)
+        except Exception as exc:
+            self._record_failure(item, exc, retryable=True)
+            return
+        finally:
+            _current.reset(token)
+        try:
+            result = to_json(value, f"the result of activity {item.name!r}")
+        except SerializationError as exc:
+            self._record_failure(item, exc, retryable=False)
+            return
+        store.complete_activity(item, result)
+        logger.info("Activity %s of %s completed (attempt %d)", item.name, instance["workflow_id"], item.attempt)
+
+    def _record_failure(self, item: store.Claim, exc: Exception, *, retryable: bool) -> None:
+        retry_at = store.fail_activity(item, failure_from_exception(exc), retryable=retryable)
+        if retry_at is not None:
+            logger.info("Activity %s attempt %d failed (%s: %s); retry at %s", item.name, item.attempt,
+                        type(exc).__name__, exc, retry_at.isoformat())
+        else:
+            logger.warning("Activity %s failed for good on attempt %d: %s: %s", item.name, item.attempt,
+                           type(exc).__name__, exc)
+
+

@@ -1,0 +1,92 @@
+"""Settings for the test suite. ``DURABLE_TEST_DB`` picks sqlite (default) or postgres.
+
+Worker subprocesses started by the tests use these settings too, with
+``DURABLE_DB_NAME`` naming the test database the suite created.
+"""
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("DURABLE_ARTIFACTS", BASE_DIR / "test-artifacts"))
+ARTIFACTS.mkdir(exist_ok=True)
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_durable",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+if os.environ.get("DURABLE_TEST_DB", "sqlite") == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("DURABLE_DB_NAME", os.environ.get("DURABLE_PG_NAME", "test")),
+            "USER": os.environ.get("DURABLE_PG_USER", "postgres"),
+            "HOST": os.environ.get("DURABLE_PG_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("DURABLE_PG_PORT", "5432"),
+            "TEST": {"NAME": "test_django_durable"},
+        }
+    }
+else:
+    _path = str(ARTIFACTS / "test-durable.sqlite3")
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("DURABLE_DB_NAME", _path),
+            # A file, not memory: worker subprocesses share it with the suite.
+            "TEST": {"NAME": _path},
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    }
+
+# Short leases and polls so crash recovery happens in seconds, not minutes.
+DURABLE = {
+    "LEASE_SECONDS": 2.0,
+    "POLL_INTERVAL": 0.05,
+    "REAP_INTERVAL": 0.5,
+    "WORKFLOW_TASK_RETRY_INITIAL": 0.1,
+    "WORKFLOW_TASK_RETRY_MAXIMUM": 1.0,
+    "RESULT_POLL_INTERVAL": 0.1,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_durable": {"handlers": ["console"], "level": "INFO"}},
+}

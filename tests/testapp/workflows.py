@@ -1,0 +1,208 @@
+"""Workflows and activities the test suite runs through real workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import django_durable as durable
+
+from .models import ActivityRun
+
+FAST_RETRY = durable.RetryPolicy(initial_interval=0.05, maximum_interval=0.2, maximum_attempts=5)
+
+
+@dataclasses.dataclass
+class Money:
+    amount: int
+    currency: str
+
+
+def _record(key: str) -> None:
+    ActivityRun.objects.create(key=key, attempt=durable.activity_info().attempt, pid=os.getpid())
+
+
+@durable.activity
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@durable.activity
+def record(key: str) -> str:
+    _record(key)
+    return key
+
+
+@durable.activity(retry=FAST_RETRY)
+def flaky(key: str, fail_times: int) -> int:
+    _record(key)
+    attempt = durable.activity_info().attempt
+    if attempt <= fail_times:
+        raise ConnectionError(f"attempt {attempt} failed")
+    return attempt
+
+
+@durable.activity(retry=durable.RetryPolicy(initial_interval=0.05, maximum_attempts=5, non_retryable_errors=("ValueError",)))
+def rejects(key: str) -> None:
+    _record(key)
+    raise ValueError("card declined")
+
+
+@durable.activity(retry=durable.RetryPolicy(initial_interval=0.05, maximum_attempts=2))
+def always_fails(key: str) -> None:
+    _record(key)
+    raise RuntimeError("boom")
+
+
+@durable.activity(start_to_close_timeout=30, retry=FAST_RETRY)
+def slow(key: str, seconds: float, started_file: str = "") -> str:
+    """Records itself, signals that it started (a file), then works ``seconds``."""
+    _record(key)
+    if started_file:
+        Path(started_file).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    _record(key + ":done")
+    return key
+
+
+@durable.activity(start_to_close_timeout=1, retry=durable.RetryPolicy(initial_interval=0.05, maximum_attempts=2))
+def too_slow(key: str) -> str:
+    _record(key)
+    time.sleep(3)
+    return key
+
+
+@durable.activity
+def double_money(money: Money) -> Money:
+    return Money(money.amount * 2, money.currency)
+
+
+@durable.activity
+def unserialisable() -> object:
+    return object()
+
+
+@durable.workflow
+def fan_out(ctx: durable.WorkflowContext, n: int) -> list[int]:
+    tasks = [ctx.call_activity(add, i, i) for i in range(n)]
+    return ctx.wait_all(tasks)
+
+
+@durable.workflow
+def sequence(ctx: durable.WorkflowContext, key: str, n: int) -> int:
+    for i in range(n):
+        ctx.call_activity(record, f"{key}:{i}").result()
+        ctx.set_var("done", i + 1)
+    return n
+
+
+@durable.workflow
+def retrying(ctx: durable.WorkflowContext, key: str, fail_times: int) -> int:
+    return ctx.call_activity(flaky, key, fail_times).result()
+
+
+@durable.workflow
+def giving_up(ctx: durable.WorkflowContext, key: str) -> dict:
+    outcome = {}
+    for name, activity in (("always_fails", always_fails), ("rejects", rejects)):
+        try:
+            ctx.call_activity(activity, f"{key}:{name}").result()
+        except durable.ActivityError as exc:
+            outcome[name] = {"type": exc.type, "message": exc.message, "attempt": exc.attempt}
+    return outcome
+
+
+@durable.workflow
+def fails_unhandled(ctx: durable.WorkflowContext, key: str) -> None:
+    ctx.call_activity(always_fails, key).result()
+
+
+@durable.workflow
+def sleeper(ctx: durable.WorkflowContext, seconds: float) -> dict:
+    before = ctx.now()
+    ctx.sleep(seconds)
+    after = ctx.now()
+    ctx.sleep_until(after)
+    return {"before": before.isoformat(), "after": after.isoformat(), "slept": (after - before).total_seconds()}
+
+
+@durable.workflow
+def race(ctx: durable.WorkflowContext, key: str, work_seconds: float, timeout: float) -> str:
+    work = ctx.call_activity(slow, key, work_seconds)
+    timer = ctx.timer(timeout)
+    return "work" if ctx.wait_any([work, timer]) is work else "timer"
+
+
+@durable.workflow
+def one_slow(ctx: durable.WorkflowContext, key: str, seconds: float, started_file: str) -> str:
+    return ctx.call_activity(slow, key, seconds, started_file).result()
+
+
+@durable.workflow
+def times_out(ctx: durable.WorkflowContext, key: str) -> str:
+    try:
+        return ctx.call_activity(too_slow, key).result()
+    except durable.ActivityError as exc:
+        return f"{exc.type}: {exc.message}"
+
+
+@durable.workflow
+def deterministic(ctx: durable.WorkflowContext) -> dict:
+    values = {
+        "now": ctx.now().isoformat(),
+        "started_at": ctx.started_at.isoformat(),
+        "random": ctx.random(),
+        "uuid": str(ctx.uuid4()),
+    }
+    ctx.set_var("first", values)
+    ctx.call_activity(add, 1, 1).result()
+    values["random_after"] = ctx.random()
+    return values
+
+
+@durable.workflow
+def money(ctx: durable.WorkflowContext, amount: Money) -> Money:
+    doubled = ctx.call_activity(double_money, amount).result()
+    assert isinstance(doubled, Money)
+    return doubled
+
+
+@durable.workflow
+def bad_result(ctx: durable.WorkflowContext) -> str:
+    try:
+        ctx.call_activity(unserialisable).result()
+    except durable.ActivityError as exc:
+        return exc.message
+    return "unexpected"
+
+
+@durable.workflow
+def bad_argument(ctx: durable.WorkflowContext) -> str:
+    try:
+        ctx.call_activity(add, object(), 1)
+    except durable.SerializationError as exc:
+        return str(exc)
+    return "unexpected"
+
+
+@durable.workflow
+def swallower(ctx: durable.WorkflowContext) -> str:
+    try:
+        ctx.call_activity(add, 1, 2).result()
+    except:  # noqa: E722 - deliberately wrong workflow code
+        pass
+    return "swallowed"
+
+
+@durable.workflow
+def versioned(ctx: durable.WorkflowContext, key: str, wait: float) -> str:
+    """Its code changes between two workers in a test (see DURABLE_TEST_VERSION)."""
+    if os.environ.get("DURABLE_TEST_VERSION") == "2":
+        ctx.sleep(0.01)  # a timer where history recorded an activity
+    else:
+        ctx.call_activity(record, key).result()
+    ctx.sleep(wait)
+    ctx.call_activity(record, key + ":after").result()
+    return os.environ.get("DURABLE_TEST_VERSION", "1")
