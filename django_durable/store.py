@@ -590,16 +590,18 @@ def _reap_activity(item: Claim) -> None:
 
 
 def seconds_until_due(*, queues: Sequence[str]) -> float | None:
-    """Seconds until the next item on ``queues`` is due (0 if one is due now), or None."""
+    """Seconds until the next item on ``queues`` is due (0 if one is due now, or if a
+    claimer's lease has expired and the item awaits reaping), or None if there is none."""
+    now = db_now()
+    on_queues = WorkItem.objects.filter(queue__in=list(queues), parked_at__isnull=True)
+    if on_queues.filter(lease_owner__isnull=False, lease_expires_at__lte=now).exists():
+        return 0.0
     next_due = (
-        WorkItem.objects.filter(queue__in=list(queues), lease_owner__isnull=True, parked_at__isnull=True)
-        .order_by("due_at")
-        .values_list("due_at", flat=True)
-        .first()
+        on_queues.filter(lease_owner__isnull=True).order_by("due_at").values_list("due_at", flat=True).first()
     )
     if next_due is None:
         return None
-    return max(0.0, (next_due - db_now()).total_seconds())
+    return max(0.0, (next_due - now).total_seconds())
 
 
 def get_run_ids(instance_id: int) -> dict[str, Any]:

@@ -206,3 +206,97 @@ def versioned(ctx: durable.WorkflowContext, key: str, wait: float) -> str:
     ctx.sleep(wait)
     ctx.call_activity(record, key + ":after").result()
     return os.environ.get("DURABLE_TEST_VERSION", "1")
+
+
+# --- fault tests ---
+
+# Retries without a limit, so that killed workers (whose attempts count as failed)
+# can never exhaust the policy in the chaos tests.
+UNLIMITED_FAST_RETRY = durable.RetryPolicy(initial_interval=0.05, maximum_interval=0.2, maximum_attempts=0)
+
+
+@durable.activity(start_to_close_timeout=60, retry=FAST_RETRY)
+def stall_once(key: str, seconds: float, started_file: str) -> str:
+    """Like ``slow``, but only the first attempt works ``seconds``; later attempts finish at once."""
+    _record(key)
+    attempt = durable.activity_info().attempt
+    Path(started_file).write_text(f"{os.getpid()} {attempt}")
+    if attempt == 1:
+        time.sleep(seconds)
+    _record(key + ":done")
+    return key
+
+
+@durable.workflow
+def one_stall_once(ctx: durable.WorkflowContext, key: str, seconds: float, started_file: str) -> str:
+    return ctx.call_activity(stall_once, key, seconds, started_file).result()
+
+
+@durable.activity(retry=UNLIMITED_FAST_RETRY)
+def flaky_unlimited(key: str, fail_times: int) -> int:
+    _record(key)
+    attempt = durable.activity_info().attempt
+    if attempt <= fail_times:
+        raise ConnectionError(f"attempt {attempt} failed")
+    return attempt
+
+
+@durable.workflow
+def retrying_unlimited(ctx: durable.WorkflowContext, key: str, fail_times: int) -> int:
+    return ctx.call_activity(flaky_unlimited, key, fail_times).result()
+
+
+# -- Added for tests/test_workflows.py (names prefixed tw_ to stay clear of others' additions) --
+
+
+@durable.activity(retry=FAST_RETRY)
+def tw_recorded_unserialisable(key: str) -> object:
+    """Records itself, then returns a value JSON cannot hold."""
+    _record(key)
+    return object()
+
+
+@durable.workflow
+def tw_bad_result_counted(ctx: durable.WorkflowContext, key: str) -> dict:
+    try:
+        ctx.call_activity(tw_recorded_unserialisable, key).result()
+    except durable.ActivityError as exc:
+        return {"type": exc.type, "message": exc.message, "attempt": exc.attempt}
+    return {}
+
+
+@durable.workflow
+def tw_bad_argument_then_continue(ctx: durable.WorkflowContext) -> dict:
+    """Catches the SerializationError of a bad argument, then goes on (replayed in a later task)."""
+    try:
+        ctx.call_activity(add, object(), 1)
+        error = ""
+    except durable.SerializationError as exc:
+        error = str(exc)
+    total = ctx.call_activity(add, 2, 3).result()
+    return {"error": error, "sum": total}
+
+
+@durable.workflow
+def tw_deterministic_paused(ctx: durable.WorkflowContext, wait: float) -> dict:
+    """Like ``deterministic``, but waits on a timer after the first task so its vars can be read."""
+    values = {
+        "now": ctx.now().isoformat(),
+        "started_at": ctx.started_at.isoformat(),
+        "random": ctx.random(),
+        "uuid": str(ctx.uuid4()),
+        "workflow_id": ctx.workflow_id,
+        "run_id": ctx.run_id,
+    }
+    ctx.set_var("first", values)
+    ctx.sleep(wait)
+    ctx.call_activity(add, 1, 1).result()
+    values["random_after"] = ctx.random()
+    values["now_after"] = ctx.now().isoformat()
+    return values
+
+
+@durable.workflow
+def tw_explodes(ctx: durable.WorkflowContext, key: str) -> None:
+    total = ctx.call_activity(add, 1, 2).result()
+    raise LookupError(f"{key}: nothing found after {total}")

@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Developer entry point for django-durable. Needs only a Python >= 3.10.
+
+    python3 dev.py demo [--port 8000] [--exit]   run the demo: worker, admin, a workflow
+    python3 dev.py test [--db sqlite|postgres] [--require-postgres] [pytest args...]
+
+Both create .venv (if missing) and install the project into it with
+`pip install -e .[dev,drf]`; the install is skipped while .venv/.durable-installed
+matches setup.cfg + pyproject.toml (delete that file to force a reinstall).
+
+PostgreSQL for the tests: DURABLE_PG_HOST (127.0.0.1), DURABLE_PG_PORT (5432),
+DURABLE_PG_USER (postgres), DURABLE_PG_PASSWORD (empty), DURABLE_PG_NAME (test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+VENV_PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+STAMP = VENV / ".durable-installed"
+MANAGE = str(ROOT / "manage.py")
+
+if sys.version_info < (3, 10):  # noqa: UP036 - dev.py runs on any python3
+    sys.exit("dev.py needs Python >= 3.10")
+
+
+def say(msg: str) -> None:
+    print(f"\n==> {msg}", flush=True)
+
+
+def loud(msg: str) -> None:
+    bar = "!" * 78
+    print(f"\n{bar}\n!! {msg}\n{bar}\n", file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> int:
+    return subprocess.call(cmd, cwd=ROOT, env=env)
+
+
+def bootstrap() -> None:
+    """Create .venv and install the project into it, unless already up to date."""
+    if not VENV_PY.exists():
+        say(f"creating {VENV} with {sys.executable}")
+        if run([sys.executable, "-m", "venv", str(VENV)]) != 0:
+            sys.exit("could not create .venv (on Debian/Ubuntu: apt-get install python3-venv)")
+    digest = hashlib.sha256()
+    for name in ("setup.cfg", "pyproject.toml"):
+        path = ROOT / name
+        digest.update(path.read_bytes() if path.exists() else b"")
+    wanted = digest.hexdigest()
+    if STAMP.exists() and STAMP.read_text().strip() == wanted:
+        return
+    say("installing the project into .venv: pip install -e .[dev,drf]")
+    if run([str(VENV_PY), "-m", "pip", "install", "-e", ".[dev,drf]"]) != 0:
+        sys.exit("pip install failed")
+    STAMP.write_text(wanted + "\n")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def manage(*args: str) -> list[str]:
+    return [str(VENV_PY), MANAGE, *args]
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Own session: a Ctrl-C in the terminal reaches only dev.py, which then sends
+    # each service exactly one SIGTERM (the worker's graceful first stage).
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=os.name == "posix")
+
+
+def stop(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"pid {p.pid} did not stop in {grace:.0f}s: killing it", file=sys.stderr)
+            p.kill()
+            p.wait()
+
+
+def dead(services: dict[str, subprocess.Popen[bytes]]) -> str | None:
+    for name, p in services.items():
+        if p.poll() is not None:
+            return f"the {name} exited unexpectedly (exit code {p.returncode})"
+    return None
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_for_port(port: int, services: dict[str, subprocess.Popen[bytes]]) -> str | None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if problem := dead(services):
+            return problem
+        if listening(port):
+            return None
+        time.sleep(0.3)
+    return f"nothing is listening on 127.0.0.1:{port} after 30s"
+
+
+def demo(port: int, exit_after: bool) -> int:
+    env = child_env(DJANGO_SETTINGS_MODULE="demo_project.settings")
+    say("migrating the demo database")
+    if run(manage("migrate", "--noinput"), env) != 0:
+        return 1
+    create_admin = (
+        "from django.contrib.auth import get_user_model\n"
+        "User = get_user_model()\n"
+        "if not User.objects.filter(username='admin').exists():\n"
+        "    User.objects.create_superuser('admin', 'admin@example.com', 'admin')\n"
+        "    print('created superuser admin/admin')\n"
+    )
+    if run(manage("shell", "--verbosity", "0", "-c", create_admin), env) != 0:
+        return 1
+
+    if listening(port):
+        print(f"error: 127.0.0.1:{port} is in use; pick another with --port", file=sys.stderr)
+        return 1
+    say(f"starting the worker and the web server on 127.0.0.1:{port}")
+    services = {
+        "worker": start(manage("durable_worker"), env),
+        "web server": start(manage("runserver", f"127.0.0.1:{port}", "--noreload"), env),
+    }
+    running = list(services.values())
+    code: int | None = None
+    try:
+        if problem := wait_for_port(port, services):
+            print(f"error: {problem}", file=sys.stderr)
+            return 1
+        say("running the subscription workflow: manage.py demo_subscription")
+        demo_proc = subprocess.Popen(manage("demo_subscription"), cwd=ROOT, env=env)
+        running.insert(0, demo_proc)
+        while (code := demo_proc.poll()) is None:
+            if problem := dead(services):
+                print(f"error: {problem} while the demo ran", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        say("demo " + ("finished" if code == 0 else f"FAILED (exit code {code})"))
+        print(
+            f"  admin (the debugger):  http://127.0.0.1:{port}/admin/   login admin / admin\n"
+            "  a workflow's variables, with the id printed above:\n"
+            "      .venv/bin/python manage.py shell\n"
+            '      >>> import django_durable as durable; durable.get_workflow("<id>").vars()'
+        )
+        if exit_after or not sys.stdin.isatty():
+            return code
+        say("worker and web server keep running; press Ctrl-C to stop them")
+        while not (problem := dead(services)):
+            time.sleep(0.5)
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+        return 130 if code is None else code
+    finally:
+        stop(running)
+
+
+# --------------------------------------------------------------------------- test
+
+
+def pg_settings() -> dict[str, str]:
+    e = os.environ.get
+    return {
+        "host": e("DURABLE_PG_HOST", "127.0.0.1"),
+        "port": e("DURABLE_PG_PORT", "5432"),
+        "user": e("DURABLE_PG_USER", "postgres"),
+        "password": e("DURABLE_PG_PASSWORD", ""),
+        "dbname": e("DURABLE_PG_NAME", "test"),
+    }
+
+
+def postgres_reachable() -> tuple[bool, str]:
+    """Connect with the venv's psycopg; return (ok, what was tried and why it failed)."""
+    pg = pg_settings()
+    where = f"{pg['user']}@{pg['host']}:{pg['port']}/{pg['dbname']}"
+    code = (
+        "import json, sys\n"
+        "kw = json.loads(sys.argv[1]); kw['password'] = kw['password'] or None\n"
+        "try:\n"
+        "    import psycopg; psycopg.connect(connect_timeout=5, **kw).close()\n"
+        "except Exception as e:\n"
+        "    sys.exit(type(e).__name__ + ': ' + ' '.join(str(e).split()))\n"
+    )
+    cmd = [str(VENV_PY), "-c", code, json.dumps(pg)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
+    return proc.returncode == 0, f"{where}: {proc.stderr.strip() or 'ok'}"
+
+
+def test(dbs: list[str], require_pg: bool, pytest_args: list[str]) -> int:
+    results: dict[str, str] = {}  # step -> "passed" | "FAILED ..." | "SKIPPED ..."
+    if "postgres" in dbs:
+        ok, where = postgres_reachable()
+        if not ok and require_pg:
+            loud(f"PostgreSQL not reachable ({where}) and it is required: failing")
+            return 1
+        if not ok:
+            loud(f"PostgreSQL not reachable: the PostgreSQL pass was SKIPPED ({where})")
+            results["postgres"] = "SKIPPED (PostgreSQL not reachable)"
+
+    def outcome(code: int) -> str:
+        return "passed" if code == 0 else f"FAILED (exit code {code})"
+
+    say("checking that models and migrations agree: makemigrations --check --dry-run")
+    env = child_env(DJANGO_SETTINGS_MODULE="tests.settings", DURABLE_TEST_DB="sqlite")
+    results["migrations"] = outcome(run(manage("makemigrations", "--check", "--dry-run"), env))
+
+    for db in dbs:
+        if db in results:  # skipped
+            continue
+        say(f"pytest on {db}")
+        env = child_env(DJANGO_SETTINGS_MODULE="tests.settings", DURABLE_TEST_DB=db)
+        results[db] = outcome(run([str(VENV_PY), "-m", "pytest", *pytest_args], env))
+
+    say("summary")
+    for step in ("migrations", "sqlite", "postgres"):
+        if step in results:
+            print(f"  {step:<11} {results[step]}")
+    if results.get("postgres", "").startswith("SKIPPED"):
+        loud("PostgreSQL not reachable: the PostgreSQL pass was SKIPPED")
+    return 1 if any(r.startswith("FAILED") for r in results.values()) else 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dev.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_demo = sub.add_parser("demo", help="run the demo (worker + admin + a subscription workflow)")
+    p_demo.add_argument("--port", type=int, default=8000, help="web server port (default 8000)")
+    p_demo.add_argument("--exit", action="store_true", help="stop everything after the demo")
+    p_test = sub.add_parser(
+        "test",
+        allow_abbrev=False,
+        help="run the test suite on SQLite and PostgreSQL",
+        epilog="Any other arguments are passed to pytest.",
+    )
+    p_test.add_argument("--db", choices=("sqlite", "postgres"), help="run only this pass")
+    p_test.add_argument(
+        "--require-postgres",
+        action="store_true",
+        help="fail when PostgreSQL is unreachable (also when CI=true or with --db postgres)",
+    )
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "demo" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+
+    # Turn SIGTERM/SIGHUP into a normal exit so the `finally` blocks stop child processes.
+    for sig in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, sig):
+            signal.signal(getattr(signal, sig), lambda signum, _: sys.exit(128 + signum))
+    bootstrap()
+    if args.command == "demo":
+        return demo(args.port, args.exit)
+    if "--" in extra:  # `dev.py test -- -x`: the separator is dev.py's, not pytest's
+        extra.remove("--")
+    dbs = [args.db] if args.db else ["sqlite", "postgres"]
+    require_pg = (
+        args.require_postgres
+        or args.db == "postgres"
+        or os.environ.get("CI", "").lower() in ("true", "1")
+    )
+    return test(dbs, require_pg, extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

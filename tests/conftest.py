@@ -1,0 +1,114 @@
+"""Fixtures for the suite: real ``durable_worker`` subprocesses on the test database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> object:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class WorkerProcess:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    def terminate(self) -> None:
+        self.signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.flush()
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+            self.proc.wait(30)
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``manage.py durable_worker`` subprocesses on this test's database.
+
+    ``start_worker(batch=True, concurrency=4, queues="a,b", env={...}, args=[...])``.
+    All are killed at teardown, before the database is flushed.
+    """
+    started: list[WorkerProcess] = []
+
+    def start(
+        *,
+        batch: bool = False,
+        concurrency: int = 4,
+        queues: str | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> WorkerProcess:
+        command = [sys.executable, "-m", "django", "durable_worker", "--settings", "tests.settings",
+                   "-v", "2", "--concurrency", str(concurrency)]
+        if batch:
+            command.append("--batch")
+        if queues:
+            command += ["--queues", queues]
+        command += args or []
+        worker_env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "DURABLE_DB_NAME": str(connection.settings_dict["NAME"]),
+            **(env or {}),
+        }
+        worker = WorkerProcess(command, worker_env, tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()
+
+
+@pytest.fixture
+def db_vendor() -> str:
+    return connection.vendor
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"django-durable database: {settings.DATABASES['default']['ENGINE']} ({os.environ.get('DURABLE_TEST_DB', 'sqlite')})"
