@@ -53,6 +53,7 @@ if os.environ.get("DURABLE_TEST_DB", "sqlite") == "postgres":
             "ENGINE": "django.db.backends.postgresql",
             "NAME": os.environ.get("DURABLE_DB_NAME", os.environ.get("DURABLE_PG_NAME", "test")),
             "USER": os.environ.get("DURABLE_PG_USER", "postgres"),
+            "PASSWORD": os.environ.get("DURABLE_PG_PASSWORD", ""),
             "HOST": os.environ.get("DURABLE_PG_HOST", "127.0.0.1"),
             "PORT": os.environ.get("DURABLE_PG_PORT", "5432"),
             "TEST": {"NAME": "test_django_durable"},

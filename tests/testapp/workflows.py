@@ -216,20 +216,27 @@ UNLIMITED_FAST_RETRY = durable.RetryPolicy(initial_interval=0.05, maximum_interv
 
 
 @durable.activity(start_to_close_timeout=60, retry=FAST_RETRY)
-def stall_once(key: str, seconds: float, started_file: str) -> str:
-    """Like ``slow``, but only the first attempt works ``seconds``; later attempts finish at once."""
+def gated(key: str, gate_dir: str) -> str:
+    """Records itself, announces each attempt by writing its pid to ``started-<attempt>`` in
+    ``gate_dir``, then waits until the test creates ``release-<attempt>`` (or ``release-all``)."""
     _record(key)
     attempt = durable.activity_info().attempt
-    Path(started_file).write_text(f"{os.getpid()} {attempt}")
-    if attempt == 1:
-        time.sleep(seconds)
+    gate = Path(gate_dir)
+    announce = gate / f".started-{attempt}.tmp"
+    announce.write_text(str(os.getpid()))
+    announce.replace(gate / f"started-{attempt}")  # atomic: readers never see an empty file
+    deadline = time.monotonic() + 120
+    while not (gate / f"release-{attempt}").exists() and not (gate / "release-all").exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gate {gate} never opened for attempt {attempt}")
+        time.sleep(0.02)
     _record(key + ":done")
     return key
 
 
 @durable.workflow
-def one_stall_once(ctx: durable.WorkflowContext, key: str, seconds: float, started_file: str) -> str:
-    return ctx.call_activity(stall_once, key, seconds, started_file).result()
+def one_gated(ctx: durable.WorkflowContext, key: str, gate_dir: str) -> str:
+    return ctx.call_activity(gated, key, gate_dir).result()
 
 
 @durable.activity(retry=UNLIMITED_FAST_RETRY)
