@@ -36,7 +36,7 @@ class JSONDataConverter(DataConverter):
     encoder = DjangoJSONEncoder()
 
     def to_json(self, value: Any) -> Any:
-        return self._encode(value, "value")
+        return self._encode(value, "value", set())
 
     def from_json(self, data: Any) -> Any:
         if isinstance(data, list):
@@ -47,15 +47,19 @@ class JSONDataConverter(DataConverter):
             return {key: self.from_json(item) for key, item in data.items()}
         return data
 
-    def _encode(self, value: Any, path: str) -> Any:
+    def _encode(self, value: Any, path: str, seen: set[int]) -> Any:
         if value is None or isinstance(value, (bool, int, str)):
             return value
+        if isinstance(value, (list, tuple, dict)) or dataclasses.is_dataclass(value):
+            if id(value) in seen:
+                raise SerializationError(f"{path}: circular reference.")
+            seen = seen | {id(value)}
         if isinstance(value, float):
             if not math.isfinite(value):
                 raise SerializationError(f"{path}: {value!r} is not valid JSON (NaN/Infinity).")
             return value
         if isinstance(value, (list, tuple)):
-            return [self._encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
+            return [self._encode(item, f"{path}[{i}]", seen) for i, item in enumerate(value)]
         if isinstance(value, dict):
             encoded = {}
             for key, item in value.items():
@@ -63,17 +67,18 @@ class JSONDataConverter(DataConverter):
                     raise SerializationError(
                         f"{path}: dictionary key {key!r} is not a string; JSON keys must be strings."
                     )
-                encoded[key] = self._encode(item, f"{path}[{key!r}]")
+                encoded[key] = self._encode(item, f"{path}[{key!r}]", seen)
             return encoded
         cls = type(value)
-        if dataclasses.is_dataclass(value):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-            return {_DATACLASS_TAG: _class_path(cls), "fields": self._encode(fields, path)}
-        if callable(getattr(value, "model_dump", None)) and hasattr(cls, "model_validate"):
-            return {_MODEL_TAG: _class_path(cls), "data": self._encode(value.model_dump(mode="json"), path)}
+            return {_DATACLASS_TAG: _class_path(cls), "fields": self._encode(fields, path, seen)}
+        if callable(getattr(value, "model_dump", None)) and hasattr(cls, "model_validate") and not isinstance(value, type):
+            data = value.model_dump(mode="json")
+            return {_MODEL_TAG: _class_path(cls), "data": self._encode(data, path, seen)}
         try:
             return self.encoder.default(value)
-        except TypeError:
+        except (TypeError, ValueError):
             raise SerializationError(
                 f"{path}: object of type {cls.__qualname__} cannot be serialised to JSON. "
                 "Pass JSON-compatible values, dataclasses or models with model_dump()."

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .engine.failures import qualified_name
+
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
@@ -21,10 +23,7 @@ class RetryPolicy:
                 "RetryPolicy needs initial_interval >= 0, backoff_coefficient >= 1 and "
                 "maximum_attempts >= 0 (0 means unlimited)."
             )
-        names = tuple(
-            e if isinstance(e, str) else f"{e.__module__}.{e.__qualname__}"
-            for e in self.non_retryable_errors
-        )
+        names = tuple(e if isinstance(e, str) else qualified_name(e) for e in self.non_retryable_errors)
         object.__setattr__(self, "non_retryable_errors", names)
 
     def delay(self, attempt: int) -> float:
@@ -51,6 +50,6 @@ def is_non_retryable(configured: tuple[str, ...], error_types: tuple[str, ...]) 
     """A configured name matches a qualified type name or its bare class name."""
     for error_type in error_types:
         bare = error_type.rpartition(".")[2]
-        if error_type in configured or bare in configured:
+        if error_type in configured or bare in configured or f"builtins.{error_type}" in configured:
             return True
     return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import random as _random
+import sys
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -64,14 +65,15 @@ class WorkflowContext:
         self._converter = converter
         self._activity_options = activity_options
         self._recorded: dict[int, Event] = {}
-        # task_id -> (index in history, the completion event, its workflow-task time)
-        self._completions: dict[int, tuple[int, Event, datetime.datetime]] = {}
-        self._latest_task_time: datetime.datetime | None = None
+        # task_id -> (index in history, the completion event, its workflow task's time and number)
+        self._completions: dict[int, tuple[int, Event, datetime.datetime, int]] = {}
         task_time: datetime.datetime | None = None
+        task_number = 0
         self.started_at: datetime.datetime | None = None
         for index, event in enumerate(history):
             if event.kind == EventKind.WORKFLOW_TASK_STARTED:
                 task_time = event.timestamp
+                task_number += 1
                 if self.started_at is None:
                     self.started_at = task_time
             elif event.kind in (EventKind.ACTIVITY_SCHEDULED, EventKind.TIMER_STARTED):
@@ -83,8 +85,8 @@ class WorkflowContext:
                 EventKind.TIMER_FIRED,
             ):
                 assert event.task_id is not None and task_time is not None
-                self._completions.setdefault(event.task_id, (index, event, task_time))
-        self._latest_task_time = task_time
+                self._completions.setdefault(event.task_id, (index, event, task_time, task_number))
+        self._latest_task_number = task_number
         assert self.started_at is not None, "history must contain a WorkflowTaskStarted event"
         self._now = self.started_at
         self._next_task_id = 0
@@ -106,9 +108,8 @@ class WorkflowContext:
 
     @property
     def is_replaying(self) -> bool:
-        return self._next_task_id < self._max_recorded or not (
-            self._consumed_latest or self.new_events
-        )
+        """True while the code retraces what earlier workflow tasks already did."""
+        return not (self._latest_task_number == 1 or self._consumed_latest or self.new_events)
 
     def random(self) -> float:
         self._check_running()
@@ -128,13 +129,15 @@ class WorkflowContext:
     def call_activity(self, activity: Any, *args: Any, **kwargs: Any) -> Task:
         self._check_running()
         name, options = self._activity_options(activity)
+        # Encoded before the call takes a sequence number, on replay too: a
+        # value that cannot be encoded raises here, every time, leaving no gap.
+        payload = {
+            "args": self._encode(list(args), f"the arguments of activity {name!r}"),
+            "kwargs": self._encode(kwargs, f"the keyword arguments of activity {name!r}"),
+            "options": options,
+        }
         task_id = self._next_call(EventKind.ACTIVITY_SCHEDULED, name)
         if task_id not in self._recorded:
-            payload = {
-                "args": self._encode(list(args), f"the arguments of activity {name!r}"),
-                "kwargs": self._encode(kwargs, f"the keyword arguments of activity {name!r}"),
-                "options": options,
-            }
             self._record(EventKind.ACTIVITY_SCHEDULED, task_id, name, payload)
         return Task(self, task_id, f"activity {name!r}")
 
@@ -196,8 +199,10 @@ class WorkflowContext:
         if self.fatal is not None:
             raise Abort()
         if self.suspended_on is not None:
-            # Workflow code caught the suspension and went on; keep unwinding.
-            self.swallowed = True
+            # A durable call after the suspension: fine in a ``finally:`` the
+            # suspension is unwinding through, swallowed if it was caught and done with.
+            if not isinstance(sys.exc_info()[1], Suspend):
+                self.swallowed = True
             raise Suspend()
 
     def _next_call(self, kind: EventKind, name: str) -> int:
@@ -226,9 +231,9 @@ class WorkflowContext:
             self._suspend(task.description)
         return self._consume_entry(entry)
 
-    def _consume_entry(self, entry: tuple[int, Event, datetime.datetime]) -> Any:
+    def _consume_entry(self, entry: tuple[int, Event, datetime.datetime, int]) -> Any:
         self._advance_time(entry)
-        _, event, _ = entry
+        event = entry[1]
         if event.kind == EventKind.ACTIVITY_FAILED:
             error = event.payload.get("error", {})
             raise ActivityError(
@@ -243,11 +248,11 @@ class WorkflowContext:
             return self._converter.from_json(event.payload.get("result"))
         return None
 
-    def _advance_time(self, entry: tuple[int, Event, datetime.datetime]) -> None:
-        task_time = entry[2]
+    def _advance_time(self, entry: tuple[int, Event, datetime.datetime, int]) -> None:
+        _, _, task_time, task_number = entry
         if task_time > self._now:
             self._now = task_time
-        if task_time == self._latest_task_time:
+        if task_number == self._latest_task_number:
             self._consumed_latest = True
 
     def _suspend(self, waiting_on: str) -> Any:
@@ -268,7 +273,7 @@ class WorkflowContext:
 
     def unmatched_history(self) -> NonDeterminismError | None:
         if self._next_task_id < self._max_recorded:
-            missing = self._recorded[self._next_task_id + 1]
+            missing = self._recorded[min(k for k in self._recorded if k > self._next_task_id)]
             return NonDeterminismError(
                 f"Workflow code does not match its history at sequence number "
                 f"{missing.task_id}: history recorded "
