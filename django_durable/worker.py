@@ -52,10 +52,13 @@ class Worker:
         self._stopping = threading.Event()
         self._wakeup = threading.Event()
         self._lock = threading.Lock()
-        # item id -> (claim, lease cap: the start-to-close deadline, if any)
-        self._running: dict[int, tuple[store.Claim, datetime.datetime | None]] = {}
+        # (item id, attempt) -> (claim, lease cap: the start-to-close deadline, if any).
+        # Keyed by attempt too: a timed-out attempt's thread can outlive it while
+        # this worker runs the retry of the same item.
+        self._running: dict[tuple[int, int], tuple[store.Claim, datetime.datetime | None]] = {}
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="durable-activity")
         self._last_renewal = self._last_reap = 0.0
+        self._db_error_backoff = 0.0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -125,11 +128,19 @@ class Worker:
             activities = [] if self._stopping.is_set() else self._claim(WorkItemKind.ACTIVITY, free)
             for item in activities:
                 self._start_activity(item)
-        except DatabaseError:
-            logger.exception("Database error in the worker loop; reconnecting.")
+        except DatabaseError as exc:
+            # Log the first error in full, then one line per retry, backing off to 10 s.
+            if self._db_error_backoff == 0:
+                logger.exception("Database error in the worker loop; reconnecting.")
+            else:
+                logger.warning("Database still failing (%s); retrying in %.1fs.", exc, self._db_error_backoff)
             close_old_connections()
-            self._stopping.wait(self.poll_interval)
+            self._stopping.wait(self._db_error_backoff or self.poll_interval)
+            self._db_error_backoff = min(max(self._db_error_backoff * 2, self.poll_interval), 10.0)
             return False
+        if self._db_error_backoff:
+            logger.info("Database reachable again.")
+            self._db_error_backoff = 0.0
         return bool(fired or workflow_tasks or activities)
 
     def _claim(self, kind: str, limit: int) -> list[store.Claim]:
@@ -145,9 +156,13 @@ class Worker:
             return
         self._last_renewal = time.monotonic()
         with self._lock:
-            expiries = {item_id: cap for item_id, (_, cap) in self._running.items()}
+            expiries = {item.id: cap for item, cap in self._running.values() if self._is_current(item)}
         for item_id in store.renew_leases(owner=self.name, expiries=expiries, lease_seconds=self.lease_seconds):
             logger.warning("Lost the lease of work item %s; its outcome will be discarded.", item_id)
+
+    def _is_current(self, item: store.Claim) -> bool:
+        """Whether ``item`` is the latest attempt of its work item running here."""
+        return all(attempt <= item.attempt for item_id, attempt in self._running if item_id == item.id)
 
     def _reap(self) -> None:
         if time.monotonic() - self._last_reap < durable_settings.REAP_INTERVAL:
@@ -228,7 +243,7 @@ class Worker:
         timeout = (item.payload.get("options") or {}).get("start_to_close_timeout")
         cap = item.claimed_at + datetime.timedelta(seconds=timeout) if timeout else None
         with self._lock:
-            self._running[item.id] = (item, cap)
+            self._running[(item.id, item.attempt)] = (item, cap)
         self._pool.submit(self._run_activity, item)
 
     def _run_activity(self, item: store.Claim) -> None:
@@ -244,7 +259,7 @@ class Worker:
         finally:
             close_old_connections()
             with self._lock:
-                self._running.pop(item.id, None)
+                self._running.pop((item.id, item.attempt), None)
             self._wakeup.set()
 
     def _execute_activity(self, item: store.Claim) -> None:
