@@ -307,3 +307,21 @@ def tw_deterministic_paused(ctx: durable.WorkflowContext, wait: float) -> dict:
 def tw_explodes(ctx: durable.WorkflowContext, key: str) -> None:
     total = ctx.call_activity(add, 1, 2).result()
     raise LookupError(f"{key}: nothing found after {total}")
+
+
+@durable.workflow
+def tw_fan_out_slow(ctx: durable.WorkflowContext, key: str, n: int, seconds: float) -> list[str]:
+    return ctx.wait_all([ctx.call_activity(slow, f"{key}:{i}", seconds) for i in range(n)])
+
+
+@durable.workflow
+def tw_bad_values(ctx: durable.WorkflowContext) -> object:
+    """A variable that cannot be stored is refused where it is set; so is a bad return value."""
+    try:
+        ctx.set_var("bad", object())
+        var_error = ""
+    except durable.SerializationError as exc:
+        var_error = str(exc)
+    ctx.set_var("var_error", var_error)
+    ctx.call_activity(add, 1, 1).result()
+    return object()
