@@ -56,7 +56,7 @@ if os.environ.get("DURABLE_TEST_DB", "sqlite") == "postgres":
             "PASSWORD": os.environ.get("DURABLE_PG_PASSWORD", ""),
             "HOST": os.environ.get("DURABLE_PG_HOST", "127.0.0.1"),
             "PORT": os.environ.get("DURABLE_PG_PORT", "5432"),
-            "TEST": {"NAME": "test_django_durable"},
+            "TEST": {"NAME": os.environ.get("DURABLE_TEST_DB_NAME", "test_django_durable")},
         }
     }
 else:
@@ -83,6 +83,7 @@ DURABLE = {
     "WORKFLOW_TASK_RETRY_INITIAL": 0.1,
     "WORKFLOW_TASK_RETRY_MAXIMUM": 1.0,
     "RESULT_POLL_INTERVAL": 0.1,
+    "WORKFLOW_TASK_MAX_FAILURES": int(os.environ.get("DURABLE_TEST_MAX_FAILURES", "10")),
 }
 
 LOGGING = {
