@@ -1,0 +1,56 @@
+"""System checks: ids, messages and hints."""
+
+from django.core import checks
+from django.test import override_settings
+
+from django_durable.checks import check_settings, check_sqlite
+
+
+def ids(messages):
+    return [message.id for message in messages]
+
+
+def test_default_settings_pass():
+    assert check_settings() == []
+
+
+@override_settings(DURABLE={"LEASE_SECOND": 5})
+def test_unknown_setting_is_an_error_with_the_valid_keys_as_hint():
+    (error,) = check_settings()
+    assert error.id == "django_durable.E002"
+    assert "LEASE_SECOND" in error.msg
+    assert "LEASE_SECONDS" in error.hint
+
+
+@override_settings(DURABLE=["not", "a", "dict"])
+def test_settings_must_be_a_dict():
+    assert ids(check_settings()) == ["django_durable.E001"]
+
+
+@override_settings(DURABLE={"DATA_CONVERTER": "nowhere.Converter"})
+def test_unimportable_data_converter():
+    assert ids(check_settings()) == ["django_durable.E003"]
+
+
+@override_settings(DURABLE={"LEASE_SECONDS": 0})
+def test_lease_must_be_positive():
+    assert ids(check_settings()) == ["django_durable.E004"]
+
+
+def test_sqlite_without_immediate_transactions_is_warned_about(settings):
+    from django.db import connections
+
+    connection = connections["default"]
+    if connection.vendor != "sqlite":
+        assert check_sqlite(databases=["default"]) == []
+        return
+    assert check_sqlite(databases=["default"]) == []
+    original = connection.settings_dict["OPTIONS"]
+    connection.settings_dict["OPTIONS"] = {}
+    try:
+        (warning,) = check_sqlite(databases=["default"])
+    finally:
+        connection.settings_dict["OPTIONS"] = original
+    assert warning.id == "django_durable.W001"
+    assert warning.level == checks.WARNING
+    assert "IMMEDIATE" in warning.hint
