@@ -117,17 +117,8 @@ class ActivityError(_RemoteError):
 
     default_code = "activity_failed"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        type: str = "",
-        traceback: str = "",
-        details: Any = None,
-        activity_name: str = "",
-        attempt: int = 0,
-    ) -> None:
-        super().__init__(message, type=type, traceback=traceback, details=details)
+    def __init__(self, message: str, *, activity_name: str = "", attempt: int = 0, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
         self.activity_name = activity_name
         self.attempt = attempt
 
@@ -137,14 +128,6 @@ class WorkflowFailed(_RemoteError):
 
     default_code = "workflow_failed"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        type: str = "",
-        traceback: str = "",
-        details: Any = None,
-        status: str = "failed",
-    ) -> None:
-        super().__init__(message, type=type, traceback=traceback, details=details)
+    def __init__(self, message: str, *, status: str = "failed", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
         self.status = status

@@ -84,7 +84,7 @@ def _lock_instance(instance_id: int) -> dict[str, Any] | None:
     return (
         WorkflowInstance.objects.select_for_update()
         .filter(pk=instance_id)
-        .values("status", "history_length", "queue", "workflow_id", "run_id")
+        .values("status", "history_length", "queue", "workflow_id", "run_id", "workflow_name")
         .first()
     )
 
@@ -238,6 +238,10 @@ def _fence(item: Claim) -> Any:
     return WorkItem.objects.filter(id=item.id, lease_owner=item.owner, attempt=item.attempt)
 
 
+def _lease_lost(item: Claim) -> LeaseLost:
+    return LeaseLost(f"{item.kind} {item.name!r} attempt {item.attempt} is no longer leased by {item.owner}")
+
+
 def discard(item: Claim) -> None:
     """Drop a claimed item that has nothing left to do (its run is gone or closed)."""
     _fence(item).delete()
@@ -302,7 +306,7 @@ def complete_workflow_task(
         else:
             fenced, _ = _fence(item).delete()
         if not fenced:
-            raise LeaseLost(f"workflow task {item.id} attempt {item.attempt} is no longer leased by {item.owner}")
+            raise _lease_lost(item)
 
         first_seq = instance["history_length"] + 1
         HistoryEvent.objects.bulk_create(
@@ -396,7 +400,7 @@ def fail_workflow_task(
             parked_at=now if parked else None,
         )
         if not fenced:
-            raise LeaseLost(f"workflow task {item.id} attempt {item.attempt} is no longer leased by {item.owner}")
+            raise _lease_lost(item)
         WorkflowInstance.objects.filter(pk=item.instance_id).update(task_error=error, updated_at=now)
     return parked
 
@@ -414,7 +418,7 @@ def unpark_workflow_task(instance_id: int) -> bool:
 # -- activities and timers --------------------------------------------------------
 
 
-def _deliver(instance_id: int, queue: str, event: Event) -> None:
+def _deliver(instance_id: int, instance: dict[str, Any], event: Event) -> None:
     """Put ``event`` in the run's inbox and make sure a workflow task will read it.
 
     Must run under the instance's lock. An existing workflow task is left as it
@@ -430,7 +434,11 @@ def _deliver(instance_id: int, queue: str, event: Event) -> None:
     )
     if not WorkItem.objects.filter(instance_id=instance_id, kind=WorkItemKind.WORKFLOW).exists():
         WorkItem.objects.create(
-            kind=WorkItemKind.WORKFLOW, instance_id=instance_id, queue=queue, due_at=event.timestamp
+            kind=WorkItemKind.WORKFLOW,
+            instance_id=instance_id,
+            queue=instance["queue"],
+            name=instance["workflow_name"],
+            due_at=event.timestamp,
         )
 
 
@@ -439,11 +447,11 @@ def complete_activity(item: Claim, result: Any) -> None:
         instance = _lock_instance(item.instance_id)
         deleted, _ = _fence(item).delete() if instance else (0, None)
         if not deleted:
-            raise LeaseLost(f"activity {item.name!r} attempt {item.attempt} is no longer leased by {item.owner}")
+            raise _lease_lost(item)
         now = db_now()
         _deliver(
             item.instance_id,
-            instance["queue"],
+            instance,
             Event(
                 kind=EventKind.ACTIVITY_COMPLETED,
                 timestamp=now,
@@ -460,7 +468,7 @@ def fail_activity(item: Claim, failure: dict[str, Any], *, retryable: bool = Tru
     with transaction.atomic():
         instance = _lock_instance(item.instance_id)
         if instance is None:
-            raise LeaseLost(f"activity {item.name!r} attempt {item.attempt} is no longer leased by {item.owner}")
+            raise _lease_lost(item)
         return _fail_attempt(item, _fence(item), instance, failure, retryable=retryable, now=db_now())
 
 
@@ -490,12 +498,12 @@ def _fail_attempt(
     else:
         applied, _ = fence.delete()
     if not applied:
-        raise LeaseLost(f"activity {item.name!r} attempt {item.attempt} is no longer leased by {item.owner}")
+        raise _lease_lost(item)
     if retry_at is not None:
         return retry_at
     _deliver(
         item.instance_id,
-        instance["queue"],
+        instance,
         Event(
             kind=EventKind.ACTIVITY_FAILED,
             timestamp=now,
@@ -524,7 +532,7 @@ def fire_due_timers(*, queues: Sequence[str], limit: int) -> int:
                 continue  # another worker fired it, or the run closed
             _deliver(
                 instance_id,
-                instance["queue"],
+                instance,
                 Event(
                     kind=EventKind.TIMER_FIRED,
                     timestamp=db_now(),
