@@ -34,6 +34,11 @@ DEFAULTS: dict[str, Any] = {
     # ``WorkflowHandle.result()`` polls with backoff up to this interval.
     "RESULT_POLL_INTERVAL": 0.5,
     "DATA_CONVERTER": "django_durable.converter.JSONDataConverter",
+    # CONN_MAX_AGE for the worker's own database connections. None keeps them
+    # open (with CONN_HEALTH_CHECKS) instead of reconnecting every loop, which
+    # is what Django's request-scoped default of 0 would do in a long-lived worker.
+    # A number applies Django's usual CONN_MAX_AGE semantics instead.
+    "WORKER_CONN_MAX_AGE": None,
 }
 
 IMPORT_STRINGS = {"DATA_CONVERTER"}

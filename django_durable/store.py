@@ -221,8 +221,13 @@ def renew_leases(*, owner: str, expiries: dict[int, datetime.datetime | None], l
                 lease_expires_at=expiry
             )
             if renewed < len(ids):
-                still_ours = WorkItem.objects.filter(id__in=ids, lease_owner=owner, lease_expires_at=expiry)
-                lost.update(set(ids) - set(still_ours.values_list("id", flat=True)))
+                # Items that no longer exist finished (or their run closed); only an
+                # item now leased by someone else, or expired, is a lost lease.
+                lost.update(
+                    WorkItem.objects.filter(id__in=ids)
+                    .exclude(lease_owner=owner, lease_expires_at=expiry)
+                    .values_list("id", flat=True)
+                )
     return lost
 
 

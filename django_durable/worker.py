@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connections
 
 from . import registry, store
 from .activity import ActivityInfo, _current
@@ -63,6 +63,7 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------------
 
     def run(self) -> None:
+        self._configure_connections()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._handle_signal)
             signal.signal(signal.SIGINT, self._handle_signal)
@@ -80,6 +81,17 @@ class Worker:
         finally:
             self._finish_running()
         logger.info("Worker %s stopped.", self.name)
+
+    def _configure_connections(self) -> None:
+        max_age = durable_settings.WORKER_CONN_MAX_AGE
+        for alias in connections:
+            connection = connections[alias]
+            connection.settings_dict["CONN_MAX_AGE"] = max_age
+            if max_age is None:
+                # Persistent connections are checked once per loop (and per
+                # activity) so a database restart costs one failed query at most.
+                connection.settings_dict["CONN_HEALTH_CHECKS"] = True
+            connection.close()  # reconnect with the new settings on next use
 
     def stop(self) -> None:
         """Stop claiming; running work finishes and the worker exits (the first signal)."""

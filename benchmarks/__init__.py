@@ -1,0 +1,1 @@
+"""Throughput and latency harness for django-durable (not a test): see run.py."""

@@ -1,0 +1,978 @@
+#!/usr/bin/env python3
+"""django-durable throughput and latency harness (a benchmark, not a test).
+
+    python benchmarks/run.py --db postgres --workflows 200 --steps 10 --workers 2
+    python benchmarks/run.py --db postgres --workflows 50 --steps 10 --workers 2 --fanout
+    python benchmarks/run.py --db sqlite --workflows 100 --steps 10 --workers 1
+    python benchmarks/run.py --db postgres --workflows 1000 --steps 10 --workers 0   # start only
+
+Run it with the project's virtualenv (Django, psycopg): ``.venv/bin/python benchmarks/run.py``
+(``python3 dev.py test`` creates .venv). Options: ``--help``.
+
+What one run does, in order:
+
+1. Creates a fresh database: PostgreSQL ``durable_bench`` (dropped and created
+   through psycopg on the ``postgres`` or ``test`` maintenance database) or a new
+   SQLite file under benchmarks/results/; migrates it.
+2. Starts N workflows with ``start_workflow`` before any worker runs (timed on
+   its own; by default each start is its own transaction, as in a web request).
+3. Spawns W ``python -m django durable_worker --settings benchmarks.settings``
+   subprocesses (POLL_INTERVAL 0.01 s, LEASE_SECONDS 30), polls the database
+   until all N runs are closed, then stops the workers with SIGTERM.
+4. Computes from the database and /proc: wall time, workflows/s, activity
+   steps/s, activity latencies from history, CPU per step; prints a table and
+   writes JSON (default benchmarks/results/<timestamp>.json).
+
+Definitions (also written into the JSON):
+
+- ``elapsed_s``: from spawning the workers (harness wall clock) to the last
+  ``closed_at`` (database clock; same machine). Includes worker start-up.
+- ``steady_elapsed_s``: from the first ``WorkflowTaskStarted`` event (the first
+  claim by any worker) to the last ``closed_at``.
+- ``steps``: N * K activity executions; ``steps_per_s = steps / elapsed_s``.
+- ``schedule_to_close``: ``ActivityCompleted.timestamp - ActivityScheduled.timestamp``.
+  ``ActivityScheduled`` carries the time the *scheduling workflow task was
+  claimed*, so this includes that task's replay and commit, the wait in the
+  queue, the claim, the (no-op) activity and the commit of its result.
+- ``schedule_to_start``: the no-op activity returns ``time.time()`` when it
+  starts; minus ``ActivityScheduled.timestamp``. Same start point as above.
+- CPU per step: CPU time (user + system, from /proc) of the worker processes,
+  of the whole PostgreSQL server (every live ``postgres`` process plus the
+  backends the postmaster reaped meanwhile, so short-lived connections count;
+  other databases' load on the same server would count too), of the harness,
+  and of the whole machine (/proc/stat; "other" is the rest), between the
+  first observed workflow task claim (polled every 20 ms) and the last
+  completion observed (polled every 50 ms), divided by N * K.
+  The JSON also has /proc/stat's user/system/softirq/steal split of the machine's
+  time and the busiest other processes, to show what else competed for the CPUs.
+- ``postgres``: from pg_stat_database, between just before the workers are
+  spawned and just after they exit: connections opened (``sessions``) and
+  transactions committed by the workers (every autocommit query is one, read-only
+  ones included; the harness's own polling queries are subtracted), per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "benchmarks"
+RESULTS_DIR = BENCH_DIR / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Expected on every run (the harness stops the workers with SIGTERM): counted apart.
+SHUTDOWN_NOTICE = re.compile(r"SIGTERM received|Worker .* stopped")
+
+LOG_PATTERNS = {
+    "database_is_locked": re.compile(r"database is locked", re.IGNORECASE),
+    "error_lines": re.compile(r"\bERROR\b"),
+    "warning_lines": re.compile(r"\bWARNING\b"),
+    "tracebacks": re.compile(r"^Traceback"),
+    "lease_lost": re.compile(r"Lost the lease|no longer leased|discarded"),
+    "reaped": re.compile(r"Reaped "),
+    "serialization_failures": re.compile(r"could not serialize|deadlock detected", re.IGNORECASE),
+}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    p.add_argument("--workflows", "-n", type=int, default=100, help="N: workflows to start")
+    p.add_argument("--steps", "-k", type=int, default=10, help="K: no-op activities per workflow")
+    p.add_argument(
+        "--workers",
+        "-w",
+        type=int,
+        default=1,
+        help="W: durable_worker processes (0: only time the start)",
+    )
+    p.add_argument(
+        "--fanout",
+        action="store_true",
+        help="K activities in parallel (wait_all) instead of in sequence",
+    )
+    p.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=None,
+        help="activity threads per worker (durable_worker --concurrency; default: the setting, 4)",
+    )
+    p.add_argument(
+        "--poll-interval", type=float, default=0.01, help="DURABLE POLL_INTERVAL for the workers"
+    )
+    p.add_argument(
+        "--lease-seconds", type=float, default=30.0, help="DURABLE LEASE_SECONDS for the workers"
+    )
+    p.add_argument(
+        "--conn-max-age",
+        default="0",
+        help="CONN_MAX_AGE of the database for harness and workers: seconds, or 'none' for persistent "
+        "connections (default 0, Django's default)",
+    )
+    p.add_argument(
+        "--start-in-one-transaction",
+        action="store_true",
+        help="start all N workflows in one transaction (default: one transaction per start)",
+    )
+    p.add_argument(
+        "--worker-verbosity",
+        type=int,
+        default=0,
+        help="durable_worker -v (0: warnings and errors only, 1: a line per task)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=170.0,
+        help="give up waiting for completion after this many s",
+    )
+    p.add_argument(
+        "--keep-db", action="store_true", help="do not drop the database / delete the SQLite file"
+    )
+    p.add_argument(
+        "--json",
+        default=None,
+        help="write the JSON here (default: benchmarks/results/<timestamp>.json)",
+    )
+    return p.parse_args()
+
+
+# -- the machine --------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_revision() -> dict[str, Any]:
+    def git(*cmd: str) -> str:
+        return subprocess.run(
+            ["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    try:
+        return {
+            "commit": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain")),
+        }
+    except OSError:
+        return {"commit": None, "dirty": None}
+
+
+def busy_cpus(seconds: float = 1.0) -> float:
+    """How many CPUs' worth of work the machine did over ``seconds`` (before the run: others' load)."""
+    before = machine_cpu_seconds()
+    time.sleep(seconds)
+    return round((machine_cpu_seconds() - before) / seconds, 2)
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+# -- CPU accounting from /proc ------------------------------------------------------
+
+
+def proc_cpu_seconds(pid: int, *, with_children: bool = False) -> float | None:
+    """utime + stime of one process, in seconds (None if it is gone); with_children adds
+    cutime + cstime, the CPU of the children it has reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    own = int(fields[11]) + int(fields[12])
+    children = int(fields[13]) + int(fields[14]) if with_children else 0
+    return (own + children) / CLK_TCK
+
+
+STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_cpu_breakdown() -> dict[str, float]:
+    """/proc/stat's first line, in CPU seconds since boot (all cores)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return {name: value / CLK_TCK for name, value in zip(STAT_FIELDS, values)}
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine since boot: user, nice, system, irq, softirq
+    (all cores; idle, iowait and steal, the hypervisor's, excluded)."""
+    b = machine_cpu_breakdown()
+    return b["user"] + b["nice"] + b["system"] + b["irq"] + b["softirq"]
+
+
+def postgres_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of the whole PostgreSQL server on this machine, exited backends included.
+
+    Live processes named ``postgres`` (postmaster, backends of every database,
+    background processes) plus the CPU of children the postmaster has reaped
+    (``cutime + cstime``): backends that connected and exited meanwhile count too.
+    """
+    live = 0.0
+    reaped = 0.0
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        live += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        count += 1
+        if _is_postmaster(entry):
+            reaped += (int(fields[13]) + int(fields[14])) / CLK_TCK
+    return {"live": live, "reaped": reaped, "processes": count}
+
+
+def _is_postmaster(entry: Path) -> bool:
+    try:
+        return not (entry / "cmdline").read_bytes().startswith(b"postgres:")
+    except OSError:
+        return False
+
+
+def all_processes_cpu() -> dict[int, tuple[str, float]]:
+    """Every process on the machine: pid -> (command line, CPU seconds incl. reaped children)."""
+    out: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        cpu = proc_cpu_seconds(int(entry.name), with_children=True)
+        if cpu is None:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmdline = ""
+        out[int(entry.name)] = (cmdline.strip()[:160] or f"[{entry.name}]", cpu)
+    return out
+
+
+def top_other_processes(
+    a: dict[int, tuple[str, float]], b: dict[int, tuple[str, float]], exclude: set[int], n: int = 5
+) -> list[dict[str, Any]]:
+    """The processes (not ours, not PostgreSQL) that used the most CPU between two snapshots,
+    counting the children they reaped meanwhile (e.g. a test run's short-lived workers)."""
+    used = []
+    for pid, (cmd, cpu) in b.items():
+        if pid in exclude or cmd.startswith(("postgres", "/usr/lib/postgresql")):
+            continue
+        delta = cpu - (a.get(pid, ("", 0.0))[1])
+        if delta > 0:
+            used.append({"pid": pid, "cpu_s": round(delta, 2), "cmd": cmd})
+    return sorted(used, key=lambda row: -row["cpu_s"])[:n]
+
+
+def pg_database_stats(dbname: str) -> dict[str, int] | None:
+    """Counters of ``dbname`` from pg_stat_database: sessions (connections, PostgreSQL 14+),
+    committed and rolled-back transactions. Backends report them at least once a second
+    and at disconnect."""
+    import psycopg
+
+    try:
+        with psycopg.connect(dbname="postgres", autocommit=True, **pg_params()) as conn:
+            row = conn.execute(
+                "SELECT sessions, xact_commit, xact_rollback FROM pg_stat_database WHERE datname = %s",
+                [dbname],
+            ).fetchone()
+    except psycopg.Error:
+        return None
+    if row is None:
+        return None
+    return {"sessions": int(row[0]), "xact_commit": int(row[1]), "xact_rollback": int(row[2])}
+
+
+def cpu_snapshot(worker_pids: list[int], db: str) -> dict[str, Any]:
+    snap: dict[str, Any] = {
+        "t": time.monotonic(),
+        "machine": machine_cpu_seconds(),
+        "machine_breakdown": machine_cpu_breakdown(),
+        "harness": proc_cpu_seconds(os.getpid()),
+        "workers": {pid: proc_cpu_seconds(pid) for pid in worker_pids},
+        "all": all_processes_cpu(),
+    }
+    if db == "postgres":
+        snap["postgres"] = postgres_cpu_seconds()
+    return snap
+
+
+def cpu_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
+    def summed(before: dict[int, float | None], after: dict[int, float | None]) -> float:
+        # A process that appeared meanwhile counts from zero.
+        return sum(
+            (after[pid] or 0.0) - (before.get(pid) or 0.0)
+            for pid in after
+            if after[pid] is not None
+        )
+
+    delta: dict[str, float | None] = {
+        "interval_s": b["t"] - a["t"],
+        "machine_busy_s": b["machine"] - a["machine"],
+        "workers_s": summed(a["workers"], b["workers"]),
+        "postgres_s": None,
+    }
+    if "postgres" in a:
+        delta["postgres_s"] = (b["postgres"]["live"] + b["postgres"]["reaped"]) - (
+            a["postgres"]["live"] + a["postgres"]["reaped"]
+        )
+    delta.update(
+        {
+            f"machine_{name}_s": b["machine_breakdown"][name] - a["machine_breakdown"][name]
+            for name in STAT_FIELDS
+            if name != "idle"
+        }
+    )
+    delta["harness_s"] = (b["harness"] or 0.0) - (a["harness"] or 0.0)
+    # Whatever else ran on the machine meanwhile (other programs, the postmaster, the kernel).
+    delta["other_s"] = delta["machine_busy_s"] - sum(
+        delta[k] or 0.0 for k in ("workers_s", "postgres_s", "harness_s")
+    )
+    return delta
+
+
+# -- the database -------------------------------------------------------------------
+
+
+def pg_params() -> dict[str, str]:
+    return {
+        "host": os.environ.get("BENCH_PG_HOST", "127.0.0.1"),
+        "port": os.environ.get("BENCH_PG_PORT", "5432"),
+        "user": os.environ.get("BENCH_PG_USER", "postgres"),
+        "password": os.environ.get("BENCH_PG_PASSWORD", ""),
+    }
+
+
+def pg_admin(sql: str) -> None:
+    """Run one statement on a maintenance database (``postgres``, else ``test``), in autocommit."""
+    import psycopg
+
+    last: Exception | None = None
+    for dbname in ("postgres", "test"):
+        try:
+            with psycopg.connect(dbname=dbname, autocommit=True, **pg_params()) as conn:
+                conn.execute(sql)
+                return
+        except psycopg.OperationalError as exc:
+            last = exc
+    raise RuntimeError(f"cannot reach a PostgreSQL maintenance database: {last}")
+
+
+def fresh_database(db: str, name: str) -> None:
+    if db == "postgres":
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        pg_admin(f'CREATE DATABASE "{name}"')
+    else:
+        drop_database(db, name)
+
+
+def drop_database(db: str, name: str) -> None:
+    if db == "postgres":
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    else:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(name + suffix).unlink(missing_ok=True)
+
+
+def database_version(db: str) -> str:
+    from django.db import connection
+
+    if db == "postgres":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT version()")
+            return cursor.fetchone()[0]
+    return f"SQLite {sqlite3.sqlite_version}"
+
+
+# -- statistics ---------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of already sorted values."""
+    if not sorted_values:
+        return None
+    rank = max(1, int(-(-q * len(sorted_values) // 100)))  # ceil(q/100 * n)
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def summary_ms(values_s: list[float]) -> dict[str, float | int | None]:
+    values = sorted(v * 1000.0 for v in values_s)
+    if not values:
+        return {"count": 0}
+    return {
+        "count": len(values),
+        "min_ms": round(values[0], 3),
+        "p50_ms": round(percentile(values, 50), 3),
+        "p90_ms": round(percentile(values, 90), 3),
+        "p99_ms": round(percentile(values, 99), 3),
+        "max_ms": round(values[-1], 3),
+        "mean_ms": round(statistics.fmean(values), 3),
+    }
+
+
+# -- phases -------------------------------------------------------------------------
+
+
+def start_workflows(n: int, steps: int, fanout: bool, one_transaction: bool) -> float:
+    from django.db import transaction
+
+    import django_durable as durable
+    from benchmarks.workflows import bench_fanout, bench_sequence
+
+    workflow = bench_fanout if fanout else bench_sequence
+    t0 = time.perf_counter()
+    if one_transaction:
+        with transaction.atomic():
+            for i in range(n):
+                durable.start_workflow(workflow, steps, workflow_id=f"bench-{i}")
+    else:
+        for i in range(n):
+            durable.start_workflow(workflow, steps, workflow_id=f"bench-{i}")
+    return time.perf_counter() - t0
+
+
+def spawn_workers(
+    args: argparse.Namespace, env: dict[str, str], stamp: str
+) -> tuple[list[subprocess.Popen], list[Path]]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "django",
+        "durable_worker",
+        "--settings",
+        "benchmarks.settings",
+        "-v",
+        str(args.worker_verbosity),
+    ]
+    if args.concurrency:
+        cmd += ["--concurrency", str(args.concurrency)]
+    procs, logs = [], []
+    for i in range(args.workers):
+        log_path = RESULTS_DIR / f"{stamp}-worker{i}.log"
+        log = open(log_path, "w")  # noqa: SIM115 - closed after the worker exits
+        procs.append(
+            subprocess.Popen(
+                [*cmd, "--name", f"bench-worker-{i}"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        logs.append(log_path)
+    return procs, logs
+
+
+def stop_workers(procs: list[subprocess.Popen]) -> list[dict[str, Any]]:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    outcomes = []
+    for proc in procs:
+        t0 = time.monotonic()
+        try:
+            rc = proc.wait(timeout=30)
+            how = "SIGTERM"
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+            how = "SIGKILL after 30 s"
+        outcomes.append(
+            {
+                "pid": proc.pid,
+                "returncode": rc,
+                "stopped_by": how,
+                "stop_s": round(time.monotonic() - t0, 3),
+            }
+        )
+    return outcomes
+
+
+def scan_logs(paths: list[Path]) -> dict[str, Any]:
+    counts = {key: 0 for key in LOG_PATTERNS}
+    counts["shutdown_notices"] = 0
+    samples: list[str] = []
+    for path in paths:
+        for line in path.read_text(errors="replace").splitlines():
+            if SHUTDOWN_NOTICE.search(line):
+                counts["shutdown_notices"] += 1
+                continue
+            hit = False
+            for key, pattern in LOG_PATTERNS.items():
+                if pattern.search(line):
+                    counts[key] += 1
+                    hit = True
+            if hit and len(samples) < 10:
+                samples.append(f"{path.name}: {line[:300]}")
+    return {
+        "files": [str(p.relative_to(ROOT)) for p in paths],
+        "counts": counts,
+        "samples": samples,
+    }
+
+
+def wait_for_completion(
+    n: int, procs: list[subprocess.Popen], timeout: float, on_first_claim: Any
+) -> dict[str, Any]:
+    from django.db.models import Count
+
+    from django_durable.models import HistoryEvent, WorkflowInstance
+
+    deadline = time.monotonic() + timeout
+    first_claim_seen = False
+    queries = 0  # each one an autocommit transaction, subtracted from the workers' count
+    while True:
+        queries += 1
+        if not first_claim_seen:
+            if HistoryEvent.objects.filter(kind="WorkflowTaskStarted").exists():
+                first_claim_seen = True
+                on_first_claim()
+            else:
+                time.sleep(0.02)
+                continue
+        by_status = dict(
+            WorkflowInstance.objects.values_list("status")
+            .annotate(c=Count("id"))
+            .values_list("status", "c")
+        )
+        closed = sum(c for s, c in by_status.items() if s not in ("pending", "running"))
+        if closed >= n:
+            return {"finished": True, "by_status": by_status, "harness_queries": queries}
+        dead = [p.pid for p in procs if p.poll() is not None]
+        if dead and len(dead) == len(procs):
+            return {
+                "finished": False,
+                "reason": f"all workers exited ({dead})",
+                "by_status": by_status,
+                "harness_queries": queries,
+            }
+        if time.monotonic() > deadline:
+            return {
+                "finished": False,
+                "reason": f"timeout after {timeout} s",
+                "by_status": by_status,
+                "harness_queries": queries,
+            }
+        time.sleep(0.05)
+
+
+def history_metrics() -> dict[str, Any]:
+    from django.db.models import Max, Min
+
+    from django_durable.models import HistoryEvent, WorkflowInstance
+
+    scheduled = {
+        (i, t): ts
+        for i, t, ts in HistoryEvent.objects.filter(kind="ActivityScheduled").values_list(
+            "instance_id", "task_id", "timestamp"
+        )
+    }
+    to_close, to_start, retried, unmatched = [], [], 0, 0
+    for i, t, ts, payload in HistoryEvent.objects.filter(kind="ActivityCompleted").values_list(
+        "instance_id", "task_id", "timestamp", "payload"
+    ):
+        sched = scheduled.get((i, t))
+        if sched is None:
+            unmatched += 1
+            continue
+        to_close.append((ts - sched).total_seconds())
+        started = payload.get("result")
+        if isinstance(started, (int, float)):
+            to_start.append(started - sched.timestamp())
+        if (payload.get("attempt") or 1) > 1:
+            retried += 1
+    bounds = WorkflowInstance.objects.aggregate(
+        first_created=Min("created_at"),
+        last_created=Max("created_at"),
+        last_closed=Max("closed_at"),
+    )
+    first_task = HistoryEvent.objects.filter(kind="WorkflowTaskStarted").aggregate(
+        t=Min("timestamp")
+    )["t"]
+    runs = list(
+        WorkflowInstance.objects.exclude(closed_at=None).values_list("started_at", "closed_at")
+    )
+    return {
+        "activities_scheduled": len(scheduled),
+        "activities_completed": len(to_close),
+        "activities_failed": HistoryEvent.objects.filter(kind="ActivityFailed").count(),
+        "activities_completed_after_retry": retried,
+        "completions_without_schedule": unmatched,
+        "workflow_tasks": HistoryEvent.objects.filter(kind="WorkflowTaskStarted").count(),
+        "history_events": HistoryEvent.objects.count(),
+        "schedule_to_close": summary_ms(to_close),
+        "schedule_to_start": summary_ms(to_start),
+        "workflow_run_time": summary_ms([(c - s).total_seconds() for s, c in runs if s and c]),
+        "first_workflow_task_at": first_task,
+        "last_closed_at": bounds["last_closed"],
+    }
+
+
+# -- output -------------------------------------------------------------------------
+
+
+def fmt(value: Any, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def print_table(r: dict[str, Any]) -> None:
+    cfg, m, res = r["config"], r["machine"], r["results"]
+    rows: list[tuple[str, str]] = [
+        ("date (UTC)", r["date"]),
+        (
+            "machine",
+            (
+                f"{m['nproc']} CPUs ({m['cpu_model']}), load average before {m['loadavg_before']}, "
+                f"{m['busy_cpus_in_the_second_before']} CPUs busy in the second before"
+            ),
+        ),
+        ("python / Django", f"{m['python']} / {m['django']}"),
+        ("database", m["database_version"]),
+        (
+            "workload",
+            f"N={cfg['workflows']} workflows x K={cfg['steps']} no-op activities, "
+            f"{'fan-out' if cfg['fanout'] else 'sequential'}; W={cfg['workers']} workers"
+            + (
+                f", concurrency {cfg['concurrency']}"
+                if cfg["concurrency"]
+                else ", concurrency default"
+            )
+            + f", CONN_MAX_AGE {cfg['conn_max_age']}",
+        ),
+        (
+            "start N workflows",
+            (
+                f"{fmt(res['start']['seconds'], ' s', 3)} = {fmt(res['start']['workflows_per_s'], ' starts/s')} "
+                f"({'one transaction' if cfg['start_in_one_transaction'] else 'one transaction each'})"
+            ),
+        ),
+    ]
+    run = res.get("run")
+    if run:
+        cpu = run["cpu_per_step_ms"]
+        rows += [
+            (
+                "completed",
+                f"{run['completion']['by_status']}"
+                + (
+                    ""
+                    if run["completion"]["finished"]
+                    else f"  NOT FINISHED: {run['completion'].get('reason')}"
+                ),
+            ),
+            (
+                "wall time",
+                (
+                    f"{fmt(run['elapsed_s'], ' s', 3)} from worker spawn to last completion "
+                    f"({fmt(run['steady_elapsed_s'], ' s', 3)} from first claim)"
+                ),
+            ),
+            (
+                "workflows/s",
+                f"{fmt(run['workflows_per_s'])} ({fmt(run['steady_workflows_per_s'])} from first claim)",
+            ),
+            (
+                "activity steps/s",
+                f"{fmt(run['steps_per_s'])} ({fmt(run['steady_steps_per_s'])} from first claim)",
+            ),
+            (
+                "schedule-to-close p50/p99",
+                (
+                    f"{fmt(run['history']['schedule_to_close'].get('p50_ms'), ' ms')} / "
+                    f"{fmt(run['history']['schedule_to_close'].get('p99_ms'), ' ms')} "
+                    f"(max {fmt(run['history']['schedule_to_close'].get('max_ms'), ' ms')})"
+                ),
+            ),
+            (
+                "schedule-to-start p50/p99",
+                (
+                    f"{fmt(run['history']['schedule_to_start'].get('p50_ms'), ' ms')} / "
+                    f"{fmt(run['history']['schedule_to_start'].get('p99_ms'), ' ms')}"
+                ),
+            ),
+            ("wall per step", f"{fmt(run['wall_ms_per_step'], ' ms', 3)} (steady window / steps)"),
+            (
+                "CPU per step",
+                (
+                    f"workers {fmt(cpu['workers'], ' ms', 2)}, postgres server {fmt(cpu['postgres_server'], ' ms', 2)}, "
+                    f"harness {fmt(cpu['harness'], ' ms', 2)}, "
+                    f"other processes {fmt(cpu['other_processes'], ' ms', 2)}, whole machine {fmt(cpu['machine'], ' ms', 2)}"
+                ),
+            ),
+            (
+                "busiest other processes",
+                "; ".join(
+                    f"{row['cpu_s']} CPU-s {row['cmd'][:70]}"
+                    for row in run["top_other_processes_steady_window"][:2]
+                )
+                or "none",
+            ),
+            (
+                "postgres",
+                (
+                    f"{run['postgres']['sessions_opened']} connections opened, "
+                    f"{run['postgres']['worker_transactions_per_step']} worker transactions per step "
+                    f"(incl. read-only autocommit queries), "
+                    f"{run['postgres']['transactions_rolled_back']} rolled back"
+                )
+                if run["postgres"]
+                else "n/a",
+            ),
+            (
+                "workflow tasks",
+                (
+                    f"{run['history']['workflow_tasks']} for {run['history']['activities_completed']} activities "
+                    f"({run['history']['activities_completed_after_retry']} retried, {run['history']['activities_failed']} failed)"
+                ),
+            ),
+            (
+                "worker logs",
+                ", ".join(
+                    f"{k}={v}"
+                    for k, v in run["worker_logs"]["counts"].items()
+                    if v and k != "shutdown_notices"
+                )
+                or "no warnings or errors (besides the SIGTERM notices)",
+            ),
+        ]
+    width = max(len(k) for k, _ in rows)
+    print()
+    for key, value in rows:
+        print(f"  {key.ljust(width)}  {value}")
+    print()
+
+
+def main() -> int:
+    args = parse_args()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ") + f"-{args.db}"
+    db_name = "durable_bench" if args.db == "postgres" else str(RESULTS_DIR / f"{stamp}.sqlite3")
+
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "benchmarks.settings",
+            "BENCH_DB": args.db,
+            "BENCH_DB_NAME": db_name,
+            "BENCH_POLL_INTERVAL": str(args.poll_interval),
+            "BENCH_LEASE_SECONDS": str(args.lease_seconds),
+            "BENCH_CONN_MAX_AGE": str(args.conn_max_age),
+        }
+    )
+    sys.path.insert(0, str(ROOT))
+    worker_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+    t_total = time.perf_counter()
+    fresh_database(args.db, db_name)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    t0 = time.perf_counter()
+    call_command("migrate", verbosity=0)
+    migrate_s = time.perf_counter() - t0
+
+    import psycopg
+
+    report: dict[str, Any] = {
+        "date": now.isoformat(timespec="seconds"),
+        "command": " ".join(["python", "benchmarks/run.py", *sys.argv[1:]]),
+        "git": git_revision(),
+        "machine": {
+            "nproc": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else None,
+            "cpu_model": cpu_model(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "django": django.get_version(),
+            "psycopg": psycopg.__version__ if args.db == "postgres" else None,
+            "database_version": database_version(args.db),
+            "loadavg_before": loadavg(),
+            "busy_cpus_in_the_second_before": busy_cpus(),
+        },
+        "config": {
+            "db": args.db,
+            "database": db_name if args.db == "postgres" else str(Path(db_name).relative_to(ROOT)),
+            "workflows": args.workflows,
+            "steps": args.steps,
+            "fanout": args.fanout,
+            "workers": args.workers,
+            "concurrency": args.concurrency,
+            "poll_interval": args.poll_interval,
+            "lease_seconds": args.lease_seconds,
+            "conn_max_age": args.conn_max_age,
+            "start_in_one_transaction": args.start_in_one_transaction,
+            "worker_verbosity": args.worker_verbosity,
+        },
+        "definitions": {
+            k: v
+            for k, v in (
+                line.split(": ", 1)
+                for line in [
+                    "elapsed_s: worker spawn (harness clock) to the last closed_at (database clock, same machine); includes worker start-up",
+                    "steady_elapsed_s: first WorkflowTaskStarted event to the last closed_at",
+                    "steps: workflows * steps activity executions",
+                    "schedule_to_close: ActivityCompleted.timestamp - ActivityScheduled.timestamp; ActivityScheduled carries the claim time of the workflow task that scheduled it",
+                    "schedule_to_start: time.time() at the start of the no-op activity - ActivityScheduled.timestamp",
+                    "cpu_per_step_ms: CPU seconds (user+system, /proc) between the first observed workflow-task claim (polled every 20 ms) and the last completion observed (polled every 50 ms), / steps; postgres_server = every postgres process incl. backends reaped meanwhile (all databases); machine = /proc/stat busy time of all processes; other_processes = machine minus the rest",
+                    "postgres: pg_stat_database counters of the benchmark database from just before worker spawn to just after the workers exited: sessions_opened (connections), transactions committed by the workers (each autocommit query counts, read-only ones too; the harness's polling queries are subtracted) and per step",
+                    "wall_ms_per_step: steady_elapsed_s / steps",
+                ]
+            )
+        },
+        "results": {"migrate_s": round(migrate_s, 3)},
+    }
+
+    start_s = start_workflows(
+        args.workflows, args.steps, args.fanout, args.start_in_one_transaction
+    )
+    report["results"]["start"] = {
+        "seconds": round(start_s, 4),
+        "workflows_per_s": round(args.workflows / start_s, 1) if start_s else None,
+        "ms_per_start": round(start_s * 1000 / args.workflows, 3) if args.workflows else None,
+    }
+
+    procs: list[subprocess.Popen] = []
+    try:
+        if args.workers > 0:
+            pg_before = None
+            if args.db == "postgres":
+                connection.close()  # flushes this backend's statistics
+                time.sleep(1.1)
+                pg_before = pg_database_stats(db_name)
+            spawned_at = datetime.datetime.now(datetime.timezone.utc)
+            procs, logs = spawn_workers(args, worker_env, stamp)
+            pids = [p.pid for p in procs]
+            snaps: dict[str, Any] = {"spawn": cpu_snapshot(pids, args.db)}
+
+            def on_first_claim() -> None:
+                snaps["first_claim"] = cpu_snapshot(pids, args.db)
+
+            completion = wait_for_completion(args.workflows, procs, args.timeout, on_first_claim)
+            snaps["done"] = cpu_snapshot(pids, args.db)
+            stopped = stop_workers(procs)
+            steps = args.workflows * args.steps
+            pg_usage: dict[str, Any] | None = None
+            if args.db == "postgres":
+                connection.close()
+                time.sleep(1.1)
+                pg_after = pg_database_stats(db_name)
+                if pg_before and pg_after:
+                    commits = pg_after["xact_commit"] - pg_before["xact_commit"]
+                    worker_commits = commits - completion["harness_queries"]
+                    pg_usage = {
+                        "sessions_opened": pg_after["sessions"] - pg_before["sessions"],
+                        "transactions_committed": commits,
+                        "harness_queries": completion["harness_queries"],
+                        "worker_transactions_committed": worker_commits,
+                        "worker_transactions_per_step": round(worker_commits / steps, 2),
+                        "transactions_rolled_back": pg_after["xact_rollback"]
+                        - pg_before["xact_rollback"],
+                    }
+            hist = history_metrics()
+            last = hist.pop("last_closed_at")
+            first = hist.pop("first_workflow_task_at")
+            elapsed = (last - spawned_at).total_seconds() if last else None
+            steady = (last - first).total_seconds() if last and first else None
+            steady_cpu = cpu_delta(snaps.get("first_claim", snaps["spawn"]), snaps["done"])
+            total_cpu = cpu_delta(snaps["spawn"], snaps["done"])
+
+            def per_step(seconds: float | None) -> float | None:
+                return round(seconds * 1000 / steps, 3) if seconds is not None and steps else None
+
+            report["results"]["run"] = {
+                "completion": completion,
+                "elapsed_s": round(elapsed, 3) if elapsed else None,
+                "steady_elapsed_s": round(steady, 3) if steady else None,
+                "worker_spawn_to_first_claim_s": round((first - spawned_at).total_seconds(), 3)
+                if first
+                else None,
+                "steps": steps,
+                "workflows_per_s": round(args.workflows / elapsed, 1) if elapsed else None,
+                "steps_per_s": round(steps / elapsed, 1) if elapsed else None,
+                "steady_workflows_per_s": round(args.workflows / steady, 1) if steady else None,
+                "steady_steps_per_s": round(steps / steady, 1) if steady else None,
+                "wall_ms_per_step": per_step(steady),
+                "cpu_per_step_ms": {
+                    "workers": per_step(steady_cpu["workers_s"]),
+                    "postgres_server": per_step(steady_cpu["postgres_s"]),
+                    "harness": per_step(steady_cpu["harness_s"]),
+                    "other_processes": per_step(steady_cpu["other_s"]),
+                    "machine": per_step(steady_cpu["machine_busy_s"]),
+                },
+                "cpu_seconds_steady_window": {
+                    k: round(v, 3) if v is not None else None for k, v in steady_cpu.items()
+                },
+                "cpu_seconds_from_spawn": {
+                    k: round(v, 3) if v is not None else None for k, v in total_cpu.items()
+                },
+                "top_other_processes_steady_window": top_other_processes(
+                    snaps.get("first_claim", snaps["spawn"])["all"],
+                    snaps["done"]["all"],
+                    exclude={os.getpid(), *pids},
+                ),
+                "history": hist,
+                "postgres": pg_usage,
+                "workers_stopped": stopped,
+                "worker_logs": scan_logs(logs),
+            }
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        report["machine"]["loadavg_after"] = loadavg()
+        connection.close()
+        if not args.keep_db:
+            drop_database(args.db, db_name)
+
+    report["results"]["harness_total_s"] = round(time.perf_counter() - t_total, 3)
+    out = Path(args.json) if args.json else RESULTS_DIR / f"{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print_table(report)
+    print(f"  JSON: {out}")
+    run = report["results"].get("run")
+    return 0 if run is None or run["completion"]["finished"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

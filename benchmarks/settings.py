@@ -1,0 +1,71 @@
+"""Django settings for the benchmark harness (``benchmarks/run.py`` and its workers).
+
+Everything that varies between runs comes from environment variables that
+run.py sets for itself and for the ``durable_worker`` subprocesses it starts:
+
+    BENCH_DB              sqlite (default) or postgres
+    BENCH_DB_NAME         database name (postgres, default durable_bench) or SQLite file path
+    BENCH_PG_HOST/PORT/USER/PASSWORD   PostgreSQL server (127.0.0.1, 5432, postgres, empty)
+    BENCH_POLL_INTERVAL   DURABLE["POLL_INTERVAL"] (default 0.01)
+    BENCH_LEASE_SECONDS   DURABLE["LEASE_SECONDS"] (default 30)
+    BENCH_CONN_MAX_AGE    the database's CONN_MAX_AGE: seconds, or "none" for persistent
+                          connections (default 0, Django's default: a connection per request/task)
+"""
+
+import os
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+BASE_DIR = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+SECRET_KEY = "benchmarks-only-not-secret"
+DEBUG = False  # DEBUG would keep every query in memory
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS: list[str] = []
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django_durable",
+    "benchmarks",
+]
+
+DB = os.environ.get("BENCH_DB", "sqlite")
+_max_age = os.environ.get("BENCH_CONN_MAX_AGE", "0").lower()
+CONN_MAX_AGE = None if _max_age in ("none", "persistent") else int(_max_age)
+
+if DB == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("BENCH_DB_NAME", "durable_bench"),
+            "USER": os.environ.get("BENCH_PG_USER", "postgres"),
+            "PASSWORD": os.environ.get("BENCH_PG_PASSWORD", ""),
+            "HOST": os.environ.get("BENCH_PG_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("BENCH_PG_PORT", "5432"),
+            "CONN_MAX_AGE": CONN_MAX_AGE,
+        }
+    }
+elif DB == "sqlite":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("BENCH_DB_NAME", str(RESULTS_DIR / "bench.sqlite3")),
+            "CONN_MAX_AGE": CONN_MAX_AGE,
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    }
+else:
+    raise RuntimeError(f"BENCH_DB must be 'sqlite' or 'postgres', not {DB!r}")
+
+DURABLE = {
+    "POLL_INTERVAL": float(os.environ.get("BENCH_POLL_INTERVAL", "0.01")),
+    "LEASE_SECONDS": float(os.environ.get("BENCH_LEASE_SECONDS", "30")),
+}
