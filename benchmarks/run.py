@@ -120,8 +120,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--conn-max-age",
         default="0",
-        help="CONN_MAX_AGE of the database for harness and workers: seconds, or 'none' for persistent "
-        "connections (default 0, Django's default)",
+        help="CONN_MAX_AGE of the database for the harness: seconds, or 'none' for persistent "
+        "connections (default 0, Django's default). Workers keep theirs open regardless "
+        "(DURABLE['WORKER_CONN_MAX_AGE'] defaults to None)",
     )
     p.add_argument(
         "--start-in-one-transaction",
@@ -668,7 +669,7 @@ def print_table(r: dict[str, Any]) -> None:
                 if cfg["concurrency"]
                 else ", concurrency default"
             )
-            + f", CONN_MAX_AGE {cfg['conn_max_age']}",
+            + f", harness CONN_MAX_AGE {cfg['conn_max_age']} (workers: persistent)",
         ),
         (
             "start N workflows",
