@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .activity import ActivityInfo, activity_info
+from .activity import ActivityInfo, ResultPending, activity_info, heartbeat
 from .engine.context import Task, WorkflowContext
 from .exceptions import (
     ActivityError,
@@ -23,17 +23,40 @@ from .exceptions import (
     WorkflowAlreadyExists,
     WorkflowFailed,
     WorkflowNotFound,
+    WorkflowNotOpen,
     WorkflowTaskError,
 )
 from .registry import activity, workflow
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from .client import WorkflowDescription, WorkflowHandle, get_workflow, start_workflow
+    from .client import (
+        WorkflowDescription,
+        WorkflowHandle,
+        complete_activity,
+        complete_activity_by_id,
+        fail_activity,
+        fail_activity_by_id,
+        get_workflow,
+        heartbeat_activity,
+        heartbeat_activity_by_id,
+        start_workflow,
+    )
 
 __version__ = "0.1.0"
 
-_CLIENT_NAMES = {"start_workflow", "get_workflow", "WorkflowHandle", "WorkflowDescription"}
+_CLIENT_NAMES = {
+    "start_workflow",
+    "get_workflow",
+    "WorkflowHandle",
+    "WorkflowDescription",
+    "complete_activity",
+    "fail_activity",
+    "heartbeat_activity",
+    "complete_activity_by_id",
+    "fail_activity_by_id",
+    "heartbeat_activity_by_id",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -52,6 +75,7 @@ __all__ = [
     "InvalidTaskToken",
     "NonDeterminismError",
     "NotRegistered",
+    "ResultPending",
     "RetryPolicy",
     "SerializationError",
     "Task",
@@ -62,9 +86,17 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowHandle",
     "WorkflowNotFound",
+    "WorkflowNotOpen",
     "WorkflowTaskError",
     "activity",
     "activity_info",
+    "complete_activity",
+    "complete_activity_by_id",
+    "fail_activity",
+    "fail_activity_by_id",
+    "heartbeat",
+    "heartbeat_activity",
+    "heartbeat_activity_by_id",
     "get_workflow",
     "start_workflow",
     "workflow",

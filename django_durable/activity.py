@@ -1,10 +1,18 @@
-"""What running activity code can ask about itself."""
+"""What running activity code can ask about itself, and tell the engine."""
 
 from __future__ import annotations
 
 import contextvars
 import dataclasses
+from collections.abc import Callable
 from typing import Any
+
+
+class ResultPending(Exception):
+    """Raise from an activity to finish it later, by task token (see ``activity_info()``).
+
+    The attempt stays pending; its start-to-close and heartbeat timeouts still apply.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,16 +22,35 @@ class ActivityInfo:
     activity_id: str
     activity_name: str
     attempt: int  # 1 for the first
+    task_token: str
+    # What the previous attempt last reported with heartbeat(), or None.
     heartbeat_details: Any = None
-    task_token: str | None = None
 
 
-_current: contextvars.ContextVar[ActivityInfo | None] = contextvars.ContextVar("durable_activity", default=None)
+@dataclasses.dataclass(frozen=True)
+class _Scope:
+    info: ActivityInfo
+    heartbeat: Callable[[Any], bool]
+
+
+_current: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("durable_activity", default=None)
+
+
+def _scope() -> _Scope:
+    scope = _current.get()
+    if scope is None:
+        raise RuntimeError("This can only be called from inside a running activity.")
+    return scope
 
 
 def activity_info() -> ActivityInfo:
     """Information about the activity attempt running in this thread."""
-    info = _current.get()
-    if info is None:
-        raise RuntimeError("activity_info() can only be called from inside a running activity.")
-    return info
+    return _scope().info
+
+
+def heartbeat(details: Any = None) -> bool:
+    """Report progress (kept for a retry's ``heartbeat_details``) and keep a
+    ``heartbeat_timeout`` from expiring. Returns whether cancellation was requested."""
+    from .converter import to_json
+
+    return _scope().heartbeat(to_json(details, "the heartbeat details"))

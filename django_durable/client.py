@@ -12,7 +12,9 @@ from . import registry, store
 from .conf import durable_settings
 from .converter import from_json, to_json
 from .engine.events import Event
-from .exceptions import TimeoutError, WorkflowFailed
+from .engine.failures import failure_from_exception
+from .exceptions import ActivityNotPending, TimeoutError, WorkflowFailed
+from .tokens import TaskToken, make_task_token, read_task_token
 from .models import OPEN_STATUSES, WorkflowInstance, WorkflowStatus
 
 
@@ -92,6 +94,10 @@ class WorkflowHandle:
     def history(self) -> list[Event]:
         return store.get_history(self._instance().pk)
 
+    def terminate(self, reason: str | None = None) -> None:
+        """Close the run now; no workflow code runs, pending activities and timers are dropped."""
+        store.terminate(self.workflow_id, self._run_id, reason or "terminated")
+
     def result(self, timeout: float | datetime.timedelta | None = None) -> Any:
         """Wait for the run to close; return its result or raise ``WorkflowFailed``.
 
@@ -155,3 +161,79 @@ def get_workflow(workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
     """A handle on the latest run of ``workflow_id`` (or the given run)."""
     instance = store.get_instance(workflow_id, run_id)
     return WorkflowHandle(instance.workflow_id, str(instance.run_id) if run_id else None)
+
+
+# -- finishing activities from anywhere -----------------------------------------------
+
+
+def complete_activity(task_token: str, result: Any = None) -> None:
+    """Complete the activity attempt named by ``task_token`` with ``result``."""
+    token = read_task_token(task_token)
+    encoded = to_json(result, "the activity result")
+    _finish(token, lambda item: store.complete_activity(item, encoded, live_only=True))
+
+
+def fail_activity(task_token: str, error: BaseException | dict[str, Any] | str) -> None:
+    """Fail the attempt; its retry policy decides whether another attempt follows."""
+    token = read_task_token(task_token)
+    failure = _failure(error)
+    _finish(token, lambda item: store.fail_activity(item, failure, live_only=True))
+
+
+def heartbeat_activity(task_token: str, details: Any = None) -> bool:
+    """Record progress for the attempt; returns whether cancellation was requested."""
+    token = read_task_token(task_token)
+    encoded = to_json(details, "the heartbeat details")
+    _finish(token, lambda item: store.record_heartbeat(item, encoded, live_only=True))
+    return False  # cancellation requests arrive with workflow cancellation (not built yet)
+
+
+def complete_activity_by_id(
+    workflow_id: str, activity_id: str, result: Any = None, *, run_id: str | None = None
+) -> None:
+    """Like ``complete_activity``, naming the activity by workflow id and activity id."""
+    complete_activity(_token_for(workflow_id, activity_id, run_id), result)
+
+
+def fail_activity_by_id(
+    workflow_id: str, activity_id: str, error: BaseException | dict[str, Any] | str, *, run_id: str | None = None
+) -> None:
+    fail_activity(_token_for(workflow_id, activity_id, run_id), error)
+
+
+def heartbeat_activity_by_id(
+    workflow_id: str, activity_id: str, details: Any = None, *, run_id: str | None = None
+) -> bool:
+    return heartbeat_activity(_token_for(workflow_id, activity_id, run_id), details)
+
+
+def _token_for(workflow_id: str, activity_id: str, run_id: str | None) -> str:
+    token = store.current_attempt_token(workflow_id, str(activity_id), run_id)
+    return make_task_token(item_id=token.item_id, run_id=token.run_id, task_id=token.task_id, attempt=token.attempt)
+
+
+def _finish(token: TaskToken, action: Any) -> None:
+    item = store.pending_attempt(token)
+    try:
+        action(item)
+    except store.LeaseLost:
+        raise ActivityNotPending(
+            "This activity attempt is no longer pending: it finished, timed out, was "
+            "superseded by a retry, or its workflow closed."
+        ) from None
+
+
+def _failure(error: BaseException | dict[str, Any] | str) -> dict[str, Any]:
+    if isinstance(error, BaseException):
+        return failure_from_exception(error)
+    if isinstance(error, str):
+        return {"type": "ActivityFailure", "message": error}
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        raise TypeError('error must be an exception, a message, or {"message": str, "type"?: str, "details"?: ...}.')
+    error_type = error.get("type") or "ActivityFailure"
+    if not isinstance(error_type, str):
+        raise TypeError("error['type'] must be a string.")
+    failure: dict[str, Any] = {"type": error_type, "message": error["message"]}
+    if error.get("details") is not None:
+        failure["details"] = to_json(error["details"], "the error details")
+    return failure

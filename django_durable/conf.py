@@ -39,9 +39,29 @@ DEFAULTS: dict[str, Any] = {
     # is what Django's request-scoped default of 0 would do in a long-lived worker.
     # A number applies Django's usual CONN_MAX_AGE semantics instead.
     "WORKER_CONN_MAX_AGE": None,
+    # The HTTP API (django_durable.api). Workflow management defaults to staff;
+    # the activity endpoints are authorised by the task token alone.
+    "API_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.BasicAuthentication",
+    ],
+    "API_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "ACTIVITY_API_AUTHENTICATION_CLASSES": [],
+    "ACTIVITY_API_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "API_PAGE_SIZE": 50,
+    # Request bodies larger than this (bytes) are rejected with 413.
+    "API_MAX_BODY_SIZE": 256 * 1024,
+    # Salt of the signed task tokens (django.core.signing, keyed by SECRET_KEY).
+    "TASK_TOKEN_SALT": "django_durable.task_token",
 }
 
-IMPORT_STRINGS = {"DATA_CONVERTER"}
+IMPORT_STRINGS = {
+    "DATA_CONVERTER",
+    "API_AUTHENTICATION_CLASSES",
+    "API_PERMISSION_CLASSES",
+    "ACTIVITY_API_AUTHENTICATION_CLASSES",
+    "ACTIVITY_API_PERMISSION_CLASSES",
+}
 
 
 class DurableSettings:
@@ -59,8 +79,11 @@ class DurableSettings:
         if attr not in self.defaults:
             raise AttributeError(f"Invalid django-durable setting: {attr!r}")
         value = self.user_settings.get(attr, self.defaults[attr])
-        if attr in IMPORT_STRINGS and isinstance(value, str):
-            value = import_string(value)
+        if attr in IMPORT_STRINGS:
+            if isinstance(value, str):
+                value = import_string(value)
+            elif isinstance(value, (list, tuple)):
+                value = [import_string(item) if isinstance(item, str) else item for item in value]
         self._cached.add(attr)
         setattr(self, attr, value)
         return value

@@ -45,6 +45,12 @@ class WorkflowAlreadyExists(DurableError):
     default_code = "workflow_already_exists"
 
 
+class WorkflowNotOpen(DurableError):
+    status_code = 409
+    default_detail = "The workflow run is closed."
+    default_code = "workflow_not_open"
+
+
 class InvalidTaskToken(DurableError):
     status_code = 400
     default_detail = "The task token is invalid."

@@ -138,6 +138,11 @@ class WorkItem(models.Model):
     failures = models.PositiveIntegerField(default=0)
     parked_at = models.DateTimeField(null=True, blank=True)
     last_error = models.JSONField(null=True, blank=True)
+    # Activities: what the latest heartbeat reported (kept for the next attempt) and when.
+    heartbeat_details = models.JSONField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Activities: the attempt's function returned ResultPending; it is finished by task token.
+    awaiting_completion = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 
 from .engine.events import Event, EventKind
-from .exceptions import WorkflowAlreadyExists, WorkflowNotFound
+from .exceptions import ActivityNotPending, WorkflowAlreadyExists, WorkflowNotFound, WorkflowNotOpen
 from .models import (
     OPEN_STATUSES,
     HistoryEvent,
@@ -30,10 +30,15 @@ from .models import (
     WorkItemKind,
 )
 from .retry import RetryPolicy
+from .tokens import TaskToken
 
 logger = logging.getLogger("django_durable.store")
 
 EVENT_FIELDS = ("seq", "kind", "name", "task_id", "payload", "timestamp")
+CLAIM_FIELDS = (
+    "id", "kind", "instance_id", "queue", "name", "task_id", "payload", "attempt", "claimed_at",
+    "lease_expires_at", "created_at", "failures", "heartbeat_details", "heartbeat_at",
+)
 
 
 class LeaseLost(Exception):
@@ -55,6 +60,8 @@ class Claim:
     lease_expires_at: datetime.datetime
     created_at: datetime.datetime
     failures: int = 0
+    heartbeat_details: Any = None
+    heartbeat_at: datetime.datetime | None = None
 
 
 @dataclasses.dataclass
@@ -195,11 +202,10 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
             lease_expires_at=now + _seconds(lease_seconds),
             claimed_at=now,
             attempt=F("attempt") + 1,
+            heartbeat_at=None,
+            awaiting_completion=False,
         )
-        rows = WorkItem.objects.filter(id__in=ids, lease_owner=owner, claimed_at=now).values(
-            "id", "kind", "instance_id", "queue", "name", "task_id", "payload", "attempt",
-            "claimed_at", "lease_expires_at", "created_at", "failures",
-        )
+        rows = WorkItem.objects.filter(id__in=ids, lease_owner=owner, claimed_at=now).values(*CLAIM_FIELDS)
         return [Claim(owner=owner, **row) for row in rows]
 
 
@@ -447,13 +453,33 @@ def _deliver(instance_id: int, instance: dict[str, Any], event: Event) -> None:
         )
 
 
-def complete_activity(item: Claim, result: Any) -> None:
+def _attempt_fence(item: Claim, now: datetime.datetime, *, live_only: bool) -> Any:
+    """The item while it still is this attempt; with ``live_only`` also not timed out
+    (a lease that has expired but is not reaped yet is no longer pending)."""
+    fence = _fence(item)
+    if live_only:
+        fence = fence.filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__gt=now))
+    return fence
+
+
+def attempt_deadline(item: Claim, heartbeat_at: datetime.datetime | None) -> datetime.datetime | None:
+    """When this attempt times out: its start-to-close or heartbeat timeout, or None."""
+    options = item.payload.get("options") or {}
+    deadlines = []
+    if options.get("start_to_close_timeout") is not None:
+        deadlines.append(item.claimed_at + _seconds(options["start_to_close_timeout"]))
+    if options.get("heartbeat_timeout") is not None:
+        deadlines.append((heartbeat_at or item.claimed_at) + _seconds(options["heartbeat_timeout"]))
+    return min(deadlines, default=None)
+
+
+def complete_activity(item: Claim, result: Any, *, live_only: bool = False) -> None:
     with transaction.atomic():
         instance = _lock_instance(item.instance_id)
-        deleted, _ = _fence(item).delete() if instance else (0, None)
+        now = db_now()
+        deleted, _ = _attempt_fence(item, now, live_only=live_only).delete() if instance else (0, None)
         if not deleted:
             raise _lease_lost(item)
-        now = db_now()
         _deliver(
             item.instance_id,
             instance,
@@ -467,14 +493,100 @@ def complete_activity(item: Claim, result: Any) -> None:
         )
 
 
-def fail_activity(item: Claim, failure: dict[str, Any], *, retryable: bool = True) -> datetime.datetime | None:
+def await_completion(item: Claim, heartbeat_at: datetime.datetime | None) -> None:
+    """The attempt's function raised ResultPending: it is finished later, by token.
+
+    The worker stops renewing its lease; from now on only the attempt's own
+    timeouts (start-to-close, heartbeat) bound it.
+    """
+    updated = _fence(item).update(awaiting_completion=True, lease_expires_at=attempt_deadline(item, heartbeat_at))
+    if not updated:
+        raise _lease_lost(item)
+
+
+def record_heartbeat(item: Claim, details: Any, *, live_only: bool = False) -> datetime.datetime:
+    """Keep ``details`` for the next attempt; push out an awaiting attempt's heartbeat deadline."""
+    with transaction.atomic():
+        now = db_now()
+        fence = _attempt_fence(item, now, live_only=live_only)
+        if not fence.update(heartbeat_details=details, heartbeat_at=now):
+            raise _lease_lost(item)
+        fence.filter(awaiting_completion=True).update(lease_expires_at=attempt_deadline(item, now))
+    return now
+
+
+def pending_attempt(token: TaskToken) -> Claim:
+    """The activity attempt a task token names, while it is leased; else ActivityNotPending."""
+    row = (
+        WorkItem.objects.filter(id=token.item_id, kind=WorkItemKind.ACTIVITY)
+        .values(*CLAIM_FIELDS, "lease_owner", "instance__run_id")
+        .first()
+    )
+    if (
+        row is None
+        or str(row.pop("instance__run_id")) != token.run_id
+        or row["task_id"] != token.task_id
+        or row["attempt"] != token.attempt
+        or row["lease_owner"] is None
+    ):
+        raise ActivityNotPending(
+            "This activity attempt is no longer pending: it finished, timed out, was "
+            "superseded by a retry, or its workflow closed."
+        )
+    return Claim(owner=row.pop("lease_owner"), **row)
+
+
+def current_attempt_token(workflow_id: str, activity_id: str, run_id: str | None = None) -> TaskToken:
+    """The token of an activity's current attempt, by workflow id and activity id."""
+    instance = get_instance(workflow_id, run_id)
+    try:
+        task_id = int(activity_id)
+    except (TypeError, ValueError):
+        raise ActivityNotPending(f"Workflow {workflow_id!r} has no activity {activity_id!r}.") from None
+    row = (
+        WorkItem.objects.filter(instance=instance, kind=WorkItemKind.ACTIVITY, task_id=task_id)
+        .values("id", "attempt")
+        .first()
+    )
+    if row is None or row["attempt"] == 0:
+        raise ActivityNotPending(f"Activity {activity_id} of workflow {workflow_id!r} is not pending.")
+    return TaskToken(item_id=row["id"], run_id=str(instance.run_id), task_id=task_id, attempt=row["attempt"])
+
+
+def terminate(workflow_id: str, run_id: str | None, reason: str) -> None:
+    """Close an open run at once: no workflow code runs; outstanding work is dropped."""
+    instance_id = get_instance(workflow_id, run_id).pk
+    with transaction.atomic():
+        instance = _lock_instance(instance_id)
+        if instance is None or instance["status"] not in OPEN_STATUSES:
+            raise WorkflowNotOpen(f"Workflow {workflow_id!r} is not running (it is {instance and instance['status']}).")
+        now = db_now()
+        error = {"type": "django_durable.Terminated", "message": reason}
+        seq = instance["history_length"] + 1
+        HistoryEvent.objects.create(
+            instance_id=instance_id, seq=seq, kind=EventKind.WORKFLOW_TERMINATED,
+            payload={"reason": reason}, timestamp=now,
+        )
+        WorkItem.objects.filter(instance_id=instance_id).delete()
+        InboxEvent.objects.filter(instance_id=instance_id).delete()
+        WorkflowInstance.objects.filter(pk=instance_id).update(
+            status=WorkflowStatus.TERMINATED, error=error, history_length=seq, closed_at=now,
+            updated_at=now, waiting_on="",
+        )
+
+
+def fail_activity(
+    item: Claim, failure: dict[str, Any], *, retryable: bool = True, live_only: bool = False
+) -> datetime.datetime | None:
     """Record a failed attempt: schedule the next one by the retry policy, or fail the
     activity for good. Returns when the retry is due, or None when it gave up."""
     with transaction.atomic():
         instance = _lock_instance(item.instance_id)
         if instance is None:
             raise _lease_lost(item)
-        return _fail_attempt(item, _fence(item), instance, failure, retryable=retryable, now=db_now())
+        now = db_now()
+        fence = _attempt_fence(item, now, live_only=live_only)
+        return _fail_attempt(item, fence, instance, failure, retryable=retryable, now=now)
 
 
 def _fail_attempt(
@@ -558,8 +670,7 @@ def reap_expired_leases(*, limit: int, workflow_backoff: float, workflow_backoff
     now = db_now()
     expired = list(
         WorkItem.objects.filter(lease_owner__isnull=False, lease_expires_at__lte=now).values(
-            "id", "kind", "instance_id", "queue", "name", "task_id", "payload", "attempt",
-            "claimed_at", "lease_expires_at", "created_at", "failures", "lease_owner",
+            *CLAIM_FIELDS, "lease_owner"
         )[:limit]
     )
     reaped = 0
@@ -593,9 +704,17 @@ def _reap_activity(item: Claim) -> None:
         now = db_now()
         if instance is None:
             raise LeaseLost(f"run of work item {item.id} no longer exists")
-        timeout = (item.payload.get("options") or {}).get("start_to_close_timeout")
+        options = item.payload.get("options") or {}
+        timeout = options.get("start_to_close_timeout")
+        heartbeat_timeout = options.get("heartbeat_timeout")
         if timeout is not None and item.lease_expires_at >= item.claimed_at + _seconds(timeout):
             message = f"activity {item.name!r} attempt {item.attempt} exceeded its start_to_close_timeout of {timeout}s"
+        elif heartbeat_timeout is not None and item.lease_expires_at >= (
+            item.heartbeat_at or item.claimed_at
+        ) + _seconds(heartbeat_timeout):
+            message = (
+                f"activity {item.name!r} attempt {item.attempt} missed its heartbeat_timeout of {heartbeat_timeout}s"
+            )
         else:
             message = f"activity {item.name!r} attempt {item.attempt} was lost: {item.owner} stopped renewing its lease"
         failure = {"type": "django_durable.exceptions.TimeoutError", "message": message, "mro": ["TimeoutError"]}

@@ -23,13 +23,14 @@ from typing import Any
 from django.db import DatabaseError, close_old_connections, connections
 
 from . import registry, store
-from .activity import ActivityInfo, _current
+from .activity import ActivityInfo, ResultPending, _current, _Scope
 from .conf import durable_settings
 from .converter import from_json, get_converter, to_json
 from .engine import run_workflow_task
 from .engine.failures import failure_from_exception
-from .exceptions import NotRegistered, SerializationError
+from .exceptions import ActivityNotPending, NotRegistered, SerializationError
 from .models import OPEN_STATUSES, WorkItemKind
+from .tokens import make_task_token
 
 logger = logging.getLogger("django_durable.worker")
 
@@ -52,10 +53,9 @@ class Worker:
         self._stopping = threading.Event()
         self._wakeup = threading.Event()
         self._lock = threading.Lock()
-        # (item id, attempt) -> (claim, lease cap: the start-to-close deadline, if any).
-        # Keyed by attempt too: a timed-out attempt's thread can outlive it while
-        # this worker runs the retry of the same item.
-        self._running: dict[tuple[int, int], tuple[store.Claim, datetime.datetime | None]] = {}
+        # Keyed by (item id, attempt): a timed-out attempt's thread can outlive
+        # it while this worker runs the retry of the same item.
+        self._running: dict[tuple[int, int], _RunningActivity] = {}
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="durable-activity")
         self._last_renewal = self._last_reap = 0.0
         self._db_error_backoff = 0.0
@@ -168,7 +168,11 @@ class Worker:
             return
         self._last_renewal = time.monotonic()
         with self._lock:
-            expiries = {item.id: cap for item, cap in self._running.values() if self._is_current(item)}
+            expiries = {
+                running.item.id: store.attempt_deadline(running.item, running.heartbeat_at)
+                for running in self._running.values()
+                if self._is_current(running.item)
+            }
         for item_id in store.renew_leases(owner=self.name, expiries=expiries, lease_seconds=self.lease_seconds):
             logger.warning("Lost the lease of work item %s; its outcome will be discarded.", item_id)
 
@@ -252,16 +256,16 @@ class Worker:
     # -- activities ----------------------------------------------------------
 
     def _start_activity(self, item: store.Claim) -> None:
-        timeout = (item.payload.get("options") or {}).get("start_to_close_timeout")
-        cap = item.claimed_at + datetime.timedelta(seconds=timeout) if timeout else None
+        running = _RunningActivity(item)
         with self._lock:
-            self._running[(item.id, item.attempt)] = (item, cap)
-        self._pool.submit(self._run_activity, item)
+            self._running[(item.id, item.attempt)] = running
+        self._pool.submit(self._run_activity, running)
 
-    def _run_activity(self, item: store.Claim) -> None:
+    def _run_activity(self, running: _RunningActivity) -> None:
+        item = running.item
         try:
             close_old_connections()
-            self._execute_activity(item)
+            self._execute_activity(running)
         except store.LeaseLost as exc:
             logger.warning("Activity outcome discarded: %s", exc)
         except DatabaseError:
@@ -274,7 +278,8 @@ class Worker:
                 self._running.pop((item.id, item.attempt), None)
             self._wakeup.set()
 
-    def _execute_activity(self, item: store.Claim) -> None:
+    def _execute_activity(self, running: _RunningActivity) -> None:
+        item = running.item
         try:
             definition = registry.get_activity_definition(item.name)
             args = from_json(item.payload.get("args", []))
@@ -283,23 +288,31 @@ class Worker:
             self._record_failure(item, exc, retryable=True)
             return
         instance = store.get_run_ids(item.instance_id)
-        token = _current.set(
-            ActivityInfo(
-                workflow_id=instance["workflow_id"],
-                run_id=str(instance["run_id"]),
-                activity_id=str(item.task_id),
-                activity_name=item.name,
-                attempt=item.attempt,
-            )
+        info = ActivityInfo(
+            workflow_id=instance["workflow_id"],
+            run_id=str(instance["run_id"]),
+            activity_id=str(item.task_id),
+            activity_name=item.name,
+            attempt=item.attempt,
+            task_token=make_task_token(
+                item_id=item.id, run_id=str(instance["run_id"]), task_id=item.task_id or 0, attempt=item.attempt
+            ),
+            heartbeat_details=from_json(item.heartbeat_details),
         )
+        scope = _current.set(_Scope(info=info, heartbeat=running.heartbeat))
         logger.info("Running activity %s of %s (attempt %d)", item.name, instance["workflow_id"], item.attempt)
         try:
             value = definition.fn(*args, **kwargs)
+        except ResultPending:
+            store.await_completion(item, running.heartbeat_at)
+            logger.info("Activity %s of %s (attempt %d) awaits completion by task token",
+                        item.name, instance["workflow_id"], item.attempt)
+            return
         except Exception as exc:
             self._record_failure(item, exc, retryable=True)
             return
         finally:
-            _current.reset(token)
+            _current.reset(scope)
         try:
             result = to_json(value, f"the result of activity {item.name!r}")
         except SerializationError as exc:
@@ -318,3 +331,21 @@ class Worker:
                            type(exc).__name__, exc)
 
 
+
+
+class _RunningActivity:
+    """An activity attempt running in this worker, and its latest heartbeat."""
+
+    def __init__(self, item: store.Claim) -> None:
+        self.item = item
+        self.heartbeat_at: datetime.datetime | None = None
+
+    def heartbeat(self, details: Any) -> bool:
+        try:
+            self.heartbeat_at = store.record_heartbeat(self.item, details)
+        except store.LeaseLost:
+            raise ActivityNotPending(
+                f"Attempt {self.item.attempt} of activity {self.item.name!r} is no longer pending "
+                "(it timed out or was superseded); its result will be discarded."
+            ) from None
+        return False  # cancellation requests arrive with workflow cancellation (not built yet)

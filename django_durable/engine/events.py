@@ -18,6 +18,7 @@ class EventKind(str, Enum):
     TIMER_FIRED = "TimerFired"
     WORKFLOW_COMPLETED = "WorkflowCompleted"
     WORKFLOW_FAILED = "WorkflowFailed"
+    WORKFLOW_TERMINATED = "WorkflowTerminated"
 
     def __str__(self) -> str:
         return self.value
@@ -29,7 +30,7 @@ COMMAND_KINDS = frozenset({EventKind.ACTIVITY_SCHEDULED, EventKind.TIMER_STARTED
 COMPLETION_KINDS = frozenset(
     {EventKind.ACTIVITY_COMPLETED, EventKind.ACTIVITY_FAILED, EventKind.TIMER_FIRED}
 )
-CLOSE_KINDS = frozenset({EventKind.WORKFLOW_COMPLETED, EventKind.WORKFLOW_FAILED})
+CLOSE_KINDS = frozenset({EventKind.WORKFLOW_COMPLETED, EventKind.WORKFLOW_FAILED, EventKind.WORKFLOW_TERMINATED})
 
 
 @dataclasses.dataclass

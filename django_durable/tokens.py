@@ -1,0 +1,49 @@
+"""Task tokens: the capability to finish one activity attempt from anywhere.
+
+A token is signed with Django's signing machinery (keyed by ``SECRET_KEY``) and
+names the work item, the run, the activity and the attempt. It carries no
+input. A forged or garbled token is rejected here, before any database access.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+from django.core import signing
+
+from .conf import durable_settings
+from .exceptions import InvalidTaskToken
+
+MAX_TOKEN_LENGTH = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskToken:
+    item_id: int
+    run_id: str
+    task_id: int
+    attempt: int
+
+
+def make_task_token(*, item_id: int, run_id: str, task_id: int, attempt: int) -> str:
+    return signing.dumps(
+        {"i": item_id, "r": str(run_id), "t": task_id, "a": attempt},
+        salt=durable_settings.TASK_TOKEN_SALT,
+    )
+
+
+def read_task_token(token: object) -> TaskToken:
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidTaskToken("The task token is missing, not a string, or too long.")
+    try:
+        data = signing.loads(token, salt=durable_settings.TASK_TOKEN_SALT)
+    except (signing.BadSignature, ValueError, UnicodeError):
+        raise InvalidTaskToken("The task token is garbled or its signature does not match.") from None
+    try:
+        parsed = TaskToken(item_id=data["i"], run_id=str(uuid.UUID(data["r"])), task_id=data["t"], attempt=data["a"])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidTaskToken("The task token is not a django-durable task token.") from None
+    if not all(isinstance(value, int) and value > 0 for value in (parsed.item_id, parsed.task_id, parsed.attempt)):
+        raise InvalidTaskToken("The task token is not a django-durable task token.")
+    return parsed

@@ -1,0 +1,189 @@
+"""Activities finished later, from anywhere, by task token (the Python API)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import django_durable as durable
+from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem
+from tests.conftest import wait_for
+from tests.testapp.async_workflows import (
+    ac_approval,
+    ac_approval_with_deadline,
+    ac_approval_with_heartbeat,
+    ac_long_work,
+)
+
+
+def handed_out(folder: Path, attempt: int = 1) -> dict:
+    path = folder / f"token-{attempt}"
+    wait_for(path.exists, what=f"attempt {attempt} to hand out its token")
+    return json.loads(path.read_text())
+
+
+def awaiting(handle) -> WorkItem:
+    return wait_for(
+        lambda: WorkItem.objects.filter(instance__run_id=handle.run_id, kind="activity", awaiting_completion=True).first(),
+        what="the attempt to await completion",
+    )
+
+
+def snapshot() -> tuple:
+    return tuple(
+        sorted(model.objects.values_list("pk", flat=True))
+        for model in (WorkflowInstance, HistoryEvent, WorkItem, InboxEvent)
+    ) + (list(WorkItem.objects.values_list("attempt", "lease_owner", "awaiting_completion", "heartbeat_details")),)
+
+
+def test_complete_by_token(start_worker, tmp_path):
+    handle = durable.start_workflow(ac_approval, str(tmp_path))
+    start_worker()
+    token = handed_out(tmp_path)["token"]
+    item = awaiting(handle)
+    assert item.attempt == 1 and item.lease_expires_at is None  # no timeout: waits as long as it takes
+
+    durable.complete_activity(token, {"approved": True})
+    assert handle.result(timeout=60) == {"result": {"approved": True}}
+    completed = HistoryEvent.objects.get(instance__run_id=handle.run_id, kind="ActivityCompleted")
+    assert completed.payload["result"] == {"approved": True}
+
+    before = snapshot()
+    with pytest.raises(durable.ActivityNotPending):
+        durable.complete_activity(token, "again")
+    assert snapshot() == before
+
+
+def test_fail_by_token_retries_then_gives_up(start_worker, tmp_path):
+    handle = durable.start_workflow(ac_approval, str(tmp_path))
+    start_worker()
+    first = handed_out(tmp_path, 1)["token"]
+    awaiting(handle)
+    durable.heartbeat_activity(first, {"progress": 40})
+    durable.fail_activity(first, {"message": "mailbox full", "type": "MailError"})
+
+    second = handed_out(tmp_path, 2)
+    assert second["heartbeat_details"] == {"progress": 40}  # the previous attempt's last report
+    with pytest.raises(durable.ActivityNotPending):
+        durable.complete_activity(first, "stale")  # superseded by the retry
+
+    durable.fail_activity(second["token"], "still full")
+    third = handed_out(tmp_path, 3)["token"]
+    durable.fail_activity(third, RuntimeError("gave up"))  # the policy allows 3 attempts
+    outcome = handle.result(timeout=60)
+    assert outcome["error"] == {"type": "RuntimeError", "message": "gave up", "attempt": 3}
+
+
+def test_complete_by_workflow_and_activity_id(start_worker, tmp_path):
+    handle = durable.start_workflow(ac_approval, str(tmp_path), workflow_id="approval-by-id")
+    start_worker()
+    activity_id = handed_out(tmp_path)["activity_id"]
+    awaiting(handle)
+    durable.complete_activity_by_id("approval-by-id", activity_id, "yes")
+    assert handle.result(timeout=60) == {"result": "yes"}
+    with pytest.raises(durable.ActivityNotPending):
+        durable.complete_activity_by_id("approval-by-id", activity_id, "again")
+    with pytest.raises(durable.WorkflowNotFound):
+        durable.complete_activity_by_id("no-such-workflow", "1", "yes")
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "garbage", "a" * 5000, None, 42],
+    ids=["empty", "garbled", "oversized", "none", "int"],
+)
+def test_invalid_tokens_are_rejected_without_touching_the_database(token, django_assert_num_queries, db):
+    with django_assert_num_queries(0), pytest.raises(durable.InvalidTaskToken):
+        durable.complete_activity(token, "x")
+
+
+def test_forged_token_is_rejected_before_any_query(start_worker, tmp_path, django_assert_num_queries):
+    handle = durable.start_workflow(ac_approval, str(tmp_path))
+    start_worker()
+    token = handed_out(tmp_path)["token"]
+    awaiting(handle)
+    payload, _, signature = token.rpartition(":")
+    forged = payload + ":" + ("A" if signature[0] != "A" else "B") + signature[1:]
+    with django_assert_num_queries(0), pytest.raises(durable.InvalidTaskToken):
+        durable.complete_activity(forged, "x")
+    before = snapshot()
+    with pytest.raises(durable.InvalidTaskToken):
+        durable.fail_activity(forged, "x")
+    assert snapshot() == before
+    durable.complete_activity(token, "real")
+    assert handle.result(timeout=60) == {"result": "real"}
+
+
+def test_start_to_close_timeout_applies_to_an_awaiting_attempt(start_worker, tmp_path):
+    handle = durable.start_workflow(ac_approval_with_deadline, str(tmp_path))
+    start_worker()
+    first = handed_out(tmp_path, 1)["token"]
+    handed_out(tmp_path, 2)  # attempt 1 timed out after 1 s and was retried
+    with pytest.raises(durable.ActivityNotPending):
+        durable.complete_activity(first, "too late")
+    handed_out(tmp_path, 3)
+    outcome = handle.result(timeout=60)
+    assert outcome["error"]["attempt"] == 3
+    assert "start_to_close_timeout" in outcome["error"]["message"]
+
+
+def test_heartbeats_keep_an_awaiting_attempt_alive(start_worker, tmp_path):
+    handle = durable.start_workflow(ac_approval_with_heartbeat, str(tmp_path))
+    start_worker()
+    token = handed_out(tmp_path, 1)["token"]
+    item = awaiting(handle)
+    # Heartbeat for well over the 1 s heartbeat timeout; the attempt stays live.
+    for step in range(8):
+        assert durable.heartbeat_activity(token, {"step": step}) is False
+        time.sleep(0.25)  # the point: time passing between heartbeats
+    assert not (tmp_path / "token-2").exists()
+    item.refresh_from_db()
+    assert item.attempt == 1 and item.heartbeat_details == {"step": 7}
+    durable.complete_activity(token, "done")
+    assert handle.result(timeout=60) == {"result": "done"}
+
+
+def test_a_missed_heartbeat_times_the_awaiting_attempt_out(start_worker, tmp_path):
+    handle = durable.start_workflow(ac_approval_with_heartbeat, str(tmp_path))
+    start_worker()
+    first = handed_out(tmp_path, 1)["token"]
+    second = handed_out(tmp_path, 2)["token"]
+    with pytest.raises(durable.ActivityNotPending):
+        durable.heartbeat_activity(first)
+    durable.complete_activity(second, "second time lucky")
+    assert handle.result(timeout=60) == {"result": "second time lucky"}
+
+
+def test_running_activity_heartbeats_against_its_heartbeat_timeout(start_worker):
+    beating = durable.start_workflow(ac_long_work, 2.5, True)
+    silent = durable.start_workflow(ac_long_work, 2.5, False)
+    start_worker()
+    assert beating.result(timeout=60) == {"result": "done"}
+    outcome = silent.result(timeout=60)
+    assert "heartbeat_timeout" in outcome["error"]["message"]
+    assert outcome["error"]["attempt"] == 2
+
+
+def test_terminate_closes_the_run_and_stales_its_tokens(start_worker, tmp_path):
+    handle = durable.start_workflow(ac_approval, str(tmp_path))
+    start_worker()
+    token = handed_out(tmp_path)["token"]
+    awaiting(handle)
+    handle.terminate("customer left")
+    assert handle.status() == "terminated"
+    with pytest.raises(durable.WorkflowFailed) as failed:
+        handle.result(timeout=5)
+    assert failed.value.status == "terminated" and "customer left" in str(failed.value)
+    history = handle.history()
+    assert history[-1].kind == "WorkflowTerminated" and [e.seq for e in history] == list(range(1, len(history) + 1))
+    assert not WorkItem.objects.filter(instance__run_id=handle.run_id).exists()
+
+    before = snapshot()
+    with pytest.raises(durable.ActivityNotPending):
+        durable.complete_activity(token, "late")
+    with pytest.raises(durable.WorkflowNotOpen):
+        handle.terminate()
+    assert snapshot() == before
