@@ -61,6 +61,11 @@ DATABASES = {
     }
 }
 
+# The approval workflow "emails" its link: to files here, in the demo.
+EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+EMAIL_FILE_PATH = BASE_DIR / "demo-outbox"
+DEMO_BASE_URL = os.environ.get("DEMO_BASE_URL", "http://127.0.0.1:8000")
+
 DURABLE = {"POLL_INTERVAL": 0.2, "LEASE_SECONDS": 10.0}
 
 LOGGING = {

@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from .models import HistoryEvent, WorkflowInstance, WorkItem
+from .tokens import make_task_token
 
 
 class ReadOnlyMixin:
@@ -30,9 +31,20 @@ class HistoryEventInline(ReadOnlyMixin, admin.TabularInline):
 
 class WorkItemInline(ReadOnlyMixin, admin.TabularInline):
     model = WorkItem
-    fields = ("kind", "name", "task_id", "queue", "due_at", "attempt", "lease_owner", "lease_expires_at", "failures", "parked_at")
+    fields = (
+        "kind", "name", "task_id", "queue", "due_at", "attempt", "lease_owner", "lease_expires_at",
+        "failures", "parked_at", "task_token",
+    )
     readonly_fields = fields
     extra = 0
+
+    @admin.display(description="task token (awaiting completion)")
+    def task_token(self, item: WorkItem) -> str:
+        if not item.awaiting_completion:
+            return ""
+        return make_task_token(
+            item_id=item.pk, run_id=str(item.instance.run_id), task_id=item.task_id or 0, attempt=item.attempt
+        )
 
 
 @admin.register(WorkflowInstance)

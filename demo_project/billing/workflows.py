@@ -55,3 +55,46 @@ def subscription(ctx: durable.WorkflowContext, total: int, cycles: int, cycle_se
     ctx.set_var("overdue", overdue)
     ctx.set_var("current_cycle", cycles)
     return {"paid": paid, "overdue": overdue}
+
+
+# -- an approval that waits for a human, finished over HTTP by task token --------------
+
+
+@durable.activity
+def request_approval(document: str, approver: str) -> None:
+    """'Email' the approver a link carrying the task token, then wait for their answer."""
+    from django.conf import settings
+    from django.core.mail import send_mail
+
+    info = durable.activity_info()
+    token = info.task_token
+    url = f"{settings.DEMO_BASE_URL}/durable/api/activities/complete/"
+    send_mail(
+        subject=f"Please approve {document} [{info.workflow_id}]",
+        message=(
+            f"{document} needs your approval. To approve it:\n\n"
+            f"curl -X POST {url} -H 'Content-Type: application/json' \\\n"
+            f"  -d '{{\"task_token\": \"{token}\", \"result\": {{\"approved\": true}}}}'\n"
+        ),
+        from_email="workflows@example.com",
+        recipient_list=[approver],
+    )
+    raise durable.ResultPending()
+
+
+@durable.activity
+def publish(document: str) -> str:
+    return f"{document} published"
+
+
+@durable.workflow
+def approval(ctx: durable.WorkflowContext, document: str, approver: str) -> dict:
+    ctx.set_var("state", "waiting for approval")
+    decision = ctx.call_activity(request_approval, document, approver).result()
+    ctx.set_var("decision", decision)
+    if not decision.get("approved"):
+        ctx.set_var("state", "rejected")
+        return {"published": False, "decision": decision}
+    outcome = ctx.call_activity(publish, document).result()
+    ctx.set_var("state", "published")
+    return {"published": True, "outcome": outcome}

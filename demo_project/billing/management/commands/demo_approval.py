@@ -1,0 +1,59 @@
+import json
+import re
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+import django_durable as durable
+from demo_project.billing.workflows import approval
+
+TOKEN = re.compile(r'"task_token": "([^"]+)"')
+
+
+class Command(BaseCommand):
+    help = (
+        "Start the approval workflow; its activity 'emails' (to EMAIL_FILE_PATH) a curl command "
+        "that completes it by task token. With --approve, run that request against the server."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--approve", action="store_true", help="Send the approval over HTTP.")
+        parser.add_argument("--timeout", type=float, default=60.0)
+
+    def handle(self, *args: object, **options: object) -> None:
+        workflow_id = f"approval-{uuid.uuid4().hex[:8]}"
+        handle = durable.start_workflow(approval, "invoice-42.pdf", "boss@example.com", workflow_id=workflow_id)
+        self.stdout.write(f"Started {workflow_id}; waiting for its approval email...")
+        token = self._token_from_outbox(workflow_id, float(options["timeout"]))  # type: ignore[arg-type]
+        url = f"{settings.DEMO_BASE_URL}/durable/api/activities/complete/"
+        self.stdout.write("The approver's email says:")
+        self.stdout.write(
+            f"  curl -X POST {url} -H 'Content-Type: application/json' \\\n"
+            f"    -d '{{\"task_token\": \"{token}\", \"result\": {{\"approved\": true}}}}'"
+        )
+        if not options["approve"]:
+            self.stdout.write("Run it to approve; this waits for the workflow to finish.")
+        else:
+            body = json.dumps({"task_token": token, "result": {"approved": True}}).encode()
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                self.stdout.write(f"POST {url} -> {response.status} {response.read().decode()}")
+        result = handle.result(timeout=float(options["timeout"]))  # type: ignore[arg-type]
+        self.stdout.write(self.style.SUCCESS(f"Result: {json.dumps(result)}"))
+        self.stdout.write(f"WORKFLOW_ID={workflow_id}")
+
+    def _token_from_outbox(self, workflow_id: str, timeout: float) -> str:
+        outbox = Path(settings.EMAIL_FILE_PATH)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in outbox.glob("*.log") if outbox.exists() else []:
+                text = message.read_text()
+                found = TOKEN.search(text)
+                if f"[{workflow_id}]" in text and found:
+                    return found.group(1)
+            time.sleep(0.2)
+        raise CommandError("No approval email arrived; is a durable_worker running?")
