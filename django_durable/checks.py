@@ -66,3 +66,23 @@ def check_sqlite(app_configs: Any = None, databases: Any = None, **kwargs: Any) 
                 )
             )
     return warnings
+
+
+@checks.register(checks.Tags.database)
+def check_isolation_level(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    for alias in databases or []:
+        connection = connections[alias]
+        if connection.vendor != "postgresql":
+            continue
+        level = connection.settings_dict.get("OPTIONS", {}).get("isolation_level")
+        if level is not None and getattr(level, "name", str(level)).upper().replace(" ", "_") != "READ_COMMITTED":
+            errors.append(
+                checks.Error(
+                    f"Database {alias!r} uses isolation level {level}: django-durable relies on "
+                    "READ COMMITTED (a statement after a row lock sees what committed while it waited).",
+                    hint="Remove OPTIONS['isolation_level'] or set it to READ COMMITTED.",
+                    id="django_durable.E005",
+                )
+            )
+    return errors

@@ -94,6 +94,11 @@ class WorkflowHandle:
     def history(self) -> list[Event]:
         return store.get_history(self._instance().pk)
 
+    def retry(self) -> bool:
+        """Run a workflow task that is backing off or parked after failures (say, a
+        ``NonDeterminismError`` fixed by a deploy) now. Returns whether there was one."""
+        return store.unpark_workflow_task(self._instance().pk)
+
     def terminate(self, reason: str | None = None) -> None:
         """Close the run now; no workflow code runs, pending activities and timers are dropped."""
         store.terminate(self.workflow_id, self._run_id, reason or "terminated")
@@ -184,7 +189,12 @@ def heartbeat_activity(task_token: str, details: Any = None) -> bool:
     """Record progress for the attempt; returns whether cancellation was requested."""
     token = read_task_token(task_token)
     encoded = to_json(details, "the heartbeat details")
-    _finish(token, lambda item: store.record_heartbeat(item, encoded, live_only=True))
+    _finish(
+        token,
+        lambda item: store.record_heartbeat(
+            item, encoded, lease_seconds=durable_settings.LEASE_SECONDS, live_only=True
+        ),
+    )
     return False  # cancellation requests arrive with workflow cancellation (not built yet)
 
 

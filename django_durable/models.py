@@ -6,6 +6,7 @@ import uuid
 
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 
@@ -143,7 +144,8 @@ class WorkItem(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     # Activities: the attempt's function returned ResultPending; it is finished by task token.
     awaiting_completion = models.BooleanField(default=False)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # Set by the store from the database's clock (schedule_to_close_timeout counts from it).
+    created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [

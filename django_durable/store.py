@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Greatest
 
 from .engine.events import Event, EventKind
 from .exceptions import ActivityNotPending, WorkflowAlreadyExists, WorkflowNotFound, WorkflowNotOpen
@@ -87,9 +88,10 @@ def db_now() -> datetime.datetime:
     return now
 
 
-def _lock_instance(instance_id: int) -> dict[str, Any] | None:
+def _lock_instance(instance_id: int, *, skip_locked: bool = False) -> dict[str, Any] | None:
+    skip_locked = skip_locked and connection.features.has_select_for_update_skip_locked
     return (
-        WorkflowInstance.objects.select_for_update()
+        WorkflowInstance.objects.select_for_update(skip_locked=skip_locked)
         .filter(pk=instance_id)
         .values("status", "history_length", "queue", "workflow_id", "run_id", "workflow_name")
         .first()
@@ -140,6 +142,7 @@ def create_instance(
                 queue=queue,
                 name=workflow_name,
                 due_at=max(start_at, now) if start_at else now,
+                created_at=now,
             )
     except IntegrityError:
         # Another transaction started a run with this id between our check and insert.
@@ -151,14 +154,11 @@ def get_instance(workflow_id: str, run_id: str | None = None) -> WorkflowInstanc
     runs = WorkflowInstance.objects.filter(workflow_id=workflow_id)
     if run_id is not None:
         runs = runs.filter(run_id=run_id)
-    instance = runs.order_by("-created_at", "-id").first()
+    # Runs of one id are strictly sequential (one open run at a time): the newest has the highest id.
+    instance = runs.order_by("-id").first()
     if instance is None:
         raise WorkflowNotFound(f"No workflow with id {workflow_id!r}" + (f" and run {run_id}." if run_id else "."))
     return instance
-
-
-def get_status(workflow_id: str, run_id: str | None = None) -> str:
-    return get_instance(workflow_id, run_id).status
 
 
 def get_history(instance_id: int) -> list[Event]:
@@ -206,43 +206,52 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
             awaiting_completion=False,
         )
         rows = WorkItem.objects.filter(id__in=ids, lease_owner=owner, claimed_at=now).values(*CLAIM_FIELDS)
-        return [Claim(owner=owner, **row) for row in rows]
+        claims = [Claim(owner=owner, **row) for row in rows]
+        for item in claims:
+            deadline = attempt_deadline(item, None)
+            if deadline is not None and deadline < item.lease_expires_at:
+                WorkItem.objects.filter(id=item.id).update(lease_expires_at=deadline)
+                item.lease_expires_at = deadline
+        return claims
 
 
-def renew_leases(*, owner: str, expiries: dict[int, datetime.datetime | None], lease_seconds: float) -> set[int]:
-    """Extend the leases of items still ours; an item's ``expiries`` entry caps its lease
-    (an activity's start-to-close deadline). Returns the ids whose lease was lost."""
-    lost: set[int] = set()
-    if not expiries:
-        return lost
+def renew_leases(
+    *, owner: str, leases: Sequence[tuple[int, int, datetime.datetime | None]], lease_seconds: float
+) -> set[int]:
+    """Extend the leases of ``(item id, attempt, cap)`` still ours; a cap (the attempt's
+    timeout) bounds the extension. Returns the ids whose lease was lost."""
+    if not leases:
+        return set()
+    wanted = {(item_id, attempt): cap for item_id, attempt, cap in leases}
     with transaction.atomic():
         now = db_now()
-        default = now + _seconds(lease_seconds)
+        candidates = WorkItem.objects.filter(
+            id__in=[item_id for item_id, _, _ in leases],
+            lease_owner=owner,
+            awaiting_completion=False,
+            lease_expires_at__gt=now,  # an expired lease is the reaper's now
+        ).order_by("id")
+        if connection.features.has_select_for_update_skip_locked:
+            # Rows locked by a transaction finishing them are skipped, not waited on:
+            # waiting could deadlock with a run's close, which locks its items in turn.
+            candidates = candidates.select_for_update(skip_locked=True)
+        ours = [key for key in candidates.values_list("id", "attempt") if key in wanted]
         by_expiry: dict[datetime.datetime, list[int]] = {}
-        for item_id, cap in expiries.items():
-            by_expiry.setdefault(min(default, cap) if cap else default, []).append(item_id)
+        for key in ours:
+            cap = wanted[key]
+            expiry = now + _seconds(lease_seconds)
+            by_expiry.setdefault(min(expiry, cap) if cap else expiry, []).append(key[0])
         for expiry, ids in by_expiry.items():
-            # An already expired lease is not renewed: the reaper may be taking it back.
-            renewed = WorkItem.objects.filter(id__in=ids, lease_owner=owner, lease_expires_at__gt=now).update(
-                lease_expires_at=expiry
-            )
-            if renewed < len(ids):
-                # Items that no longer exist finished (or their run closed); only an
-                # item now leased by someone else, or expired, is a lost lease.
-                lost.update(
-                    WorkItem.objects.filter(id__in=ids)
-                    .exclude(lease_owner=owner, lease_expires_at=expiry)
-                    .values_list("id", flat=True)
-                )
-    return lost
-
-
-def release(claims: Iterable[Claim]) -> None:
-    """Give unstarted claims back (graceful shutdown); the attempt does not count."""
-    for item in claims:
-        WorkItem.objects.filter(id=item.id, lease_owner=item.owner, attempt=item.attempt).update(
-            lease_owner=None, lease_expires_at=None, attempt=F("attempt") - 1
+            # Greatest: a heartbeat may have pushed the lease further meanwhile.
+            WorkItem.objects.filter(id__in=ids).update(lease_expires_at=Greatest("lease_expires_at", Value(expiry)))
+        missing = {item_id for item_id, _ in set(wanted) - set(ours)}
+        if not missing:
+            return set()
+        # Not renewed and not simply finished or busy being finished: lost.
+        lost = WorkItem.objects.filter(id__in=missing).exclude(
+            lease_owner=owner, lease_expires_at__gt=now, awaiting_completion=False
         )
+        return set(lost.values_list("id", flat=True))
 
 
 def _fence(item: Claim) -> Any:
@@ -369,6 +378,7 @@ def _work_items_for(instance_id: int, workflow_queue: str, events: Iterable[Even
                     task_id=event.task_id,
                     payload={"args": event.payload["args"], "kwargs": event.payload["kwargs"], "options": options},
                     due_at=now,
+                    created_at=now,
                 )
             )
         elif event.kind == EventKind.TIMER_STARTED:
@@ -379,6 +389,7 @@ def _work_items_for(instance_id: int, workflow_queue: str, events: Iterable[Even
                     queue=workflow_queue,
                     task_id=event.task_id,
                     due_at=datetime.datetime.fromisoformat(event.payload["fire_at"]),
+                    created_at=now,
                 )
             )
     return items
@@ -450,6 +461,7 @@ def _deliver(instance_id: int, instance: dict[str, Any], event: Event) -> None:
             queue=instance["queue"],
             name=instance["workflow_name"],
             due_at=event.timestamp,
+            created_at=event.timestamp,
         )
 
 
@@ -504,14 +516,21 @@ def await_completion(item: Claim, heartbeat_at: datetime.datetime | None) -> Non
         raise _lease_lost(item)
 
 
-def record_heartbeat(item: Claim, details: Any, *, live_only: bool = False) -> datetime.datetime:
-    """Keep ``details`` for the next attempt; push out an awaiting attempt's heartbeat deadline."""
+def record_heartbeat(
+    item: Claim, details: Any, *, lease_seconds: float, live_only: bool = False
+) -> datetime.datetime:
+    """Keep ``details`` for the next attempt and push out the attempt's heartbeat deadline."""
     with transaction.atomic():
         now = db_now()
         fence = _attempt_fence(item, now, live_only=live_only)
         if not fence.update(heartbeat_details=details, heartbeat_at=now):
             raise _lease_lost(item)
-        fence.filter(awaiting_completion=True).update(lease_expires_at=attempt_deadline(item, now))
+        deadline = attempt_deadline(item, now)
+        fence.filter(awaiting_completion=True).update(lease_expires_at=deadline)
+        renewed = now + _seconds(lease_seconds)
+        fence.filter(awaiting_completion=False).update(
+            lease_expires_at=min(renewed, deadline) if deadline else renewed
+        )
     return now
 
 
@@ -637,22 +656,27 @@ def fire_due_timers(*, queues: Sequence[str], limit: int) -> int:
     now = db_now()
     due = list(
         WorkItem.objects.filter(
-            kind=WorkItemKind.TIMER, queue__in=list(queues), lease_owner__isnull=True, due_at__lte=now
+            kind=WorkItemKind.TIMER,
+            queue__in=list(queues),
+            lease_owner__isnull=True,
+            parked_at__isnull=True,
+            due_at__lte=now,
         ).values_list("id", "instance_id", "task_id", "due_at")[:limit]
     )
     fired = 0
     for item_id, instance_id, task_id, due_at in due:
         with transaction.atomic():
-            instance = _lock_instance(instance_id)
+            # A run locked by someone else is skipped: they may be firing this very timer.
+            instance = _lock_instance(instance_id, skip_locked=True)
             deleted, _ = WorkItem.objects.filter(id=item_id).delete() if instance else (0, None)
             if not deleted:
-                continue  # another worker fired it, or the run closed
+                continue  # fired by another worker, the run is busy or closed: next round
             _deliver(
                 instance_id,
                 instance,
                 Event(
                     kind=EventKind.TIMER_FIRED,
-                    timestamp=db_now(),
+                    timestamp=now,
                     task_id=task_id,
                     payload={"fire_at": due_at.isoformat()},
                 ),

@@ -57,8 +57,13 @@ class Worker:
         # it while this worker runs the retry of the same item.
         self._running: dict[tuple[int, int], _RunningActivity] = {}
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="durable-activity")
-        self._last_renewal = self._last_reap = 0.0
+        self._last_reap = 0.0
         self._db_error_backoff = 0.0
+        self._workflow_task: store.Claim | None = None
+        # Leases are renewed from a thread of their own so that a long run of
+        # workflow tasks in the main loop cannot starve renewal.
+        self._renewer_stop = threading.Event()
+        self._renewer = threading.Thread(target=self._renew_forever, name="durable-lease-renewer", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -68,6 +73,7 @@ class Worker:
             signal.signal(signal.SIGTERM, self._handle_signal)
             signal.signal(signal.SIGINT, self._handle_signal)
         logger.info("Worker %s started on queues %s, %d activity threads", self.name, self.queues, self.concurrency)
+        self._renewer.start()
         try:
             while not self._stopping.is_set():
                 did_work = self._iterate()
@@ -110,10 +116,11 @@ class Worker:
 
     def _finish_running(self) -> None:
         while self._running:
-            self._renew_leases(force=False)
-            self._wakeup.wait(min(self.poll_interval, self.lease_seconds / 3))
+            self._wakeup.wait(self.poll_interval)
             self._wakeup.clear()
         self._pool.shutdown(wait=True)
+        self._renewer_stop.set()
+        self._renewer.join()
         close_old_connections()
 
     def _idle(self) -> bool:
@@ -130,12 +137,17 @@ class Worker:
     def _iterate(self) -> bool:
         close_old_connections()
         try:
-            self._renew_leases()
             self._reap()
             fired = store.fire_due_timers(queues=self.queues, limit=durable_settings.CLAIM_BATCH_SIZE)
             workflow_tasks = self._claim(WorkItemKind.WORKFLOW, durable_settings.CLAIM_BATCH_SIZE)
             for item in workflow_tasks:
-                self._run_workflow_task(item)
+                with self._lock:
+                    self._workflow_task = item
+                try:
+                    self._run_workflow_task(item)
+                finally:
+                    with self._lock:
+                        self._workflow_task = None
             free = self.concurrency - len(self._running)
             activities = [] if self._stopping.is_set() else self._claim(WorkItemKind.ACTIVITY, free)
             for item in activities:
@@ -163,17 +175,31 @@ class Worker:
             logger.debug("Claimed %s %s (item %s, attempt %s)", item.kind, item.name, item.id, item.attempt)
         return items
 
-    def _renew_leases(self, force: bool = False) -> None:
-        if time.monotonic() - self._last_renewal < self.lease_seconds / 3:
-            return
-        self._last_renewal = time.monotonic()
+    def _renew_forever(self) -> None:
+        while not self._renewer_stop.wait(self.lease_seconds / 3):
+            try:
+                close_old_connections()
+                self._renew_leases()
+            except DatabaseError as exc:
+                logger.warning("Could not renew leases (%s); retrying.", exc)
+        close_old_connections()
+
+    def _renew_leases(self) -> None:
         with self._lock:
-            expiries = {
-                running.item.id: store.attempt_deadline(running.item, running.heartbeat_at)
+            leases = [
+                (running.item.id, running.item.attempt, store.attempt_deadline(running.item, running.heartbeat_at))
                 for running in self._running.values()
                 if self._is_current(running.item)
-            }
-        for item_id in store.renew_leases(owner=self.name, expiries=expiries, lease_seconds=self.lease_seconds):
+            ]
+            task = self._workflow_task
+        if task is not None:
+            leases.append((task.id, task.attempt, None))
+        lost = store.renew_leases(owner=self.name, leases=leases, lease_seconds=self.lease_seconds)
+        with self._lock:  # what finished meanwhile was not lost
+            still_here = {running.item.id for running in self._running.values()}
+            if self._workflow_task is not None:
+                still_here.add(self._workflow_task.id)
+        for item_id in lost & still_here:
             logger.warning("Lost the lease of work item %s; its outcome will be discarded.", item_id)
 
     def _is_current(self, item: store.Claim) -> bool:
@@ -233,10 +259,10 @@ class Worker:
             logger.warning("Workflow task discarded: %s", exc)
         except DatabaseError:
             raise
-        except Exception as exc:  # NotRegistered, or a bug: the task backs off, the worker lives
+        except BaseException as exc:  # NotRegistered, sys.exit() in workflow code, a bug: back off
             self._fail_workflow_task(item, str(item.instance_id), exc)
 
-    def _fail_workflow_task(self, item: store.Claim, workflow_id: str, error: Exception) -> None:
+    def _fail_workflow_task(self, item: store.Claim, workflow_id: str, error: BaseException) -> None:
         try:
             parked = store.fail_workflow_task(
                 item,
@@ -342,7 +368,9 @@ class _RunningActivity:
 
     def heartbeat(self, details: Any) -> bool:
         try:
-            self.heartbeat_at = store.record_heartbeat(self.item, details)
+            self.heartbeat_at = store.record_heartbeat(
+                self.item, details, lease_seconds=durable_settings.LEASE_SECONDS
+            )
         except store.LeaseLost:
             raise ActivityNotPending(
                 f"Attempt {self.item.attempt} of activity {self.item.name!r} is no longer pending "

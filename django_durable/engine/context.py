@@ -170,6 +170,7 @@ class WorkflowContext:
 
     def wait_all(self, tasks: Iterable[Task]) -> list[Any]:
         """Results of all ``tasks``; raises the first failure (in history order) at once."""
+        self._check_running()
         tasks = list(tasks)
         done = [self._completions[t.task_id] for t in tasks if t.task_id in self._completions]
         failures = [entry for entry in done if entry[1].kind == EventKind.ACTIVITY_FAILED]
@@ -183,6 +184,7 @@ class WorkflowContext:
 
     def wait_any(self, tasks: Iterable[Task]) -> Task:
         """The first of ``tasks`` to complete (in history order)."""
+        self._check_running()
         tasks = list(tasks)
         if not tasks:
             raise ValueError("wait_any() needs at least one task.")
