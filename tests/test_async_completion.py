@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from pathlib import Path
@@ -187,3 +188,28 @@ def test_terminate_closes_the_run_and_stales_its_tokens(start_worker, tmp_path):
     with pytest.raises(durable.WorkflowNotOpen):
         handle.terminate()
     assert snapshot() == before
+
+
+def test_lease_renewal_leaves_an_awaiting_attempt_alone(start_worker, tmp_path):
+    from tests.testapp.async_workflows import ac_approval_with_long_deadline
+
+    handle = durable.start_workflow(ac_approval_with_long_deadline, str(tmp_path))
+    start_worker()
+    token = handed_out(tmp_path)["token"]
+    item = awaiting(handle)
+    deadline = item.claimed_at + datetime.timedelta(seconds=60)
+    assert item.lease_expires_at == deadline
+    # Several renewal rounds (every LEASE_SECONDS / 3) and a lease's length go by.
+    time.sleep(2.5)
+    item.refresh_from_db()
+    assert (item.attempt, item.lease_expires_at) == (1, deadline)
+    durable.complete_activity(token, "approved")
+    assert handle.result(timeout=60) == {"result": "approved"}
+
+
+def test_heartbeats_keep_a_short_heartbeat_timeout_from_expiring(start_worker):
+    from tests.testapp.async_workflows import ac_quick_heartbeat_work
+
+    handle = durable.start_workflow(ac_quick_heartbeat_work, 2.0)
+    start_worker()
+    assert handle.result(timeout=60) == {"result": 1}  # attempt 1 was never reaped

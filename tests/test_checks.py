@@ -54,3 +54,29 @@ def test_sqlite_without_immediate_transactions_is_warned_about(settings):
     assert warning.id == "django_durable.W001"
     assert warning.level == checks.WARNING
     assert "IMMEDIATE" in warning.hint
+
+
+def test_postgres_isolation_level_other_than_read_committed_is_an_error():
+    from django.db import connections
+
+    from django_durable.checks import check_isolation_level
+
+    connection = connections["default"]
+    if connection.vendor != "postgresql":
+        assert check_isolation_level(databases=["default"]) == []
+        return
+    import psycopg
+
+    assert check_isolation_level(databases=["default"]) == []
+    options = connection.settings_dict["OPTIONS"]
+    options["isolation_level"] = psycopg.IsolationLevel.REPEATABLE_READ
+    try:
+        (error,) = check_isolation_level(databases=["default"])
+    finally:
+        del options["isolation_level"]
+    assert error.id == "django_durable.E005"
+    options["isolation_level"] = psycopg.IsolationLevel.READ_COMMITTED
+    try:
+        assert check_isolation_level(databases=["default"]) == []
+    finally:
+        del options["isolation_level"]

@@ -31,3 +31,8 @@ def test_a_failing_workflow_task_backs_off_and_is_parked(start_worker):
     batch = start_worker(batch=True)
     assert batch.wait() == 0
     assert WorkItem.objects.get(pk=item.pk).failures == 3
+
+    # retry() (after a fix, say) makes it claimable at once, with a fresh failure count.
+    assert handle.retry() is True
+    item.refresh_from_db()
+    assert (item.parked_at, item.failures, item.lease_owner) == (None, 0, None)

@@ -75,3 +75,31 @@ def ac_approval_with_heartbeat(ctx: durable.WorkflowContext, folder: str) -> dic
 @durable.workflow
 def ac_long_work(ctx: durable.WorkflowContext, seconds: float, beat: bool) -> dict:
     return _outcome(ctx, ac_heartbeating, seconds, beat)
+
+
+@durable.activity(retry=RETRY, start_to_close_timeout=60)
+def ac_request_with_long_deadline(folder: str) -> None:
+    _hand_out(folder)
+    raise durable.ResultPending()
+
+
+@durable.workflow
+def ac_approval_with_long_deadline(ctx: durable.WorkflowContext, folder: str) -> dict:
+    return _outcome(ctx, ac_request_with_long_deadline, folder)
+
+
+@durable.activity(retry=durable.RetryPolicy(initial_interval=0.05, maximum_attempts=2), heartbeat_timeout=0.4)
+def ac_quick_heartbeats(seconds: float) -> int:
+    """A heartbeat timeout far shorter than the lease renewal interval."""
+    beats = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        durable.heartbeat(beats)
+        beats += 1
+        time.sleep(0.05)
+    return durable.activity_info().attempt
+
+
+@durable.workflow
+def ac_quick_heartbeat_work(ctx: durable.WorkflowContext, seconds: float) -> dict:
+    return _outcome(ctx, ac_quick_heartbeats, seconds)
