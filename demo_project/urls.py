@@ -1,8 +1,9 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/django_durable/workflowinstance/")),
     path("admin/", admin.site.urls),
+    path("durable/api/", include("django_durable.api.urls")),
 ]

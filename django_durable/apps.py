@@ -10,5 +10,6 @@ class DurableConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .api import checks as api_checks  # noqa: F401  (no REST framework import)
 
         autodiscover_modules("workflows")

@@ -20,6 +20,11 @@ from .exceptions import SerializationError
 
 _DATACLASS_TAG = "__dataclass__"
 _MODEL_TAG = "__model__"
+# A plain dict that happens to use a tag as a key is wrapped, so data from
+# outside (an HTTP request, say) can never make the worker build an object.
+_DICT_TAG = "__dict__"
+_TAGS = frozenset({_DATACLASS_TAG, _MODEL_TAG, _DICT_TAG})
+_MAX_DEPTH = 100
 
 
 class DataConverter:
@@ -42,17 +47,23 @@ class JSONDataConverter(DataConverter):
         if isinstance(data, list):
             return [self.from_json(item) for item in data]
         if isinstance(data, dict):
+            if _DICT_TAG in data and len(data) == 1 and isinstance(data[_DICT_TAG], dict):
+                return {key: self.from_json(item) for key, item in data[_DICT_TAG].items()}
             if _DATACLASS_TAG in data or _MODEL_TAG in data:
                 return self._revive(data)
             return {key: self.from_json(item) for key, item in data.items()}
         return data
 
     def _encode(self, value: Any, path: str, seen: set[int]) -> Any:
-        if value is None or isinstance(value, (bool, int, str)):
+        if isinstance(value, str):
+            return _checked_string(value, path)
+        if value is None or isinstance(value, (bool, int)):
             return value
         if isinstance(value, (list, tuple, dict)) or dataclasses.is_dataclass(value):
             if id(value) in seen:
                 raise SerializationError(f"{path}: circular reference.")
+            if len(seen) >= _MAX_DEPTH:  # seen holds the containers on the path here
+                raise SerializationError(f"value: nested more than {_MAX_DEPTH} levels deep.")
             seen = seen | {id(value)}
         if isinstance(value, float):
             if not math.isfinite(value):
@@ -67,8 +78,8 @@ class JSONDataConverter(DataConverter):
                     raise SerializationError(
                         f"{path}: dictionary key {key!r} is not a string; JSON keys must be strings."
                     )
-                encoded[key] = self._encode(item, f"{path}[{key!r}]", seen)
-            return encoded
+                encoded[_checked_string(key, path)] = self._encode(item, f"{path}[{key!r}]", seen)
+            return {_DICT_TAG: encoded} if _TAGS.intersection(encoded) else encoded
         cls = type(value)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
@@ -97,13 +108,26 @@ class JSONDataConverter(DataConverter):
         return cls.model_validate(data.get("data", {}))
 
 
+def _checked_string(value: str, path: str) -> str:
+    # PostgreSQL's jsonb cannot hold NUL, and lone surrogates are not valid UTF-8.
+    if "\x00" in value:
+        raise SerializationError(f"{path}: strings cannot contain NUL characters.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SerializationError(f"{path}: string is not valid Unicode (lone surrogate).") from None
+    return value
+
+
 def _class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _loaded_class(path: str) -> type | None:
+def _loaded_class(path: Any) -> type | None:
     # Only classes of modules already imported by the project are revived:
     # stored data must never make the worker import arbitrary modules.
+    if not isinstance(path, str):
+        return None
     module_name, _, qualname = path.partition(":")
     obj: Any = sys.modules.get(module_name)
     for part in qualname.split("."):

@@ -523,7 +523,9 @@ def record_heartbeat(
     with transaction.atomic():
         now = db_now()
         fence = _attempt_fence(item, now, live_only=live_only)
-        if not fence.update(heartbeat_details=details, heartbeat_at=now):
+        # A heartbeat without details keeps what an earlier one reported.
+        updates = {"heartbeat_at": now} if details is None else {"heartbeat_details": details, "heartbeat_at": now}
+        if not fence.update(**updates):
             raise _lease_lost(item)
         deadline = attempt_deadline(item, now)
         fence.filter(awaiting_completion=True).update(lease_expires_at=deadline)

@@ -326,3 +326,14 @@ def tw_bad_values(ctx: durable.WorkflowContext) -> object:
     ctx.set_var("var_error", var_error)
     ctx.call_activity(add, 1, 1).result()
     return object()
+
+
+# --- API tests ---
+
+
+@durable.workflow
+def api_greet(ctx: durable.WorkflowContext, name: str, punctuation: str = "!") -> dict:
+    """Started over HTTP: sets a variable, runs an activity, returns a value."""
+    ctx.set_var("greeting", f"hello {name}")
+    total = ctx.call_activity(add, 1, 2).result()
+    return {"greeting": f"hello {name}{punctuation}", "total": total}

@@ -1,0 +1,302 @@
+"""Request and response shapes of the HTTP API; the request serializers do all validation."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
+from rest_framework.exceptions import ErrorDetail
+
+from .. import registry, store
+from ..models import HistoryEvent, WorkflowInstance, WorkflowStatus
+from .parsers import MAX_JSON_DEPTH
+
+MAX_NAME_LENGTH = 255  # workflow names, ids, queues, error types: the model columns' length
+MAX_MESSAGE_LENGTH = 10_000
+TASK_TOKEN_HEADER = "X-Durable-Task-Token"
+
+# start_workflow() takes these by keyword itself, so a workflow cannot receive them as kwargs.
+RESERVED_KWARGS = frozenset({"workflow", "workflow_id", "queue", "start_at", "id_reuse_policy"})
+
+
+# -- fields -------------------------------------------------------------------------
+
+
+class JSONValueField(serializers.Field):
+    """Any JSON value (optionally only an object or only an array) that the database can store:
+    no NUL characters (PostgreSQL's jsonb refuses them), at most ``MAX_JSON_DEPTH`` levels deep."""
+
+    default_error_messages = {
+        "not_object": _("Expected a JSON object."),
+        "not_array": _("Expected a JSON array."),
+        "too_deep": _("Nested deeper than {max_depth} levels."),
+        "null_character": _("Strings may not contain NUL characters (\\u0000)."),
+        "not_json": _("Expected a JSON value."),
+    }
+
+    def __init__(self, *, kind: str | None = None, max_depth: int = MAX_JSON_DEPTH, **kwargs: Any) -> None:
+        assert kind in (None, "object", "array")
+        self.kind = kind
+        self.max_depth = max_depth
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> Any:
+        if self.kind == "object" and not isinstance(data, dict):
+            self.fail("not_object")
+        if self.kind == "array" and not isinstance(data, list):
+            self.fail("not_array")
+        stack: list[tuple[Any, int]] = [(data, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if isinstance(item, str):
+                if "\x00" in item:
+                    self.fail("null_character")
+            elif isinstance(item, dict):
+                if depth > self.max_depth:
+                    self.fail("too_deep", max_depth=self.max_depth)
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        self.fail("not_json")
+                    if "\x00" in key:
+                        self.fail("null_character")
+                    stack.append((child, depth + 1))
+            elif isinstance(item, list):
+                if depth > self.max_depth:
+                    self.fail("too_deep", max_depth=self.max_depth)
+                stack.extend((child, depth + 1) for child in item)
+            elif not (item is None or isinstance(item, (bool, int, float))):
+                self.fail("not_json")
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class TaskTokenField(serializers.Field):
+    """The opaque task token, as handed to the activity. Checked by the engine, not here:
+    an empty, garbled, forged or oversized token is 400 ``invalid_token``."""
+
+    default_error_messages = {"invalid": _("The task token must be a string.")}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return data
+
+    def to_representation(self, value: Any) -> str:
+        return value
+
+
+def _name_field(**kwargs: Any) -> serializers.CharField:
+    return serializers.CharField(max_length=MAX_NAME_LENGTH, trim_whitespace=False, **kwargs)
+
+
+# -- activities ---------------------------------------------------------------------
+
+
+class _TaskTokenRequest(serializers.Serializer):
+    """The token comes in the body or in the ``X-Durable-Task-Token`` header (never the URL).
+
+    Both may be given only if they agree. Pass the header's value as ``context["header_token"]``.
+    """
+
+    task_token = TaskTokenField(
+        required=False,
+        help_text=f"The activity attempt's task token (or send it in the {TASK_TOKEN_HEADER} header).",
+    )
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        header = self.context.get("header_token")
+        problem = None
+        if isinstance(data, Mapping):
+            if "task_token" not in data and header is None:
+                problem = f"This field is required (in the body or the {TASK_TOKEN_HEADER} header)."
+            elif "task_token" in data and header is not None and data["task_token"] != header:
+                problem = f"The body and the {TASK_TOKEN_HEADER} header carry different tokens."
+        try:
+            attrs = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if problem and isinstance(exc.detail, dict) and "task_token" not in exc.detail:
+                exc.detail["task_token"] = [ErrorDetail(problem, code="invalid")]
+            raise
+        if problem:
+            raise serializers.ValidationError({"task_token": [problem]})
+        attrs.setdefault("task_token", header)
+        return attrs
+
+
+class CompleteActivityRequestSerializer(_TaskTokenRequest):
+    result = JSONValueField(required=False, allow_null=True, default=None, help_text="The activity's result (any JSON).")
+
+
+class ActivityErrorSerializer(serializers.Serializer):
+    message = serializers.CharField(max_length=MAX_MESSAGE_LENGTH, allow_blank=True, trim_whitespace=False)
+    type = _name_field(
+        required=False, allow_blank=True, allow_null=True,
+        help_text="The error's type name; the retry policy's non_retryable_errors match it.",
+    )
+    details = JSONValueField(required=False, allow_null=True, help_text="Anything else (JSON) about the failure.")
+
+
+class FailActivityRequestSerializer(_TaskTokenRequest):
+    error = ActivityErrorSerializer()
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        error = {key: value for key, value in attrs["error"].items() if value is not None}
+        if not error.get("type"):
+            error.pop("type", None)
+        attrs["error"] = error
+        return attrs
+
+
+class HeartbeatActivityRequestSerializer(_TaskTokenRequest):
+    details = JSONValueField(
+        required=False, allow_null=True, default=None,
+        help_text="Progress to keep; a retry of this activity sees it as heartbeat_details.",
+    )
+
+
+class ActivityStatusSerializer(serializers.Serializer):
+    status = serializers.CharField(help_text='"completed" or "failed".')
+
+
+class HeartbeatResponseSerializer(serializers.Serializer):
+    cancel_requested = serializers.BooleanField()
+
+
+# -- workflows ----------------------------------------------------------------------
+
+
+def _addressable(value: str) -> None:
+    if "/" in value:
+        raise serializers.ValidationError("A workflow id used over HTTP cannot contain '/'.")
+
+
+class StartWorkflowSerializer(serializers.Serializer):
+    workflow = _name_field(help_text="The registered name of the workflow.")
+    args = JSONValueField(kind="array", required=False, default=list)
+    kwargs = JSONValueField(kind="object", required=False, default=dict)
+    workflow_id = _name_field(
+        required=False, allow_null=True, validators=[_addressable],
+        help_text="Your id for the run; generated when absent. Refused (409) while a run with this id is open.",
+    )
+    queue = _name_field(required=False, allow_null=True)
+    start_at = serializers.DateTimeField(required=False, allow_null=True, help_text="Start no earlier than this.")
+
+    def validate_kwargs(self, value: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(RESERVED_KWARGS.intersection(value))
+        if reserved:
+            raise serializers.ValidationError(
+                f"Keyword arguments named {', '.join(reserved)} cannot be passed to a workflow."
+            )
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # An unknown name is NotRegistered (400 not_registered), raised here.
+        definition = registry.get_workflow_definition(attrs["workflow"])
+        try:
+            signature = inspect.signature(definition.fn)
+        except (TypeError, ValueError):
+            return attrs
+        try:
+            signature.bind(None, *attrs["args"], **attrs["kwargs"])  # None stands for the context
+        except TypeError as exc:
+            raise serializers.ValidationError(
+                {"args": [f"The arguments do not match workflow {definition.name!r}: {exc}."]}
+            ) from None
+        return attrs
+
+
+class StartedWorkflowSerializer(serializers.Serializer):
+    workflow_id = serializers.CharField()
+    run_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=WorkflowStatus.choices)
+
+
+class TerminateWorkflowSerializer(serializers.Serializer):
+    reason = serializers.CharField(
+        max_length=MAX_MESSAGE_LENGTH, required=False, allow_blank=True, allow_null=True, trim_whitespace=False
+    )
+
+
+class WorkflowFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=WorkflowStatus.choices, required=False)
+    workflow_name = _name_field(required=False)
+    workflow_id = _name_field(required=False)
+
+
+class RunSelectorSerializer(serializers.Serializer):
+    run_id = serializers.UUIDField(required=False, help_text="A particular run; the latest when absent.")
+
+
+class WorkflowSummarySerializer(serializers.ModelSerializer):
+    run_id = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = WorkflowInstance
+        fields = [
+            "workflow_id", "run_id", "workflow_name", "status", "queue", "waiting_on",
+            "created_at", "scheduled_start_at", "started_at", "closed_at",
+        ]
+        read_only_fields = fields
+
+
+class PendingWorkSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    name = serializers.CharField()
+    task_id = serializers.IntegerField(allow_null=True)
+    queue = serializers.CharField()
+    due_at = serializers.DateTimeField()
+    attempt = serializers.IntegerField()
+    lease_owner = serializers.CharField(allow_null=True)
+    lease_expires_at = serializers.DateTimeField(allow_null=True)
+    failures = serializers.IntegerField()
+    parked_at = serializers.DateTimeField(allow_null=True)
+    last_error = JSONValueField(kind="object", allow_null=True)
+
+
+class PendingWorkField(serializers.ListField):
+    """The run's outstanding work items (workflow task, activity attempts, timers)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=PendingWorkSerializer(), read_only=True, **kwargs)
+
+    def get_attribute(self, instance: WorkflowInstance) -> list[dict[str, Any]]:
+        return store.pending_work(instance.pk)
+
+
+class WorkflowDetailSerializer(WorkflowSummarySerializer):
+    """One run: the stored JSON of its input, result, error and variables, as it is in the database."""
+
+    args = JSONValueField(kind="array", source="input.args", read_only=True)
+    kwargs = JSONValueField(kind="object", source="input.kwargs", read_only=True)
+    result = JSONValueField(read_only=True, allow_null=True, help_text="The return value (JSON), once completed.")
+    error = JSONValueField(
+        kind="object", read_only=True, allow_null=True, help_text="type, message, traceback, details; once failed."
+    )
+    vars = JSONValueField(kind="object", read_only=True, help_text="The latest ctx.set_var() values.")
+    task_error = JSONValueField(
+        kind="object", read_only=True, allow_null=True,
+        help_text="The latest engine-level failure of a workflow task (e.g. non-determinism), if any.",
+    )
+    pending_work = PendingWorkField()
+
+    class Meta(WorkflowSummarySerializer.Meta):
+        fields = WorkflowSummarySerializer.Meta.fields + [
+            "args", "kwargs", "result", "error", "vars", "task_error", "history_length", "updated_at",
+            "pending_work",
+        ]
+        read_only_fields = fields
+
+
+class HistoryEventSerializer(serializers.ModelSerializer):
+    payload = JSONValueField(kind="object", read_only=True)
+
+    class Meta:
+        model = HistoryEvent
+        fields = ["seq", "kind", "name", "task_id", "payload", "timestamp"]
+        read_only_fields = fields
