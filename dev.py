@@ -127,8 +127,14 @@ def wait_for_port(port: int, services: dict[str, subprocess.Popen[bytes]]) -> st
     return f"nothing is listening on 127.0.0.1:{port} after 30s"
 
 
+DEMO_STEPS = [
+    ("the subscription workflow", ["demo_subscription"]),
+    ("the approval workflow, approved over HTTP by task token", ["demo_approval", "--approve"]),
+]
+
+
 def demo(port: int, exit_after: bool) -> int:
-    env = child_env(DJANGO_SETTINGS_MODULE="demo_project.settings")
+    env = child_env(DJANGO_SETTINGS_MODULE="demo_project.settings", DEMO_BASE_URL=f"http://127.0.0.1:{port}")
     say("migrating the demo database")
     if run(manage("migrate", "--noinput"), env) != 0:
         return 1
@@ -156,17 +162,21 @@ def demo(port: int, exit_after: bool) -> int:
         if problem := wait_for_port(port, services):
             print(f"error: {problem}", file=sys.stderr)
             return 1
-        say("running the subscription workflow: manage.py demo_subscription")
-        demo_proc = subprocess.Popen(manage("demo_subscription"), cwd=ROOT, env=env)
-        running.insert(0, demo_proc)
-        while (code := demo_proc.poll()) is None:
-            if problem := dead(services):
-                print(f"error: {problem} while the demo ran", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+        for title, command in DEMO_STEPS:
+            say(f"running {title}: manage.py {' '.join(command)}")
+            demo_proc = subprocess.Popen(manage(*command), cwd=ROOT, env=env)
+            running.insert(0, demo_proc)
+            while (code := demo_proc.poll()) is None:
+                if problem := dead(services):
+                    print(f"error: {problem} while the demo ran", file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
+            if code != 0:
+                break
         say("demo " + ("finished" if code == 0 else f"FAILED (exit code {code})"))
         print(
             f"  admin (the debugger):  http://127.0.0.1:{port}/admin/   login admin / admin\n"
+            f"  the HTTP API:          http://127.0.0.1:{port}/durable/api/workflows/ (browsable, same login)\n"
             "  a workflow's variables, with the id printed above:\n"
             "      .venv/bin/python manage.py shell\n"
             '      >>> import django_durable as durable; durable.get_workflow("<id>").vars()'

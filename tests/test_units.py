@@ -561,3 +561,31 @@ def test_activity_call_options_of_an_activity_registered_elsewhere(clean_registr
 def test_clean_registry_fixture_does_not_leak():
     assert "units_checkout" not in registry.registered_workflows()
     assert "units.charge" not in registry.registered_activities()
+
+
+# -- input from outside cannot build objects, and what PostgreSQL cannot store is refused
+
+
+def test_a_plain_dict_using_a_tag_key_stays_a_plain_dict(conv):
+    data = {"__dataclass__": "tests.test_units:Address", "fields": {"street": "x"}}
+    assert round_trip(conv, data) == data
+
+
+def test_a_non_string_class_tag_is_decoded_as_data(conv):
+    assert conv.from_json({"__dataclass__": 42, "fields": {}}) == {}
+
+
+@pytest.mark.parametrize("bad", ["nul \x00 inside", "lone \ud800 surrogate"], ids=["nul", "surrogate"])
+def test_strings_postgresql_cannot_store_are_refused(conv, bad):
+    with pytest.raises(SerializationError):
+        conv.to_json({"key": bad})
+    with pytest.raises(SerializationError):
+        conv.to_json({bad: 1})
+
+
+def test_very_deep_nesting_is_refused_clearly(conv):
+    value: list = []
+    for _ in range(150):
+        value = [value]
+    with pytest.raises(SerializationError, match="nested more than 100 levels"):
+        conv.to_json(value)
