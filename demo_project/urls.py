@@ -6,4 +6,6 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/django_durable/workflowinstance/")),
     path("admin/", admin.site.urls),
     path("durable/api/", include("django_durable.api.urls")),
+    # Log in and out links for the browsable API.
+    path("api-auth/", include("rest_framework.urls")),
 ]
