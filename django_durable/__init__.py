@@ -31,6 +31,7 @@ from .retry import RetryPolicy
 
 if TYPE_CHECKING:
     from .client import (
+        IdReusePolicy,
         WorkflowDescription,
         WorkflowHandle,
         complete_activity,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _CLIENT_NAMES = {
+    "IdReusePolicy",
     "start_workflow",
     "get_workflow",
     "WorkflowHandle",
@@ -72,6 +74,7 @@ __all__ = [
     "ActivityInfo",
     "ActivityNotPending",
     "DurableError",
+    "IdReusePolicy",
     "InvalidTaskToken",
     "NonDeterminismError",
     "NotRegistered",

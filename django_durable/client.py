@@ -15,7 +15,7 @@ from .engine.events import Event
 from .engine.failures import failure_from_exception
 from .exceptions import ActivityNotPending, TimeoutError, WorkflowFailed
 from .tokens import TaskToken, make_task_token, read_task_token
-from .models import OPEN_STATUSES, WorkflowInstance, WorkflowStatus
+from .models import OPEN_STATUSES, IdReusePolicy, WorkflowInstance, WorkflowStatus
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,13 +139,17 @@ def start_workflow(
     workflow_id: str | None = None,
     queue: str | None = None,
     start_at: datetime.datetime | None = None,
+    id_reuse_policy: IdReusePolicy | str = IdReusePolicy.ALLOW_DUPLICATE,
     **kwargs: Any,
 ) -> WorkflowHandle:
     """Start a run of ``workflow`` (the decorated function or its registered name).
 
     Joins the caller's transaction if there is one: the run exists, and workers
-    see it, only once that transaction commits.
+    see it, only once that transaction commits. ``id_reuse_policy`` decides
+    whether ``workflow_id`` may name a new run when earlier runs exist
+    (default: once the previous run has closed).
     """
+    id_reuse_policy = IdReusePolicy(id_reuse_policy)
     definition = registry.get_workflow_definition(workflow)
     if start_at is not None and start_at.tzinfo is None:
         raise ValueError("start_at must be a timezone-aware datetime.")
@@ -158,6 +162,7 @@ def start_workflow(
         args=encoded_args,
         kwargs=encoded_kwargs,
         start_at=start_at,
+        id_reuse_policy=id_reuse_policy,
     )
     return WorkflowHandle(instance.workflow_id, str(instance.run_id))
 

@@ -22,6 +22,15 @@ class WorkflowStatus(models.TextChoices):
 OPEN_STATUSES = (WorkflowStatus.PENDING, WorkflowStatus.RUNNING)
 
 
+class IdReusePolicy(models.TextChoices):
+    """What ``start_workflow`` does when runs with the same workflow id exist."""
+
+    ALLOW_DUPLICATE = "allow_duplicate", _("Allow once the previous run closed")
+    ALLOW_DUPLICATE_FAILED_ONLY = "allow_duplicate_failed_only", _("Allow only if the previous run did not complete")
+    REJECT_DUPLICATE = "reject_duplicate", _("Never reuse the id")
+    TERMINATE_IF_RUNNING = "terminate_if_running", _("Terminate a running run, then start")
+
+
 class WorkflowInstance(models.Model):
     """One run of a workflow. ``workflow_id`` is the user's id; ``run_id`` names the run."""
 

@@ -23,6 +23,7 @@ from .engine.events import Event, EventKind
 from .exceptions import ActivityNotPending, WorkflowAlreadyExists, WorkflowNotFound, WorkflowNotOpen
 from .models import (
     OPEN_STATUSES,
+    IdReusePolicy,
     HistoryEvent,
     InboxEvent,
     WorkflowInstance,
@@ -113,13 +114,13 @@ def create_instance(
     args: list[Any],
     kwargs: dict[str, Any],
     start_at: datetime.datetime | None,
+    id_reuse_policy: IdReusePolicy = IdReusePolicy.ALLOW_DUPLICATE,
 ) -> WorkflowInstance:
     """A new run: the instance, its ``ExecutionStarted`` event and its first workflow task."""
     try:
         with transaction.atomic():
-            if WorkflowInstance.objects.filter(workflow_id=workflow_id, status__in=OPEN_STATUSES).exists():
-                raise WorkflowAlreadyExists(f"Workflow {workflow_id!r} is already running.")
             now = db_now()
+            _apply_id_reuse_policy(workflow_id, IdReusePolicy(id_reuse_policy), now)
             instance = WorkflowInstance.objects.create(
                 workflow_id=workflow_id,
                 workflow_name=workflow_name,
@@ -148,6 +149,25 @@ def create_instance(
         # Another transaction started a run with this id between our check and insert.
         raise WorkflowAlreadyExists(f"Workflow {workflow_id!r} is already running.") from None
     return instance
+
+
+def _apply_id_reuse_policy(workflow_id: str, policy: IdReusePolicy, now: datetime.datetime) -> None:
+    latest = WorkflowInstance.objects.filter(workflow_id=workflow_id).order_by("-id").values("pk", "status").first()
+    if latest is None:
+        return
+    if latest["status"] in OPEN_STATUSES:
+        if policy != IdReusePolicy.TERMINATE_IF_RUNNING:
+            raise WorkflowAlreadyExists(f"Workflow {workflow_id!r} is already running.")
+        instance = _lock_instance(latest["pk"])
+        if instance is not None and instance["status"] in OPEN_STATUSES:
+            _terminate_locked(latest["pk"], instance, "terminated by a new run with the same id", now)
+    elif policy == IdReusePolicy.REJECT_DUPLICATE or (
+        policy == IdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY and latest["status"] == WorkflowStatus.COMPLETED
+    ):
+        raise WorkflowAlreadyExists(
+            f"Workflow id {workflow_id!r} was used before ({latest['status']}) and the id reuse policy "
+            f"{policy.value!r} does not allow another run."
+        )
 
 
 def get_instance(workflow_id: str, run_id: str | None = None) -> WorkflowInstance:
@@ -581,19 +601,22 @@ def terminate(workflow_id: str, run_id: str | None, reason: str) -> None:
         instance = _lock_instance(instance_id)
         if instance is None or instance["status"] not in OPEN_STATUSES:
             raise WorkflowNotOpen(f"Workflow {workflow_id!r} is not running (it is {instance and instance['status']}).")
-        now = db_now()
-        error = {"type": "django_durable.Terminated", "message": reason}
-        seq = instance["history_length"] + 1
-        HistoryEvent.objects.create(
-            instance_id=instance_id, seq=seq, kind=EventKind.WORKFLOW_TERMINATED,
-            payload={"reason": reason}, timestamp=now,
-        )
-        WorkItem.objects.filter(instance_id=instance_id).delete()
-        InboxEvent.objects.filter(instance_id=instance_id).delete()
-        WorkflowInstance.objects.filter(pk=instance_id).update(
-            status=WorkflowStatus.TERMINATED, error=error, history_length=seq, closed_at=now,
-            updated_at=now, waiting_on="",
-        )
+        _terminate_locked(instance_id, instance, reason, db_now())
+
+
+def _terminate_locked(instance_id: int, instance: dict[str, Any], reason: str, now: datetime.datetime) -> None:
+    error = {"type": "django_durable.Terminated", "message": reason}
+    seq = instance["history_length"] + 1
+    HistoryEvent.objects.create(
+        instance_id=instance_id, seq=seq, kind=EventKind.WORKFLOW_TERMINATED,
+        payload={"reason": reason}, timestamp=now,
+    )
+    WorkItem.objects.filter(instance_id=instance_id).delete()
+    InboxEvent.objects.filter(instance_id=instance_id).delete()
+    WorkflowInstance.objects.filter(pk=instance_id).update(
+        status=WorkflowStatus.TERMINATED, error=error, history_length=seq, closed_at=now,
+        updated_at=now, waiting_on="",
+    )
 
 
 def fail_activity(

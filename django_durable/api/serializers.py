@@ -11,7 +11,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import ErrorDetail
 
 from .. import registry, store
-from ..models import HistoryEvent, WorkflowInstance, WorkflowStatus
+from ..models import HistoryEvent, IdReusePolicy, WorkflowInstance, WorkflowStatus
 from .parsers import MAX_JSON_DEPTH
 
 MAX_NAME_LENGTH = 255  # workflow names, ids, queues, error types: the model columns' length
@@ -186,6 +186,10 @@ class StartWorkflowSerializer(serializers.Serializer):
     )
     queue = _name_field(required=False, allow_null=True)
     start_at = serializers.DateTimeField(required=False, allow_null=True, help_text="Start no earlier than this.")
+    id_reuse_policy = serializers.ChoiceField(
+        choices=IdReusePolicy.choices, required=False, default=IdReusePolicy.ALLOW_DUPLICATE,
+        help_text="Whether workflow_id may name a new run when earlier runs exist.",
+    )
 
     def validate_kwargs(self, value: dict[str, Any]) -> dict[str, Any]:
         reserved = sorted(RESERVED_KWARGS.intersection(value))

@@ -332,6 +332,7 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
             workflow_id=data.get("workflow_id") or None,
             queue=data.get("queue") or None,
             start_at=data.get("start_at"),
+            id_reuse_policy=data["id_reuse_policy"],
             **data["kwargs"],
         )
         body = {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "status": handle.status()}
