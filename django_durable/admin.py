@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import F
 from django.http import HttpRequest
 
 from .models import HistoryEvent, WorkflowInstance, WorkItem
@@ -38,12 +39,15 @@ class WorkItemInline(ReadOnlyMixin, admin.TabularInline):
     readonly_fields = fields
     extra = 0
 
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).annotate(run_uuid=F("instance__run_id"))
+
     @admin.display(description="task token (awaiting completion)")
     def task_token(self, item: WorkItem) -> str:
         if not item.awaiting_completion:
             return ""
         return make_task_token(
-            item_id=item.pk, run_id=str(item.instance.run_id), task_id=item.task_id or 0, attempt=item.attempt
+            item_id=item.pk, run_id=str(item.run_uuid), task_id=item.task_id or 0, attempt=item.attempt
         )
 
 
