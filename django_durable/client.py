@@ -232,10 +232,7 @@ def _finish(token: TaskToken, action: Any) -> None:
     try:
         action(item)
     except store.LeaseLost:
-        raise ActivityNotPending(
-            "This activity attempt is no longer pending: it finished, timed out, was "
-            "superseded by a retry, or its workflow closed."
-        ) from None
+        raise ActivityNotPending() from None
 
 
 def _failure(error: BaseException | dict[str, Any] | str) -> dict[str, Any]:

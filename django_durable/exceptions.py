@@ -59,7 +59,10 @@ class InvalidTaskToken(DurableError):
 
 class ActivityNotPending(DurableError):
     status_code = 409
-    default_detail = "The activity attempt is no longer pending."
+    default_detail = (
+        "This activity attempt is no longer pending: it finished, timed out, was superseded "
+        "by a retry, or its workflow closed."
+    )
     default_code = "activity_not_pending"
 
 

@@ -313,26 +313,25 @@ class Worker:
         except NotRegistered as exc:
             self._record_failure(item, exc, retryable=True)
             return
-        instance = store.get_run_ids(item.instance_id)
         info = ActivityInfo(
-            workflow_id=instance["workflow_id"],
-            run_id=str(instance["run_id"]),
+            workflow_id=item.workflow_id,
+            run_id=item.run_id,
             activity_id=str(item.task_id),
             activity_name=item.name,
             attempt=item.attempt,
             task_token=make_task_token(
-                item_id=item.id, run_id=str(instance["run_id"]), task_id=item.task_id or 0, attempt=item.attempt
+                item_id=item.id, run_id=item.run_id, task_id=item.task_id or 0, attempt=item.attempt
             ),
             heartbeat_details=from_json(item.heartbeat_details),
         )
         scope = _current.set(_Scope(info=info, heartbeat=running.heartbeat))
-        logger.info("Running activity %s of %s (attempt %d)", item.name, instance["workflow_id"], item.attempt)
+        logger.info("Running activity %s of %s (attempt %d)", item.name, item.workflow_id, item.attempt)
         try:
             value = definition.fn(*args, **kwargs)
         except ResultPending:
             store.await_completion(item, running.heartbeat_at)
             logger.info("Activity %s of %s (attempt %d) awaits completion by task token",
-                        item.name, instance["workflow_id"], item.attempt)
+                        item.name, item.workflow_id, item.attempt)
             return
         except Exception as exc:
             self._record_failure(item, exc, retryable=True)
@@ -345,7 +344,7 @@ class Worker:
             self._record_failure(item, exc, retryable=False)
             return
         store.complete_activity(item, result)
-        logger.info("Activity %s of %s completed (attempt %d)", item.name, instance["workflow_id"], item.attempt)
+        logger.info("Activity %s of %s completed (attempt %d)", item.name, item.workflow_id, item.attempt)
 
     def _record_failure(self, item: store.Claim, exc: Exception, *, retryable: bool) -> None:
         retry_at = store.fail_activity(item, failure_from_exception(exc), retryable=retryable)

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ActivityError, NonDeterminismError
+from ..exceptions import ActivityError, NonDeterminismError, SerializationError
 from .events import Event, EventKind, describe_call
 
 if TYPE_CHECKING:
@@ -266,8 +266,6 @@ class WorkflowContext:
         raise Abort()
 
     def _encode(self, value: Any, what: str) -> Any:
-        from ..exceptions import SerializationError
-
         try:
             return self._converter.to_json(value)
         except SerializationError as exc:

@@ -49,7 +49,7 @@ def run_workflow_task(
     name and the options to record (retry policy, timeouts, queue).
     """
     started = Event(kind=EventKind.WORKFLOW_TASK_STARTED.value, timestamp=now)
-    received = [*[started], *inbox]
+    received = [started, *inbox]
     full_history = [*history, *received]
     ctx = WorkflowContext(
         workflow_id=workflow_id,
