@@ -11,10 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from .activity import ActivityInfo, ResultPending, activity_info, heartbeat
 from .engine.context import Task, WorkflowContext
+from .engine.events import ParentClosePolicy
 from .exceptions import (
     ActivityError,
     ActivityNotPending,
+    CancelledError,
+    ChildWorkflowError,
     DurableError,
+    HistoryTooLarge,
     InvalidTaskToken,
     NonDeterminismError,
     NotRegistered,
@@ -24,6 +28,8 @@ from .exceptions import (
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowNotOpen,
+    WorkflowStateError,
+    WorkflowStillOpen,
     WorkflowTaskError,
 )
 from .registry import activity, workflow
@@ -73,11 +79,15 @@ __all__ = [
     "ActivityError",
     "ActivityInfo",
     "ActivityNotPending",
+    "CancelledError",
+    "ChildWorkflowError",
     "DurableError",
+    "HistoryTooLarge",
     "IdReusePolicy",
     "InvalidTaskToken",
     "NonDeterminismError",
     "NotRegistered",
+    "ParentClosePolicy",
     "ResultPending",
     "RetryPolicy",
     "SerializationError",
@@ -90,6 +100,8 @@ __all__ = [
     "WorkflowHandle",
     "WorkflowNotFound",
     "WorkflowNotOpen",
+    "WorkflowStateError",
+    "WorkflowStillOpen",
     "WorkflowTaskError",
     "activity",
     "activity_info",

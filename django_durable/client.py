@@ -14,8 +14,8 @@ from .converter import from_json, to_json
 from .engine.events import Event
 from .engine.failures import failure_from_exception
 from .exceptions import ActivityNotPending, TimeoutError, WorkflowFailed
-from .tokens import TaskToken, make_task_token, read_task_token
 from .models import OPEN_STATUSES, IdReusePolicy, WorkflowInstance, WorkflowStatus
+from .tokens import TaskToken, make_task_token, read_task_token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +102,39 @@ class WorkflowHandle:
     def terminate(self, reason: str | None = None) -> None:
         """Close the run now; no workflow code runs, pending activities and timers are dropped."""
         store.terminate(self.workflow_id, self._run_id, reason or "terminated")
+        store.apply_parent_close_policies(parent_id=self._instance().pk)
+
+    def signal(self, name: str, payload: Any = None) -> None:
+        """Send the external event ``name``; the workflow reads it with
+        ``ctx.wait_for_event(name)`` (now, or whenever it next waits for one)."""
+        if not isinstance(name, str) or not name or len(name) > 255:
+            raise ValueError("An event name must be a non-empty string of at most 255 characters.")
+        encoded = to_json(payload, f"the payload of event {name!r}")
+        store.signal(self.workflow_id, self._run_id, name, encoded)
+
+    def cancel(self) -> None:
+        """Ask the run to cancel. Its code sees ``CancelledError`` at its next durable
+        call and may clean up; running activities see it on their next heartbeat."""
+        store.request_cancel(self.workflow_id, self._run_id)
+
+    def suspend(self, reason: str = "") -> None:
+        """Pause the run: no workflow code runs and no new activity starts until ``resume()``."""
+        store.suspend(self.workflow_id, self._run_id, reason)
+
+    def resume(self) -> None:
+        store.resume(self.workflow_id, self._run_id)
+
+    def purge(self) -> int:
+        """Delete this closed run (or, for a handle by workflow id, every closed run of
+        the id) with its history. Returns how many runs were deleted."""
+        return store.purge(self.workflow_id, self._run_id)
+
+    def rerun(self, from_event: int, *, workflow_id: str | None = None) -> WorkflowHandle:
+        """Start a new run from a prefix of this closed run's history: events before
+        ``from_event`` (a history ``seq``) are kept, the code goes on from there.
+        For recovering runs that failed because of a bad deploy."""
+        instance = store.rerun(self.workflow_id, self._run_id, from_event, workflow_id)
+        return WorkflowHandle(instance.workflow_id, str(instance.run_id))
 
     def result(self, timeout: float | datetime.timedelta | None = None) -> Any:
         """Wait for the run to close; return its result or raise ``WorkflowFailed``.
@@ -112,8 +145,12 @@ class WorkflowHandle:
             timeout = timeout.total_seconds()
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.01
+        instance = self._instance()
         while True:
-            instance = self._instance()
+            successor = store.continuation_of(instance.pk) if instance.status == WorkflowStatus.CONTINUED_AS_NEW else None
+            if successor is not None:
+                instance = successor  # the workflow's result is its last run's
+                continue
             if instance.status not in OPEN_STATUSES:
                 break
             if deadline is not None and time.monotonic() >= deadline:
@@ -121,6 +158,7 @@ class WorkflowHandle:
             remaining = None if deadline is None else deadline - time.monotonic()
             time.sleep(max(0.0, min(interval, remaining if remaining is not None else interval)))
             interval = min(interval * 2, durable_settings.RESULT_POLL_INTERVAL)
+            instance = store.get_instance(instance.workflow_id, str(instance.run_id))
         if instance.status == WorkflowStatus.COMPLETED:
             return from_json(instance.result)
         error = instance.error or {}
@@ -194,13 +232,13 @@ def heartbeat_activity(task_token: str, details: Any = None) -> bool:
     """Record progress for the attempt; returns whether cancellation was requested."""
     token = read_task_token(task_token)
     encoded = to_json(details, "the heartbeat details")
-    _finish(
+    item = _finish(
         token,
         lambda item: store.record_heartbeat(
             item, encoded, lease_seconds=durable_settings.LEASE_SECONDS, live_only=True
         ),
     )
-    return False  # cancellation requests arrive with workflow cancellation (not built yet)
+    return store.cancel_requested(item.instance_id)
 
 
 def complete_activity_by_id(
@@ -227,12 +265,13 @@ def _token_for(workflow_id: str, activity_id: str, run_id: str | None) -> str:
     return make_task_token(item_id=token.item_id, run_id=token.run_id, task_id=token.task_id, attempt=token.attempt)
 
 
-def _finish(token: TaskToken, action: Any) -> None:
+def _finish(token: TaskToken, action: Any) -> store.Claim:
     item = store.pending_attempt(token)
     try:
         action(item)
     except store.LeaseLost:
         raise ActivityNotPending() from None
+    return item
 
 
 def _failure(error: BaseException | dict[str, Any] | str) -> dict[str, Any]:

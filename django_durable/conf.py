@@ -31,6 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "WORKFLOW_TASK_MAX_FAILURES": 10,
     "WORKFLOW_TASK_RETRY_INITIAL": 1.0,
     "WORKFLOW_TASK_RETRY_MAXIMUM": 300.0,
+    # A run's history: a warning is logged when it reaches HISTORY_WARN_EVENTS
+    # events; at HISTORY_MAX_EVENTS the run fails (use ctx.continue_as_new()).
+    "HISTORY_WARN_EVENTS": 10_000,
+    "HISTORY_MAX_EVENTS": 50_000,
     # ``WorkflowHandle.result()`` polls with backoff up to this interval.
     "RESULT_POLL_INTERVAL": 0.5,
     "DATA_CONVERTER": "django_durable.converter.JSONDataConverter",

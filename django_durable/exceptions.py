@@ -45,10 +45,22 @@ class WorkflowAlreadyExists(DurableError):
     default_code = "workflow_already_exists"
 
 
-class WorkflowNotOpen(DurableError):
+class WorkflowStateError(DurableError):
+    """The run is not in a state that allows this (e.g. resuming a run that is not suspended)."""
+
     status_code = 409
+    default_detail = "The workflow run is not in a state that allows this."
+    default_code = "invalid_state"
+
+
+class WorkflowNotOpen(WorkflowStateError):
     default_detail = "The workflow run is closed."
     default_code = "workflow_not_open"
+
+
+class WorkflowStillOpen(WorkflowStateError):
+    default_detail = "The workflow run is still open; only closed runs can be purged or rerun."
+    default_code = "workflow_open"
 
 
 class InvalidTaskToken(DurableError):
@@ -88,6 +100,25 @@ class NonDeterminismError(WorkflowTaskError):
 
     default_detail = "Workflow code does not match its history."
     default_code = "non_determinism"
+
+
+class CancelledError(DurableError):
+    """Raised in workflow code at its next durable call after ``WorkflowHandle.cancel()``.
+
+    Let it propagate and the run closes as canceled; catch it to clean up first
+    (durable calls work normally after it was raised once).
+    """
+
+    status_code = 409
+    default_detail = "The workflow was asked to cancel."
+    default_code = "canceled"
+
+
+class HistoryTooLarge(DurableError):
+    """A run's history reached ``HISTORY_MAX_EVENTS``; the run fails with this error."""
+
+    default_detail = "The workflow's history is too large."
+    default_code = "history_too_large"
 
 
 class _RemoteError(DurableError):
@@ -140,3 +171,13 @@ class WorkflowFailed(_RemoteError):
     def __init__(self, message: str, *, status: str = "failed", **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.status = status
+
+
+class ChildWorkflowError(WorkflowFailed):
+    """In a parent workflow: a child workflow did not complete (failed, canceled, terminated)."""
+
+    default_code = "child_workflow_failed"
+
+    def __init__(self, message: str, *, workflow_id: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.workflow_id = workflow_id

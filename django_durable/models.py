@@ -9,17 +9,21 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .engine.events import ParentClosePolicy
+
 
 class WorkflowStatus(models.TextChoices):
     PENDING = "pending", _("Pending")
     RUNNING = "running", _("Running")
+    SUSPENDED = "suspended", _("Suspended")
     COMPLETED = "completed", _("Completed")
     FAILED = "failed", _("Failed")
     CANCELED = "canceled", _("Canceled")
     TERMINATED = "terminated", _("Terminated")
+    CONTINUED_AS_NEW = "continued_as_new", _("Continued as new")
 
 
-OPEN_STATUSES = (WorkflowStatus.PENDING, WorkflowStatus.RUNNING)
+OPEN_STATUSES = (WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.SUSPENDED)
 
 
 class IdReusePolicy(models.TextChoices):
@@ -53,6 +57,22 @@ class WorkflowInstance(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
     closed_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # A child workflow's parent run, the parent's durable call that started it, and
+    # what happens to the child if the parent closes first.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    parent_task_id = models.PositiveIntegerField(null=True, blank=True)
+    parent_close_policy = models.CharField(
+        max_length=20, choices=[(policy.value, policy.name.title()) for policy in ParentClosePolicy], blank=True
+    )
+    continued_from = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="continued_as"
+    )
+    # A run started by ``WorkflowHandle.rerun()`` from a prefix of another run's history.
+    rerun_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns")
+    rerun_from_seq = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [

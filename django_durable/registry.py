@@ -173,3 +173,13 @@ def activity_call_options(fn_or_name: Any) -> tuple[str, dict[str, Any]]:
         "schedule_to_close_timeout": definition.schedule_to_close_timeout,
         "heartbeat_timeout": definition.heartbeat_timeout,
     }
+
+
+def workflow_call_options(fn_or_name: Any) -> tuple[str, str | None]:
+    """The name and queue recorded when a workflow starts ``fn_or_name`` as its child.
+
+    As with activities, a workflow registered only in other processes may be named.
+    """
+    name = workflow_name(fn_or_name)
+    definition = _workflows.get(name)
+    return name, definition.queue if definition is not None else None

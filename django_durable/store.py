@@ -12,19 +12,26 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Greatest
 
-from .engine.events import Event, EventKind
-from .exceptions import ActivityNotPending, WorkflowAlreadyExists, WorkflowNotFound, WorkflowNotOpen
+from .engine.events import Event, EventKind, ParentClosePolicy
+from .exceptions import (
+    ActivityNotPending,
+    WorkflowAlreadyExists,
+    WorkflowNotFound,
+    WorkflowNotOpen,
+    WorkflowStateError,
+    WorkflowStillOpen,
+)
 from .models import (
     OPEN_STATUSES,
-    IdReusePolicy,
     HistoryEvent,
+    IdReusePolicy,
     InboxEvent,
     WorkflowInstance,
     WorkflowStatus,
@@ -85,8 +92,14 @@ class WorkflowTaskInput:
     inbox_ids: list[int]
 
 
+# Set by ``django_durable.testing`` to a controllable clock; None: the database's clock.
+clock_override: Callable[[], datetime.datetime] | None = None
+
+
 def db_now() -> datetime.datetime:
     """The database's clock: leases, due times and retries are compared with it."""
+    if clock_override is not None:
+        return clock_override()
     if connection.vendor == "sqlite":
         # SQLite runs in this process, on this machine's clock.
         return datetime.datetime.now(datetime.timezone.utc)
@@ -101,9 +114,31 @@ def _lock_instance(instance_id: int, *, skip_locked: bool = False) -> dict[str, 
     return (
         WorkflowInstance.objects.select_for_update(skip_locked=skip_locked)
         .filter(pk=instance_id)
-        .values("status", "history_length", "queue", "workflow_id", "run_id", "workflow_name")
+        .values(*LOCKED_FIELDS)
         .first()
     )
+
+
+LOCKED_FIELDS = (
+    "status", "history_length", "queue", "workflow_id", "run_id", "workflow_name", "started_at",
+    "cancel_requested_at", "parent_id", "parent_task_id", "parent_close_policy",
+)
+CLOSING_STATUSES = (
+    WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELED, WorkflowStatus.CONTINUED_AS_NEW,
+)
+
+
+def _parked_at(instance: dict[str, Any], now: datetime.datetime) -> datetime.datetime | None:
+    """New work of a suspended run is created parked; ``resume()`` releases it."""
+    return now if instance["status"] == WorkflowStatus.SUSPENDED else None
+
+
+def _require_open(workflow_id: str, instance: dict[str, Any] | None) -> dict[str, Any]:
+    if instance is None or instance["status"] not in OPEN_STATUSES:
+        raise WorkflowNotOpen(
+            f"Workflow {workflow_id!r} is not running (it is {instance['status'] if instance else 'gone'})."
+        )
+    return instance
 
 
 def _seconds(value: float) -> datetime.timedelta:
@@ -128,34 +163,70 @@ def create_instance(
         with transaction.atomic():
             now = db_now()
             _apply_id_reuse_policy(workflow_id, IdReusePolicy(id_reuse_policy), now)
-            instance = WorkflowInstance.objects.create(
-                workflow_id=workflow_id,
-                workflow_name=workflow_name,
-                queue=queue,
-                input={"args": args, "kwargs": kwargs},
-                history_length=1,
-                scheduled_start_at=start_at,
-            )
-            HistoryEvent.objects.create(
-                instance=instance,
-                seq=1,
-                kind=EventKind.EXECUTION_STARTED,
-                name=workflow_name,
-                payload={"args": args, "kwargs": kwargs, "queue": queue},
-                timestamp=now,
-            )
-            WorkItem.objects.create(
-                kind=WorkItemKind.WORKFLOW,
-                instance=instance,
-                queue=queue,
-                name=workflow_name,
-                due_at=max(start_at, now) if start_at else now,
-                created_at=now,
+            return _create_run(
+                workflow_id=workflow_id, workflow_name=workflow_name, queue=queue, args=args, kwargs=kwargs,
+                now=now, start_at=start_at,
             )
     except IntegrityError:
         # Another transaction started a run with this id between our check and insert.
         raise WorkflowAlreadyExists(f"Workflow {workflow_id!r} is already running.") from None
+
+
+def _create_run(
+    *,
+    workflow_id: str,
+    workflow_name: str,
+    queue: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    now: datetime.datetime,
+    start_at: datetime.datetime | None = None,
+    history: Sequence[Event] = (),
+    **relations: Any,
+) -> WorkflowInstance:
+    """Insert a run, its history (by default just ``ExecutionStarted``) and a due workflow task."""
+    history = list(history) or [
+        Event(
+            kind=EventKind.EXECUTION_STARTED,
+            name=workflow_name,
+            payload={"args": args, "kwargs": kwargs, "queue": queue},
+            timestamp=now,
+        )
+    ]
+    instance = WorkflowInstance.objects.create(
+        workflow_id=workflow_id,
+        workflow_name=workflow_name,
+        queue=queue,
+        input={"args": args, "kwargs": kwargs},
+        history_length=len(history),
+        scheduled_start_at=start_at,
+        **relations,
+    )
+    _append_history(instance.pk, 1, history)
+    WorkItem.objects.create(
+        kind=WorkItemKind.WORKFLOW,
+        instance=instance,
+        queue=queue,
+        name=workflow_name,
+        due_at=max(start_at, now) if start_at else now,
+        created_at=now,
+    )
     return instance
+
+
+def _append_history(instance_id: int, first_seq: int, events: Iterable[Event]) -> None:
+    HistoryEvent.objects.bulk_create(
+        HistoryEvent(
+            instance_id=instance_id,
+            seq=first_seq + offset,
+            kind=event.kind,
+            name=event.name,
+            task_id=event.task_id,
+            payload=event.payload,
+            timestamp=event.timestamp,
+        )
+        for offset, event in enumerate(events)
+    )
 
 
 def _apply_id_reuse_policy(workflow_id: str, policy: IdReusePolicy, now: datetime.datetime) -> None:
@@ -340,7 +411,7 @@ def complete_workflow_task(
         if instance is None:
             raise LeaseLost(f"run of work item {item.id} no longer exists")
         now = db_now()
-        closing = status in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED)
+        closing = status in CLOSING_STATUSES
         more_inbox = (
             not closing
             and InboxEvent.objects.filter(instance_id=item.instance_id).exclude(id__in=inbox_ids).exists()
@@ -348,7 +419,8 @@ def complete_workflow_task(
         if more_inbox:
             # Events arrived while this task ran: leave the task claimable at once.
             fenced = _fence(item).update(
-                lease_owner=None, lease_expires_at=None, due_at=now, failures=0, last_error=None
+                lease_owner=None, lease_expires_at=None, due_at=now, failures=0, last_error=None,
+                parked_at=_parked_at(instance, now),
             )
         else:
             fenced, _ = _fence(item).delete()
@@ -356,42 +428,44 @@ def complete_workflow_task(
             raise _lease_lost(item)
 
         first_seq = instance["history_length"] + 1
-        HistoryEvent.objects.bulk_create(
-            HistoryEvent(
-                instance_id=item.instance_id,
-                seq=first_seq + offset,
-                kind=event.kind,
-                name=event.name,
-                task_id=event.task_id,
-                payload=event.payload,
-                timestamp=event.timestamp,
-            )
-            for offset, event in enumerate(new_events)
-        )
+        _append_history(item.instance_id, first_seq, new_events)
         if inbox_ids:
             InboxEvent.objects.filter(id__in=inbox_ids).delete()
 
         updates: dict[str, Any] = {
             "history_length": first_seq + len(new_events) - 1,
             "vars": vars,
-            "status": status,
+            # A run suspended while this task ran stays suspended.
+            "status": WorkflowStatus.SUSPENDED if instance["status"] == WorkflowStatus.SUSPENDED and not closing else status,
             "waiting_on": (waiting_on or "")[:500],
             "task_error": None,
             "updated_at": now,
         }
-        if instance["status"] == WorkflowStatus.PENDING:
+        if instance["started_at"] is None:
             updates["started_at"] = new_events[0].timestamp
         if closing:
             updates.update(result=result, error=error, closed_at=now)
             # Outstanding activities and timers die with the run; late results find no item.
             WorkItem.objects.filter(instance_id=item.instance_id).delete()
             InboxEvent.objects.filter(instance_id=item.instance_id).delete()
-        else:
-            WorkItem.objects.bulk_create(_work_items_for(item.instance_id, instance["queue"], new_events, now))
         WorkflowInstance.objects.filter(pk=item.instance_id).update(**updates)
+        if status == WorkflowStatus.CONTINUED_AS_NEW:
+            _continue_as_new(item.instance_id, instance, new_events[-1].payload, now)
+        elif closing:
+            _notify_parent(instance, status, result, error, now)
+        else:
+            canceled_timers = [e.task_id for e in new_events if e.kind == EventKind.TIMER_CANCELED]
+            if canceled_timers:
+                WorkItem.objects.filter(
+                    instance_id=item.instance_id, kind=WorkItemKind.TIMER, task_id__in=canceled_timers
+                ).delete()
+            WorkItem.objects.bulk_create(_work_items_for(item.instance_id, instance, new_events, now))
+            _start_children(item.instance_id, instance, new_events, now)
 
 
-def _work_items_for(instance_id: int, workflow_queue: str, events: Iterable[Event], now: datetime.datetime) -> list[WorkItem]:
+def _work_items_for(
+    instance_id: int, instance: dict[str, Any], events: Iterable[Event], now: datetime.datetime
+) -> list[WorkItem]:
     items = []
     for event in events:
         if event.kind == EventKind.ACTIVITY_SCHEDULED:
@@ -400,12 +474,13 @@ def _work_items_for(instance_id: int, workflow_queue: str, events: Iterable[Even
                 WorkItem(
                     kind=WorkItemKind.ACTIVITY,
                     instance_id=instance_id,
-                    queue=options.get("queue") or workflow_queue,
+                    queue=options.get("queue") or instance["queue"],
                     name=event.name,
                     task_id=event.task_id,
                     payload={"args": event.payload["args"], "kwargs": event.payload["kwargs"], "options": options},
                     due_at=now,
                     created_at=now,
+                    parked_at=_parked_at(instance, now),
                 )
             )
         elif event.kind == EventKind.TIMER_STARTED:
@@ -413,13 +488,105 @@ def _work_items_for(instance_id: int, workflow_queue: str, events: Iterable[Even
                 WorkItem(
                     kind=WorkItemKind.TIMER,
                     instance_id=instance_id,
-                    queue=workflow_queue,
+                    queue=instance["queue"],
                     task_id=event.task_id,
                     due_at=datetime.datetime.fromisoformat(event.payload["fire_at"]),
                     created_at=now,
                 )
             )
     return items
+
+
+def _start_children(parent_id: int, parent: dict[str, Any], events: Iterable[Event], now: datetime.datetime) -> None:
+    for event in events:
+        if event.kind != EventKind.CHILD_WORKFLOW_SCHEDULED:
+            continue
+        spec = event.payload
+        try:
+            with transaction.atomic():  # a savepoint: a clash must not undo the parent's commit
+                _apply_id_reuse_policy(spec["workflow_id"], IdReusePolicy.ALLOW_DUPLICATE, now)
+                _create_run(
+                    workflow_id=spec["workflow_id"],
+                    workflow_name=event.name,
+                    queue=spec.get("queue") or parent["queue"],
+                    args=spec["args"],
+                    kwargs=spec["kwargs"],
+                    now=now,
+                    parent_id=parent_id,
+                    parent_task_id=event.task_id,
+                    parent_close_policy=spec.get("parent_close_policy") or ParentClosePolicy.TERMINATE.value,
+                )
+        except (WorkflowAlreadyExists, IntegrityError):
+            _deliver(
+                parent_id,
+                parent,
+                Event(
+                    kind=EventKind.CHILD_WORKFLOW_FAILED,
+                    timestamp=now,
+                    name=event.name,
+                    task_id=event.task_id,
+                    payload={
+                        "status": "not_started",
+                        "workflow_id": spec["workflow_id"],
+                        "error": {
+                            "type": "django_durable.exceptions.WorkflowAlreadyExists",
+                            "message": f"Child workflow {spec['workflow_id']!r} could not start: a run with "
+                            "that id is already open.",
+                        },
+                    },
+                ),
+            )
+
+
+def _notify_parent(
+    child: dict[str, Any], status: str, result: Any, error: dict[str, Any] | None, now: datetime.datetime
+) -> None:
+    """A child closed: tell its parent run, if that is still open. Locks child, then parent."""
+    if child["parent_id"] is None:
+        return
+    parent = _lock_instance(child["parent_id"])
+    if parent is None or parent["status"] not in OPEN_STATUSES:
+        return
+    ids = {"workflow_id": child["workflow_id"], "run_id": str(child["run_id"])}
+    if status == WorkflowStatus.COMPLETED:
+        event = Event(
+            kind=EventKind.CHILD_WORKFLOW_COMPLETED, timestamp=now, name=child["workflow_name"],
+            task_id=child["parent_task_id"], payload={"result": result, **ids},
+        )
+    else:
+        event = Event(
+            kind=EventKind.CHILD_WORKFLOW_FAILED, timestamp=now, name=child["workflow_name"],
+            task_id=child["parent_task_id"], payload={"error": error, "status": status, **ids},
+        )
+    _deliver(child["parent_id"], parent, event)
+
+
+def _continue_as_new(instance_id: int, instance: dict[str, Any], request: dict[str, Any], now: datetime.datetime) -> None:
+    """Start the next run of a run that continued as new (same transaction, same workflow id)."""
+    successor = _create_run(
+        workflow_id=instance["workflow_id"],
+        workflow_name=instance["workflow_name"],
+        queue=instance["queue"],
+        args=request["args"],
+        kwargs=request["kwargs"],
+        now=now,
+        continued_from_id=instance_id,
+        parent_id=instance["parent_id"],
+        parent_task_id=instance["parent_task_id"],
+        parent_close_policy=instance["parent_close_policy"],
+    )
+    InboxEvent.objects.bulk_create(
+        InboxEvent(
+            instance_id=successor.pk, kind=EventKind.EVENT_RAISED, name=carried["name"],
+            payload=carried["payload"], timestamp=now,
+        )
+        for carried in request.get("events", ())
+    )
+
+
+def continuation_of(instance_id: int) -> WorkflowInstance | None:
+    """The run that ``instance_id`` continued as, if it continued as new."""
+    return WorkflowInstance.objects.filter(continued_from_id=instance_id).first()
 
 
 def fail_workflow_task(
@@ -457,7 +624,9 @@ def fail_workflow_task(
 def unpark_workflow_task(instance_id: int) -> bool:
     """Make a parked (or backing-off) workflow task claimable now, e.g. after a code fix."""
     with transaction.atomic():
-        _lock_instance(instance_id)
+        instance = _lock_instance(instance_id)
+        if instance is None or instance["status"] == WorkflowStatus.SUSPENDED:
+            return False  # resume() releases a suspended run's work
         return bool(
             WorkItem.objects.filter(instance_id=instance_id, kind=WorkItemKind.WORKFLOW, lease_owner__isnull=True)
             .update(parked_at=None, failures=0, due_at=db_now())
@@ -489,6 +658,7 @@ def _deliver(instance_id: int, instance: dict[str, Any], event: Event) -> None:
             name=instance["workflow_name"],
             due_at=event.timestamp,
             created_at=event.timestamp,
+            parked_at=_parked_at(instance, event.timestamp),
         )
 
 
@@ -509,6 +679,8 @@ def attempt_deadline(item: Claim, heartbeat_at: datetime.datetime | None) -> dat
         deadlines.append(item.claimed_at + _seconds(options["start_to_close_timeout"]))
     if options.get("heartbeat_timeout") is not None:
         deadlines.append((heartbeat_at or item.claimed_at) + _seconds(options["heartbeat_timeout"]))
+    if options.get("schedule_to_close_timeout") is not None:
+        deadlines.append(item.created_at + _seconds(options["schedule_to_close_timeout"]))
     return min(deadlines, default=None)
 
 
@@ -598,25 +770,197 @@ def terminate(workflow_id: str, run_id: str | None, reason: str) -> None:
     """Close an open run at once: no workflow code runs; outstanding work is dropped."""
     instance_id = get_instance(workflow_id, run_id).pk
     with transaction.atomic():
-        instance = _lock_instance(instance_id)
-        if instance is None or instance["status"] not in OPEN_STATUSES:
-            raise WorkflowNotOpen(f"Workflow {workflow_id!r} is not running (it is {instance and instance['status']}).")
+        instance = _require_open(workflow_id, _lock_instance(instance_id))
         _terminate_locked(instance_id, instance, reason, db_now())
 
 
 def _terminate_locked(instance_id: int, instance: dict[str, Any], reason: str, now: datetime.datetime) -> None:
     error = {"type": "django_durable.Terminated", "message": reason}
-    seq = instance["history_length"] + 1
-    HistoryEvent.objects.create(
-        instance_id=instance_id, seq=seq, kind=EventKind.WORKFLOW_TERMINATED,
-        payload={"reason": reason}, timestamp=now,
-    )
+    seq = _append_event(instance_id, instance, Event(
+        kind=EventKind.WORKFLOW_TERMINATED, payload={"reason": reason}, timestamp=now
+    ))
     WorkItem.objects.filter(instance_id=instance_id).delete()
     InboxEvent.objects.filter(instance_id=instance_id).delete()
     WorkflowInstance.objects.filter(pk=instance_id).update(
         status=WorkflowStatus.TERMINATED, error=error, history_length=seq, closed_at=now,
         updated_at=now, waiting_on="",
     )
+    _notify_parent(instance, WorkflowStatus.TERMINATED, None, error, now)
+
+
+def _append_event(instance_id: int, instance: dict[str, Any], event: Event) -> int:
+    """Write one event straight into the history of a locked run; returns its seq."""
+    seq = instance["history_length"] + 1
+    _append_history(instance_id, seq, [event])
+    instance["history_length"] = seq
+    return seq
+
+
+# -- control verbs ------------------------------------------------------------------
+
+
+def signal(workflow_id: str, run_id: str | None, name: str, payload: Any) -> None:
+    """Put an external event in the run's inbox; waits consume them in arrival order."""
+    instance_id = get_instance(workflow_id, run_id).pk
+    with transaction.atomic():
+        instance = _require_open(workflow_id, _lock_instance(instance_id))
+        _deliver(
+            instance_id, instance,
+            Event(kind=EventKind.EVENT_RAISED, timestamp=db_now(), name=name, payload={"payload": payload}),
+        )
+
+
+def request_cancel(workflow_id: str, run_id: str | None) -> None:
+    """Ask the run to cancel: its code sees ``CancelledError`` at its next durable call."""
+    instance_id = get_instance(workflow_id, run_id).pk
+    with transaction.atomic():
+        instance = _require_open(workflow_id, _lock_instance(instance_id))
+        _request_cancel_locked(instance_id, instance, db_now())
+
+
+def _request_cancel_locked(instance_id: int, instance: dict[str, Any], now: datetime.datetime) -> None:
+    if instance["cancel_requested_at"] is not None:
+        return  # asked already
+    WorkflowInstance.objects.filter(pk=instance_id).update(cancel_requested_at=now, updated_at=now)
+    _deliver(instance_id, instance, Event(kind=EventKind.CANCEL_REQUESTED, timestamp=now))
+
+
+def cancel_requested(instance_id: int) -> bool:
+    return WorkflowInstance.objects.filter(pk=instance_id, cancel_requested_at__isnull=False).exists()
+
+
+def suspend(workflow_id: str, run_id: str | None, reason: str = "") -> None:
+    """Stop the run's progress: its workflow tasks and activities not yet started wait
+    (parked) until ``resume``; events that arrive meanwhile are kept."""
+    instance_id = get_instance(workflow_id, run_id).pk
+    with transaction.atomic():
+        instance = _require_open(workflow_id, _lock_instance(instance_id))
+        if instance["status"] == WorkflowStatus.SUSPENDED:
+            raise WorkflowStateError(f"Workflow {workflow_id!r} is already suspended.")
+        now = db_now()
+        seq = _append_event(
+            instance_id, instance,
+            Event(kind=EventKind.EXECUTION_SUSPENDED, payload={"reason": reason}, timestamp=now),
+        )
+        WorkItem.objects.filter(
+            instance_id=instance_id, kind__in=(WorkItemKind.WORKFLOW, WorkItemKind.ACTIVITY),
+            lease_owner__isnull=True, parked_at__isnull=True,
+        ).update(parked_at=now)
+        WorkflowInstance.objects.filter(pk=instance_id).update(
+            status=WorkflowStatus.SUSPENDED, history_length=seq, updated_at=now
+        )
+
+
+def resume(workflow_id: str, run_id: str | None) -> None:
+    """Let a suspended run go on from where it stood."""
+    instance_id = get_instance(workflow_id, run_id).pk
+    with transaction.atomic():
+        instance = _require_open(workflow_id, _lock_instance(instance_id))
+        if instance["status"] != WorkflowStatus.SUSPENDED:
+            raise WorkflowStateError(f"Workflow {workflow_id!r} is not suspended (it is {instance['status']}).")
+        now = db_now()
+        seq = _append_event(instance_id, instance, Event(kind=EventKind.EXECUTION_RESUMED, timestamp=now))
+        # A workflow task parked for failing before the suspension gets one more try.
+        WorkItem.objects.filter(instance_id=instance_id, parked_at__isnull=False).update(parked_at=None)
+        WorkflowInstance.objects.filter(pk=instance_id).update(
+            status=WorkflowStatus.RUNNING if instance["started_at"] else WorkflowStatus.PENDING,
+            history_length=seq, updated_at=now,
+        )
+
+
+def purge(workflow_id: str, run_id: str | None) -> int:
+    """Delete closed runs with their history: the given run, or every run of the id.
+    Refuses (``WorkflowStillOpen``) while one of them is open. Returns the runs deleted."""
+    runs = WorkflowInstance.objects.filter(workflow_id=workflow_id)
+    if run_id is not None:
+        runs = runs.filter(run_id=run_id)
+    with transaction.atomic():
+        ids = list(runs.select_for_update().values_list("pk", "status"))
+        if not ids:
+            raise WorkflowNotFound(f"No workflow with id {workflow_id!r}" + (f" and run {run_id}." if run_id else "."))
+        if any(status in OPEN_STATUSES for _, status in ids):
+            raise WorkflowStillOpen(f"Workflow {workflow_id!r} is still open; terminate or cancel it first.")
+        WorkflowInstance.objects.filter(pk__in=[pk for pk, _ in ids]).delete()
+    return len(ids)
+
+
+def rerun(workflow_id: str, run_id: str | None, from_seq: int, new_workflow_id: str | None = None) -> WorkflowInstance:
+    """A new run whose history is events ``1 .. from_seq - 1`` of a closed run: the
+    workflow goes on from just before event ``from_seq`` under the current code."""
+    source = get_instance(workflow_id, run_id)
+    if source.is_open:
+        raise WorkflowStillOpen(f"Workflow {workflow_id!r} is still open; only a closed run can be rerun.")
+    if not 2 <= from_seq <= source.history_length:
+        raise WorkflowStateError(
+            f"Cannot rerun from event {from_seq}: pick an event between 2 and {source.history_length}."
+        )
+    prefix = [Event(**row) for row in source.history.filter(seq__lt=from_seq).values(*EVENT_FIELDS)]
+    target_id = new_workflow_id or workflow_id
+    try:
+        with transaction.atomic():
+            now = db_now()
+            _apply_id_reuse_policy(target_id, IdReusePolicy.ALLOW_DUPLICATE, now)
+            instance = _create_run(
+                workflow_id=target_id, workflow_name=source.workflow_name, queue=source.queue,
+                args=source.input.get("args", []), kwargs=source.input.get("kwargs", {}),
+                now=now, history=prefix, rerun_of=source, rerun_from_seq=from_seq,
+                started_at=source.started_at if len(prefix) > 1 else None,
+            )
+            locked = _lock_instance(instance.pk)
+            assert locked is not None
+            outstanding = _outstanding_commands(prefix)
+            WorkItem.objects.bulk_create(_work_items_for(instance.pk, locked, outstanding, now))
+            _start_children(instance.pk, locked, outstanding, now)
+    except IntegrityError:
+        raise WorkflowAlreadyExists(f"Workflow {target_id!r} is already running.") from None
+    return instance
+
+
+def _outstanding_commands(history: Sequence[Event]) -> list[Event]:
+    """Commands in ``history`` that nothing in it answers (to be issued again)."""
+    answered = {
+        event.task_id for event in history
+        if event.kind in (
+            EventKind.ACTIVITY_COMPLETED, EventKind.ACTIVITY_FAILED, EventKind.TIMER_FIRED,
+            EventKind.TIMER_CANCELED, EventKind.CHILD_WORKFLOW_COMPLETED, EventKind.CHILD_WORKFLOW_FAILED,
+        )
+    }
+    return [
+        event for event in history
+        if event.kind in (EventKind.ACTIVITY_SCHEDULED, EventKind.TIMER_STARTED, EventKind.CHILD_WORKFLOW_SCHEDULED)
+        and event.task_id not in answered
+    ]
+
+
+def apply_parent_close_policies(*, parent_id: int | None = None, limit: int = 100) -> int:
+    """Terminate, or ask to cancel, open children whose parent has closed (by their policy).
+
+    Runs after a parent closes and periodically, each child in its own transaction,
+    so that a parent never locks its children (children lock their parent).
+    """
+    orphans = (
+        WorkflowInstance.objects.filter(status__in=OPEN_STATUSES, parent__isnull=False)
+        .exclude(parent__status__in=OPEN_STATUSES)
+        .filter(
+            Q(parent_close_policy=ParentClosePolicy.TERMINATE.value)
+            | Q(parent_close_policy=ParentClosePolicy.CANCEL.value, cancel_requested_at__isnull=True)
+        )
+    )
+    if parent_id is not None:
+        orphans = orphans.filter(parent_id=parent_id)
+    handled = 0
+    for child_id in list(orphans.values_list("pk", flat=True)[:limit]):
+        with transaction.atomic():
+            child = _lock_instance(child_id)
+            if child is None or child["status"] not in OPEN_STATUSES:
+                continue
+            now = db_now()
+            if child["parent_close_policy"] == ParentClosePolicy.TERMINATE.value:
+                _terminate_locked(child_id, child, "its parent workflow closed (parent_close_policy=terminate)", now)
+            else:
+                _request_cancel_locked(child_id, child, now)
+            handled += 1
+    return handled
 
 
 def fail_activity(
@@ -655,7 +999,10 @@ def _fail_attempt(
                 "message": f"{failure.get('message', '')} (no retry: schedule_to_close_timeout of {limit}s reached)",
             }
     if retry_at is not None:
-        applied = fence.update(lease_owner=None, lease_expires_at=None, due_at=retry_at, last_error=failure)
+        applied = fence.update(
+            lease_owner=None, lease_expires_at=None, due_at=retry_at, last_error=failure,
+            parked_at=_parked_at(instance, now),
+        )
     else:
         applied, _ = fence.delete()
     if not applied:

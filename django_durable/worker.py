@@ -216,6 +216,7 @@ class Worker:
             workflow_backoff_max=durable_settings.WORKFLOW_TASK_RETRY_MAXIMUM,
             max_failures=durable_settings.WORKFLOW_TASK_MAX_FAILURES,
         )
+        store.apply_parent_close_policies()
 
     # -- workflow tasks ------------------------------------------------------
 
@@ -237,6 +238,9 @@ class Worker:
                 now=item.claimed_at,
                 converter=get_converter(),
                 activity_options=registry.activity_call_options,
+                workflow_options=registry.workflow_call_options,
+                history_warn_events=durable_settings.HISTORY_WARN_EVENTS,
+                history_max_events=durable_settings.HISTORY_MAX_EVENTS,
             )
             if outcome.task_error is not None:
                 self._fail_workflow_task(item, task.workflow_id, outcome.task_error)
@@ -255,6 +259,10 @@ class Worker:
                 "Workflow %s (%s): %s%s", task.workflow_id, task.workflow_name, outcome.status,
                 f", waiting on {outcome.waiting_on}" if outcome.waiting_on else "",
             )
+            if outcome.history_warning:
+                logger.warning(outcome.history_warning)
+            if outcome.status not in OPEN_STATUSES:
+                store.apply_parent_close_policies(parent_id=item.instance_id)
         except store.LeaseLost as exc:
             logger.warning("Workflow task discarded: %s", exc)
         except DatabaseError:
@@ -375,4 +383,4 @@ class _RunningActivity:
                 f"Attempt {self.item.attempt} of activity {self.item.name!r} is no longer pending "
                 "(it timed out or was superseded); its result will be discarded."
             ) from None
-        return False  # cancellation requests arrive with workflow cancellation (not built yet)
+        return store.cancel_requested(self.item.instance_id)

@@ -16,8 +16,23 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ActivityError, NonDeterminismError, SerializationError
-from .events import Event, EventKind, describe_call
+from ..exceptions import (
+    ActivityError,
+    CancelledError,
+    ChildWorkflowError,
+    NonDeterminismError,
+    SerializationError,
+    TimeoutError,
+)
+from ..registry import workflow_call_options
+from .events import (
+    COMMAND_KINDS,
+    COMPLETION_KINDS,
+    Event,
+    EventKind,
+    ParentClosePolicy,
+    describe_call,
+)
 
 if TYPE_CHECKING:
     from ..converter import DataConverter
@@ -29,6 +44,19 @@ class Suspend(BaseException):
 
 class Abort(BaseException):
     """Unwinds workflow code after an engine-level error (e.g. non-determinism)."""
+
+
+class ContinueAsNew(BaseException):
+    """Unwinds workflow code that called ``ctx.continue_as_new()``."""
+
+    def __init__(self, args: Any, kwargs: Any) -> None:
+        super().__init__()
+        self.args_json = args
+        self.kwargs_json = kwargs
+
+
+# (index in history, the event, the time and number of the workflow task it arrived in)
+Entry = tuple[int, Event, datetime.datetime, int]
 
 
 class Task:
@@ -46,6 +74,14 @@ class Task:
         return f"<Task #{self.task_id} {self.description}>"
 
 
+class EventTask(Task):
+    """Waits for the next external event of ``name`` that no earlier wait consumed."""
+
+    def __init__(self, ctx: WorkflowContext, task_id: int, name: str) -> None:
+        super().__init__(ctx, task_id, f"event {name!r}")
+        self.name = name
+
+
 class WorkflowContext:
     def __init__(
         self,
@@ -57,6 +93,7 @@ class WorkflowContext:
         history: Sequence[Event],
         converter: DataConverter,
         activity_options: Any,
+        workflow_options: Any = None,
     ) -> None:
         self.workflow_id = workflow_id
         self.run_id = run_id
@@ -64,28 +101,42 @@ class WorkflowContext:
         self.queue = queue
         self._converter = converter
         self._activity_options = activity_options
+        self._workflow_options = workflow_options or workflow_call_options
         self._recorded: dict[int, Event] = {}
-        # task_id -> (index in history, the completion event, its workflow task's time and number)
-        self._completions: dict[int, tuple[int, Event, datetime.datetime, int]] = {}
+        self._recorded_index: dict[int, int] = {}
+        self._completions: dict[int, Entry] = {}
+        # External events by name, in arrival order; a cursor counts those consumed.
+        self._events: dict[str, list[Entry]] = {}
+        self._event_cursor: dict[str, int] = {}
+        self._bound: dict[int, Entry] = {}  # event task -> the event it consumed
+        self._canceled_timers: set[int] = set()
+        self._cancel_index: int | None = None
         task_time: datetime.datetime | None = None
         task_number = 0
         self.started_at: datetime.datetime | None = None
         for index, event in enumerate(history):
-            if event.kind == EventKind.WORKFLOW_TASK_STARTED:
+            kind = event.kind
+            if kind == EventKind.WORKFLOW_TASK_STARTED:
                 task_time = event.timestamp
                 task_number += 1
                 if self.started_at is None:
                     self.started_at = task_time
-            elif event.kind in (EventKind.ACTIVITY_SCHEDULED, EventKind.TIMER_STARTED):
+            elif kind in COMMAND_KINDS:
                 assert event.task_id is not None
                 self._recorded[event.task_id] = event
-            elif event.kind in (
-                EventKind.ACTIVITY_COMPLETED,
-                EventKind.ACTIVITY_FAILED,
-                EventKind.TIMER_FIRED,
-            ):
+                self._recorded_index[event.task_id] = index
+            elif kind in COMPLETION_KINDS:
                 assert event.task_id is not None and task_time is not None
                 self._completions.setdefault(event.task_id, (index, event, task_time, task_number))
+            elif kind == EventKind.EVENT_RAISED:
+                assert task_time is not None
+                self._events.setdefault(event.name, []).append((index, event, task_time, task_number))
+            elif kind == EventKind.CANCEL_REQUESTED:
+                if self._cancel_index is None:
+                    self._cancel_index = index
+            elif kind == EventKind.TIMER_CANCELED:
+                assert event.task_id is not None
+                self._canceled_timers.add(event.task_id)
         self._latest_task_number = task_number
         assert self.started_at is not None, "history must contain a WorkflowTaskStarted event"
         self._now = self.started_at
@@ -93,6 +144,8 @@ class WorkflowContext:
         self._max_recorded = max(self._recorded, default=0)
         self._rng = _random.Random(uuid.UUID(run_id).int if _is_uuid(run_id) else run_id)
         self._consumed_latest = False
+        self._cancel_raised = False
+        self._patches: dict[str, bool] = {}
         self.new_events: list[Event] = []
         self.vars: dict[str, Any] = {}
         self.suspended_on: str | None = None
@@ -168,19 +221,129 @@ class WorkflowContext:
     def sleep_until(self, until: datetime.datetime) -> None:
         self.timer(until=until).result()
 
+    def event(self, name: str) -> EventTask:
+        """A task for the next external event ``name`` (see ``WorkflowHandle.signal``).
+
+        Events sent before the workflow waits are kept; several of one name
+        queue up and are consumed one per wait, in the order they arrived.
+        """
+        self._check_running()
+        if not isinstance(name, str) or not name:
+            raise ValueError("An event name must be a non-empty string.")
+        task_id = self._next_call(EventKind.EVENT_WAIT_STARTED, name)
+        if task_id not in self._recorded:
+            self._record(EventKind.EVENT_WAIT_STARTED, task_id, name, {})
+        return EventTask(self, task_id, name)
+
+    def wait_for_event(self, name: str, timeout: float | datetime.timedelta | None = None) -> Any:
+        """The payload of the next event ``name``; ``TimeoutError`` if none arrives in ``timeout``.
+
+        A wait that timed out consumes nothing: the event, when it comes, goes to the next wait.
+        """
+        task = self.event(name)
+        if timeout is None:
+            return task.result()
+        timer = self.timer(timeout)
+        if self.wait_any([task, timer]) is timer:
+            raise TimeoutError(f"No event {name!r} arrived within {_describe_delay(timeout)}.")
+        self.cancel_timer(timer)
+        return task.result()
+
+    def cancel_timer(self, timer: Task) -> None:
+        """Drop a pending timer that is no longer needed (it will not fire)."""
+        self._check_running()
+        recorded = self._recorded.get(timer.task_id)
+        if recorded is None and not any(e.task_id == timer.task_id for e in self.new_events):
+            raise ValueError(f"{timer!r} is not a timer of this workflow.")
+        kind = recorded.kind if recorded is not None else EventKind.TIMER_STARTED
+        if kind != EventKind.TIMER_STARTED:
+            raise ValueError(f"{timer!r} is not a timer.")
+        if timer.task_id in self._completions or timer.task_id in self._canceled_timers:
+            return
+        self._canceled_timers.add(timer.task_id)
+        self.new_events.append(
+            Event(kind=EventKind.TIMER_CANCELED.value, timestamp=self._now, task_id=timer.task_id)
+        )
+
+    def call_workflow(
+        self,
+        workflow: Any,
+        *args: Any,
+        workflow_id: str | None = None,
+        parent_close_policy: ParentClosePolicy | str = ParentClosePolicy.TERMINATE,
+        **kwargs: Any,
+    ) -> Task:
+        """Start ``workflow`` as a child; the task's result is the child's result.
+
+        A child that fails, is canceled or terminated raises ``ChildWorkflowError``.
+        ``parent_close_policy`` decides what happens to the child if this run closes first.
+        """
+        self._check_running()
+        name, queue = self._workflow_options(workflow)
+        policy = ParentClosePolicy(parent_close_policy)
+        payload = {
+            "args": self._encode(list(args), f"the arguments of child workflow {name!r}"),
+            "kwargs": self._encode(kwargs, f"the keyword arguments of child workflow {name!r}"),
+            "queue": queue,
+            "parent_close_policy": policy.value,
+        }
+        task_id = self._next_call(EventKind.CHILD_WORKFLOW_SCHEDULED, name)
+        if task_id not in self._recorded:
+            payload["workflow_id"] = workflow_id or f"{self.workflow_id}:{task_id}:{self.run_id[:8]}"
+            self._record(EventKind.CHILD_WORKFLOW_SCHEDULED, task_id, name, payload)
+        return Task(self, task_id, f"child workflow {name!r}")
+
+    def continue_as_new(self, *args: Any, **kwargs: Any) -> Any:
+        """Close this run and start a fresh one of the same workflow id with these
+        arguments and an empty history. Events not yet consumed move to the new run."""
+        self._check_running()
+        self._check_cancel(None)
+        raise ContinueAsNew(
+            self._encode(list(args), "the arguments of continue_as_new()"),
+            self._encode(kwargs, "the keyword arguments of continue_as_new()"),
+        )
+
+    def patched(self, change_id: str) -> bool:
+        """Whether this run takes the code path added with ``change_id``.
+
+        True for runs that reach this point under the new code (a marker is
+        recorded), False for histories recorded by the old code. Keep the old
+        branch until no open run could still need it (``durable_replay`` tells).
+        """
+        self._check_running()
+        if change_id in self._patches:
+            return self._patches[change_id]
+        next_id = self._next_task_id + 1
+        recorded = self._recorded.get(next_id)
+        if recorded is not None and recorded.kind == EventKind.PATCH_MARKER and recorded.name == change_id:
+            self._next_task_id = next_id
+            applied = True
+        elif next_id <= self._max_recorded:
+            applied = False  # history went past this point under the old code
+        else:
+            self._next_task_id = next_id
+            self._record(EventKind.PATCH_MARKER, next_id, change_id, {})
+            applied = True
+        self._patches[change_id] = applied
+        return applied
+
     def wait_all(self, tasks: Iterable[Task]) -> list[Any]:
         """Results of all ``tasks``; raises the first failure (in history order) at once."""
         self._check_running()
         tasks = list(tasks)
-        done = [self._completions[t.task_id] for t in tasks if t.task_id in self._completions]
-        failures = [entry for entry in done if entry[1].kind == EventKind.ACTIVITY_FAILED]
+        entries = self._lookup_all(tasks)
+        done = [entry for entry in entries if entry is not None]
+        failures = [entry for entry in done if entry[1].kind in (EventKind.ACTIVITY_FAILED, EventKind.CHILD_WORKFLOW_FAILED)]
         if failures:
             first = min(failures, key=lambda entry: entry[0])
+            self._check_cancel(first[0])
             return self._consume_entry(first)  # raises
         if len(done) < len(tasks):
-            pending = next(t for t in tasks if t.task_id not in self._completions)
+            self._check_cancel(None)
+            pending = next(t for t, entry in zip(tasks, entries) if entry is None)
             self._suspend(pending.description)
-        return [t.result() for t in tasks]
+        self._check_cancel(max((entry[0] for entry in done), default=None) if done else 0)
+        return [self._take(t, entry) for t, entry in zip(tasks, done)]
 
     def wait_any(self, tasks: Iterable[Task]) -> Task:
         """The first of ``tasks`` to complete (in history order)."""
@@ -188,11 +351,15 @@ class WorkflowContext:
         tasks = list(tasks)
         if not tasks:
             raise ValueError("wait_any() needs at least one task.")
-        done = [t for t in tasks if t.task_id in self._completions]
+        done = [(entry, t) for t, entry in zip(tasks, self._lookup_all(tasks)) if entry is not None]
         if not done:
+            self._check_cancel(None)
             self._suspend(" or ".join(t.description for t in tasks))
-        winner = min(done, key=lambda t: self._completions[t.task_id][0])
-        self._advance_time(self._completions[winner.task_id])
+        entry, winner = min(done, key=lambda pair: pair[0][0])
+        self._check_cancel(entry[0])
+        if isinstance(winner, EventTask):
+            self._bind(winner, entry)
+        self._advance_time(entry)
         return winner
 
     # -- machinery -------------------------------------------------------------
@@ -208,6 +375,7 @@ class WorkflowContext:
             raise Suspend()
 
     def _next_call(self, kind: EventKind, name: str) -> int:
+        self._check_cancel(self._recorded_index.get(self._next_task_id + 1))
         self._next_task_id += 1
         task_id = self._next_task_id
         recorded = self._recorded.get(task_id)
@@ -228,12 +396,54 @@ class WorkflowContext:
 
     def _consume(self, task: Task) -> Any:
         self._check_running()
-        entry = self._completions.get(task.task_id)
+        entry = self._lookup(task)
+        self._check_cancel(entry[0] if entry is not None else None)
         if entry is None:
             self._suspend(task.description)
+        return self._take(task, entry)
+
+    def _lookup(self, task: Task, skip: int = 0) -> Entry | None:
+        """What answers ``task`` in history, or None; ``skip`` passes over events of the
+        same name that other tasks of one wait_all() will take."""
+        if not isinstance(task, EventTask):
+            return self._completions.get(task.task_id)
+        if task.task_id in self._bound:
+            return self._bound[task.task_id]
+        arrived = self._events.get(task.name, [])
+        position = self._event_cursor.get(task.name, 0) + skip
+        return arrived[position] if position < len(arrived) else None
+
+    def _lookup_all(self, tasks: list[Task]) -> list[Entry | None]:
+        taken: dict[str, int] = {}
+        entries = []
+        for task in tasks:
+            if isinstance(task, EventTask) and task.task_id not in self._bound:
+                entries.append(self._lookup(task, skip=taken.get(task.name, 0)))
+                taken[task.name] = taken.get(task.name, 0) + 1
+            else:
+                entries.append(self._lookup(task))
+        return entries
+
+    def _bind(self, task: EventTask, entry: Entry) -> None:
+        if task.task_id not in self._bound:
+            self._bound[task.task_id] = entry
+            self._event_cursor[task.name] = self._event_cursor.get(task.name, 0) + 1
+
+    def _take(self, task: Task, entry: Entry) -> Any:
+        if isinstance(task, EventTask):
+            self._bind(task, entry)
         return self._consume_entry(entry)
 
-    def _consume_entry(self, entry: tuple[int, Event, datetime.datetime, int]) -> Any:
+    def _check_cancel(self, answered_at: int | None) -> None:
+        """Raise ``CancelledError`` once, at the first durable call that history does not
+        answer from before the cancellation request (deterministic on replay)."""
+        if self._cancel_index is None or self._cancel_raised:
+            return
+        if answered_at is None or answered_at > self._cancel_index:
+            self._cancel_raised = True
+            raise CancelledError("The workflow was asked to cancel.")
+
+    def _consume_entry(self, entry: Entry) -> Any:
         self._advance_time(entry)
         event = entry[1]
         if event.kind == EventKind.ACTIVITY_FAILED:
@@ -246,16 +456,35 @@ class WorkflowContext:
                 activity_name=self._recorded[event.task_id].name if event.task_id in self._recorded else "",
                 attempt=event.payload.get("attempt", 0),
             )
-        if event.kind == EventKind.ACTIVITY_COMPLETED:
+        if event.kind == EventKind.CHILD_WORKFLOW_FAILED:
+            error = event.payload.get("error") or {}
+            raise ChildWorkflowError(
+                error.get("message", ""),
+                type=error.get("type", ""),
+                traceback=error.get("traceback", ""),
+                details=error.get("details"),
+                status=event.payload.get("status", "failed"),
+                workflow_id=event.payload.get("workflow_id", ""),
+            )
+        if event.kind in (EventKind.ACTIVITY_COMPLETED, EventKind.CHILD_WORKFLOW_COMPLETED):
             return self._converter.from_json(event.payload.get("result"))
+        if event.kind == EventKind.EVENT_RAISED:
+            return self._converter.from_json(event.payload.get("payload"))
         return None
 
-    def _advance_time(self, entry: tuple[int, Event, datetime.datetime, int]) -> None:
+    def _advance_time(self, entry: Entry) -> None:
         _, _, task_time, task_number = entry
         if task_time > self._now:
             self._now = task_time
         if task_number == self._latest_task_number:
             self._consumed_latest = True
+
+    def unconsumed_events(self) -> list[Event]:
+        """External events no wait has consumed, in arrival order (carried to a continued run)."""
+        left = [
+            entry for name, entries in self._events.items() for entry in entries[self._event_cursor.get(name, 0):]
+        ]
+        return [entry[1] for entry in sorted(left, key=lambda entry: entry[0])]
 
     def _suspend(self, waiting_on: str) -> Any:
         self.suspended_on = waiting_on
@@ -283,6 +512,10 @@ class WorkflowContext:
                 + ")."
             )
         return None
+
+
+def _describe_delay(delay: float | datetime.timedelta) -> str:
+    return str(delay) if isinstance(delay, datetime.timedelta) else f"{delay}s"
 
 
 def _is_uuid(value: str) -> bool:

@@ -7,20 +7,34 @@ import datetime
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import SerializationError, WorkflowTaskError
-from .context import Abort, Suspend, WorkflowContext
-from .events import Event, EventKind
+from ..exceptions import (
+    CancelledError,
+    HistoryTooLarge,
+    NonDeterminismError,
+    SerializationError,
+    WorkflowTaskError,
+)
+from .context import Abort, ContinueAsNew, Suspend, WorkflowContext
+from .events import CLOSE_KINDS, Event, EventKind
 from .failures import failure_from_exception
 
 if TYPE_CHECKING:
     from ..converter import DataConverter
 
-RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+RUNNING, COMPLETED, FAILED, CANCELED, CONTINUED_AS_NEW = (
+    "running", "completed", "failed", "canceled", "continued_as_new"
+)
+CLOSE_EVENT = {
+    COMPLETED: EventKind.WORKFLOW_COMPLETED,
+    FAILED: EventKind.WORKFLOW_FAILED,
+    CANCELED: EventKind.WORKFLOW_CANCELED,
+    CONTINUED_AS_NEW: EventKind.WORKFLOW_CONTINUED_AS_NEW,
+}
 
 
 @dataclasses.dataclass
 class TaskOutcome:
-    status: str  # RUNNING, COMPLETED or FAILED; meaningless when task_error is set
+    status: str  # RUNNING, COMPLETED, FAILED, CANCELED or CONTINUED_AS_NEW; meaningless with task_error
     new_events: list[Event]
     vars: dict[str, Any]
     result: Any = None
@@ -28,6 +42,8 @@ class TaskOutcome:
     waiting_on: str | None = None
     # Engine-level failure: nothing of this task may be committed.
     task_error: WorkflowTaskError | None = None
+    # The history crossed the warning size in this task.
+    history_warning: str | None = None
 
 
 def run_workflow_task(
@@ -42,52 +58,58 @@ def run_workflow_task(
     now: datetime.datetime,
     converter: DataConverter,
     activity_options: Callable[[Any], tuple[str, dict[str, Any]]],
+    workflow_options: Callable[[Any], tuple[str, str | None]] | None = None,
+    history_warn_events: int | None = None,
+    history_max_events: int | None = None,
 ) -> TaskOutcome:
     """Replay ``fn`` over ``history`` plus this task's ``inbox`` events.
 
     ``activity_options(fn_or_name)`` resolves an activity to its registered
-    name and the options to record (retry policy, timeouts, queue).
+    name and the options to record (retry policy, timeouts, queue);
+    ``workflow_options`` does the same for child workflows (name, queue).
     """
     started = Event(kind=EventKind.WORKFLOW_TASK_STARTED.value, timestamp=now)
     received = [started, *inbox]
-    full_history = [*history, *received]
-    ctx = WorkflowContext(
+    ctx, status, result, error = _execute(
+        fn,
+        [*history, *received],
         workflow_id=workflow_id,
         run_id=run_id,
         workflow_name=workflow_name,
         queue=queue,
-        history=full_history,
         converter=converter,
         activity_options=activity_options,
+        workflow_options=workflow_options,
     )
-    execution = history[0]
-    args = converter.from_json(execution.payload.get("args", []))
-    kwargs = converter.from_json(execution.payload.get("kwargs", {}))
-
-    status, result, error = RUNNING, None, None
-    try:
-        value = fn(ctx, *args, **kwargs)
-    except Suspend:
-        pass
-    except Abort:
-        pass
-    except Exception as exc:  # the workflow code failed: the workflow fails
-        status, error = FAILED, failure_from_exception(exc)
-    else:
-        try:
-            status, result = COMPLETED, ctx._encode(value, "the workflow's return value")
-        except SerializationError as exc:
-            status, error = FAILED, failure_from_exception(exc)
-
     task_error = _task_error(ctx, status)
     if task_error is not None:
         return TaskOutcome(status=RUNNING, new_events=[], vars={}, task_error=task_error)
 
     new_events = [*received, *ctx.new_events]
-    if status == COMPLETED:
-        new_events.append(_close(EventKind.WORKFLOW_COMPLETED, ctx, {"result": result}))
-    elif status == FAILED:
-        new_events.append(_close(EventKind.WORKFLOW_FAILED, ctx, {"error": error}))
+    size = len(history) + len(new_events)
+    if history_max_events is not None and size >= history_max_events:
+        status, result = FAILED, None
+        error = failure_from_exception(
+            HistoryTooLarge(
+                f"The history of workflow {workflow_id!r} would reach {size} events, the limit is "
+                f"{history_max_events} (DURABLE['HISTORY_MAX_EVENTS']). Long-running workflows should "
+                f"call ctx.continue_as_new() now and then to go on with a fresh history."
+            )
+        )
+        new_events = list(received)
+    warning = None
+    if history_warn_events is not None and len(history) < history_warn_events <= size:
+        warning = (
+            f"The history of workflow {workflow_id!r} has {size} events (warning at {history_warn_events}"
+            + (f", limit {history_max_events}" if history_max_events else "")
+            + "); consider ctx.continue_as_new()."
+        )
+    if status == CONTINUED_AS_NEW:
+        new_events.append(_close(EventKind.WORKFLOW_CONTINUED_AS_NEW, ctx, result))
+        result = None
+    elif status != RUNNING:
+        payload = {"result": result} if status == COMPLETED else {"error": error}
+        new_events.append(_close(CLOSE_EVENT[status], ctx, payload))
     return TaskOutcome(
         status=status,
         new_events=new_events,
@@ -95,7 +117,85 @@ def run_workflow_task(
         result=result,
         error=error,
         waiting_on=ctx.suspended_on if status == RUNNING else None,
+        history_warning=warning,
     )
+
+
+def check_history(
+    fn: Callable[..., Any],
+    *,
+    workflow_id: str,
+    run_id: str,
+    workflow_name: str,
+    queue: str,
+    history: Sequence[Event],
+    converter: DataConverter,
+    activity_options: Callable[[Any], tuple[str, dict[str, Any]]],
+    workflow_options: Callable[[Any], tuple[str, str | None]] | None = None,
+) -> WorkflowTaskError | None:
+    """Replay a stored history against ``fn`` without running anything; the error the
+    next workflow task would hit (e.g. ``NonDeterminismError``), or None if it replays."""
+    if not any(event.kind == EventKind.WORKFLOW_TASK_STARTED for event in history):
+        return None  # no workflow code has run yet: nothing to compare
+    ctx, status, _, _ = _execute(
+        fn,
+        history,
+        workflow_id=workflow_id,
+        run_id=run_id,
+        workflow_name=workflow_name,
+        queue=queue,
+        converter=converter,
+        activity_options=activity_options,
+        workflow_options=workflow_options,
+    )
+    task_error = _task_error(ctx, status)
+    if task_error is not None:
+        return task_error
+    closed = next((event.kind for event in reversed(history) if event.kind in CLOSE_KINDS), None)
+    if closed is not None and closed != EventKind.WORKFLOW_TERMINATED:
+        expected = CLOSE_EVENT[status] if status != RUNNING else None
+        if expected != closed:
+            return NonDeterminismError(
+                f"The run closed with {closed}, but the code "
+                + (f"now ends with {expected}" if expected else f"now waits on {ctx.suspended_on}")
+                + " at the same point of its history."
+            )
+    return None
+
+
+def _execute(
+    fn: Callable[..., Any], history: Sequence[Event], *, converter: DataConverter, **context: Any
+) -> tuple[WorkflowContext, str, Any, dict[str, Any] | None]:
+    ctx = WorkflowContext(history=history, converter=converter, **context)
+    execution = history[0]
+    args = converter.from_json(execution.payload.get("args", []))
+    kwargs = converter.from_json(execution.payload.get("kwargs", {}))
+    status, result, error = RUNNING, None, None
+    try:
+        value = fn(ctx, *args, **kwargs)
+    except Suspend:
+        pass
+    except Abort:
+        pass
+    except ContinueAsNew as request:
+        status, result = CONTINUED_AS_NEW, {
+            "args": request.args_json,
+            "kwargs": request.kwargs_json,
+            "events": [
+                {"name": event.name, "payload": event.payload, "timestamp": event.timestamp.isoformat()}
+                for event in ctx.unconsumed_events()
+            ],
+        }
+    except CancelledError as exc:
+        status, error = CANCELED, failure_from_exception(exc)
+    except Exception as exc:  # the workflow code failed: the workflow fails
+        status, error = FAILED, failure_from_exception(exc)
+    else:
+        try:
+            status, result = COMPLETED, ctx._encode(value, "the workflow's return value")
+        except SerializationError as exc:
+            status, error = FAILED, failure_from_exception(exc)
+    return ctx, status, result, error
 
 
 def _task_error(ctx: WorkflowContext, status: str) -> WorkflowTaskError | None:
