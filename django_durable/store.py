@@ -600,7 +600,8 @@ def fail_workflow_task(
 ) -> bool:
     """Record an engine-level failure; back off, or park after ``max_failures``. Returns parked."""
     with transaction.atomic():
-        if _lock_instance(item.instance_id) is None:
+        instance = _lock_instance(item.instance_id)
+        if instance is None:
             raise LeaseLost(f"run of work item {item.id} no longer exists")
         now = db_now()
         failures = item.failures + 1
@@ -613,7 +614,7 @@ def fail_workflow_task(
             failures=failures,
             last_error=error,
             due_at=now + _seconds(delay),
-            parked_at=now if parked else None,
+            parked_at=now if parked else _parked_at(instance, now),
         )
         if not fenced:
             raise _lease_lost(item)
@@ -874,6 +875,9 @@ def purge(workflow_id: str, run_id: str | None) -> int:
     runs = WorkflowInstance.objects.filter(workflow_id=workflow_id)
     if run_id is not None:
         runs = runs.filter(run_id=run_id)
+    for parent_id in runs.exclude(status__in=OPEN_STATUSES).values_list("pk", flat=True):
+        # Deleting a parent unlinks its children: settle their parent-close policy first.
+        apply_parent_close_policies(parent_id=parent_id)
     with transaction.atomic():
         ids = list(runs.select_for_update().values_list("pk", "status"))
         if not ids:
