@@ -404,14 +404,26 @@ def complete_workflow_task(
     result: Any = None,
     error: dict[str, Any] | None = None,
     waiting_on: str | None = None,
-) -> None:
-    """Commit one workflow task's decisions atomically, or raise ``LeaseLost`` and write nothing."""
+) -> bool:
+    """Commit one workflow task's decisions atomically, or raise ``LeaseLost`` and write nothing.
+
+    Returns False, having written nothing but the task's release, when the run would
+    close while an event it has not seen arrived: the task runs again with it.
+    """
     with transaction.atomic():
         instance = _lock_instance(item.instance_id)
         if instance is None:
             raise LeaseLost(f"run of work item {item.id} no longer exists")
         now = db_now()
         closing = status in CLOSING_STATUSES
+        if closing and status != WorkflowStatus.CONTINUED_AS_NEW and (
+            InboxEvent.objects.filter(instance_id=item.instance_id, kind=EventKind.EVENT_RAISED)
+            .exclude(id__in=inbox_ids)
+            .exists()
+        ):
+            if not _fence(item).update(lease_owner=None, lease_expires_at=None, due_at=now):
+                raise _lease_lost(item)
+            return False
         more_inbox = (
             not closing
             and InboxEvent.objects.filter(instance_id=item.instance_id).exclude(id__in=inbox_ids).exists()
@@ -443,14 +455,22 @@ def complete_workflow_task(
         }
         if instance["started_at"] is None:
             updates["started_at"] = new_events[0].timestamp
+        late: list[dict[str, Any]] = []
         if closing:
             updates.update(result=result, error=error, closed_at=now)
+            if status == WorkflowStatus.CONTINUED_AS_NEW:
+                # Signals and a cancel request that arrived while this task ran go to the next run.
+                late = list(
+                    InboxEvent.objects.filter(
+                        instance_id=item.instance_id, kind__in=(EventKind.EVENT_RAISED, EventKind.CANCEL_REQUESTED)
+                    ).exclude(id__in=inbox_ids).values("kind", "name", "payload")
+                )
             # Outstanding activities and timers die with the run; late results find no item.
             WorkItem.objects.filter(instance_id=item.instance_id).delete()
             InboxEvent.objects.filter(instance_id=item.instance_id).delete()
         WorkflowInstance.objects.filter(pk=item.instance_id).update(**updates)
         if status == WorkflowStatus.CONTINUED_AS_NEW:
-            _continue_as_new(item.instance_id, instance, new_events[-1].payload, now)
+            _continue_as_new(item.instance_id, instance, new_events[-1].payload, late, now)
         elif closing:
             _notify_parent(instance, status, result, error, now)
         else:
@@ -461,6 +481,7 @@ def complete_workflow_task(
                 ).delete()
             WorkItem.objects.bulk_create(_work_items_for(item.instance_id, instance, new_events, now))
             _start_children(item.instance_id, instance, new_events, now)
+    return True
 
 
 def _work_items_for(
@@ -561,7 +582,13 @@ def _notify_parent(
     _deliver(child["parent_id"], parent, event)
 
 
-def _continue_as_new(instance_id: int, instance: dict[str, Any], request: dict[str, Any], now: datetime.datetime) -> None:
+def _continue_as_new(
+    instance_id: int,
+    instance: dict[str, Any],
+    request: dict[str, Any],
+    late: Sequence[dict[str, Any]],
+    now: datetime.datetime,
+) -> None:
     """Start the next run of a run that continued as new (same transaction, same workflow id)."""
     successor = _create_run(
         workflow_id=instance["workflow_id"],
@@ -575,13 +602,16 @@ def _continue_as_new(instance_id: int, instance: dict[str, Any], request: dict[s
         parent_task_id=instance["parent_task_id"],
         parent_close_policy=instance["parent_close_policy"],
     )
+    carried = [
+        {"kind": EventKind.EVENT_RAISED, "name": event["name"], "payload": event["payload"]}
+        for event in request.get("events", ())
+    ]
     InboxEvent.objects.bulk_create(
-        InboxEvent(
-            instance_id=successor.pk, kind=EventKind.EVENT_RAISED, name=carried["name"],
-            payload=carried["payload"], timestamp=now,
-        )
-        for carried in request.get("events", ())
+        InboxEvent(instance_id=successor.pk, kind=event["kind"], name=event["name"], payload=event["payload"], timestamp=now)
+        for event in [*carried, *late]
     )
+    if any(event["kind"] == EventKind.CANCEL_REQUESTED for event in late):
+        WorkflowInstance.objects.filter(pk=successor.pk).update(cancel_requested_at=now)
 
 
 def continuation_of(instance_id: int) -> WorkflowInstance | None:
@@ -1107,7 +1137,13 @@ def _reap_activity(item: Claim) -> None:
         options = item.payload.get("options") or {}
         timeout = options.get("start_to_close_timeout")
         heartbeat_timeout = options.get("heartbeat_timeout")
-        if timeout is not None and item.lease_expires_at >= item.claimed_at + _seconds(timeout):
+        total_timeout = options.get("schedule_to_close_timeout")
+        if total_timeout is not None and item.lease_expires_at >= item.created_at + _seconds(total_timeout):
+            message = (
+                f"activity {item.name!r} attempt {item.attempt} exceeded its schedule_to_close_timeout "
+                f"of {total_timeout}s"
+            )
+        elif timeout is not None and item.lease_expires_at >= item.claimed_at + _seconds(timeout):
             message = f"activity {item.name!r} attempt {item.attempt} exceeded its start_to_close_timeout of {timeout}s"
         elif heartbeat_timeout is not None and item.lease_expires_at >= (
             item.heartbeat_at or item.claimed_at

@@ -242,3 +242,60 @@ def test_a_child_whose_id_is_taken_fails_to_start_without_harming_the_parent(sta
     finished(worker)
     assert blocker.status() == "running"  # untouched: still waiting for its event
     assert WorkflowInstance.objects.filter(workflow_id=taken).count() == 1
+
+
+# -- events that arrive while a workflow task runs ------------------------------------
+
+
+def run_one_workflow_task(during) -> bool:
+    """Claim and run one workflow task as the worker does, calling ``during()`` between
+    the replay and the commit (an event arriving while the task runs)."""
+    from django_durable import registry, store
+    from django_durable.converter import get_converter
+    from django_durable.engine import run_workflow_task
+
+    [item] = store.claim(owner="test", kind="workflow", queues=["default"], limit=1, lease_seconds=30)
+    task = store.load_workflow_task(item)
+    outcome = run_workflow_task(
+        registry.get_workflow_definition(task.workflow_name).fn,
+        workflow_id=task.workflow_id, run_id=task.run_id, workflow_name=task.workflow_name, queue=task.queue,
+        history=task.history, inbox=task.inbox, now=item.claimed_at, converter=get_converter(),
+        activity_options=registry.activity_call_options, workflow_options=registry.workflow_call_options,
+    )
+    during()
+    return store.complete_workflow_task(
+        item, new_events=outcome.new_events, inbox_ids=task.inbox_ids, status=outcome.status,
+        vars=outcome.vars, result=outcome.result, error=outcome.error, waiting_on=outcome.waiting_on,
+    )
+
+
+@pytest.mark.django_db
+def test_events_arriving_while_a_run_continues_as_new_move_to_the_next_run():
+    handle = durable.start_workflow(ow.ow_continue_once, 0, workflow_id=unique("late-can"))
+
+    def late_arrivals() -> None:
+        handle.signal("late", "kept")
+        handle.cancel()
+
+    assert run_one_workflow_task(late_arrivals) is True
+    assert handle.status() == "continued_as_new"
+    successor = durable.get_workflow(handle.workflow_id)
+    assert successor.run_id != handle.run_id
+    inbox = InboxEvent.objects.filter(instance__run_id=successor.run_id).order_by("id")
+    assert list(inbox.values_list("kind", "name", "payload")) == [
+        ("EventRaised", "late", {"payload": "kept"}), ("CancelRequested", "", {}),
+    ]
+    assert WorkflowInstance.objects.get(run_id=successor.run_id).cancel_requested_at is not None
+
+
+@pytest.mark.django_db
+def test_a_run_does_not_close_over_an_event_it_has_not_seen():
+    handle = durable.start_workflow(ow.ow_returns_at_once, workflow_id=unique("late-close"))
+    assert run_one_workflow_task(lambda: handle.signal("note", 1)) is False
+    # Nothing was written but the task's release: it runs again, now with the event.
+    assert handle.status() == "pending" and len(handle.history()) == 1
+    assert run_one_workflow_task(lambda: None) is True
+    assert handle.status() == "completed"
+    assert [e.kind for e in handle.history()] == [
+        "ExecutionStarted", "WorkflowTaskStarted", "EventRaised", "WorkflowCompleted"
+    ]

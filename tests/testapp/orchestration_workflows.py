@@ -52,3 +52,15 @@ def ow_parent(ctx: durable.WorkflowContext, values: list[int]) -> object:
         return ctx.wait_all(children)
     except durable.ChildWorkflowError as exc:
         return {"failed": exc.workflow_id, "status": exc.status, "message": exc.message}
+
+
+@durable.workflow
+def ow_continue_once(ctx: durable.WorkflowContext, generation: int) -> object:
+    if generation == 0:
+        ctx.continue_as_new(1)
+    return ctx.wait_for_event("late")
+
+
+@durable.workflow
+def ow_returns_at_once(ctx: durable.WorkflowContext) -> str:
+    return "done"
