@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q, Value
+from django.db.models import F, Min, Q, Value
 from django.db.models.functions import Greatest
 
 from .engine.events import Event, EventKind, ParentClosePolicy
@@ -1157,17 +1157,27 @@ def _reap_activity(item: Claim) -> None:
         _fail_attempt(item, _fence(item).filter(lease_expires_at__lte=now), instance, failure, retryable=True, now=now)
 
 
-def seconds_until_due(*, queues: Sequence[str]) -> float | None:
-    """Seconds until the next item on ``queues`` is due (0 if one is due now, or if a
-    claimer's lease has expired and the item awaits reaping), or None if there is none."""
-    now = db_now()
-    on_queues = WorkItem.objects.filter(queue__in=list(queues), parked_at__isnull=True)
-    if on_queues.filter(lease_owner__isnull=False, lease_expires_at__lte=now).exists():
-        return 0.0
-    next_due = (
-        on_queues.filter(lease_owner__isnull=True).order_by("due_at").values_list("due_at", flat=True).first()
+def next_wakeup(*, queues: Sequence[str] | None = None) -> datetime.datetime | None:
+    """When something next happens on its own on ``queues`` (all if None): an item
+    falls due or a lease expires. Parked work waits for a person, not for time."""
+    items = WorkItem.objects.filter(parked_at__isnull=True)
+    if queues is not None:
+        items = items.filter(queue__in=list(queues))
+    times = items.aggregate(
+        due=Min("due_at", filter=Q(lease_owner__isnull=True)),
+        expiry=Min("lease_expires_at", filter=Q(lease_owner__isnull=False)),
     )
-    if next_due is None:
-        return None
-    return max(0.0, (next_due - now).total_seconds())
+    return min((value for value in times.values() if value is not None), default=None)
 
+
+def seconds_until_due(*, queues: Sequence[str]) -> float | None:
+    """Seconds until the next item on ``queues`` is due or a lease expires (0 if one
+    is due now or awaits reaping), or None if there is nothing."""
+    wakeup = next_wakeup(queues=queues)
+    if wakeup is None:
+        return None
+    return max(0.0, (wakeup - db_now()).total_seconds())
+
+
+def queues_with_work() -> list[str]:
+    return list(WorkItem.objects.order_by().values_list("queue", flat=True).distinct())

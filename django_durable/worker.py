@@ -218,6 +218,36 @@ class Worker:
         )
         store.apply_parent_close_policies()
 
+    # -- inline, for tests --------------------------------------------------------
+
+    def run_inline_once(self) -> bool:
+        """One round of the loop in the calling thread, for ``django_durable.testing``.
+
+        Takes back expired leases, applies parent-close policies, fires due
+        timers, then runs due workflow tasks and due activities one after the
+        other, here: no thread, no lease renewal, no reconnecting (it may run
+        inside a test's transaction). Database errors propagate. Returns whether
+        it found any work.
+        """
+        reaped = store.reap_expired_leases(
+            limit=100,
+            workflow_backoff=durable_settings.WORKFLOW_TASK_RETRY_INITIAL,
+            workflow_backoff_max=durable_settings.WORKFLOW_TASK_RETRY_MAXIMUM,
+            max_failures=durable_settings.WORKFLOW_TASK_MAX_FAILURES,
+        )
+        orphans = store.apply_parent_close_policies()
+        fired = store.fire_due_timers(queues=self.queues, limit=durable_settings.CLAIM_BATCH_SIZE)
+        workflow_tasks = self._claim(WorkItemKind.WORKFLOW, durable_settings.CLAIM_BATCH_SIZE)
+        for item in workflow_tasks:
+            self._run_workflow_task(item)
+        activities = self._claim(WorkItemKind.ACTIVITY, durable_settings.CLAIM_BATCH_SIZE)
+        for item in activities:
+            try:
+                self._execute_activity(_RunningActivity(item))
+            except store.LeaseLost as exc:
+                logger.warning("Activity outcome discarded: %s", exc)
+        return bool(reaped or orphans or fired or workflow_tasks or activities)
+
     # -- workflow tasks ------------------------------------------------------
 
     def _run_workflow_task(self, item: store.Claim) -> None:
@@ -245,7 +275,7 @@ class Worker:
             if outcome.task_error is not None:
                 self._fail_workflow_task(item, task.workflow_id, outcome.task_error)
                 return
-            store.complete_workflow_task(
+            committed = store.complete_workflow_task(
                 item,
                 new_events=outcome.new_events,
                 inbox_ids=task.inbox_ids,
@@ -255,6 +285,9 @@ class Worker:
                 error=outcome.error,
                 waiting_on=outcome.waiting_on,
             )
+            if not committed:
+                logger.info("Workflow %s: an event arrived as it closed; running its task again.", task.workflow_id)
+                return
             logger.info(
                 "Workflow %s (%s): %s%s", task.workflow_id, task.workflow_name, outcome.status,
                 f", waiting on {outcome.waiting_on}" if outcome.waiting_on else "",

@@ -26,6 +26,7 @@ from ..exceptions import (
 )
 from ..registry import workflow_call_options
 from .events import (
+    CLOSE_KINDS,
     COMMAND_KINDS,
     COMPLETION_KINDS,
     Event,
@@ -138,6 +139,8 @@ class WorkflowContext:
                 assert event.task_id is not None
                 self._canceled_timers.add(event.task_id)
         self._latest_task_number = task_number
+        # A closed run went past every point of its code, recorded or not.
+        self._history_closed = any(event.kind in CLOSE_KINDS for event in history)
         assert self.started_at is not None, "history must contain a WorkflowTaskStarted event"
         self._now = self.started_at
         self._next_task_id = 0
@@ -318,7 +321,7 @@ class WorkflowContext:
         if recorded is not None and recorded.kind == EventKind.PATCH_MARKER and recorded.name == change_id:
             self._next_task_id = next_id
             applied = True
-        elif next_id <= self._max_recorded:
+        elif next_id <= self._max_recorded or self._history_closed:
             applied = False  # history went past this point under the old code
         else:
             self._next_task_id = next_id

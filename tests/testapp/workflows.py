@@ -12,6 +12,9 @@ import django_durable as durable
 from .async_workflows import *  # noqa: F403  (registers them with the workers)
 from .orchestration_workflows import *  # noqa: F403
 from .worker_orchestration_workflows import *  # noqa: F403
+from .api_control_workflows import *  # noqa: F403
+from .versioning_workflows import *  # noqa: F403
+from .testing_workflows import *  # noqa: F403
 from .models import ActivityRun
 
 FAST_RETRY = durable.RetryPolicy(initial_interval=0.05, maximum_interval=0.2, maximum_attempts=5)

@@ -1,0 +1,140 @@
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from django_durable import registry, store
+from django_durable.converter import get_converter
+from django_durable.engine.failures import qualified_name
+from django_durable.engine.replay import check_history
+from django_durable.models import OPEN_STATUSES, WorkflowInstance
+
+RUN_FIELDS = ("id", "workflow_id", "run_id", "workflow_name", "queue", "status")
+
+
+class Command(BaseCommand):
+    help = (
+        "Replay stored workflow histories against the current code, without running anything, "
+        "and report the runs that would break (NonDeterminismError). Exits with status 1 if any "
+        "would, so a deploy script can run it first."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "workflow_names", nargs="*", metavar="workflow_name",
+            help="Workflow types to check (default: every registered one).",
+        )
+        parser.add_argument(
+            "--workflow-id", action="append", default=[], dest="workflow_ids",
+            help="Only the runs of this workflow id (may be repeated).",
+        )
+        parser.add_argument(
+            "--all", action="store_true", dest="include_closed",
+            help="Check closed runs too, not only open (pending, running, suspended) ones.",
+        )
+        parser.add_argument(
+            "--limit", type=int, default=None,
+            help="Check at most this many runs of each workflow type, the newest first.",
+        )
+        parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
+
+    def handle(self, *args: object, **options: Any) -> None:
+        registered = registry.registered_workflows()
+        names: list[str] = options["workflow_names"]
+        unknown = sorted(set(names) - set(registered))
+        if unknown:
+            raise CommandError(
+                f"No workflow is registered as {', '.join(map(repr, unknown))}. "
+                f"Registered workflows: {', '.join(sorted(registered)) or 'none'}.",
+                returncode=2,  # "could not check", told apart from 1, "would break"
+            )
+        if options["limit"] is not None and options["limit"] < 1:
+            raise CommandError("--limit must be at least 1.", returncode=2)
+
+        checked = 0
+        broken: list[dict[str, Any]] = []
+        skipped: dict[str, int] = {}
+        runs = select_runs(names, options["workflow_ids"], options["include_closed"], options["limit"])
+        for run in runs:
+            definition = registered.get(run["workflow_name"])
+            if definition is None:
+                skipped[run["workflow_name"]] = skipped.get(run["workflow_name"], 0) + 1
+                continue
+            checked += 1
+            error = replay_error(definition.fn, run)
+            if error is not None:
+                broken.append({**report_fields(run), "error": error})
+            elif options["verbosity"] >= 2 and not options["json"]:
+                self.stdout.write(f"{describe_run(run)}: replays")
+
+        if options["json"]:
+            report = {
+                "checked": checked,
+                "broken": len(broken),
+                "skipped": sum(skipped.values()),
+                "broken_runs": broken,
+                "skipped_workflows": skipped,
+            }
+            self.stdout.write(json.dumps(report, indent=2))
+        else:
+            for run in broken:
+                error_type = run["error"]["type"].rsplit(".", 1)[-1]
+                self.stdout.write(f"{describe_run(run)}: {error_type}: {run['error']['message']}")
+            for name, count in sorted(skipped.items()):
+                self.stderr.write(
+                    f"Skipped {count} run(s) of {name!r}: no workflow is registered under that name."
+                )
+            summary = f"Checked {checked}, broken {len(broken)}, skipped {sum(skipped.values())}."
+            self.stdout.write(self.style.ERROR(summary) if broken else self.style.SUCCESS(summary))
+        if broken:
+            sys.exit(1)  # like makemigrations --check: the report is the output, the status the verdict
+
+
+def select_runs(
+    names: Sequence[str], workflow_ids: Sequence[str], include_closed: bool, limit: int | None
+) -> Iterator[dict[str, Any]]:
+    """The runs to check, by workflow name, each name's newest first."""
+    runs = WorkflowInstance.objects.all()
+    if not include_closed:
+        runs = runs.filter(status__in=OPEN_STATUSES)
+    if workflow_ids:
+        runs = runs.filter(workflow_id__in=workflow_ids)
+    if names:
+        runs = runs.filter(workflow_name__in=names)
+    present = sorted(set(runs.order_by().values_list("workflow_name", flat=True).distinct()))
+    for name in present:
+        of_name = runs.filter(workflow_name=name).order_by("-id").values(*RUN_FIELDS)
+        yield from of_name[:limit] if limit is not None else of_name.iterator()
+
+
+def replay_error(fn: Any, run: dict[str, Any]) -> dict[str, str] | None:
+    try:
+        error: BaseException | None = check_history(
+            fn,
+            workflow_id=run["workflow_id"],
+            run_id=str(run["run_id"]),
+            workflow_name=run["workflow_name"],
+            queue=run["queue"],
+            history=store.get_history(run["id"]),
+            converter=get_converter(),
+            activity_options=registry.activity_call_options,
+            workflow_options=registry.workflow_call_options,
+        )
+    except Exception as exc:  # noqa: BLE001 - the worker would fail the workflow task the same way
+        error = exc
+    return None if error is None else {"type": qualified_name(type(error)), "message": str(error)}
+
+
+def report_fields(run: dict[str, Any]) -> dict[str, str]:
+    return {
+        "workflow_id": run["workflow_id"],
+        "run_id": str(run["run_id"]),
+        "workflow_name": run["workflow_name"],
+        "status": run["status"],
+    }
+
+
+def describe_run(run: dict[str, Any]) -> str:
+    return f"{run['workflow_id']} (run {run['run_id']}, {run['workflow_name']}, {run['status']})"
