@@ -52,7 +52,7 @@ class WorkflowInstance(models.Model):
     waiting_on = models.CharField(max_length=500, blank=True)
     # The latest engine-level failure of a workflow task (e.g. non-determinism); cleared by progress.
     task_error = models.JSONField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)  # the store passes its clock
     scheduled_start_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)

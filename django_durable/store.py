@@ -200,6 +200,7 @@ def _create_run(
         input={"args": args, "kwargs": kwargs},
         history_length=len(history),
         scheduled_start_at=start_at,
+        created_at=now,
         **relations,
     )
     _append_history(instance.pk, 1, history)
