@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -262,6 +262,25 @@ def get_instance(workflow_id: str, run_id: str | None = None) -> WorkflowInstanc
 
 def get_history(instance_id: int) -> list[Event]:
     return [Event(**row) for row in HistoryEvent.objects.filter(instance_id=instance_id).values(*EVENT_FIELDS)]
+
+
+def runs_to_replay(
+    *, names: Sequence[str], workflow_ids: Sequence[str], include_closed: bool, limit: int | None
+) -> Iterator[dict[str, Any]]:
+    """Runs for ``durable_replay`` to check, by workflow name, each name's newest first."""
+    runs = WorkflowInstance.objects.all()
+    if not include_closed:
+        runs = runs.filter(status__in=OPEN_STATUSES)
+    if workflow_ids:
+        runs = runs.filter(workflow_id__in=workflow_ids)
+    if names:
+        runs = runs.filter(workflow_name__in=names)
+    present = sorted(set(runs.order_by().values_list("workflow_name", flat=True).distinct()))
+    for name in present:
+        of_name = runs.filter(workflow_name=name).order_by("-id").values(
+            "id", "workflow_id", "run_id", "workflow_name", "queue", "status"
+        )
+        yield from of_name[:limit] if limit is not None else of_name.iterator()
 
 
 def pending_work(instance_id: int) -> list[dict[str, Any]]:

@@ -1,6 +1,9 @@
+"""``manage.py durable_replay``: would the current code break the stored runs? Run it before a deploy."""
+
+from __future__ import annotations
+
 import json
 import sys
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -9,9 +12,6 @@ from django_durable import registry, store
 from django_durable.converter import get_converter
 from django_durable.engine.failures import qualified_name
 from django_durable.engine.replay import check_history
-from django_durable.models import OPEN_STATUSES, WorkflowInstance
-
-RUN_FIELDS = ("id", "workflow_id", "run_id", "workflow_name", "queue", "status")
 
 
 class Command(BaseCommand):
@@ -56,7 +56,10 @@ class Command(BaseCommand):
         checked = 0
         broken: list[dict[str, Any]] = []
         skipped: dict[str, int] = {}
-        runs = select_runs(names, options["workflow_ids"], options["include_closed"], options["limit"])
+        runs = store.runs_to_replay(
+            names=names, workflow_ids=options["workflow_ids"], include_closed=options["include_closed"],
+            limit=options["limit"],
+        )
         for run in runs:
             definition = registered.get(run["workflow_name"])
             if definition is None:
@@ -90,23 +93,6 @@ class Command(BaseCommand):
             self.stdout.write(self.style.ERROR(summary) if broken else self.style.SUCCESS(summary))
         if broken:
             sys.exit(1)  # like makemigrations --check: the report is the output, the status the verdict
-
-
-def select_runs(
-    names: Sequence[str], workflow_ids: Sequence[str], include_closed: bool, limit: int | None
-) -> Iterator[dict[str, Any]]:
-    """The runs to check, by workflow name, each name's newest first."""
-    runs = WorkflowInstance.objects.all()
-    if not include_closed:
-        runs = runs.filter(status__in=OPEN_STATUSES)
-    if workflow_ids:
-        runs = runs.filter(workflow_id__in=workflow_ids)
-    if names:
-        runs = runs.filter(workflow_name__in=names)
-    present = sorted(set(runs.order_by().values_list("workflow_name", flat=True).distinct()))
-    for name in present:
-        of_name = runs.filter(workflow_name=name).order_by("-id").values(*RUN_FIELDS)
-        yield from of_name[:limit] if limit is not None else of_name.iterator()
 
 
 def replay_error(fn: Any, run: dict[str, Any]) -> dict[str, str] | None:
