@@ -43,9 +43,13 @@ def detail(workflow_id: str, suffix: str = "") -> str:
 def snapshot() -> tuple:
     """Everything a request could change (rows and the mutable columns of work items and runs)."""
     return (
-        list(WorkflowInstance.objects.order_by("pk").values_list("pk", "status", "history_length", "error")),
+        list(WorkflowInstance.objects.order_by("pk").values_list(
+            "pk", "status", "history_length", "error", "cancel_requested_at", "parent_id",
+        )),
         list(HistoryEvent.objects.order_by("pk").values_list("pk", flat=True)),
-        list(WorkItem.objects.order_by("pk").values_list("pk", "attempt", "lease_owner", "heartbeat_details")),
+        list(WorkItem.objects.order_by("pk").values_list(
+            "pk", "attempt", "lease_owner", "heartbeat_details", "parked_at",
+        )),
         list(InboxEvent.objects.order_by("pk").values_list("pk", flat=True)),
     )
 
@@ -108,20 +112,23 @@ def test_schema_lists_every_endpoint(api, db):
         f"{API}workflows/",
         f"{API}workflows/{{workflow_id}}/",
         f"{API}workflows/{{workflow_id}}/history/",
-        f"{API}workflows/{{workflow_id}}/terminate/",
+        *(f"{API}workflows/{{workflow_id}}/{verb}/" for verb in ("signal", "cancel", "suspend", "resume",
+                                                                  "terminate", "rerun")),
     }
     paths = schema["paths"]
     assert set(paths[f"{API}workflows/"]) == {"get", "post"}
+    assert set(paths[f"{API}workflows/{{workflow_id}}/"]) == {"get", "delete"}
     assert "201" in paths[f"{API}workflows/"]["post"]["responses"]
-    assert "202" in paths[f"{API}workflows/{{workflow_id}}/terminate/"]["post"]["responses"]
+    assert "201" in paths[f"{API}workflows/{{workflow_id}}/rerun/"]["post"]["responses"]
+    assert "204" in paths[f"{API}workflows/{{workflow_id}}/"]["delete"]["responses"]
+    for verb in ("signal", "cancel", "suspend", "resume", "terminate"):
+        assert "202" in paths[f"{API}workflows/{{workflow_id}}/{verb}/"]["post"]["responses"]
     assert "200" in paths[f"{API}activities/complete/"]["post"]["responses"]
     operation_ids = [op["operationId"] for ops in paths.values() for op in ops.values()]
     assert len(operation_ids) == len(set(operation_ids))
     components = schema["components"]["schemas"]
     assert components["CompleteActivityRequest"]["properties"]["task_token"]["type"] == "string"
     assert components["StartWorkflow"]["properties"]["args"]["type"] == "array"
-    # Signal, cancel, suspend and resume are not offered until the engine has them.
-    assert not any(word in path for path in paths for word in ("signal", "cancel", "suspend", "resume"))
 
 
 # -- activity endpoints without a live attempt -------------------------------------------------
@@ -242,7 +249,9 @@ def test_activity_endpoints_need_no_login_and_no_csrf_token(db, staff, url):
 # -- malformed, mistyped and oversized bodies ------------------------------------------------
 
 
-ALL_POST_URLS = ACTIVITY_URLS + [WORKFLOWS, detail("greet-ada", "terminate/")]
+CONTROL_URLS = [detail("greet-ada", f"{verb}/") for verb in ("terminate", "signal", "cancel", "suspend", "resume",
+                                                              "rerun")]
+ALL_POST_URLS = ACTIVITY_URLS + [WORKFLOWS, *CONTROL_URLS]
 
 
 @pytest.mark.parametrize("url", ALL_POST_URLS)
@@ -677,10 +686,17 @@ def test_terminate_validation(admin_api, started, data):
 
 
 def test_unsupported_methods_are_405(admin_api, started):
-    assert_error(admin_api.delete(detail("greet-ada")), 405, "method_not_allowed")
+    before = snapshot()
     assert_error(admin_api.put(detail("greet-ada"), {}, format="json"), 405, "method_not_allowed")
-    assert_error(admin_api.get(detail("greet-ada", "terminate/")), 405, "method_not_allowed")
+    assert_error(admin_api.patch(detail("greet-ada"), {}, format="json"), 405, "method_not_allowed")
+    assert_error(post_json(admin_api, detail("greet-ada"), {}), 405, "method_not_allowed")
+    assert_error(admin_api.delete(WORKFLOWS), 405, "method_not_allowed")
+    for url in CONTROL_URLS:
+        assert_error(admin_api.get(url), 405, "method_not_allowed")
+        assert_error(admin_api.delete(url), 405, "method_not_allowed")
     assert_error(post_json(admin_api, detail("greet-ada", "history/"), {}), 405, "method_not_allowed")
+    assert_error(admin_api.delete(detail("greet-ada", "history/")), 405, "method_not_allowed")
+    assert snapshot() == before
 
 
 @pytest.mark.parametrize(("method", "url", "data"), WORKFLOW_REQUESTS, ids=WORKFLOW_REQUEST_IDS)
@@ -693,11 +709,6 @@ def test_options_describe_each_route(admin_api, api, started, method, url, data)
             "start" if url == WORKFLOWS else "terminate"]
         assert expected in body["actions"]["POST"]
     assert_error(api.options(url), 403, "not_authenticated")
-
-
-def test_no_signal_cancel_suspend_or_resume_endpoints(admin_api, started):
-    for action in ("signal", "cancel", "suspend", "resume"):
-        assert admin_api.post(detail("greet-ada", f"{action}/"), {}, format="json").status_code == 404
 
 
 def test_browsable_api(admin_api, started):
@@ -846,11 +857,14 @@ def operations(openapi: dict) -> list[tuple[str, str, dict]]:
     return [(path, method, op) for path, ops in openapi["paths"].items() for method, op in ops.items()]
 
 
+OPERATION_COUNT = 14
+
+
 def test_fuzz_covers_every_operation(openapi):
-    assert len(operations(openapi)) == 8
+    assert len(operations(openapi)) == OPERATION_COUNT
 
 
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(OPERATION_COUNT))
 @FUZZ
 @given(data=st.data())
 def test_fuzz_every_operation_from_the_schema(admin_api, started, openapi, index, data):
@@ -862,12 +876,17 @@ def test_fuzz_every_operation_from_the_schema(admin_api, started, openapi, index
 
     url = path.replace("{workflow_id}", quote(workflow_id, safe=""))
     before = snapshot()
-    if method == "get":
+    if method in ("get", "delete"):
         params = data.draw(st.dictionaries(
             st.sampled_from(["status", "workflow_name", "workflow_id", "limit", "offset", "run_id"]),
-            st.text(max_size=40) | st.integers().map(str), max_size=4,
+            st.text(max_size=40) | st.integers().map(str) | st.uuids().map(str), max_size=4,
         ))
-        response = admin_api.get(url, params)
+        if method == "get":
+            response = admin_api.get(url, params)
+        else:
+            from urllib.parse import urlencode
+
+            response = admin_api.delete(url, QUERY_STRING=urlencode(params))
     else:
         schema = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
         body = data.draw(schema_strategy(schema, components) if schema else json_values())

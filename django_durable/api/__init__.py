@@ -5,8 +5,9 @@ Mount it with ``path("durable/api/", include("django_durable.api.urls"))`` and a
 
 - ``activities/complete/``, ``activities/fail/``, ``activities/heartbeat/``: finish or
   report on an activity attempt by task token (authorised by the token alone).
-- ``workflows/``: list and start workflows; ``workflows/<id>/`` describe,
-  ``workflows/<id>/history/``, ``workflows/<id>/terminate/`` (staff by default).
+- ``workflows/``: list and start workflows; ``workflows/<id>/`` describe (GET) and
+  purge (DELETE), ``workflows/<id>/history/``, and the verbs ``signal/``, ``cancel/``,
+  ``suspend/``, ``resume/``, ``terminate/`` and ``rerun/`` (staff by default).
 - ``schema/``: the OpenAPI document.
 
 Importing this package does not import Django REST framework; its system checks

@@ -221,9 +221,40 @@ class StartedWorkflowSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=WorkflowStatus.choices)
 
 
+def _reason_field(**kwargs: Any) -> serializers.CharField:
+    return serializers.CharField(
+        max_length=MAX_MESSAGE_LENGTH, required=False, allow_blank=True, allow_null=True, trim_whitespace=False,
+        **kwargs,
+    )
+
+
 class TerminateWorkflowSerializer(serializers.Serializer):
-    reason = serializers.CharField(
-        max_length=MAX_MESSAGE_LENGTH, required=False, allow_blank=True, allow_null=True, trim_whitespace=False
+    reason = _reason_field()
+
+
+class NoBodySerializer(serializers.Serializer):
+    """For verbs that take no arguments: any JSON object (its keys are ignored), or no body."""
+
+
+class SignalWorkflowSerializer(serializers.Serializer):
+    name = _name_field(help_text="The event's name; the workflow reads it with ctx.wait_for_event(name).")
+    payload = JSONValueField(
+        required=False, allow_null=True, default=None, help_text="The event's payload (any JSON)."
+    )
+
+
+class SuspendWorkflowSerializer(serializers.Serializer):
+    reason = _reason_field(help_text="Kept in the run's history.")
+
+
+class RerunWorkflowSerializer(serializers.Serializer):
+    from_event = serializers.IntegerField(
+        min_value=2,
+        help_text="The history event (seq) to rerun from: the events before it are kept.",
+    )
+    workflow_id = _name_field(
+        required=False, allow_null=True, validators=[_addressable],
+        help_text="The new run's workflow id (the same id when absent); 409 while that id has an open run.",
     )
 
 
@@ -288,11 +319,23 @@ class WorkflowDetailSerializer(WorkflowSummarySerializer):
         help_text="The latest engine-level failure of a workflow task (e.g. non-determinism), if any.",
     )
     pending_work = PendingWorkField()
+    parent = serializers.CharField(
+        source="parent.workflow_id", read_only=True, allow_null=True,
+        help_text="For a child workflow: its parent's workflow id.",
+    )
+    continued_from = serializers.UUIDField(
+        source="continued_from.run_id", read_only=True, allow_null=True,
+        help_text="The run that continued as this one (ctx.continue_as_new), if any.",
+    )
+    continued_as = serializers.UUIDField(
+        source="continued_as.run_id", read_only=True, allow_null=True,
+        help_text="The run this one continued as, if it did.",
+    )
 
     class Meta(WorkflowSummarySerializer.Meta):
         fields = WorkflowSummarySerializer.Meta.fields + [
             "args", "kwargs", "result", "error", "vars", "task_error", "history_length", "updated_at",
-            "pending_work",
+            "cancel_requested_at", "parent", "continued_from", "continued_as", "pending_work",
         ]
         read_only_fields = fields
 

@@ -111,18 +111,35 @@ class DurableSchema(AutoSchema):
             return entry[1]() if entry[1] is not None else None
         return super().get_response_serializer(path, method)
 
+    def get_request_serializer(self, path: str, method: str) -> Any:
+        serializer = super().get_request_serializer(path, method)
+        if isinstance(serializer, s.NoBodySerializer):
+            return None  # documented as taking no body
+        return serializer
+
+    def get_request_body(self, path: str, method: str) -> dict[str, Any]:
+        if method in ("PUT", "PATCH", "POST") and self.get_request_serializer(path, method) is None:
+            return {}
+        return super().get_request_body(path, method)
+
     def get_pagination_parameters(self, path: str, method: str) -> list[dict[str, Any]]:
         if self._key(method) == "history":
             paginator = self.get_paginator()
             return paginator.get_schema_operation_parameters(self.view) if paginator else []
         return super().get_pagination_parameters(path, method)
 
+    def allows_filters(self, path: str, method: str) -> bool:
+        # Only the list filters; every other action addresses one run (see below).
+        return self._key(method) == "list" and super().allows_filters(path, method)
+
     def get_filter_parameters(self, path: str, method: str) -> list[dict[str, Any]]:
         params = super().get_filter_parameters(path, method)
-        if self._key(method) in ("retrieve", "history"):
+        if "{workflow_id}" in path:
             params.append({
                 "name": "run_id", "required": False, "in": "query",
-                "description": "A particular run of the workflow; the latest run when absent.",
+                "description": "A particular run of the workflow; "
+                + ("every run of the id" if self._key(method) == "destroy" else "the latest run")
+                + " when absent.",
                 "schema": {"type": "string", "format": "uuid"},
             })
         return params
@@ -274,9 +291,10 @@ class WorkflowFilter(BaseFilterBackend):
 
 
 class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Workflow runs: list (filter by status and workflow name), start, describe, history, terminate.
+    """Workflow runs: list (filter by status and workflow name), start, describe, history, purge;
+    the control verbs signal, cancel, suspend, resume and terminate; rerun from a history event.
 
-    Signal, cancel, suspend and resume are not offered yet: the engine does not have them.
+    A detail route addresses the latest run of the workflow id, or the one ``?run_id=`` names.
     """
 
     queryset = WorkflowInstance.objects.order_by("-created_at", "-id")
@@ -289,11 +307,18 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
         tags=["workflows"],
         operation_ids={
             "list": "listWorkflows", "create": "startWorkflow", "retrieve": "describeWorkflow",
-            "history": "workflowHistory", "terminate": "terminateWorkflow",
+            "history": "workflowHistory", "terminate": "terminateWorkflow", "signal": "signalWorkflow",
+            "cancel": "cancelWorkflow", "suspend": "suspendWorkflow", "resume": "resumeWorkflow",
+            "rerun": "rerunWorkflow", "destroy": "purgeWorkflow",
         },
         responses={
             "create": (201, s.StartedWorkflowSerializer),
+            "rerun": (201, s.StartedWorkflowSerializer),
             "terminate": (202, s.StartedWorkflowSerializer),
+            "signal": (202, s.StartedWorkflowSerializer),
+            "cancel": (202, s.StartedWorkflowSerializer),
+            "suspend": (202, s.StartedWorkflowSerializer),
+            "resume": (202, s.StartedWorkflowSerializer),
             "history": (200, s.HistoryEventSerializer),
             "retrieve": (200, s.WorkflowDetailSerializer),
         },
@@ -308,18 +333,51 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
             "retrieve": s.WorkflowDetailSerializer,
             "history": s.HistoryEventSerializer,
             "terminate": s.TerminateWorkflowSerializer,
+            "signal": s.SignalWorkflowSerializer,
+            "cancel": s.NoBodySerializer,
+            "suspend": s.SuspendWorkflowSerializer,
+            "resume": s.NoBodySerializer,
+            "rerun": s.RerunWorkflowSerializer,
         }.get(action, s.WorkflowSummarySerializer)
 
-    def get_object(self) -> WorkflowInstance:
-        workflow_id = self.kwargs[self.lookup_field]
+    def requested_run_id(self) -> str | None:
+        """The run ``?run_id=`` names (400 if it is not a UUID), or None for the latest."""
         selector = s.RunSelectorSerializer(data={k: v for k, v in self.request.query_params.items() if k == "run_id"})
         selector.is_valid(raise_exception=True)
         run_id = selector.validated_data.get("run_id")
+        return str(run_id) if run_id else None
+
+    def get_object(self) -> WorkflowInstance:
+        workflow_id = self.kwargs[self.lookup_field]
+        run_id = self.requested_run_id()
         if "\x00" in workflow_id or len(workflow_id) > s.MAX_NAME_LENGTH:
             raise WorkflowNotFound(f"No workflow with id {workflow_id!r}.")
-        instance = store.get_instance(workflow_id, str(run_id) if run_id else None)
+        instance = store.get_instance(workflow_id, run_id)
         self.check_object_permissions(self.request, instance)
         return instance
+
+    def validated(self, request: Any) -> dict[str, Any]:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    def handle_of(self, instance: WorkflowInstance) -> client.WorkflowHandle:
+        return client.WorkflowHandle(instance.workflow_id, str(instance.run_id))
+
+    def accepted(self, handle: client.WorkflowHandle) -> Response:
+        return Response(
+            {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "status": handle.status()},
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+    def created(self, handle: client.WorkflowHandle) -> Response:
+        body = {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "status": handle.status()}
+        headers = {}
+        try:
+            headers["Location"] = reverse(self._detail_route_name(), args=[handle.workflow_id], request=self.request)
+        except NoReverseMatch:
+            pass
+        return Response(body, status=status.HTTP_201_CREATED, headers=headers)
 
     def create(self, request: Any) -> Response:
         """Start a workflow run: 201, 400 for an unknown workflow or bad arguments, 409 if the id is in use."""
@@ -335,13 +393,16 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
             id_reuse_policy=data["id_reuse_policy"],
             **data["kwargs"],
         )
-        body = {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "status": handle.status()}
-        headers = {}
-        try:
-            headers["Location"] = reverse(self._detail_route_name(), args=[handle.workflow_id], request=request)
-        except NoReverseMatch:
-            pass
-        return Response(body, status=status.HTTP_201_CREATED, headers=headers)
+        return self.created(handle)
+
+    def destroy(self, request: Any, workflow_id: str) -> Response:
+        """Purge: delete every run of the workflow id (or the ``?run_id=`` run) with its history (204).
+
+        409 ``workflow_open`` while one of them is open.
+        """
+        instance = self.get_object()
+        client.WorkflowHandle(instance.workflow_id, self.requested_run_id()).purge()
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     def _detail_route_name(self) -> str:
         namespace = self.request.resolver_match.namespace if self.request.resolver_match else ""
@@ -360,15 +421,54 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
     @action(detail=True, methods=["post"])
     def terminate(self, request: Any, workflow_id: str) -> Response:
         """Close the run now (202); no workflow code runs. 409 if it is already closed."""
-        serializer = self.get_serializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        instance = self.get_object()
-        handle = client.WorkflowHandle(instance.workflow_id, str(instance.run_id))
-        handle.terminate(serializer.validated_data.get("reason") or None)
-        return Response(
-            {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "status": handle.status()},
-            status=status.HTTP_202_ACCEPTED,
-        )
+        data = self.validated(request)
+        handle = self.handle_of(self.get_object())
+        handle.terminate(data.get("reason") or None)
+        return self.accepted(handle)
+
+    @action(detail=True, methods=["post"])
+    def signal(self, request: Any, workflow_id: str) -> Response:
+        """Send the run an external event (202): ``ctx.wait_for_event(name)`` returns its payload.
+        409 if the run is closed."""
+        data = self.validated(request)
+        handle = self.handle_of(self.get_object())
+        handle.signal(data["name"], data["payload"])
+        return self.accepted(handle)
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Any, workflow_id: str) -> Response:
+        """Ask the run to cancel (202): its code sees CancelledError at its next durable call, and
+        its activities see cancel_requested on their next heartbeat. 409 if the run is closed."""
+        self.validated(request)
+        handle = self.handle_of(self.get_object())
+        handle.cancel()
+        return self.accepted(handle)
+
+    @action(detail=True, methods=["post"])
+    def suspend(self, request: Any, workflow_id: str) -> Response:
+        """Pause the run (202): no workflow code runs and no new activity starts until resumed.
+        409 if it is closed or already suspended."""
+        data = self.validated(request)
+        handle = self.handle_of(self.get_object())
+        handle.suspend(data.get("reason") or "")
+        return self.accepted(handle)
+
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Any, workflow_id: str) -> Response:
+        """Let a suspended run go on (202). 409 if it is closed or not suspended."""
+        self.validated(request)
+        handle = self.handle_of(self.get_object())
+        handle.resume()
+        return self.accepted(handle)
+
+    @action(detail=True, methods=["post"])
+    def rerun(self, request: Any, workflow_id: str) -> Response:
+        """Start a new run (201) whose history is events 1 .. from_event-1 of this closed run; the
+        current code goes on from there. 409 if the run is open, if from_event is past its history,
+        or if the new run's workflow id has an open run."""
+        data = self.validated(request)
+        source = self.handle_of(self.get_object())
+        return self.created(source.rerun(data["from_event"], workflow_id=data.get("workflow_id") or None))
 
 
 # -- the OpenAPI document -------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import django_durable as durable
 
+from .async_workflows import ac_request_approval
+
 
 @durable.activity
 def apc_clean_up(reason: str) -> str:
@@ -41,3 +43,13 @@ def apc_counts_down(ctx: durable.WorkflowContext, n: int) -> str:
     if n > 0:
         return ctx.continue_as_new(n - 1)
     return "done"
+
+
+@durable.workflow
+def apc_approval_outlives_cancel(ctx: durable.WorkflowContext, folder: str) -> dict:
+    """Asked to cancel, it still waits for its approval (finished by token) before it returns."""
+    approval = ctx.call_activity(ac_request_approval, folder)
+    try:
+        return {"approval": approval.result()}
+    except durable.CancelledError:
+        return {"approval_after_cancel": approval.result()}
