@@ -67,9 +67,10 @@ def wo_side(key: str) -> str:
 
 
 @durable.activity(start_to_close_timeout=GATE_LIMIT + 30, retry=QUICK_RETRY)
-def wo_gate(key: str, gate_dir: str, name: str, beat: bool = False) -> str:
+def wo_gate(key: str, gate_dir: str, name: str, beat: bool = False, pause: float = 0.02) -> str:
     """Records itself, announces gate ``name``, waits for its release; with ``beat`` it
-    heartbeats while it waits and records ``<key>:not-pending`` if the heartbeat is refused."""
+    heartbeats (every ``pause`` seconds) while it waits and records ``<key>:not-pending``
+    if the heartbeat is refused."""
     _record(key)
     announce(gate_dir, name)
     deadline = time.monotonic() + GATE_LIMIT
@@ -82,7 +83,7 @@ def wo_gate(key: str, gate_dir: str, name: str, beat: bool = False) -> str:
                 raise
         if time.monotonic() > deadline:
             raise RuntimeError(f"gate {name!r} never opened")
-        time.sleep(0.02)
+        time.sleep(pause)
     _record(f"{key}:done")
     return key
 
@@ -165,8 +166,10 @@ def wo_sleep_then_record(ctx: durable.WorkflowContext, key: str, seconds: float)
 
 
 @durable.workflow
-def wo_one_gate(ctx: durable.WorkflowContext, key: str, gate_dir: str, beat: bool = False) -> str:
-    return ctx.call_activity(wo_gate, key, gate_dir, "a", beat).result()
+def wo_one_gate(
+    ctx: durable.WorkflowContext, key: str, gate_dir: str, beat: bool = False, pause: float = 0.02, name: str = "a"
+) -> str:
+    return ctx.call_activity(wo_gate, key, gate_dir, name, beat, pause).result()
 
 
 def _outcome(ctx: durable.WorkflowContext, activity: object, *args: object) -> dict:
