@@ -60,6 +60,13 @@ class WorkflowHandle:
     def _instance(self) -> WorkflowInstance:
         return store.get_instance(self.workflow_id, self._run_id)
 
+    def _current_run_id(self) -> str | None:
+        """The run that signals and control verbs reach: the handle's run or, if that
+        continued as new, the run its chain has reached (None: the id's latest run)."""
+        if self._run_id is None:
+            return None
+        return str(store.last_of_chain(self._instance()).run_id)
+
     def status(self) -> str:
         return self._instance().status
 
@@ -101,8 +108,8 @@ class WorkflowHandle:
 
     def terminate(self, reason: str | None = None) -> None:
         """Close the run now; no workflow code runs, pending activities and timers are dropped."""
-        store.terminate(self.workflow_id, self._run_id, reason or "terminated")
-        store.apply_parent_close_policies(parent_id=self._instance().pk)
+        store.terminate(self.workflow_id, self._current_run_id(), reason or "terminated")
+        store.apply_parent_close_policies(parent_id=store.get_instance(self.workflow_id, self._current_run_id()).pk)
 
     def signal(self, name: str, payload: Any = None) -> None:
         """Send the external event ``name``; the workflow reads it with
@@ -110,19 +117,19 @@ class WorkflowHandle:
         if not isinstance(name, str) or not name or len(name) > 255:
             raise ValueError("An event name must be a non-empty string of at most 255 characters.")
         encoded = to_json(payload, f"the payload of event {name!r}")
-        store.signal(self.workflow_id, self._run_id, name, encoded)
+        store.signal(self.workflow_id, self._current_run_id(), name, encoded)
 
     def cancel(self) -> None:
         """Ask the run to cancel. Its code sees ``CancelledError`` at its next durable
         call and may clean up; running activities see it on their next heartbeat."""
-        store.request_cancel(self.workflow_id, self._run_id)
+        store.request_cancel(self.workflow_id, self._current_run_id())
 
     def suspend(self, reason: str = "") -> None:
         """Pause the run: no workflow code runs and no new activity starts until ``resume()``."""
-        store.suspend(self.workflow_id, self._run_id, reason)
+        store.suspend(self.workflow_id, self._current_run_id(), reason)
 
     def resume(self) -> None:
-        store.resume(self.workflow_id, self._run_id)
+        store.resume(self.workflow_id, self._current_run_id())
 
     def purge(self) -> int:
         """Delete this closed run (or, for a handle by workflow id, every closed run of
@@ -147,10 +154,7 @@ class WorkflowHandle:
         interval = 0.01
         instance = self._instance()
         while True:
-            successor = store.continuation_of(instance.pk) if instance.status == WorkflowStatus.CONTINUED_AS_NEW else None
-            if successor is not None:
-                instance = successor  # the workflow's result is its last run's
-                continue
+            instance = store.last_of_chain(instance)  # the workflow's result is its last run's
             if instance.status not in OPEN_STATUSES:
                 break
             if deadline is not None and time.monotonic() >= deadline:

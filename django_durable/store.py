@@ -111,8 +111,11 @@ def db_now() -> datetime.datetime:
 
 def _lock_instance(instance_id: int, *, skip_locked: bool = False) -> dict[str, Any] | None:
     skip_locked = skip_locked and connection.features.has_select_for_update_skip_locked
+    # NO KEY: the row's key never changes, and a plain FOR UPDATE would conflict with the
+    # FOR KEY SHARE that PostgreSQL's deferred foreign-key checks take on it at commit.
+    no_key = connection.features.has_select_for_no_key_update
     return (
-        WorkflowInstance.objects.select_for_update(skip_locked=skip_locked)
+        WorkflowInstance.objects.select_for_update(skip_locked=skip_locked, no_key=no_key)
         .filter(pk=instance_id)
         .values(*LOCKED_FIELDS)
         .first()
@@ -494,12 +497,16 @@ def complete_workflow_task(
         elif closing:
             _notify_parent(instance, status, result, error, now)
         else:
-            canceled_timers = [e.task_id for e in new_events if e.kind == EventKind.TIMER_CANCELED]
+            canceled_timers = {e.task_id for e in new_events if e.kind == EventKind.TIMER_CANCELED}
             if canceled_timers:
                 WorkItem.objects.filter(
                     instance_id=item.instance_id, kind=WorkItemKind.TIMER, task_id__in=canceled_timers
                 ).delete()
-            WorkItem.objects.bulk_create(_work_items_for(item.instance_id, instance, new_events, now))
+            # A timer started and canceled in this very task gets no work item.
+            scheduled = [
+                e for e in new_events if not (e.kind == EventKind.TIMER_STARTED and e.task_id in canceled_timers)
+            ]
+            WorkItem.objects.bulk_create(_work_items_for(item.instance_id, instance, scheduled, now))
             _start_children(item.instance_id, instance, new_events, now)
     return True
 
@@ -637,6 +644,16 @@ def _continue_as_new(
 def continuation_of(instance_id: int) -> WorkflowInstance | None:
     """The run that ``instance_id`` continued as, if it continued as new."""
     return WorkflowInstance.objects.filter(continued_from_id=instance_id).first()
+
+
+def last_of_chain(instance: WorkflowInstance) -> WorkflowInstance:
+    """The run a chain of continue-as-new runs starting at ``instance`` has reached."""
+    while instance.status == WorkflowStatus.CONTINUED_AS_NEW:
+        successor = continuation_of(instance.pk)
+        if successor is None:  # purged
+            break
+        instance = successor
+    return instance
 
 
 def fail_workflow_task(

@@ -238,13 +238,7 @@ def _resolve_fakes(activities: Mapping[Any, Callable[..., Any]]) -> dict[str, Ca
 
 
 def _latest_run(handle: WorkflowHandle) -> WorkflowInstance:
-    run = handle._instance()
-    while run.status == WorkflowStatus.CONTINUED_AS_NEW:
-        successor = store.continuation_of(run.pk)
-        if successor is None:
-            break
-        run = successor
-    return run
+    return store.last_of_chain(handle._instance())
 
 
 def _stuck_message(run: WorkflowInstance) -> str:

@@ -299,3 +299,17 @@ def test_a_run_does_not_close_over_an_event_it_has_not_seen():
     assert [e.kind for e in handle.history()] == [
         "ExecutionStarted", "WorkflowTaskStarted", "EventRaised", "WorkflowCompleted"
     ]
+
+
+@pytest.mark.django_db
+def test_the_start_handle_reaches_the_run_its_workflow_continued_as():
+    from django_durable.testing import WorkflowEnvironment
+
+    with WorkflowEnvironment() as env:
+        handle = env.start(ow.ow_continue_once, 0, workflow_id=unique("chain"))
+        env.run_until_idle()
+        assert handle.status() == "continued_as_new"
+        handle.signal("late", "to the second run")
+        assert env.result(handle) == "to the second run"
+        with pytest.raises(durable.WorkflowNotOpen):
+            handle.cancel()  # the chain has closed
