@@ -102,16 +102,15 @@ class NonDeterminismError(WorkflowTaskError):
     default_code = "non_determinism"
 
 
-class CancelledError(DurableError):
-    """Raised in workflow code at its next durable call after ``WorkflowHandle.cancel()``.
+class CancelledError(BaseException):
+    """Raised in workflow code at its next durable call after ``WorkflowHandle.cancel()``
+    (and by ``result()`` of a timer canceled with ``ctx.cancel_timer``).
 
-    Let it propagate and the run closes as canceled; catch it to clean up first
-    (durable calls work normally after it was raised once).
+    Let it propagate and the run closes as canceled; catch it (by name) to clean up
+    first; durable calls work normally after it was raised once. Like
+    ``asyncio.CancelledError`` it is not an ``Exception``, so a broad
+    ``except Exception`` around an activity cannot swallow a cancellation.
     """
-
-    status_code = 409
-    default_detail = "The workflow was asked to cancel."
-    default_code = "canceled"
 
 
 class HistoryTooLarge(DurableError):

@@ -19,7 +19,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Min, Q, Value
 from django.db.models.functions import Greatest
 
-from .engine.events import Event, EventKind, ParentClosePolicy
+from .engine.events import COMMAND_KINDS, COMPLETION_KINDS, Event, EventKind, ParentClosePolicy
 from .exceptions import (
     ActivityNotPending,
     WorkflowAlreadyExists,
@@ -134,6 +134,22 @@ CLOSING_STATUSES = (
 def _parked_at(instance: dict[str, Any], now: datetime.datetime) -> datetime.datetime | None:
     """New work of a suspended run is created parked; ``resume()`` releases it."""
     return now if instance["status"] == WorkflowStatus.SUSPENDED else None
+
+
+def _lock_open_run(workflow_id: str, run_id: str | None) -> tuple[int, dict[str, Any]]:
+    """Lock the run a verb addresses, following continue-as-new to the run the chain has
+    reached (it may have continued since we looked); ``WorkflowNotOpen`` if it is closed."""
+    instance_id = get_instance(workflow_id, run_id).pk
+    while True:
+        instance = _lock_instance(instance_id)
+        successor = (
+            continuation_of(instance_id)
+            if instance is not None and instance["status"] == WorkflowStatus.CONTINUED_AS_NEW
+            else None
+        )
+        if successor is None:
+            return instance_id, _require_open(workflow_id, instance)
+        instance_id = successor.pk
 
 
 def _require_open(workflow_id: str, instance: dict[str, Any] | None) -> dict[str, Any]:
@@ -444,7 +460,7 @@ def complete_workflow_task(
             .exclude(id__in=inbox_ids)
             .exists()
         ):
-            if not _fence(item).update(lease_owner=None, lease_expires_at=None, due_at=now):
+            if not _release_workflow_task(item, instance, now):
                 raise _lease_lost(item)
             return False
         more_inbox = (
@@ -453,10 +469,7 @@ def complete_workflow_task(
         )
         if more_inbox:
             # Events arrived while this task ran: leave the task claimable at once.
-            fenced = _fence(item).update(
-                lease_owner=None, lease_expires_at=None, due_at=now, failures=0, last_error=None,
-                parked_at=_parked_at(instance, now),
-            )
+            fenced = _release_workflow_task(item, instance, now)
         else:
             fenced, _ = _fence(item).delete()
         if not fenced:
@@ -496,6 +509,10 @@ def complete_workflow_task(
             _continue_as_new(item.instance_id, instance, new_events[-1].payload, late, now)
         elif closing:
             _notify_parent(instance, status, result, error, now)
+        if closing:
+            # Children called in the closing task still start; their parent-close policy
+            # applies right after (an abandoned child is how to fire and forget).
+            _start_children(item.instance_id, instance, new_events, now, parent_open=False)
         else:
             canceled_timers = {e.task_id for e in new_events if e.kind == EventKind.TIMER_CANCELED}
             if canceled_timers:
@@ -509,6 +526,14 @@ def complete_workflow_task(
             WorkItem.objects.bulk_create(_work_items_for(item.instance_id, instance, scheduled, now))
             _start_children(item.instance_id, instance, new_events, now)
     return True
+
+
+def _release_workflow_task(item: Claim, instance: dict[str, Any], now: datetime.datetime) -> int:
+    """Hand a claimed workflow task back, claimable at once (or parked if the run is suspended)."""
+    return _fence(item).update(
+        lease_owner=None, lease_expires_at=None, due_at=now, failures=0, last_error=None,
+        parked_at=_parked_at(instance, now),
+    )
 
 
 def _work_items_for(
@@ -545,7 +570,9 @@ def _work_items_for(
     return items
 
 
-def _start_children(parent_id: int, parent: dict[str, Any], events: Iterable[Event], now: datetime.datetime) -> None:
+def _start_children(
+    parent_id: int, parent: dict[str, Any], events: Iterable[Event], now: datetime.datetime, *, parent_open: bool = True
+) -> None:
     for event in events:
         if event.kind != EventKind.CHILD_WORKFLOW_SCHEDULED:
             continue
@@ -565,6 +592,8 @@ def _start_children(parent_id: int, parent: dict[str, Any], events: Iterable[Eve
                     parent_close_policy=spec.get("parent_close_policy") or ParentClosePolicy.TERMINATE.value,
                 )
         except (WorkflowAlreadyExists, IntegrityError):
+            if not parent_open:
+                continue  # nobody is left to tell
             _deliver(
                 parent_id,
                 parent,
@@ -836,9 +865,8 @@ def current_attempt_token(workflow_id: str, activity_id: str, run_id: str | None
 
 def terminate(workflow_id: str, run_id: str | None, reason: str) -> None:
     """Close an open run at once: no workflow code runs; outstanding work is dropped."""
-    instance_id = get_instance(workflow_id, run_id).pk
     with transaction.atomic():
-        instance = _require_open(workflow_id, _lock_instance(instance_id))
+        instance_id, instance = _lock_open_run(workflow_id, run_id)
         _terminate_locked(instance_id, instance, reason, db_now())
 
 
@@ -869,9 +897,8 @@ def _append_event(instance_id: int, instance: dict[str, Any], event: Event) -> i
 
 def signal(workflow_id: str, run_id: str | None, name: str, payload: Any) -> None:
     """Put an external event in the run's inbox; waits consume them in arrival order."""
-    instance_id = get_instance(workflow_id, run_id).pk
     with transaction.atomic():
-        instance = _require_open(workflow_id, _lock_instance(instance_id))
+        instance_id, instance = _lock_open_run(workflow_id, run_id)
         _deliver(
             instance_id, instance,
             Event(kind=EventKind.EVENT_RAISED, timestamp=db_now(), name=name, payload={"payload": payload}),
@@ -880,9 +907,8 @@ def signal(workflow_id: str, run_id: str | None, name: str, payload: Any) -> Non
 
 def request_cancel(workflow_id: str, run_id: str | None) -> None:
     """Ask the run to cancel: its code sees ``CancelledError`` at its next durable call."""
-    instance_id = get_instance(workflow_id, run_id).pk
     with transaction.atomic():
-        instance = _require_open(workflow_id, _lock_instance(instance_id))
+        instance_id, instance = _lock_open_run(workflow_id, run_id)
         _request_cancel_locked(instance_id, instance, db_now())
 
 
@@ -900,9 +926,8 @@ def cancel_requested(instance_id: int) -> bool:
 def suspend(workflow_id: str, run_id: str | None, reason: str = "") -> None:
     """Stop the run's progress: its workflow tasks and activities not yet started wait
     (parked) until ``resume``; events that arrive meanwhile are kept."""
-    instance_id = get_instance(workflow_id, run_id).pk
     with transaction.atomic():
-        instance = _require_open(workflow_id, _lock_instance(instance_id))
+        instance_id, instance = _lock_open_run(workflow_id, run_id)
         if instance["status"] == WorkflowStatus.SUSPENDED:
             raise WorkflowStateError(f"Workflow {workflow_id!r} is already suspended.")
         now = db_now()
@@ -921,9 +946,8 @@ def suspend(workflow_id: str, run_id: str | None, reason: str = "") -> None:
 
 def resume(workflow_id: str, run_id: str | None) -> None:
     """Let a suspended run go on from where it stood."""
-    instance_id = get_instance(workflow_id, run_id).pk
     with transaction.atomic():
-        instance = _require_open(workflow_id, _lock_instance(instance_id))
+        instance_id, instance = _lock_open_run(workflow_id, run_id)
         if instance["status"] != WorkflowStatus.SUSPENDED:
             raise WorkflowStateError(f"Workflow {workflow_id!r} is not suspended (it is {instance['status']}).")
         now = db_now()
@@ -943,8 +967,13 @@ def purge(workflow_id: str, run_id: str | None) -> int:
     if run_id is not None:
         runs = runs.filter(run_id=run_id)
     for parent_id in runs.exclude(status__in=OPEN_STATUSES).values_list("pk", flat=True):
-        # Deleting a parent unlinks its children: settle their parent-close policy first.
+        # Settle the children's parent-close policy, then unlink each under its own lock:
+        # the delete's SET_NULL would lock them after their parent, against the lock order.
         apply_parent_close_policies(parent_id=parent_id)
+        for child_id in WorkflowInstance.objects.filter(parent_id=parent_id).values_list("pk", flat=True):
+            with transaction.atomic():
+                _lock_instance(child_id)
+                WorkflowInstance.objects.filter(pk=child_id).update(parent=None)
     with transaction.atomic():
         ids = list(runs.select_for_update().values_list("pk", "status"))
         if not ids:
@@ -990,17 +1019,9 @@ def rerun(workflow_id: str, run_id: str | None, from_seq: int, new_workflow_id: 
 def _outstanding_commands(history: Sequence[Event]) -> list[Event]:
     """Commands in ``history`` that nothing in it answers (to be issued again)."""
     answered = {
-        event.task_id for event in history
-        if event.kind in (
-            EventKind.ACTIVITY_COMPLETED, EventKind.ACTIVITY_FAILED, EventKind.TIMER_FIRED,
-            EventKind.TIMER_CANCELED, EventKind.CHILD_WORKFLOW_COMPLETED, EventKind.CHILD_WORKFLOW_FAILED,
-        )
+        event.task_id for event in history if event.kind in COMPLETION_KINDS or event.kind == EventKind.TIMER_CANCELED
     }
-    return [
-        event for event in history
-        if event.kind in (EventKind.ACTIVITY_SCHEDULED, EventKind.TIMER_STARTED, EventKind.CHILD_WORKFLOW_SCHEDULED)
-        and event.task_id not in answered
-    ]
+    return [event for event in history if event.kind in COMMAND_KINDS and event.task_id not in answered]
 
 
 def apply_parent_close_policies(*, parent_id: int | None = None, limit: int = 100) -> int:

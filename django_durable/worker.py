@@ -27,6 +27,7 @@ from .activity import ActivityInfo, ResultPending, _current, _Scope
 from .conf import durable_settings
 from .converter import from_json, get_converter, to_json
 from .engine import run_workflow_task
+from .engine.events import EventKind
 from .engine.failures import failure_from_exception
 from .exceptions import ActivityNotPending, NotRegistered, SerializationError
 from .models import OPEN_STATUSES, WorkItemKind
@@ -206,17 +207,19 @@ class Worker:
         """Whether ``item`` is the latest attempt of its work item running here."""
         return all(attempt <= item.attempt for item_id, attempt in self._running if item_id == item.id)
 
-    def _reap(self) -> None:
-        if time.monotonic() - self._last_reap < durable_settings.REAP_INTERVAL:
-            return
+    def _reap(self, *, now: bool = False) -> int:
+        """Take back expired leases and settle orphaned children, every REAP_INTERVAL
+        (or ``now``). Returns how many items and runs it acted on."""
+        if not now and time.monotonic() - self._last_reap < durable_settings.REAP_INTERVAL:
+            return 0
         self._last_reap = time.monotonic()
-        store.reap_expired_leases(
+        reaped = store.reap_expired_leases(
             limit=100,
             workflow_backoff=durable_settings.WORKFLOW_TASK_RETRY_INITIAL,
             workflow_backoff_max=durable_settings.WORKFLOW_TASK_RETRY_MAXIMUM,
             max_failures=durable_settings.WORKFLOW_TASK_MAX_FAILURES,
         )
-        store.apply_parent_close_policies()
+        return reaped + store.apply_parent_close_policies()
 
     # -- inline, for tests --------------------------------------------------------
 
@@ -229,13 +232,7 @@ class Worker:
         inside a test's transaction). Database errors propagate. Returns whether
         it found any work.
         """
-        reaped = store.reap_expired_leases(
-            limit=100,
-            workflow_backoff=durable_settings.WORKFLOW_TASK_RETRY_INITIAL,
-            workflow_backoff_max=durable_settings.WORKFLOW_TASK_RETRY_MAXIMUM,
-            max_failures=durable_settings.WORKFLOW_TASK_MAX_FAILURES,
-        )
-        orphans = store.apply_parent_close_policies()
+        reaped = self._reap(now=True)
         fired = store.fire_due_timers(queues=self.queues, limit=durable_settings.CLAIM_BATCH_SIZE)
         workflow_tasks = self._claim(WorkItemKind.WORKFLOW, durable_settings.CLAIM_BATCH_SIZE)
         for item in workflow_tasks:
@@ -246,7 +243,7 @@ class Worker:
                 self._execute_activity(_RunningActivity(item))
             except store.LeaseLost as exc:
                 logger.warning("Activity outcome discarded: %s", exc)
-        return bool(reaped or orphans or fired or workflow_tasks or activities)
+        return bool(reaped or fired or workflow_tasks or activities)
 
     # -- workflow tasks ------------------------------------------------------
 
@@ -294,7 +291,9 @@ class Worker:
             )
             if outcome.history_warning:
                 logger.warning(outcome.history_warning)
-            if outcome.status not in OPEN_STATUSES:
+            if outcome.status not in OPEN_STATUSES and any(
+                event.kind == EventKind.CHILD_WORKFLOW_SCHEDULED for event in (*task.history, *outcome.new_events)
+            ):
                 store.apply_parent_close_policies(parent_id=item.instance_id)
         except store.LeaseLost as exc:
             logger.warning("Workflow task discarded: %s", exc)

@@ -313,3 +313,43 @@ def test_the_start_handle_reaches_the_run_its_workflow_continued_as():
         assert env.result(handle) == "to the second run"
         with pytest.raises(durable.WorkflowNotOpen):
             handle.cancel()  # the chain has closed
+
+
+@pytest.mark.django_db
+def test_a_run_suspended_while_its_close_is_refused_stays_suspended():
+    handle = durable.start_workflow(ow.ow_returns_at_once, workflow_id=unique("suspend-refused"))
+
+    def meanwhile() -> None:
+        handle.suspend("maintenance")
+        handle.signal("note", 1)
+
+    assert run_one_workflow_task(meanwhile) is False
+    assert WorkItem.objects.get(instance__workflow_id=handle.workflow_id).parked_at is not None
+    handle.resume()
+    assert run_one_workflow_task(lambda: None) is True
+    assert handle.status() == "completed"
+
+
+@pytest.mark.django_db
+def test_children_called_in_the_closing_task_start_and_meet_their_policy():
+    from django_durable.testing import WorkflowEnvironment
+
+    with WorkflowEnvironment() as env:
+        handle = env.start(ow.ow_fire_and_forget, workflow_id=unique("faf"))
+        assert env.result(handle) == "parent done"
+        env.run_until_idle()
+        assert durable.get_workflow(f"{handle.workflow_id}-kid").status() == "running"  # abandoned: runs on
+        assert durable.get_workflow(f"{handle.workflow_id}-doomed").status() == "terminated"
+
+
+@pytest.mark.django_db
+def test_a_signal_to_a_run_that_continued_meanwhile_reaches_the_next_run():
+    from django_durable import store
+    from django_durable.testing import WorkflowEnvironment
+
+    with WorkflowEnvironment() as env:
+        handle = env.start(ow.ow_continue_once, 0, workflow_id=unique("race"))
+        first_run = store.get_instance(handle.workflow_id)
+        env.run_until_idle()  # it continues as new after the caller looked it up
+        store.signal(handle.workflow_id, str(first_run.run_id), "late", "followed")
+        assert env.result(handle) == "followed"

@@ -440,3 +440,112 @@ def test_every_parent_close_policy_is_accepted(policy):
     outcome = Run(one).task()
     scheduled = next(e for e in outcome.new_events if e.kind == "ChildWorkflowScheduled")
     assert scheduled.payload["parent_close_policy"] == policy
+
+
+# -- edge cases found in review ---------------------------------------------------------
+
+
+def test_cancel_timer_refuses_a_task_that_is_not_a_timer_at_once():
+    def wf(ctx):
+        task = ctx.call_activity("a")
+        ctx.cancel_timer(task)
+
+    outcome = Run(wf).task()
+    assert_status(outcome, "failed")
+    assert outcome.error["type"] == "ValueError" and "not a timer" in outcome.error["message"]
+
+
+def test_the_same_event_task_twice_in_wait_all_consumes_one_event():
+    def wf(ctx):
+        task = ctx.event("x")
+        pair = ctx.wait_all([task, task])
+        return [pair, ctx.wait_for_event("x")]
+
+    run = Run(wf)
+    run.task()
+    outcome = run.task(raised("x", 1), raised("x", 2))
+    assert_completed(outcome)
+    assert outcome.result == [[1, 1], 2]
+
+
+def test_except_exception_around_a_call_does_not_swallow_a_cancel():
+    def wf(ctx):
+        for _ in range(3):
+            try:
+                ctx.call_activity("a").result()
+            except Exception:  # retrying on activity failures, as users do
+                pass
+        return "finished"
+
+    run = Run(wf)
+    run.task()
+    outcome = run.task(cancel_requested())
+    assert_status(outcome, "canceled")
+
+
+def test_result_of_a_canceled_timer_raises_cancelled_error():
+    def wf(ctx):
+        timer = ctx.timer(10)
+        ctx.cancel_timer(timer)
+        try:
+            timer.result()
+        except CancelledError as exc:
+            return str(exc)
+
+    outcome = Run(wf).task()
+    assert_completed(outcome)
+    assert "canceled" in outcome.result
+
+
+def test_a_patched_call_can_be_removed_once_every_run_has_its_marker():
+    def v2(ctx):
+        if ctx.patched("a"):
+            pass
+        return ctx.call_activity("b").result()
+
+    def v3(ctx):  # the patch is everywhere: the call and the old branch are gone
+        return ctx.call_activity("b").result()
+
+    run = Run(v2)
+    first = run.task()
+    assert [e.kind for e in first.new_events] == ["WorkflowTaskStarted", "PatchMarker", "ActivityScheduled"]
+    run.fn = v3
+    outcome = run.task(completed(1, "B"))
+    assert_completed(outcome)
+    assert outcome.result == "B"
+
+
+def test_continue_as_new_is_not_stopped_by_the_history_limit():
+    def wf(ctx, n):
+        ctx.sleep(1)
+        ctx.continue_as_new(n + 1)
+
+    run = Run(wf, 0)
+    run_with_limits(run, [], warn=None, limit=None)
+    outcome = run_with_limits(run, [fired(1)], warn=None, limit=len(run.history) + 1)
+    assert_status(outcome, "continued_as_new")
+
+
+def test_no_durable_call_after_continue_as_new_even_in_a_finally():
+    def wf(ctx):
+        try:
+            ctx.continue_as_new()
+        finally:
+            ctx.call_activity("cleanup")
+
+    outcome = Run(wf).task()
+    assert_status(outcome, "continued_as_new")
+    assert "ActivityScheduled" not in kinds(outcome)
+
+
+def test_swallowing_continue_as_new_does_not_undo_it():
+    def wf(ctx):
+        try:
+            ctx.continue_as_new(7)
+        except BaseException:  # noqa: BLE001 - deliberately wrong workflow code
+            pass
+        return "went on"
+
+    outcome = Run(wf).task()
+    assert_status(outcome, "continued_as_new")
+    assert outcome.new_events[-1].payload["args"] == [7]

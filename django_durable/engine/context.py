@@ -29,6 +29,7 @@ from .events import (
     CLOSE_KINDS,
     COMMAND_KINDS,
     COMPLETION_KINDS,
+    FAILURE_KINDS,
     Event,
     EventKind,
     ParentClosePolicy,
@@ -111,6 +112,7 @@ class WorkflowContext:
         self._event_cursor: dict[str, int] = {}
         self._bound: dict[int, Entry] = {}  # event task -> the event it consumed
         self._canceled_timers: set[int] = set()
+        self._markers: set[str] = set()
         self._cancel_index: int | None = None
         task_time: datetime.datetime | None = None
         task_number = 0
@@ -135,6 +137,8 @@ class WorkflowContext:
             elif kind == EventKind.CANCEL_REQUESTED:
                 if self._cancel_index is None:
                     self._cancel_index = index
+            elif kind == EventKind.PATCH_MARKER:
+                self._markers.add(event.name)
             elif kind == EventKind.TIMER_CANCELED:
                 assert event.task_id is not None
                 self._canceled_timers.add(event.task_id)
@@ -154,6 +158,7 @@ class WorkflowContext:
         self.suspended_on: str | None = None
         self.swallowed = False
         self.fatal: BaseException | None = None
+        self.continue_request: ContinueAsNew | None = None
 
     # -- deterministic helpers -------------------------------------------------
 
@@ -255,12 +260,11 @@ class WorkflowContext:
     def cancel_timer(self, timer: Task) -> None:
         """Drop a pending timer that is no longer needed (it will not fire)."""
         self._check_running()
-        recorded = self._recorded.get(timer.task_id)
-        if recorded is None and not any(e.task_id == timer.task_id for e in self.new_events):
+        recorded = self._recorded.get(timer.task_id) or next(
+            (e for e in self.new_events if e.task_id == timer.task_id and e.kind in COMMAND_KINDS), None
+        )
+        if recorded is None or recorded.kind != EventKind.TIMER_STARTED:
             raise ValueError(f"{timer!r} is not a timer of this workflow.")
-        kind = recorded.kind if recorded is not None else EventKind.TIMER_STARTED
-        if kind != EventKind.TIMER_STARTED:
-            raise ValueError(f"{timer!r} is not a timer.")
         if timer.task_id in self._completions or timer.task_id in self._canceled_timers:
             return
         self._canceled_timers.add(timer.task_id)
@@ -301,34 +305,34 @@ class WorkflowContext:
         arguments and an empty history. Events not yet consumed move to the new run."""
         self._check_running()
         self._check_cancel(None)
-        raise ContinueAsNew(
+        self.continue_request = ContinueAsNew(
             self._encode(list(args), "the arguments of continue_as_new()"),
             self._encode(kwargs, "the keyword arguments of continue_as_new()"),
         )
+        raise self.continue_request
 
     def patched(self, change_id: str) -> bool:
         """Whether this run takes the code path added with ``change_id``.
 
         True for runs that reach this point under the new code (a marker is
-        recorded), False for histories recorded by the old code. Keep the old
-        branch until no open run could still need it (``durable_replay`` tells).
+        recorded), False for histories recorded by the old code. Markers are
+        found by change id, not by position: once no open run needs the old
+        branch (``durable_replay`` tells), the ``patched()`` call can go.
         """
         self._check_running()
-        if change_id in self._patches:
-            return self._patches[change_id]
-        next_id = self._next_task_id + 1
-        recorded = self._recorded.get(next_id)
-        if recorded is not None and recorded.kind == EventKind.PATCH_MARKER and recorded.name == change_id:
-            self._next_task_id = next_id
-            applied = True
-        elif next_id <= self._max_recorded or self._history_closed:
-            applied = False  # history went past this point under the old code
-        else:
-            self._next_task_id = next_id
-            self._record(EventKind.PATCH_MARKER, next_id, change_id, {})
-            applied = True
-        self._patches[change_id] = applied
-        return applied
+        if change_id not in self._patches:
+            next_id = self._next_task_id + 1
+            if change_id in self._markers:
+                self._patches[change_id] = True
+            elif next_id <= self._max_recorded or self._history_closed:
+                self._patches[change_id] = False  # history went past this point under the old code
+            else:
+                self._markers.add(change_id)
+                self.new_events.append(
+                    Event(kind=EventKind.PATCH_MARKER.value, timestamp=self._now, name=change_id)
+                )
+                self._patches[change_id] = True
+        return self._patches[change_id]
 
     def wait_all(self, tasks: Iterable[Task]) -> list[Any]:
         """Results of all ``tasks``; raises the first failure (in history order) at once."""
@@ -336,7 +340,7 @@ class WorkflowContext:
         tasks = list(tasks)
         entries = self._lookup_all(tasks)
         done = [entry for entry in entries if entry is not None]
-        failures = [entry for entry in done if entry[1].kind in (EventKind.ACTIVITY_FAILED, EventKind.CHILD_WORKFLOW_FAILED)]
+        failures = [entry for entry in done if entry[1].kind in FAILURE_KINDS]
         if failures:
             first = min(failures, key=lambda entry: entry[0])
             self._check_cancel(first[0])
@@ -370,6 +374,8 @@ class WorkflowContext:
     def _check_running(self) -> None:
         if self.fatal is not None:
             raise Abort()
+        if self.continue_request is not None:
+            raise self.continue_request  # the run is closing: no durable call after continue_as_new()
         if self.suspended_on is not None:
             # A durable call after the suspension: fine in a ``finally:`` the
             # suspension is unwinding through, swallowed if it was caught and done with.
@@ -400,6 +406,8 @@ class WorkflowContext:
     def _consume(self, task: Task) -> Any:
         self._check_running()
         entry = self._lookup(task)
+        if entry is None and task.task_id in self._canceled_timers:
+            raise CancelledError(f"{task.description} was canceled with cancel_timer().")
         self._check_cancel(entry[0] if entry is not None else None)
         if entry is None:
             self._suspend(task.description)
@@ -418,14 +426,16 @@ class WorkflowContext:
 
     def _lookup_all(self, tasks: list[Task]) -> list[Entry | None]:
         taken: dict[str, int] = {}
-        entries = []
+        found: dict[int, Entry | None] = {}
         for task in tasks:
+            if task.task_id in found:
+                continue  # the same task twice: one answer
             if isinstance(task, EventTask) and task.task_id not in self._bound:
-                entries.append(self._lookup(task, skip=taken.get(task.name, 0)))
+                found[task.task_id] = self._lookup(task, skip=taken.get(task.name, 0))
                 taken[task.name] = taken.get(task.name, 0) + 1
             else:
-                entries.append(self._lookup(task))
-        return entries
+                found[task.task_id] = self._lookup(task)
+        return [found[task.task_id] for task in tasks]
 
     def _bind(self, task: EventTask, entry: Entry) -> None:
         if task.task_id not in self._bound:

@@ -48,13 +48,13 @@ class ParentClosePolicy(str, Enum):
 
 
 # Events recording a durable call the workflow code made; matched on replay by task_id.
+# (A PatchMarker is found by its change id instead, so a patched() call can be removed later.)
 COMMAND_KINDS = frozenset(
     {
         EventKind.ACTIVITY_SCHEDULED,
         EventKind.TIMER_STARTED,
         EventKind.EVENT_WAIT_STARTED,
         EventKind.CHILD_WORKFLOW_SCHEDULED,
-        EventKind.PATCH_MARKER,
     }
 )
 # Events that answer a durable call (by task_id); they arrive through the inbox.
@@ -95,6 +95,5 @@ def describe_call(kind: str, name: str) -> str:
         EventKind.TIMER_STARTED: "timer",
         EventKind.EVENT_WAIT_STARTED: "wait for event",
         EventKind.CHILD_WORKFLOW_SCHEDULED: "child workflow",
-        EventKind.PATCH_MARKER: "patch marker",
     }.get(EventKind(kind), kind)
     return f"{what} {name!r}" if name else what

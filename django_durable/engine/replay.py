@@ -16,7 +16,7 @@ from ..exceptions import (
 )
 from .context import Abort, ContinueAsNew, Suspend, WorkflowContext
 from .events import CLOSE_KINDS, Event, EventKind
-from .failures import failure_from_exception
+from .failures import failure_from_exception, qualified_name
 
 if TYPE_CHECKING:
     from ..converter import DataConverter
@@ -87,7 +87,7 @@ def run_workflow_task(
 
     new_events = [*received, *ctx.new_events]
     size = len(history) + len(new_events)
-    if history_max_events is not None and size >= history_max_events:
+    if history_max_events is not None and size >= history_max_events and status != CONTINUED_AS_NEW:
         status, result = FAILED, None
         error = failure_from_exception(
             HistoryTooLarge(
@@ -151,8 +151,13 @@ def check_history(
     task_error = _task_error(ctx, status)
     if task_error is not None:
         return task_error
-    closed = next((event.kind for event in reversed(history) if event.kind in CLOSE_KINDS), None)
-    if closed is not None and closed != EventKind.WORKFLOW_TERMINATED:
+    close = next((event for event in reversed(history) if event.kind in CLOSE_KINDS), None)
+    closed = close.kind if close is not None else None
+    # Terminated runs and runs failed by the history limit were closed from outside their code.
+    outside = closed == EventKind.WORKFLOW_TERMINATED or (
+        close is not None and (close.payload.get("error") or {}).get("type") == qualified_name(HistoryTooLarge)
+    )
+    if closed is not None and not outside:
         expected = CLOSE_EVENT[status] if status != RUNNING else None
         if expected != closed:
             return NonDeterminismError(
@@ -173,19 +178,8 @@ def _execute(
     status, result, error = RUNNING, None, None
     try:
         value = fn(ctx, *args, **kwargs)
-    except Suspend:
+    except (Suspend, Abort, ContinueAsNew):
         pass
-    except Abort:
-        pass
-    except ContinueAsNew as request:
-        status, result = CONTINUED_AS_NEW, {
-            "args": request.args_json,
-            "kwargs": request.kwargs_json,
-            "events": [
-                {"name": event.name, "payload": event.payload, "timestamp": event.timestamp.isoformat()}
-                for event in ctx.unconsumed_events()
-            ],
-        }
     except CancelledError as exc:
         status, error = CANCELED, failure_from_exception(exc)
     except Exception as exc:  # the workflow code failed: the workflow fails
@@ -195,6 +189,17 @@ def _execute(
             status, result = COMPLETED, ctx._encode(value, "the workflow's return value")
         except SerializationError as exc:
             status, error = FAILED, failure_from_exception(exc)
+    request = ctx.continue_request
+    if request is not None and ctx.fatal is None:
+        # Once called, continue_as_new() decides, whatever the code did with its exception.
+        status, error, result = CONTINUED_AS_NEW, None, {
+            "args": request.args_json,
+            "kwargs": request.kwargs_json,
+            "events": [
+                {"name": event.name, "payload": event.payload, "timestamp": event.timestamp.isoformat()}
+                for event in ctx.unconsumed_events()
+            ],
+        }
     return ctx, status, result, error
 
 

@@ -64,3 +64,10 @@ def ow_continue_once(ctx: durable.WorkflowContext, generation: int) -> object:
 @durable.workflow
 def ow_returns_at_once(ctx: durable.WorkflowContext) -> str:
     return "done"
+
+
+@durable.workflow
+def ow_fire_and_forget(ctx: durable.WorkflowContext) -> str:
+    ctx.call_workflow(ow_waiter, workflow_id=f"{ctx.workflow_id}-kid", parent_close_policy="abandon")
+    ctx.call_workflow(ow_waiter, workflow_id=f"{ctx.workflow_id}-doomed")  # terminate: the default
+    return "parent done"
