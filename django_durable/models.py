@@ -88,6 +88,13 @@ class WorkflowInstance(models.Model):
             models.Index(fields=["workflow_name", "-created_at"], name="durable_instance_name"),
         ]
         ordering = ["-created_at"]
+        permissions = [
+            (
+                "operate_workflowinstance",
+                "Can act on workflows (signal, cancel, terminate, suspend, resume, retry, rerun, purge, "
+                "complete activities)",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.workflow_name} {self.workflow_id} ({self.status})"
@@ -200,3 +207,22 @@ class WorkItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} {self.name} #{self.task_id or ''}".strip()
+
+
+class WorkerHeartbeat(models.Model):
+    """A ``durable_worker`` process, as it last reported itself (for the dashboard)."""
+
+    name = models.CharField(max_length=255, unique=True)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list)
+    concurrency = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,4 +1,4 @@
-"""A read-only view of runs, their history and pending work (the debugger grows here)."""
+"""The run list and a run's page: what a staff user finds and inspects."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import F
 from django.http import HttpRequest
+from django.urls import path
 
-from .models import HistoryEvent, WorkflowInstance, WorkItem
-from .tokens import make_task_token
+from ..models import HistoryEvent, WorkflowInstance, WorkItem
+from ..tokens import make_task_token
+from . import actions, dashboard, timetravel
 
 
 class ReadOnlyMixin:
@@ -58,3 +60,15 @@ class WorkflowInstanceAdmin(ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ("workflow_id", "=run_id")
     readonly_fields = [f.name for f in WorkflowInstance._meta.fields]
     inlines = [WorkItemInline, HistoryEventInline]
+
+    def get_urls(self) -> list[Any]:
+        def view(fn: Any) -> Any:
+            return self.admin_site.admin_view(lambda request, *args, **kwargs: fn(self, request, *args, **kwargs))
+
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        return [
+            path("dashboard/", view(dashboard.dashboard_view), name=f"{prefix}_dashboard"),
+            path("<path:object_id>/at/<int:seq>/", view(timetravel.vars_at_view), name=f"{prefix}_at"),
+            path("<path:object_id>/actions/<str:verb>/", view(actions.action_view), name=f"{prefix}_action"),
+            *super().get_urls(),
+        ]

@@ -1,0 +1,9 @@
+"""The Django admin as the workflow debugger.
+
+``instances`` registers the model admins and routes the debugger's pages:
+``timetravel`` (variables as of any history event), ``actions`` (signal, cancel,
+terminate, ...), ``dashboard`` (the operator's overview) and ``timeline`` (the
+SVG picture of a run).
+"""
+
+from . import instances  # noqa: F401  (registers the model admins)
