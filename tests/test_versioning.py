@@ -107,14 +107,15 @@ def test_patched_is_true_for_a_new_run_records_a_marker_once_and_replays_true():
     run = Run(with_fraud_check(seen))
     run.task()
     outcome = run.task(completed(1, "receipt-1"))
+    # The marker takes no sequence number: the fraud check is the second durable call.
     assert calls(outcome.new_events) == [
-        ("PatchMarker", 2, "fraud-check"),
-        ("ActivityScheduled", 3, "fraud_check"),
+        ("PatchMarker", None, "fraud-check"),
+        ("ActivityScheduled", 2, "fraud_check"),
     ]
     assert seen == [True]
 
-    run.task(completed(3, "clean"))
-    outcome = run.task(completed(4, "shipped"))
+    run.task(completed(2, "clean"))
+    outcome = run.task(completed(3, "shipped"))
     assert_completed(outcome)
     assert outcome.result == "shipped"
     assert seen == [True, True, True]  # replayed twice, from the marker
@@ -132,9 +133,9 @@ def test_patched_is_memoised_within_a_run():
 
     fresh = Run(asks_twice)
     fresh.task()
-    assert_completed(fresh.task(completed(2)))
+    assert_completed(fresh.task(completed(1)))
     assert answers == [(True, True)]
-    assert calls(fresh.history) == [("PatchMarker", 1, "x"), ("ActivityScheduled", 2, "a")]
+    assert calls(fresh.history) == [("PatchMarker", None, "x"), ("ActivityScheduled", 1, "a")]
 
     def old(ctx):
         ctx.call_activity("a").result()
@@ -150,6 +151,32 @@ def test_patched_is_memoised_within_a_run():
     assert "PatchMarker" not in [event.kind for event in recorded.history]
 
 
+def test_markers_are_matched_by_change_id_not_by_position():
+    run = Run(with_fraud_check([]))
+    run.task()
+    run.task(completed(1, "receipt-1"))  # the marker, then fraud_check as sequence number 2
+    answers: dict[str, bool] = {}
+
+    def reordered(ctx):
+        # The fraud-check question moved before charge; another change asked where it was.
+        answers["fraud-check"] = ctx.patched("fraud-check")
+        receipt = ctx.call_activity("charge").result()
+        answers["refund-policy"] = ctx.patched("refund-policy")
+        if answers["fraud-check"]:
+            ctx.call_activity("fraud_check", receipt).result()
+        return ctx.call_activity("ship", receipt).result()
+
+    run.fn = reordered
+    assert check(run, reordered) is None
+    run.task(completed(2, "clean"))
+    outcome = run.task(completed(3, "shipped"))
+    assert_completed(outcome)
+    # Its own marker, found though asked elsewhere; the other id gets nothing from it, and
+    # as history went past that point under the code without it, it is False.
+    assert answers == {"fraud-check": True, "refund-policy": False}
+    assert [event.name for event in run.history if event.kind == "PatchMarker"] == ["fraud-check"]
+
+
 def test_a_run_suspended_before_the_patch_point_takes_the_new_branch_after_the_deploy():
     run = Run(charge_then_ship)
     run.task()  # waiting on charge, before the point where the fraud check goes
@@ -161,54 +188,91 @@ def test_a_run_suspended_before_the_patch_point_takes_the_new_branch_after_the_d
     assert outcome.task_error is None
     assert seen == [True]
     assert calls(outcome.new_events) == [
-        ("PatchMarker", 2, "fraud-check"),
-        ("ActivityScheduled", 3, "fraud_check"),
+        ("PatchMarker", None, "fraud-check"),
+        ("ActivityScheduled", 2, "fraud_check"),
     ]
 
 
-def test_removing_a_patched_call_while_histories_hold_its_marker_is_non_determinism():
-    run = Run(with_fraud_check([]))
-    run.task()
-    run.task(completed(1, "receipt-1"))  # marker 2, fraud_check 3
-    run.fn = charge_check_ship_unguarded
-    error = check(run, run.fn)
-    assert isinstance(error, NonDeterminismError)
-    assert "history recorded patch marker 'fraud-check'" in str(error)
-    assert_non_determinism(
-        run.task(completed(3, "clean")),
-        "sequence number 2",
-        "history recorded patch marker 'fraud-check'",
-        "asked for activity 'fraud_check'",
-    )
+def test_removing_a_patched_call_is_safe_for_runs_that_hold_its_marker():
+    """Once no open run predates the patch, the call goes and the new branch stays."""
+    marked = Run(with_fraud_check([]))
+    marked.task()
+    marked.task(completed(1, "receipt-1"))  # marker, fraud_check 2
+    marked.fn = charge_check_ship_unguarded
+    assert check(marked, charge_check_ship_unguarded) is None
+    outcome = marked.task(completed(2, "clean"))
+    assert outcome.task_error is None
+    assert calls(outcome.new_events) == [("ActivityScheduled", 3, "ship")]
+    outcome = marked.task(completed(3, "shipped"))
+    assert_completed(outcome)
+    assert outcome.result == "shipped"
+    assert check(marked, charge_check_ship_unguarded) is None  # the closed run replays too
+
+    # A run recorded before the patch but not yet at its point has nothing to keep either.
+    before_the_point = Run(charge_then_ship)
+    before_the_point.task()
+    before_the_point.fn = charge_check_ship_unguarded
+    assert check(before_the_point, charge_check_ship_unguarded) is None
+    assert calls(before_the_point.task(completed(1, "receipt-1")).new_events) == [
+        ("ActivityScheduled", 2, "fraud_check"),
+    ]
 
 
-def test_once_no_open_run_predates_the_patch_its_old_branch_can_go_but_the_call_stays():
-    def cleaned_up(ctx):
-        receipt = ctx.call_activity("charge").result()
-        ctx.patched("fraud-check")  # kept: histories hold its marker
-        ctx.call_activity("fraud_check", receipt).result()
-        return ctx.call_activity("ship", receipt).result()
-
+def test_removing_the_new_branch_breaks_runs_that_took_it():
     marked = Run(with_fraud_check([]))
     marked.task()
     marked.task(completed(1, "receipt-1"))
-    marked.fn = cleaned_up
-    assert check(marked, cleaned_up) is None
-    marked.task(completed(3, "clean"))
-    assert_completed(marked.task(completed(4, "shipped")))
 
-    fresh = Run(cleaned_up)
-    fresh.task()
-    assert calls(fresh.task(completed(1, "receipt-1")).new_events) == [
-        ("PatchMarker", 2, "fraud-check"), ("ActivityScheduled", 3, "fraud_check"),
-    ]
+    def reverted(ctx):  # the patch taken back, its call kept
+        receipt = ctx.call_activity("charge").result()
+        ctx.patched("fraud-check")
+        return ctx.call_activity("ship", receipt).result()
+
+    for code in (reverted, charge_then_ship):
+        error = check(marked, code)
+        assert isinstance(error, NonDeterminismError), code
+        assert "history recorded activity 'fraud_check', the code asked for activity 'ship'" in (
+            str(error)
+        )
+    marked.fn = charge_then_ship
+    assert_non_determinism(
+        marked.task(completed(2, "clean")),
+        "sequence number 2",
+        "history recorded activity 'fraud_check', the code asked for activity 'ship'",
+    )
+
+
+def test_the_old_branch_must_stay_while_a_run_recorded_before_the_patch_is_open():
+    def call_kept(ctx):
+        receipt = ctx.call_activity("charge").result()
+        ctx.patched("fraud-check")
+        ctx.call_activity("fraud_check", receipt).result()
+        return ctx.call_activity("ship", receipt).result()
 
     predates = Run(charge_then_ship)
     predates.task()
-    predates.task(completed(1, "receipt-1"))
-    error = check(predates, cleaned_up)
-    assert isinstance(error, NonDeterminismError)
-    assert "history recorded activity 'ship', the code asked for activity 'fraud_check'" in str(error)
+    predates.task(completed(1, "receipt-1"))  # went past the patch point: ship is 2
+    assert check(predates, with_fraud_check([])) is None
+    # Without the old branch it breaks, whether the patched() call stays or goes.
+    for code in (call_kept, charge_check_ship_unguarded):
+        error = check(predates, code)
+        assert isinstance(error, NonDeterminismError), code
+        assert "history recorded activity 'ship', the code asked for activity 'fraud_check'" in (
+            str(error)
+        )
+    predates.fn = charge_check_ship_unguarded
+    assert_non_determinism(
+        predates.task(completed(2, "shipped")),
+        "sequence number 2",
+        "history recorded activity 'ship', the code asked for activity 'fraud_check'",
+    )
+
+    # Runs that hold the marker replay either way.
+    marked = Run(with_fraud_check([]))
+    marked.task()
+    marked.task(completed(1, "receipt-1"))
+    for code in (call_kept, charge_check_ship_unguarded):
+        assert check(marked, code) is None, code
 
 
 def test_a_closed_run_recorded_before_a_patch_at_its_end_still_replays():
@@ -453,4 +517,59 @@ def test_deploy_story_durable_replay_gates_the_change_and_patched_makes_it_safe(
     report = json.loads(rollback.stdout)
     (broken,) = report["broken_runs"]
     assert (broken["workflow_id"], broken["status"]) == ("signup-bob", "completed")
-    assert "history recorded patch marker 'welcome-email'" in broken["error"]["message"]
+    assert (
+        "sequence number 2: history recorded activity 'send_welcome_email', "
+        "the code asked for wait for event 'verified'"
+    ) in broken["error"]["message"]
+
+
+def test_deploy_story_the_patched_call_goes_once_no_open_run_predates_it(
+    recorded_under_v1, monkeypatch, start_worker
+):
+    ann, bea = recorded_under_v1["ann"], recorded_under_v1["bea"]
+    patched_version = {vw.VERSION_VARIABLE: "2-patched"}
+    carol = durable.start_workflow(vw.versioned_signup, "carol", workflow_id="signup-carol")
+    finished(start_worker(batch=True, env=patched_version))
+    assert waiting_for_event(carol, "verified"), carol.describe()
+    assert patch_markers(carol) == [vw.WELCOME_PATCH]
+    assert welcome_emails() == ["send_welcome_email:carol"]
+
+    # Version 3 drops the patched() call and the old branch: ann and bea, recorded by
+    # version 1 and still open, need that branch.
+    code, report = durable_replay_json(monkeypatch, "3")
+    assert (code, report["checked"]) == (1, 4)
+    assert broken_ids(report) == {(ann.workflow_id, ann.run_id), (bea.workflow_id, bea.run_id)}
+    for run in report["broken_runs"]:
+        assert (
+            "sequence number 2: history recorded wait for event 'verified', "
+            "the code asked for activity 'send_welcome_email'"
+        ) in run["error"]["message"]
+
+    ann.signal("verified")
+    bea.signal("verified")
+    finished(start_worker(batch=True, env=patched_version))
+    for user, handle in (("ann", ann), ("bea", bea)):
+        assert handle.result(timeout=TIMEOUT) == {"account": f"account-{user}", "welcomed": False}
+
+    # Only carol (holding the marker) and the reminder are open now: the clean-up replays.
+    code, out, _ = durable_replay(monkeypatch, "3", "-v", "2")
+    assert code == 0, out
+    assert out.strip().splitlines()[-1] == "Checked 2, broken 0, skipped 0."
+    assert f"signup-carol (run {carol.run_id}, versioned_signup, running): replays" in out
+
+    dave = durable.start_workflow(vw.versioned_signup, "dave", workflow_id="signup-dave")
+    dave.signal("verified")
+    carol.signal("verified")
+    finished(start_worker(batch=True, env={vw.VERSION_VARIABLE: "3"}))
+    assert carol.result(timeout=TIMEOUT) == {"account": "account-carol", "welcomed": True}
+    assert dave.result(timeout=TIMEOUT) == {"account": "account-dave", "welcomed": True}
+    # Carol's email is not sent again: her marker keeps her on the path she took.
+    assert welcome_emails() == ["send_welcome_email:carol", "send_welcome_email:dave"]
+    assert (patch_markers(carol), patch_markers(dave)) == ([vw.WELCOME_PATCH], [])
+
+    # Closed runs recorded before the patch no longer replay; nothing replays closed runs
+    # but rerun, so only --all shows them.
+    code, report = durable_replay_json(monkeypatch, "3", "--all", "versioned_signup")
+    assert (code, report["checked"]) == (1, 5)
+    predating = (ann, bea, recorded_under_v1["cy"])
+    assert broken_ids(report) == {(handle.workflow_id, handle.run_id) for handle in predating}

@@ -9,6 +9,8 @@ workflow code runs, not at import: a worker subprocess gets it from its environm
   waiting under version 1 no longer replay.
 - ``2-patched``: the same change behind ``ctx.patched(WELCOME_PATCH)``; runs recorded
   by version 1 keep the old path, new runs send the email.
+- ``3``: the clean-up once no open run predates the patch: the ``patched()`` call and
+  the old branch removed (the code of ``2`` again). Runs holding the marker replay.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def activate_account(account: str) -> str:
 def versioned_signup(ctx: durable.WorkflowContext, user: str) -> dict:
     account = ctx.call_activity(open_account, user).result()
     version = deployed_version()
-    welcomed = version == "2" or (version == "2-patched" and ctx.patched(WELCOME_PATCH))
+    welcomed = version in ("2", "3") or (version == "2-patched" and ctx.patched(WELCOME_PATCH))
     if welcomed:
         ctx.call_activity(send_welcome_email, user).result()
     ctx.wait_for_event("verified")
