@@ -2,7 +2,7 @@
 """Developer entry point for django-durable. Needs only a Python >= 3.10.
 
     python3 dev.py demo [--port 8000] [--exit]   run the demo: worker, admin, a workflow
-    python3 dev.py test [--db sqlite|postgres] [--require-postgres] [pytest args...]
+    python3 dev.py test [--db sqlite|postgres] [--require-postgres] [--require-browser] [pytest args...]
 
 Both create .venv (if missing) and install the project into it with
 `pip install -e .[dev,drf]`; the install is skipped while .venv/.durable-installed
@@ -10,6 +10,10 @@ matches setup.cfg + pyproject.toml (delete that file to force a reinstall).
 
 PostgreSQL for the tests: DURABLE_PG_HOST (127.0.0.1), DURABLE_PG_PORT (5432),
 DURABLE_PG_USER (postgres), DURABLE_PG_PASSWORD (empty), DURABLE_PG_NAME (test).
+
+The browser test drives a headless Chromium: DURABLE_CHROMIUM (its path), else
+chromium, chromium-browser or google-chrome on PATH. Without one it is skipped;
+with --require-browser a missing one is installed (Debian, as root) or fails.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -226,8 +231,49 @@ def postgres_reachable() -> tuple[bool, str]:
     return proc.returncode == 0, f"{where}: {proc.stderr.strip() or 'ok'}"
 
 
-def test(dbs: list[str], require_pg: bool, pytest_args: list[str]) -> int:
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_browser() -> str | None:
+    """The Chromium the browser test drives: DURABLE_CHROMIUM, else the first one on PATH."""
+    named = os.environ.get("DURABLE_CHROMIUM")
+    if named:
+        return named if os.path.isfile(named) and os.access(named, os.X_OK) else None
+    return next((found for name in BROWSERS if (found := shutil.which(name))), None)
+
+
+def install_browser() -> str | None:
+    """Install Debian's chromium (CI runs as root on Debian); the browser, or None after saying why."""
+    if os.environ.get("DURABLE_CHROMIUM"):
+        loud(f"DURABLE_CHROMIUM={os.environ['DURABLE_CHROMIUM']} is not an executable file")
+        return None
+    if not shutil.which("apt-get") or getattr(os, "geteuid", lambda: -1)() != 0:
+        loud(
+            "no Chromium found, and only root with apt-get installs one here: install chromium"
+            " (or set DURABLE_CHROMIUM to a Chromium or Chrome binary)"
+        )
+        return None
+    say("installing Debian's chromium for the browser test (apt-get)")
+    env = child_env(DEBIAN_FRONTEND="noninteractive")
+    # fonts-liberation is only recommended, and without any font the pages render without text.
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "fonts-liberation"]
+    if run(["apt-get", "update"], env) != 0 or run(install, env) != 0:
+        loud("apt-get install chromium failed")
+        return None
+    return find_browser()
+
+
+def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: list[str]) -> int:
     results: dict[str, str] = {}  # step -> "passed" | "FAILED ..." | "SKIPPED ..."
+    browser = find_browser()
+    if browser is None and require_browser:
+        browser = install_browser()
+        if browser is None:
+            loud("no Chromium for the browser test and it is required: failing")
+            return 1
+    browser_env = {"DURABLE_REQUIRE_BROWSER": "1"} if require_browser else {}
+    if browser is not None:
+        browser_env["DURABLE_CHROMIUM"] = browser
     if "postgres" in dbs:
         ok, where = postgres_reachable()
         if not ok and require_pg:
@@ -248,7 +294,7 @@ def test(dbs: list[str], require_pg: bool, pytest_args: list[str]) -> int:
         if db in results:  # skipped
             continue
         say(f"pytest on {db}")
-        env = child_env(DJANGO_SETTINGS_MODULE="tests.settings", DURABLE_TEST_DB=db)
+        env = child_env(DJANGO_SETTINGS_MODULE="tests.settings", DURABLE_TEST_DB=db, **browser_env)
         results[db] = outcome(run([str(VENV_PY), "-m", "pytest", *pytest_args], env))
 
     say("summary")
@@ -257,6 +303,8 @@ def test(dbs: list[str], require_pg: bool, pytest_args: list[str]) -> int:
             print(f"  {step:<11} {results[step]}")
     if results.get("postgres", "").startswith("SKIPPED"):
         loud("PostgreSQL not reachable: the PostgreSQL pass was SKIPPED")
+    if browser is None:
+        loud("no Chromium found: the browser test (tests/test_admin_browser.py) skips")
     return 1 if any(r.startswith("FAILED") for r in results.values()) else 0
 
 
@@ -283,6 +331,11 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="fail when PostgreSQL is unreachable (also when CI=true or with --db postgres)",
     )
+    p_test.add_argument(
+        "--require-browser",
+        action="store_true",
+        help="fail the browser test when no Chromium is found (as root on Debian, apt-get installs one first)",
+    )
     args, extra = parser.parse_known_args(argv)
     if args.command == "demo" and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -302,7 +355,7 @@ def main(argv: list[str]) -> int:
         or args.db == "postgres"
         or os.environ.get("CI", "").lower() in ("true", "1")
     )
-    return test(dbs, require_pg, extra)
+    return test(dbs, require_pg, args.require_browser, extra)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,8 @@ class WorkflowInstance(models.Model):
             models.Index(fields=["workflow_id", "-created_at"], name="durable_instance_wfid"),
             models.Index(fields=["status", "-created_at"], name="durable_instance_status"),
             models.Index(fields=["workflow_name", "-created_at"], name="durable_instance_name"),
+            # The admin's unfiltered run list, newest first.
+            models.Index(fields=["-created_at"], name="durable_instance_created"),
         ]
         ordering = ["-created_at"]
         permissions = [

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Min, Q, Value
+from django.db.models import Count, F, Min, Q, Value
 from django.db.models.functions import Greatest
 
+from .conf import durable_settings
 from .engine.events import COMMAND_KINDS, COMPLETION_KINDS, Event, EventKind, ParentClosePolicy
 from .exceptions import (
     ActivityNotPending,
@@ -33,6 +34,7 @@ from .models import (
     HistoryEvent,
     IdReusePolicy,
     InboxEvent,
+    WorkerHeartbeat,
     WorkflowInstance,
     WorkflowStatus,
     WorkItem,
@@ -1239,3 +1241,159 @@ def seconds_until_due(*, queues: Sequence[str]) -> float | None:
 
 def queues_with_work() -> list[str]:
     return list(WorkItem.objects.order_by().values_list("queue", flat=True).distinct())
+
+
+# -- workers and the dashboard ----------------------------------------------------
+
+# Heartbeat rows of workers not seen for this long are deleted when a worker starts.
+WORKER_ROW_RETENTION = datetime.timedelta(days=7)
+# Unclaimed work due longer ago than this is overdue: no worker keeps up with its queue.
+OVERDUE_AFTER = datetime.timedelta(minutes=1)
+# The dashboard's window for failures and for the workers it lists.
+RECENT_WINDOW = datetime.timedelta(hours=1)
+
+
+def worker_heartbeat_interval() -> float:
+    """Seconds between a worker's heartbeats: every REAP_INTERVAL, checked at each lease
+    renewal (every LEASE_SECONDS / 3), so at most their sum."""
+    return float(durable_settings.REAP_INTERVAL) + float(durable_settings.LEASE_SECONDS) / 3
+
+
+def worker_stale_after() -> datetime.timedelta:
+    """A worker that has not reported for this long (and did not say it stopped) is presumed dead."""
+    return datetime.timedelta(seconds=max(60.0, 3 * worker_heartbeat_interval()))
+
+
+def record_worker_heartbeat(
+    name: str, hostname: str, pid: int, queues: Sequence[str], concurrency: int, *, starting: bool = False
+) -> None:
+    """Upsert the worker's row: seen now (and started now if ``starting``)."""
+    now = db_now()
+    fields = {
+        "hostname": hostname, "pid": pid, "queues": list(queues), "concurrency": concurrency,
+        "last_seen_at": now, "stopped_at": None,
+    }
+    if starting:
+        fields["started_at"] = now
+        WorkerHeartbeat.objects.filter(last_seen_at__lt=now - WORKER_ROW_RETENTION).delete()
+    if WorkerHeartbeat.objects.filter(name=name).update(**fields):
+        return
+    try:
+        with transaction.atomic():
+            WorkerHeartbeat.objects.create(name=name, **{"started_at": now, **fields})
+    except IntegrityError:
+        # Another process with the same --name inserted it first.
+        WorkerHeartbeat.objects.filter(name=name).update(**fields)
+
+
+def worker_stopped(name: str) -> None:
+    now = db_now()
+    WorkerHeartbeat.objects.filter(name=name).update(last_seen_at=now, stopped_at=now)
+
+
+def dashboard_stats(
+    now: datetime.datetime | None = None, *, failing_tasks_limit: int = 10, workers_limit: int = 50
+) -> dict[str, Any]:
+    """The operator's overview, in a fixed number of queries whatever the number of runs,
+    work items and workers: runs by status (and closed within RECENT_WINDOW), work by kind
+    (due, overdue, running, lease expired, awaiting completion, parked, scheduled), the
+    oldest unclaimed due item, workflow tasks failing or parked after failing, and the
+    workers seen within RECENT_WINDOW (alive, stale or stopped)."""
+    now = now or db_now()
+    since = now - RECENT_WINDOW
+    stale_before = now - worker_stale_after()
+
+    by_status = {status: {"count": 0, "recent": 0} for status in WorkflowStatus.values}
+    rows = (
+        WorkflowInstance.objects.order_by()
+        .values("status")
+        .annotate(count=Count("id"), recent=Count("id", filter=Q(closed_at__gte=since)))
+    )
+    for row in rows:
+        by_status[row["status"]] = {"count": row["count"], "recent": row["recent"]}
+
+    claimable = Q(lease_owner__isnull=True, parked_at__isnull=True)
+    leased = Q(lease_owner__isnull=False)
+    work_counts = {
+        "due": Count("id", filter=claimable & Q(due_at__lte=now)),
+        "overdue": Count("id", filter=claimable & Q(due_at__lte=now - OVERDUE_AFTER)),
+        "scheduled": Count("id", filter=claimable & Q(due_at__gt=now)),
+        "running": Count("id", filter=leased & Q(awaiting_completion=False, lease_expires_at__gt=now)),
+        "awaiting_completion": Count(
+            "id",
+            filter=leased & Q(awaiting_completion=True)
+            & (Q(lease_expires_at__isnull=True) | Q(lease_expires_at__gt=now)),
+        ),
+        "lease_expired": Count("id", filter=leased & Q(lease_expires_at__lte=now)),
+        "parked": Count("id", filter=Q(parked_at__isnull=False)),
+        "failing": Count("id", filter=Q(last_error__isnull=False, parked_at__isnull=True)),
+        "parked_failing": Count("id", filter=Q(last_error__isnull=False, parked_at__isnull=False)),
+        "total": Count("id"),
+    }
+    by_kind = {kind: dict.fromkeys(work_counts, 0) for kind in WorkItemKind.values}
+    for row in WorkItem.objects.order_by().values("kind").annotate(**work_counts):
+        by_kind[row.pop("kind")] = row
+    work_totals = {key: sum(counts[key] for counts in by_kind.values()) for key in work_counts}
+
+    oldest = (
+        WorkItem.objects.filter(claimable, due_at__lte=now)
+        .order_by("due_at", "id")
+        .values(
+            "id", "kind", "name", "queue", "due_at", "attempt", "instance_id",
+            workflow_id=F("instance__workflow_id"), workflow_name=F("instance__workflow_name"),
+            run_id=F("instance__run_id"),
+        )
+        .first()
+    )
+    if oldest is not None:
+        oldest["waited"] = now - oldest["due_at"]
+
+    # Workflow tasks that failed at engine level (crash, non-determinism): retrying or parked.
+    failing_tasks = list(
+        WorkItem.objects.filter(kind=WorkItemKind.WORKFLOW, last_error__isnull=False)
+        .order_by(F("parked_at").desc(nulls_last=True), "-failures", "id")
+        .values(
+            "instance_id", "failures", "parked_at", "due_at", "last_error",
+            workflow_id=F("instance__workflow_id"), workflow_name=F("instance__workflow_name"),
+            run_id=F("instance__run_id"), status=F("instance__status"),
+        )[:failing_tasks_limit]
+    )
+
+    alive = Q(stopped_at__isnull=True, last_seen_at__gte=stale_before)
+    stale = Q(stopped_at__isnull=True, last_seen_at__lt=stale_before)
+    seen = WorkerHeartbeat.objects.filter(Q(last_seen_at__gte=since) | alive)
+    worker_counts = seen.aggregate(
+        alive=Count("id", filter=alive), stale=Count("id", filter=stale),
+        stopped=Count("id", filter=Q(stopped_at__isnull=False)),
+    )
+    workers = list(
+        seen.order_by("-last_seen_at", "name").values(
+            "name", "hostname", "pid", "queues", "concurrency", "started_at", "last_seen_at", "stopped_at"
+        )[:workers_limit]
+    )
+    for worker in workers:
+        worker["state"] = (
+            "stopped" if worker["stopped_at"] else "stale" if worker["last_seen_at"] < stale_before else "alive"
+        )
+
+    return {
+        "now": now,
+        "since": since,
+        "overdue_after": OVERDUE_AFTER,
+        "stale_after": now - stale_before,
+        "runs": {
+            "by_status": by_status,
+            "total": sum(counts["count"] for counts in by_status.values()),
+            "open": sum(by_status[status]["count"] for status in OPEN_STATUSES),
+        },
+        "failures": {
+            "failed": by_status[WorkflowStatus.FAILED]["recent"],
+            "terminated": by_status[WorkflowStatus.TERMINATED]["recent"],
+            "workflow_tasks_failing": by_kind[WorkItemKind.WORKFLOW]["failing"],
+            "workflow_tasks_parked": by_kind[WorkItemKind.WORKFLOW]["parked_failing"],
+        },
+        "work": {"by_kind": by_kind, "total": work_totals},
+        "oldest_pending": oldest,
+        "failing_tasks": failing_tasks,
+        "workers": {**worker_counts, "list": workers},
+    }

@@ -65,6 +65,8 @@ class Worker:
         # workflow tasks in the main loop cannot starve renewal.
         self._renewer_stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew_forever, name="durable-lease-renewer", daemon=True)
+        self._last_beat = -float("inf")
+        self._beat_started = False
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -177,13 +179,35 @@ class Worker:
         return items
 
     def _renew_forever(self) -> None:
+        # The heartbeat row is written from this thread, not the main loop, so that a
+        # worker busy with a long run of workflow tasks still reports itself.
+        self._record_heartbeat()
         while not self._renewer_stop.wait(self.lease_seconds / 3):
             try:
                 close_old_connections()
                 self._renew_leases()
             except DatabaseError as exc:
                 logger.warning("Could not renew leases (%s); retrying.", exc)
+            self._record_heartbeat()
+        self._record_heartbeat(stopped=True)
         close_old_connections()
+
+    def _record_heartbeat(self, *, stopped: bool = False) -> None:
+        """Upsert this worker's WorkerHeartbeat row every REAP_INTERVAL (for the dashboard)."""
+        if not stopped and time.monotonic() - self._last_beat < durable_settings.REAP_INTERVAL:
+            return
+        self._last_beat = time.monotonic()
+        try:
+            if stopped:
+                store.worker_stopped(self.name)
+                return
+            store.record_worker_heartbeat(
+                self.name, socket.gethostname(), os.getpid(), self.queues, self.concurrency,
+                starting=not self._beat_started,
+            )
+            self._beat_started = True
+        except Exception as exc:  # noqa: BLE001 - the lease renewer must outlive any bookkeeping failure
+            logger.warning("Could not record the worker's heartbeat (%s); retrying.", exc)
 
     def _renew_leases(self) -> None:
         with self._lock:

@@ -1,16 +1,661 @@
-"""State-changing admin actions on a run (signal, cancel, terminate, ...). Being built."""
+"""State-changing admin actions on a run: signal, cancel, terminate, suspend, resume,
+retry a failed workflow task, rerun from an event, purge, and complete or fail an
+activity that awaits completion by task token.
+
+Each is offered only where the run's state allows it, and only to users with the
+``django_durable.operate_workflowinstance`` permission. A GET shows a confirmation
+form; the POST acts through ``django_durable.client`` (history rows are never
+touched here) and reports with ``message_user``. ``BulkActionsMixin`` adds the
+changelist's bulk cancel, terminate and purge.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import datetime
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar
 
-from django.http import Http404, HttpRequest, HttpResponse
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.timezone import localtime
+
+from .. import store
+from ..client import WorkflowHandle, complete_activity_by_id, fail_activity_by_id
+from ..engine.events import EventKind
+from ..exceptions import DurableError
+from ..models import OPEN_STATUSES, WorkflowInstance, WorkflowStatus, WorkItem, WorkItemKind
+
+OPERATE_PERMISSION = "django_durable.operate_workflowinstance"
+
+
+def can_operate(request: HttpRequest) -> bool:
+    return request.user.has_perm(OPERATE_PERMISSION)
+
+
+# -- forms ---------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class JSONTextField(forms.CharField):
+    """JSON typed into a textarea; empty means ``null``. Malformed JSON is a form error
+    that says where it broke, so nothing is sent."""
+
+    widget = forms.Textarea(attrs={"rows": 6, "cols": 60, "class": "vLargeTextField", "spellcheck": "false"})
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
+
+    def to_python(self, value: Any) -> Any:
+        text = super().to_python(value)
+        if not text:
+            return None
+        try:
+            return json.loads(text, parse_constant=_reject_constant)
+        except json.JSONDecodeError as exc:
+            raise ValidationError(
+                "Not valid JSON: %(error)s (line %(line)s, column %(column)s).",
+                code="invalid_json", params={"error": exc.msg, "line": exc.lineno, "column": exc.colno},
+            ) from None
+        except ValueError as exc:
+            raise ValidationError(
+                "Not valid JSON: %(error)s.", code="invalid_json", params={"error": exc}
+            ) from None
+
+
+class ActionForm(forms.Form):
+    """A bare confirmation; subclasses add the action's inputs."""
+
+    required_css_class = "required"  # bold labels, as on the admin's own forms
+
+    def __init__(self, *args: Any, instance: WorkflowInstance, user: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance = instance
+        self.user = user
+
+
+class SignalForm(ActionForm):
+    name = forms.CharField(
+        max_length=255, help_text="The event name the workflow waits for (ctx.wait_for_event)."
+    )
+    payload = JSONTextField(label="Payload (JSON)", help_text="Any JSON value; empty sends null.")
+
+
+class TerminateForm(ActionForm):
+    reason = forms.CharField(max_length=1000, help_text="Recorded in the run's history and as its error.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["reason"].initial = f"Terminated from the admin by {self.user.get_username()}"
+
+
+class SuspendForm(ActionForm):
+    reason = forms.CharField(
+        max_length=1000, required=False, help_text="Optional; recorded in the run's history."
+    )
+
+
+_FAILED_CALLS = [EventKind.ACTIVITY_FAILED.value, EventKind.CHILD_WORKFLOW_FAILED.value]
+RERUN_CHOICES_MAX = 1000  # longer histories get a number input instead of a list of every event
+
+
+class RerunForm(ActionForm):
+    from_event = forms.IntegerField(
+        label="Rerun from event",
+        help_text="The new run keeps the events before this one; the current code goes on from there.",
+    )
+    workflow_id = forms.CharField(
+        max_length=255, required=False, label="New workflow id",
+        help_text="Optional; by default the rerun takes this run's workflow id.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        history = self.instance.history
+        length = self.instance.history_length
+        field = self.fields["from_event"]
+        if length <= RERUN_CHOICES_MAX:
+            events = history.filter(seq__gte=2).values_list("seq", "kind", "name", "task_id", "timestamp")
+            self.fields["from_event"] = field = forms.TypedChoiceField(
+                coerce=int, label=field.label, help_text=field.help_text,
+                choices=[(event[0], _event_label(*event)) for event in events],
+            )
+        else:
+            self.fields["from_event"] = field = forms.IntegerField(
+                min_value=2, max_value=length, label=field.label,
+                help_text=f"{field.help_text} A history event number from 2 to {length}.",
+            )
+        # A failed run is rerun from its last failed activity or child (that call is made
+        # again); any other run from its closing event (its code goes on from its last step).
+        failure = None
+        if self.instance.status == WorkflowStatus.FAILED:
+            failure = (
+                history.filter(kind__in=_FAILED_CALLS).order_by("-seq").values_list("seq", flat=True).first()
+            )
+        field.initial = failure or length
+
+
+def _event_label(seq: int, kind: str, name: str, task_id: int | None, timestamp: datetime.datetime) -> str:
+    call = f" {name}" if name else ""
+    task = f" (task {task_id})" if task_id else ""
+    return f"#{seq} {kind}{call}{task} at {localtime(timestamp):%Y-%m-%d %H:%M:%S}"
+
+
+class CompleteActivityForm(ActionForm):
+    result = JSONTextField(
+        label="Result (JSON)", help_text="What the activity returns to the workflow; empty is null."
+    )
+
+
+class FailActivityForm(ActionForm):
+    message = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}))
+    type = forms.CharField(
+        max_length=255, required=False, initial="ActivityFailure",
+        help_text="The error's type name; the retry policy's non_retryable_errors match it.",
+    )
+    details = JSONTextField(
+        label="Details (JSON)", help_text="Optional; the workflow sees them on ActivityError.details."
+    )
+
+
+# -- what a run allows now --------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunWork:
+    """The run's work items that decide what is legal: a failed workflow task waiting to
+    be tried again, and activity attempts awaiting completion (by task id)."""
+
+    failed_task: bool = False
+    awaiting: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+def run_work(instance: WorkflowInstance) -> RunWork:
+    work = RunWork()
+    if not instance.is_open:
+        return work  # a closed run has no work items
+    rows = (
+        WorkItem.objects.filter(instance_id=instance.pk)
+        .filter(
+            Q(kind=WorkItemKind.WORKFLOW)
+            | Q(kind=WorkItemKind.ACTIVITY, awaiting_completion=True, lease_owner__isnull=False)
+        )
+        .values(
+            "kind", "task_id", "name", "attempt", "lease_owner", "lease_expires_at", "failures", "parked_at"
+        )
+    )
+    now = None
+    for row in rows:
+        if row["kind"] == WorkItemKind.WORKFLOW:
+            # Unleased with failures: backing off or parked; retry() makes it due now.
+            work.failed_task = row["lease_owner"] is None and row["failures"] > 0
+            continue
+        if row["lease_expires_at"] is not None:
+            now = now or store.db_now()
+            if row["lease_expires_at"] <= now:
+                continue  # timed out, not reaped yet: a completion would be refused
+        work.awaiting[row["task_id"]] = row
+    return work
+
+
+def _awaiting_item(work: RunWork, activity: str | None) -> dict[str, Any] | None:
+    try:
+        return work.awaiting.get(int(activity or ""))
+    except ValueError:
+        return None
+
+
+# Each says why the action is not legal now, or None when it is.
+Legality = Callable[[WorkflowInstance, RunWork, str | None], str | None]
+
+
+def _status(instance: WorkflowInstance) -> str:
+    return str(instance.get_status_display()).lower()
+
+
+def _open(instance: WorkflowInstance, work: RunWork, activity: str | None) -> str | None:
+    return None if instance.is_open else f"the run is {_status(instance)}"
+
+
+def _closed(instance: WorkflowInstance, work: RunWork, activity: str | None) -> str | None:
+    return f"the run is still {_status(instance)}" if instance.is_open else None
+
+
+def _cancelable(instance: WorkflowInstance, work: RunWork, activity: str | None) -> str | None:
+    if instance.is_open and instance.cancel_requested_at is not None:
+        return "cancellation was already requested"
+    return _open(instance, work, activity)
+
+
+def _suspendable(instance: WorkflowInstance, work: RunWork, activity: str | None) -> str | None:
+    if instance.status in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING):
+        return None
+    return f"the run is {_status(instance)}"
+
+
+def _resumable(instance: WorkflowInstance, work: RunWork, activity: str | None) -> str | None:
+    if instance.status == WorkflowStatus.SUSPENDED:
+        return None
+    return f"the run is {_status(instance)}, not suspended"
+
+
+def _retryable(instance: WorkflowInstance, work: RunWork, activity: str | None) -> str | None:
+    if instance.status == WorkflowStatus.SUSPENDED:
+        return "the run is suspended (resuming it tries its workflow task again)"
+    if not instance.is_open:
+        return _open(instance, work, activity)
+    return None if work.failed_task else "no failed workflow task is waiting"
+
+
+def _rerunnable(instance: WorkflowInstance, work: RunWork, activity: str | None) -> str | None:
+    if not instance.is_open and instance.history_length < 2:
+        return "its history is too short"
+    return _closed(instance, work, activity)
+
+
+def _awaiting(instance: WorkflowInstance, work: RunWork, activity: str | None) -> str | None:
+    if not activity:
+        return "no activity was named"
+    if _awaiting_item(work, activity) is None:
+        return f"activity {activity!r} of this run is not awaiting completion"
+    return None
+
+
+# -- performing --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    message: str
+    level: int = messages.SUCCESS
+    goto: int | str = "change"  # the run's change page, "changelist", or another run's pk
+
+
+def _handle(instance: WorkflowInstance) -> WorkflowHandle:
+    return WorkflowHandle(instance.workflow_id, str(instance.run_id))
+
+
+def _name(instance: WorkflowInstance) -> str:
+    return f"workflow {instance.workflow_id!r} (run {instance.run_id})"
+
+
+Data = dict[str, Any]
+Item = Any  # the awaiting activity's work item row, for the per-activity actions
+
+
+def _signal(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
+    _handle(instance).signal(data["name"], data["payload"])
+    return Outcome(f"Sent the event {data['name']!r} to {_name(instance)}.")
+
+
+def _cancel(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
+    _handle(instance).cancel()
+    return Outcome(f"Asked {_name(instance)} to cancel.")
+
+
+def _terminate(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
+    _handle(instance).terminate(data["reason"])
+    return Outcome(f"Terminated {_name(instance)}.")
+
+
+def _suspend(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
+    _handle(instance).suspend(data["reason"])
+    return Outcome(f"Suspended {_name(instance)}.")
+
+
+def _resume(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
+    _handle(instance).resume()
+    return Outcome(f"Resumed {_name(instance)}.")
+
+
+def _retry(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
+    if _handle(instance).retry():
+        return Outcome(f"The workflow task of {_name(instance)} is due again now.")
+    return Outcome(
+        f"No failed workflow task of {_name(instance)} was waiting; nothing changed.", messages.WARNING
+    )
+
+
+def _rerun(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
+    new = _handle(instance).rerun(data["from_event"], workflow_id=data["workflow_id"] or None)
+    return Outcome(
+        f"Started run {new.run_id} of workflow {new.workflow_id!r} from event {data['from_event']} "
+        f"of run {instance.run_id}.",
+        goto=WorkflowInstance.objects.values_list("pk", flat=True).get(run_id=new.run_id),
+    )
+
+
+def _purge(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
+    _handle(instance).purge()
+    return Outcome(f"Purged {_name(instance)} with its history.", goto="changelist")
+
+
+def _complete(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
+    complete_activity_by_id(
+        instance.workflow_id, str(item["task_id"]), data["result"], run_id=str(instance.run_id)
+    )
+    return Outcome(f"Completed activity {item['task_id']} ({item['name']}) of {_name(instance)}.")
+
+
+def _fail(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
+    error: dict[str, Any] = {"message": data["message"], "type": data["type"] or "ActivityFailure"}
+    if data["details"] is not None:
+        error["details"] = data["details"]
+    fail_activity_by_id(instance.workflow_id, str(item["task_id"]), error, run_id=str(instance.run_id))
+    return Outcome(
+        f"Failed activity {item['task_id']} ({item['name']}) of {_name(instance)}; "
+        "its retry policy decides what follows."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Verb:
+    label: str
+    doing: str  # completes "Cannot ... <the run>"
+    description: str
+    form: type[ActionForm]
+    legal: Legality
+    perform: Callable[[WorkflowInstance, Data, Item], Outcome]
+    per_activity: bool = False
+    destructive: bool = False
+
+
+VERBS: dict[str, Verb] = {
+    "signal": Verb(
+        "Signal", "signal",
+        "Send an external event to the run; it reads it with ctx.wait_for_event(name), now or "
+        "whenever it next waits for that event.",
+        SignalForm, _open, _signal,
+    ),
+    "cancel": Verb(
+        "Request cancel", "ask to cancel",
+        "Ask the run to cancel. Its code sees CancelledError at its next durable call and may clean "
+        "up first; running activities learn of it on their next heartbeat.",
+        ActionForm, _cancelable, _cancel,
+    ),
+    "terminate": Verb(
+        "Terminate", "terminate",
+        "Close the run now. No more workflow code runs; its pending activities and timers are "
+        "dropped and its children follow their parent-close policy.",
+        TerminateForm, _open, _terminate, destructive=True,
+    ),
+    "suspend": Verb(
+        "Suspend", "suspend",
+        "Pause the run: no workflow code runs and no new activity starts until it is resumed. "
+        "Events that arrive meanwhile are kept.",
+        SuspendForm, _suspendable, _suspend,
+    ),
+    "resume": Verb(
+        "Resume", "resume", "Let the suspended run go on from where it stood.",
+        ActionForm, _resumable, _resume,
+    ),
+    "retry": Verb(
+        "Retry workflow task", "retry the workflow task of",
+        "Run the workflow task that failed (and is backing off or parked) again now, say after a "
+        "deploy fixed the code.",
+        ActionForm, _retryable, _retry,
+    ),
+    "rerun": Verb(
+        "Rerun from an event", "rerun",
+        "Start a new run from a prefix of this run's history: the events before the chosen one are "
+        "kept, and the current code goes on from there. This run stays as it is.",
+        RerunForm, _rerunnable, _rerun,
+    ),
+    "purge": Verb(
+        "Purge", "purge", "Delete this closed run with its whole history. This cannot be undone.",
+        ActionForm, _closed, _purge, destructive=True,
+    ),
+    "complete": Verb(
+        "Complete activity", "complete an activity of",
+        "Finish the activity attempt that awaits completion with this result, as the holder of its "
+        "task token would.",
+        CompleteActivityForm, _awaiting, _complete, per_activity=True,
+    ),
+    "fail": Verb(
+        "Fail activity", "fail an activity of",
+        "Fail the activity attempt that awaits completion; its retry policy decides whether another "
+        "attempt follows.",
+        FailActivityForm, _awaiting, _fail, per_activity=True, destructive=True,
+    ),
+}
+
+
+# -- views -------------------------------------------------------------------------------
+
+_PREFIX = f"{WorkflowInstance._meta.app_label}_{WorkflowInstance._meta.model_name}"
+
+
+def _change_url(model_admin: Any, pk: Any) -> str:
+    return reverse(f"admin:{_PREFIX}_change", args=(quote(pk),), current_app=model_admin.admin_site.name)
+
+
+def action_url(pk: Any, verb: str, *, activity: int | None = None, current_app: str | None = None) -> str:
+    url = reverse(f"admin:{_PREFIX}_action", args=(quote(pk), verb), current_app=current_app)
+    return url if activity is None else f"{url}?activity={activity}"
 
 
 def object_actions(request: HttpRequest, instance: Any) -> list[dict[str, str]]:
     """The actions ``request.user`` may take on ``instance`` now: ``{"verb", "label", "url"}``."""
-    return []
+    if not can_operate(request):
+        return []
+    work = run_work(instance)
+    current_app = getattr(request, "current_app", None)
+    found = []
+    for verb, spec in VERBS.items():
+        if spec.per_activity:
+            for task_id, item in sorted(work.awaiting.items()):
+                found.append({
+                    "verb": verb,
+                    "label": f"{spec.label} {task_id} ({item['name']})",
+                    "url": action_url(instance.pk, verb, activity=task_id, current_app=current_app),
+                })
+        elif spec.legal(instance, work, None) is None:
+            url = action_url(instance.pk, verb, current_app=current_app)
+            found.append({"verb": verb, "label": spec.label, "url": url})
+    return found
 
 
 def action_view(model_admin: Any, request: HttpRequest, object_id: str, verb: str) -> HttpResponse:
-    raise Http404("Not built yet.")
+    spec = VERBS.get(verb)
+    if spec is None:
+        raise Http404(f"No admin action {verb!r}.")
+    if not (model_admin.has_view_permission(request) and can_operate(request)):
+        raise PermissionDenied
+    request.current_app = model_admin.admin_site.name
+    instance = model_admin.get_object(request, unquote(object_id))
+    if instance is None:
+        raise Http404("No such workflow run.")
+    activity = request.GET.get("activity")
+    work = run_work(instance)
+    change_url = _change_url(model_admin, instance.pk)
+    # Checked on POST too: the run may have moved on since the page was shown.
+    refusal = spec.legal(instance, work, activity)
+    if refusal is not None:
+        message = f"Cannot {spec.doing} {_name(instance)}: {refusal}."
+        model_admin.message_user(request, message, messages.ERROR)
+        return HttpResponseRedirect(change_url)
+    item = _awaiting_item(work, activity) if spec.per_activity else None
+
+    if request.method == "POST":
+        form = spec.form(request.POST, instance=instance, user=request.user)
+        if form.is_valid():
+            try:
+                outcome = spec.perform(instance, form.cleaned_data, item)
+            except DurableError as exc:  # the store's own check, e.g. the state changed meanwhile
+                model_admin.message_user(
+                    request, f"Cannot {spec.doing} {_name(instance)}: {exc.detail}", messages.ERROR
+                )
+                return HttpResponseRedirect(change_url)
+            model_admin.message_user(request, outcome.message, outcome.level)
+            if outcome.goto == "changelist":
+                return HttpResponseRedirect(
+                    reverse(f"admin:{_PREFIX}_changelist", current_app=model_admin.admin_site.name)
+                )
+            if outcome.goto != "change":
+                return HttpResponseRedirect(_change_url(model_admin, outcome.goto))
+            return HttpResponseRedirect(change_url)
+    else:
+        form = spec.form(instance=instance, user=request.user)
+
+    opts = model_admin.opts
+    label = f"{spec.label} {item['task_id']} ({item['name']})" if item else spec.label
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": f"{label}: {instance.workflow_name} {instance.workflow_id}",
+        "opts": opts,
+        "app_label": opts.app_label,
+        "object": instance,
+        "verb": verb,
+        "label": label,
+        "description": spec.description,
+        "destructive": spec.destructive,
+        "form": form,
+        "activity": item,
+        "change_url": change_url,
+        "action_url": request.get_full_path(),
+        "media": model_admin.media + form.media,
+    }
+    return TemplateResponse(
+        request,
+        [
+            f"admin/{opts.app_label}/{opts.model_name}/action_{verb}.html",
+            f"admin/{opts.app_label}/{opts.model_name}/action_form.html",
+        ],
+        context,
+    )
+
+
+# -- changelist bulk actions ----------------------------------------------------------------
+
+
+class BulkTerminateForm(forms.Form):
+    reason = forms.CharField(max_length=1000, help_text="Recorded in each run's history and as its error.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bulk:
+    label: str
+    done: str  # "Terminated %(count)s run(s)."
+    legal: Q  # the rows this action may touch; the rest are skipped
+    skipped_why: str
+    description: str
+    perform: Callable[[WorkflowHandle, Data], Any]
+    form: type[forms.Form] = forms.Form
+
+
+BULK: dict[str, Bulk] = {
+    "cancel_selected": Bulk(
+        "Request cancel", "Asked %(count)s run(s) to cancel.",
+        Q(status__in=OPEN_STATUSES, cancel_requested_at__isnull=True), "closed or already asked to cancel",
+        "Each run's code sees CancelledError at its next durable call and may clean up first.",
+        lambda handle, data: handle.cancel(),
+    ),
+    "terminate_selected": Bulk(
+        "Terminate", "Terminated %(count)s run(s).", Q(status__in=OPEN_STATUSES), "already closed",
+        "Each run closes now: no more workflow code runs, pending activities and timers are dropped.",
+        lambda handle, data: handle.terminate(data["reason"]), BulkTerminateForm,
+    ),
+    "purge_selected": Bulk(
+        "Purge", "Purged %(count)s run(s) with their history.", ~Q(status__in=OPEN_STATUSES),
+        "still open", "Each closed run is deleted with its whole history. This cannot be undone.",
+        lambda handle, data: handle.purge(),
+    ),
+}
+LISTED = 100  # runs named on the confirmation page; the rest are counted
+
+
+def _bulk(action: str, model_admin: Any, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+    """Confirm (Django's intermediate page), then act on the selected rows in a legal
+    state through the client API; the others are skipped and counted."""
+    bulk = BULK[action]
+    rows = list(
+        queryset.annotate(legal=ExpressionWrapper(bulk.legal, output_field=BooleanField()))
+        .values("pk", "workflow_id", "run_id", "workflow_name", "status", "legal")
+        .order_by("-created_at")
+    )
+    legal = [row for row in rows if row["legal"]]
+    skipped = len(rows) - len(legal)
+    if not legal:
+        model_admin.message_user(
+            request,
+            f"{bulk.label}: none of the {len(rows)} selected run(s) qualifies ({bulk.skipped_why}); "
+            "nothing was done.",
+            messages.WARNING,
+        )
+        return None
+    form = bulk.form(request.POST if request.POST.get("post") else None)
+    if not form.is_bound or not form.is_valid():
+        opts = model_admin.opts
+        request.current_app = model_admin.admin_site.name
+        context = {
+            **model_admin.admin_site.each_context(request),
+            "title": f"{bulk.label} {len(legal)} workflow run(s)?",
+            "opts": opts,
+            "app_label": opts.app_label,
+            "action": action,
+            "label": bulk.label,
+            "description": bulk.description,
+            "form": form,
+            "listed": legal[:LISTED],
+            "unlisted": max(0, len(legal) - LISTED),
+            "skipped": skipped,
+            "skipped_why": bulk.skipped_why,
+            "selected": [row["pk"] for row in rows],
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": model_admin.media + form.media,
+        }
+        return TemplateResponse(
+            request, f"admin/{opts.app_label}/{opts.model_name}/action_bulk_confirm.html", context
+        )
+    done, errors = 0, []
+    for row in legal:
+        try:
+            bulk.perform(WorkflowHandle(row["workflow_id"], str(row["run_id"])), form.cleaned_data)
+        except DurableError as exc:  # its state changed since the page was shown
+            errors.append(f"{row['workflow_id']!r}: {exc.detail}")
+        else:
+            done += 1
+    if done:
+        model_admin.message_user(request, bulk.done % {"count": done}, messages.SUCCESS)
+    if skipped:
+        model_admin.message_user(request, f"Skipped {skipped} run(s): {bulk.skipped_why}.", messages.WARNING)
+    if errors:
+        shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
+        model_admin.message_user(request, f"{len(errors)} run(s) refused: {shown}", messages.ERROR)
+    return None
+
+
+@admin.action(description="Request cancel of selected runs", permissions=["operate"])
+def cancel_selected(model_admin: Any, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+    return _bulk("cancel_selected", model_admin, request, queryset)
+
+
+@admin.action(description="Terminate selected open runs", permissions=["operate"])
+def terminate_selected(model_admin: Any, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+    return _bulk("terminate_selected", model_admin, request, queryset)
+
+
+@admin.action(description="Purge selected closed runs", permissions=["operate"])
+def purge_selected(model_admin: Any, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+    return _bulk("purge_selected", model_admin, request, queryset)
+
+
+class BulkActionsMixin:
+    """For ``WorkflowInstanceAdmin``: the changelist's bulk actions, offered to operators only."""
+
+    actions: ClassVar[list[Any]] = [cancel_selected, terminate_selected, purge_selected]
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return can_operate(request)

@@ -1,11 +1,119 @@
-"""The operator's overview: runs by status, due and overdue work, workers, failures. Being built."""
+"""The operator's overview: runs by status, due and overdue work, workers, failures."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
+from urllib.parse import urlencode
 
-from django.http import Http404, HttpRequest, HttpResponse
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+
+from .. import store
+from ..models import OPEN_STATUSES, WorkflowStatus, WorkItemKind
+
+TEMPLATE = "admin/django_durable/workflowinstance/dashboard.html"
+FAILURE_STATUSES = (WorkflowStatus.FAILED, WorkflowStatus.TERMINATED)
 
 
 def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
-    raise Http404("Not built yet.")
+    if not model_admin.has_view_permission(request):
+        raise PermissionDenied
+    stats = store.dashboard_stats()
+    opts = model_admin.opts
+    site = model_admin.admin_site.name
+    changelist = reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist", current_app=site)
+
+    def runs_url(**params: str) -> str:
+        return f"{changelist}?{urlencode(params)}" if params else changelist
+
+    def run_url(instance_id: int) -> str:
+        return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[instance_id], current_app=site)
+
+    by_status = stats["runs"]["by_status"]
+    statuses = [
+        {
+            "status": status,
+            "label": label,
+            "count": by_status[status]["count"],
+            "url": runs_url(status__exact=status),
+            "open": status in OPEN_STATUSES,
+        }
+        for status, label in WorkflowStatus.choices
+    ]
+    since = stats["since"].isoformat()
+    failures = [
+        {
+            "label": WorkflowStatus(status).label,
+            "count": by_status[status]["recent"],
+            "url": runs_url(status__exact=status, closed_at__gte=since),
+        }
+        for status in FAILURE_STATUSES
+    ]
+    work = [
+        {"kind": kind, "label": label, **stats["work"]["by_kind"][kind]} for kind, label in WorkItemKind.choices
+    ]
+    oldest = stats["oldest_pending"]
+    if oldest is not None:
+        oldest = {
+            **oldest,
+            "kind_label": WorkItemKind(oldest["kind"]).label,
+            "waited_text": _duration(oldest["waited"]),
+            "url": run_url(oldest["instance_id"]),
+            "overdue": oldest["waited"] >= stats["overdue_after"],
+        }
+    failing_tasks = [
+        {
+            **task,
+            "url": run_url(task["instance_id"]),
+            "error": _error_line(task["last_error"]),
+        }
+        for task in stats["failing_tasks"]
+    ]
+    workers = [
+        {**worker, "queues_text": ", ".join(map(str, worker["queues"] or [])),
+         "seen_ago": _duration(stats["now"] - worker["last_seen_at"])}
+        for worker in stats["workers"]["list"]
+    ]
+    window = store.RECENT_WINDOW
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": opts,
+        "title": "Workflows dashboard",
+        "stats": stats,
+        "statuses": statuses,
+        "runs_url": changelist,
+        "open_count": stats["runs"]["open"],
+        "failures": failures,
+        "failing_tasks_url": runs_url(task_error__isnull="False"),
+        "work": work,
+        "oldest": oldest,
+        "failing_tasks": failing_tasks,
+        "workers": workers,
+        "window_text": "hour" if window == datetime.timedelta(hours=1) else _duration(window),
+        "overdue_text": _duration(stats["overdue_after"]),
+        "stale_text": _duration(stats["stale_after"]),
+    }
+    return TemplateResponse(request, TEMPLATE, context)
+
+
+def _duration(delta: datetime.timedelta) -> str:
+    """``45 s``, ``3 min 5 s``, ``2 h 3 min``, ``4 d 2 h``: two units are enough to judge a wait."""
+    seconds = max(0, int(delta.total_seconds()))
+    units = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
+    for index, (name, size) in enumerate(units):
+        if seconds >= size or size == 1:
+            text = f"{seconds // size} {name}"
+            if size > 1 and (rest := (seconds % size) // units[index + 1][1]):
+                text += f" {rest} {units[index + 1][0]}"
+            return text
+    return ""
+
+
+def _error_line(error: Any) -> str:
+    if not isinstance(error, dict):
+        return str(error or "")
+    kind, message = error.get("type") or "", error.get("message") or ""
+    return f"{kind}: {message}" if kind and message else kind or message

@@ -217,3 +217,86 @@ def _task_error(ctx: WorkflowContext, status: str) -> WorkflowTaskError | None:
 
 def _close(kind: EventKind, ctx: WorkflowContext, payload: dict[str, Any]) -> Event:
     return Event(kind=kind.value, timestamp=ctx._now, payload=payload)
+
+
+@dataclasses.dataclass
+class VarsAt:
+    """A run's ``set_var`` variables as of one history event (see ``vars_at``)."""
+
+    seq: int
+    event: Event
+    vars: dict[str, Any]  # decoded with the converter
+    raw_vars: dict[str, Any]  # as stored, like ``WorkflowInstance.vars``
+    # pending (no code had run), running, suspended, completed, failed, canceled,
+    # continued_as_new, terminated, or unknown (with ``error``)
+    status: str
+    waiting_on: str | None = None
+    result: Any = None  # as stored, when the code had completed
+    failure: dict[str, Any] | None = None  # the workflow's own error, when it had failed or was canceled
+    # Why the code no longer replays this history (e.g. NonDeterminismError); nothing else is known then.
+    error: BaseException | None = None
+
+
+def vars_at(
+    fn: Callable[..., Any],
+    *,
+    history: Sequence[Event],
+    seq: int,
+    workflow_id: str,
+    run_id: str,
+    workflow_name: str,
+    queue: str,
+    converter: DataConverter,
+    activity_options: Callable[[Any], tuple[str, dict[str, Any]]],
+    workflow_options: Callable[[Any], tuple[str, str | None]] | None = None,
+) -> VarsAt:
+    """Replay ``fn`` over events ``1 .. seq`` of ``history`` (a whole run, in order) and
+    return the variables its code had set where it then suspended or finished.
+
+    Nothing runs but the workflow code: its durable calls are matched against history
+    or dropped, never scheduled. ``seq`` counts from 1, like ``HistoryEvent.seq``.
+    """
+    if not 1 <= seq <= len(history):
+        raise ValueError(f"seq must be between 1 and {len(history)}, not {seq}.")
+    prefix = list(history[:seq])
+    at = VarsAt(seq=seq, event=prefix[-1], vars={}, raw_vars={}, status="pending")
+    closed_by = next((event for event in reversed(prefix) if event.kind in CLOSE_KINDS), None)
+    if not any(event.kind == EventKind.WORKFLOW_TASK_STARTED for event in prefix):
+        if closed_by is not None and closed_by.kind == EventKind.WORKFLOW_TERMINATED:
+            at.status = "terminated"
+        return at  # no workflow code had run yet
+    context: dict[str, Any] = {
+        "workflow_id": workflow_id,
+        "run_id": run_id,
+        "workflow_name": workflow_name,
+        "queue": queue,
+        "converter": converter,
+        "activity_options": activity_options,
+        "workflow_options": workflow_options,
+    }
+    try:
+        ctx, status, result, failure = _execute(fn, prefix, **context)
+        error: BaseException | None = _task_error(ctx, status)
+        if error is None and closed_by is not None:
+            error = check_history(fn, history=prefix, **context)  # the close must be the code's own
+        if error is None:
+            at.raw_vars = dict(ctx.vars)
+            at.vars = {name: converter.from_json(value) for name, value in ctx.vars.items()}
+    except Exception as exc:  # noqa: BLE001 - a workflow task would fail the same way; the page says so
+        error = exc
+    if error is not None:
+        at.status, at.error = "unknown", error
+        return at
+    at.status, at.result, at.failure = status, result if status == COMPLETED else None, failure
+    if closed_by is not None and closed_by.kind == EventKind.WORKFLOW_TERMINATED:
+        at.status = "terminated"
+    elif closed_by is not None and closed_by.kind == EventKind.WORKFLOW_FAILED and status == RUNNING:
+        # Failed from outside its code (the history limit): the close event tells why.
+        at.status, at.failure = FAILED, closed_by.payload.get("error")
+    elif status == RUNNING:
+        at.waiting_on = ctx.suspended_on
+        pauses = (EventKind.EXECUTION_SUSPENDED, EventKind.EXECUTION_RESUMED)
+        pause = next((e.kind for e in reversed(prefix) if e.kind in pauses), None)
+        if pause == EventKind.EXECUTION_SUSPENDED:
+            at.status = "suspended"
+    return at

@@ -15,6 +15,11 @@ from .worker_orchestration_workflows import *  # noqa: F403
 from .api_control_workflows import *  # noqa: F403
 from .versioning_workflows import *  # noqa: F403
 from .testing_workflows import *  # noqa: F403
+from .inspect_workflows import *  # noqa: F403
+from .dashboard_workflows import *  # noqa: F403
+from .actions_workflows import *  # noqa: F403
+from .timetravel_workflows import *  # noqa: F403
+from .browser_workflows import *  # noqa: F403
 from .models import ActivityRun
 
 FAST_RETRY = durable.RetryPolicy(initial_interval=0.05, maximum_interval=0.2, maximum_attempts=5)
