@@ -180,7 +180,9 @@ def demo(port: int, exit_after: bool) -> int:
                 break
         say("demo " + ("finished" if code == 0 else f"FAILED (exit code {code})"))
         print(
-            f"  admin (the debugger):  http://127.0.0.1:{port}/admin/   login admin / admin\n"
+            f"  admin (the debugger):  http://127.0.0.1:{port}/admin/django_durable/workflowinstance/   "
+            "login admin / admin\n"
+            f"  the dashboard:         http://127.0.0.1:{port}/admin/django_durable/workflowinstance/dashboard/\n"
             f"  the HTTP API:          http://127.0.0.1:{port}/durable/api/workflows/ (browsable, same login)\n"
             "  a workflow's variables, with the id printed above:\n"
             "      .venv/bin/python manage.py shell\n"
