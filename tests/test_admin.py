@@ -44,6 +44,25 @@ def test_change_page_shows_history_work_and_the_token_of_an_awaiting_attempt(adm
 # -- the timeline picture ---------------------------------------------------------------
 
 
+@pytest.mark.django_db
+def test_a_view_only_user_does_not_see_task_tokens(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    handle = durable.start_workflow(fan_out, 1, workflow_id="admin-token-viewer")
+    instance = WorkflowInstance.objects.get(run_id=handle.run_id)
+    item = WorkItem.objects.create(
+        kind="activity", instance=instance, queue="default", name="add", task_id=1, due_at=instance.created_at,
+        attempt=1, lease_owner="worker", awaiting_completion=True,
+    )
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_workflowinstance"))
+    client.force_login(viewer)
+    page = client.get(f"/admin/django_durable/workflowinstance/{instance.pk}/change/").content.decode()
+    # The token is a capability for the activity API: a viewer must not be able to copy it.
+    assert make_task_token(item_id=item.pk, run_id=handle.run_id, task_id=1, attempt=1) not in page
+    assert "ExecutionStarted" in page
+
+
 def ev(seq: int, kind: str, seconds: float, name: str = "", task_id: int | None = None, **payload) -> dict:
     return {"seq": seq, "kind": kind, "name": name, "task_id": task_id, "payload": payload,
             "timestamp": T0 + datetime.timedelta(seconds=seconds)}

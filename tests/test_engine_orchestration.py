@@ -549,3 +549,46 @@ def test_swallowing_continue_as_new_does_not_undo_it():
     outcome = Run(wf).task()
     assert_status(outcome, "continued_as_new")
     assert outcome.new_events[-1].payload["args"] == [7]
+
+
+def test_vars_at_a_cut_in_a_history_takes_the_branch_the_run_took():
+    from django_durable.engine.replay import vars_at
+
+    def old(ctx):
+        ctx.call_activity("a").result()
+        ctx.set_var("v", "old")
+        ctx.call_activity("b").result()
+
+    def patched(ctx):
+        ctx.call_activity("a").result()
+        ctx.set_var("v", "new" if ctx.patched("p") else "old")
+        ctx.call_activity("b").result()
+
+    run = Run(old)
+    run.task()
+    run.task(completed(1))
+    run.task(completed(2))
+    seen = {
+        seq: vars_at(
+            patched, history=run.history, seq=seq, workflow_id="order-42", run_id=RUN_ID, workflow_name="w",
+            queue="default", converter=JSONDataConverter(), activity_options=activity_options,
+        ).vars
+        for seq in range(1, len(run.history) + 1)
+    }
+    assert {value.get("v") for value in seen.values()} <= {None, "old"}, seen
+
+
+def test_vars_at_reports_a_workflow_that_exits_instead_of_raising():
+    from django_durable.engine.replay import vars_at
+
+    def exits(ctx):
+        ctx.set_var("x", 1)
+        raise SystemExit(3)
+
+    run = Run(lambda ctx: ctx.set_var("x", 1))
+    run.task()
+    at = vars_at(
+        exits, history=run.history, seq=len(run.history), workflow_id="order-42", run_id=RUN_ID,
+        workflow_name="w", queue="default", converter=JSONDataConverter(), activity_options=activity_options,
+    )
+    assert at.status == "unknown" and isinstance(at.error, SystemExit)

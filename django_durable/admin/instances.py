@@ -282,7 +282,8 @@ def inspect_run(
         "workflow_task": next((item for item in work if item.kind == WorkItemKind.WORKFLOW), None),
         "vars": [{"name": name, "value": to_pretty(value)} for name, value in sorted((instance.vars or {}).items())],
         "related": _related(model_admin, instance),
-        "work": _work(instance, work[:WORK_LIMIT], now),
+        # A task token is a capability: only operators, who may complete activities anyway, see it.
+        "work": _work(instance, work[:WORK_LIMIT], now, show_tokens=actions.can_operate(request)),
         "work_more": len(work) > WORK_LIMIT,
         "history": _history(model_admin, request, instance),
         "timeline": _timeline(instance, work, now),
@@ -338,11 +339,13 @@ def _related(model_admin: WorkflowInstanceAdmin, instance: WorkflowInstance) -> 
     }
 
 
-def _work(instance: WorkflowInstance, items: list[WorkItem], now: datetime.datetime) -> list[dict[str, Any]]:
+def _work(
+    instance: WorkflowInstance, items: list[WorkItem], now: datetime.datetime, *, show_tokens: bool
+) -> list[dict[str, Any]]:
     rows = []
     for item in items:
         token = ""
-        if item.awaiting_completion:
+        if item.awaiting_completion and show_tokens:
             token = make_task_token(item_id=item.pk, run_id=str(instance.run_id), task_id=item.task_id or 0,
                                     attempt=item.attempt)
         rows.append({

@@ -96,6 +96,7 @@ class WorkflowContext:
         converter: DataConverter,
         activity_options: Any,
         workflow_options: Any = None,
+        lookahead: Sequence[Event] = (),
     ) -> None:
         self.workflow_id = workflow_id
         self.run_id = run_id
@@ -144,11 +145,18 @@ class WorkflowContext:
                 self._canceled_timers.add(event.task_id)
         self._latest_task_number = task_number
         # A closed run went past every point of its code, recorded or not.
-        self._history_closed = any(event.kind in CLOSE_KINDS for event in history)
+        # patched() decides by the whole run: a replay of a prefix (the admin's time
+        # travel) passes the rest as ``lookahead`` so it takes the branch the run took.
+        horizon = [*history, *lookahead]
+        self._history_closed = any(event.kind in CLOSE_KINDS for event in horizon)
+        self._markers.update(event.name for event in lookahead if event.kind == EventKind.PATCH_MARKER)
         assert self.started_at is not None, "history must contain a WorkflowTaskStarted event"
         self._now = self.started_at
         self._next_task_id = 0
         self._max_recorded = max(self._recorded, default=0)
+        self._patch_horizon = max(
+            (e.task_id or 0 for e in horizon if e.kind in COMMAND_KINDS), default=0
+        )
         self._rng = _random.Random(uuid.UUID(run_id).int if _is_uuid(run_id) else run_id)
         self._consumed_latest = False
         self._cancel_raised = False
@@ -324,7 +332,7 @@ class WorkflowContext:
             next_id = self._next_task_id + 1
             if change_id in self._markers:
                 self._patches[change_id] = True
-            elif next_id <= self._max_recorded or self._history_closed:
+            elif next_id <= self._patch_horizon or self._history_closed:
                 self._patches[change_id] = False  # history went past this point under the old code
             else:
                 self._markers.add(change_id)

@@ -275,14 +275,16 @@ def vars_at(
         "workflow_options": workflow_options,
     }
     try:
-        ctx, status, result, failure = _execute(fn, prefix, **context)
+        ctx, status, result, failure = _execute(fn, prefix, lookahead=history[seq:], **context)
         error: BaseException | None = _task_error(ctx, status)
         if error is None and closed_by is not None:
             error = check_history(fn, history=prefix, **context)  # the close must be the code's own
         if error is None:
             at.raw_vars = dict(ctx.vars)
             at.vars = {name: converter.from_json(value) for name, value in ctx.vars.items()}
-    except Exception as exc:  # noqa: BLE001 - a workflow task would fail the same way; the page says so
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a workflow task would fail the same way (sys.exit() too); the page says so
         error = exc
     if error is not None:
         at.status, at.error = "unknown", error
