@@ -13,6 +13,7 @@ from django.urls import reverse
 
 from .. import store
 from ..models import OPEN_STATUSES, WorkflowStatus, WorkItemKind
+from . import timeline
 
 TEMPLATE = "admin/django_durable/workflowinstance/dashboard.html"
 FAILURE_STATUSES = (WorkflowStatus.FAILED, WorkflowStatus.TERMINATED)
@@ -68,7 +69,7 @@ def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         {
             **task,
             "url": run_url(task["instance_id"]),
-            "error": _error_line(task["last_error"]),
+            "error": timeline.error_text(task["last_error"]),
         }
         for task in stats["failing_tasks"]
     ]
@@ -100,20 +101,5 @@ def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
 
 
 def _duration(delta: datetime.timedelta) -> str:
-    """``45 s``, ``3 min 5 s``, ``2 h 3 min``, ``4 d 2 h``: two units are enough to judge a wait."""
-    seconds = max(0, int(delta.total_seconds()))
-    units = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
-    for index, (name, size) in enumerate(units):
-        if seconds >= size or size == 1:
-            text = f"{seconds // size} {name}"
-            if size > 1 and (rest := (seconds % size) // units[index + 1][1]):
-                text += f" {rest} {units[index + 1][0]}"
-            return text
-    return ""
+    return timeline.format_duration(max(delta.total_seconds(), 0.0))
 
-
-def _error_line(error: Any) -> str:
-    if not isinstance(error, dict):
-        return str(error or "")
-    kind, message = error.get("type") or "", error.get("message") or ""
-    return f"{kind}: {message}" if kind and message else kind or message

@@ -106,7 +106,8 @@ def format_duration(seconds: float) -> str:
     return "".join(shown) or "0s"
 
 
-def _error_text(error: Any) -> str:
+def error_text(error: Any) -> str:
+    """``Type: message`` of a recorded failure."""
     if isinstance(error, Mapping):
         return f"{error.get('type', 'Error')}: {error.get('message', '')}"
     return str(error) if error else ""
@@ -179,7 +180,7 @@ def collect_bars(events: Iterable[Any], pending: Iterable[Any] = ()) -> Picture:
                 answered.detail += f", {attempt} attempts"
             if kind == EventKind.ACTIVITY_FAILED:
                 answered.kind = "activity-failed"
-                answered.detail += f", failed: {_error_text(payload.get('error'))}"
+                answered.detail += f", failed: {error_text(payload.get('error'))}"
             else:
                 answered.detail += ", completed"
         elif kind in (EventKind.TIMER_FIRED, EventKind.TIMER_CANCELED) and answered is not None:
@@ -204,7 +205,7 @@ def collect_bars(events: Iterable[Any], pending: Iterable[Any] = ()) -> Picture:
             answered.end = at
             if kind == EventKind.CHILD_WORKFLOW_FAILED:
                 answered.kind = "child-failed"
-                answered.detail += f", {payload.get('status', 'failed')}: {_error_text(payload.get('error'))}"
+                answered.detail += f", {payload.get('status', 'failed')}: {error_text(payload.get('error'))}"
             else:
                 answered.detail += ", completed"
         elif kind == EventKind.EVENT_RAISED:
@@ -239,7 +240,7 @@ def _pending_detail(item: Any) -> str:
     elif _get(item, "due_at") is not None:
         parts.append(f", next attempt due {_get(item, 'due_at').isoformat()}")
     if _get(item, "last_error"):
-        parts.append(f", last error {_error_text(_get(item, 'last_error'))}")
+        parts.append(f", last error {error_text(_get(item, 'last_error'))}")
     return "".join(parts)
 
 
