@@ -1,3 +1,5 @@
+import importlib.util
+
 from django.apps import AppConfig
 from django.utils.module_loading import autodiscover_modules
 
@@ -11,5 +13,10 @@ class DurableConfig(AppConfig):
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
         from .api import checks as api_checks  # noqa: F401  (no REST framework import)
+        from . import tasks  # noqa: F401  (the django_durable.run_task workflow and check W020)
+
+        if importlib.util.find_spec("celery") is not None:
+            # Registers the shared task on the project's own Celery app: no CELERY_IMPORTS needed.
+            from .executors import celery  # noqa: F401
 
         autodiscover_modules("workflows")

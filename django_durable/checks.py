@@ -86,3 +86,39 @@ def check_isolation_level(app_configs: Any = None, databases: Any = None, **kwar
                 )
             )
     return errors
+
+
+@checks.register()
+def check_activity_executor(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from .executors import BUILTIN_EXECUTORS
+
+    user = getattr(settings, "DURABLE", {})
+    if not isinstance(user, dict):
+        return []
+    errors: list[checks.CheckMessage] = []
+    executor = user.get("ACTIVITY_EXECUTOR", DEFAULTS["ACTIVITY_EXECUTOR"])
+    timeout = user.get("DISPATCH_TIMEOUT", DEFAULTS["DISPATCH_TIMEOUT"])
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        errors.append(
+            checks.Error("DURABLE['DISPATCH_TIMEOUT'] must be a positive number of seconds.", id="django_durable.E030")
+        )
+    if executor == "threads":
+        return errors
+    paths = [BUILTIN_EXECUTORS.get(executor, executor)] if isinstance(executor, str) else []
+    if executor == "celery" and user.get("CELERY_APP"):
+        paths.append(user["CELERY_APP"])
+    if not paths:
+        paths = [repr(executor)]
+    for path in paths:
+        try:
+            import_string(path)
+        except ImportError as exc:
+            errors.append(
+                checks.Error(
+                    f"DURABLE['ACTIVITY_EXECUTOR'] = {executor!r}: cannot import {path} ({exc}).",
+                    hint='Use "threads", "celery" (pip install django-durable[celery]) or the dotted path '
+                    "of an ActivityExecutor class; CELERY_APP must be the dotted path of a Celery app.",
+                    id="django_durable.E031",
+                )
+            )
+    return errors

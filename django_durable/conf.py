@@ -55,6 +55,18 @@ DEFAULTS: dict[str, Any] = {
     "API_PAGE_SIZE": 50,
     # Request bodies larger than this (bytes) are rejected with 413.
     "API_MAX_BODY_SIZE": 256 * 1024,
+    # Where activities run: "threads" (in durable_worker's thread pool), "celery"
+    # (durable_worker sends each due activity to Celery as a task) or the dotted
+    # path of an ActivityExecutor class (django_durable.executors).
+    "ACTIVITY_EXECUTOR": "threads",
+    # An activity sent to a remote executor but not claimed within this many
+    # seconds is sent again (the message was lost).
+    "DISPATCH_TIMEOUT": 60.0,
+    # The Celery app to send with (dotted path); None: Celery's current app, which
+    # is the project's when it follows Celery's Django guide.
+    "CELERY_APP": None,
+    # Durable queue name -> Celery queue name; a queue not listed keeps its name.
+    "CELERY_QUEUES": {},
     # Salt of the signed task tokens (django.core.signing, keyed by SECRET_KEY).
     "TASK_TOKEN_SALT": "django_durable.task_token",
 }

@@ -182,6 +182,9 @@ class WorkItem(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     # Activities: the attempt's function returned ResultPending; it is finished by task token.
     awaiting_completion = models.BooleanField(default=False)
+    # Activities under a remote executor (Celery): when the worker last sent this item
+    # to it; cleared when the item becomes due again, so it is sent once per attempt.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     # Set by the store from the database's clock (schedule_to_close_timeout counts from it).
     created_at = models.DateTimeField(default=timezone.now)
 

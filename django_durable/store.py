@@ -334,24 +334,80 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
         ids = list(candidates.values_list("id", flat=True)[:limit])
         if not ids:
             return []
-        # On SQLite there are no row locks: the lease condition makes this a
-        # compare-and-set, and IMMEDIATE transactions serialise claimers.
-        WorkItem.objects.filter(id__in=ids, lease_owner__isnull=True).update(
-            lease_owner=owner,
-            lease_expires_at=now + _seconds(lease_seconds),
-            claimed_at=now,
-            attempt=F("attempt") + 1,
-            heartbeat_at=None,
-            awaiting_completion=False,
+        return _lease_items(ids, owner=owner, now=now, lease_seconds=lease_seconds)
+
+
+def _lease_items(ids: list[int], *, owner: str, now: datetime.datetime, lease_seconds: float) -> list[Claim]:
+    """Lease the (claimable) items ``ids`` to ``owner``, inside the caller's transaction."""
+    # On SQLite there are no row locks: the lease condition makes this a
+    # compare-and-set, and IMMEDIATE transactions serialise claimers.
+    WorkItem.objects.filter(id__in=ids, lease_owner__isnull=True).update(
+        lease_owner=owner,
+        lease_expires_at=now + _seconds(lease_seconds),
+        claimed_at=now,
+        attempt=F("attempt") + 1,
+        heartbeat_at=None,
+        awaiting_completion=False,
+    )
+    rows = _claim_rows(WorkItem.objects.filter(id__in=ids, lease_owner=owner, claimed_at=now))
+    claims = [Claim(owner=owner, **{**row, "run_id": str(row["run_id"])}) for row in rows]
+    for item in claims:
+        deadline = attempt_deadline(item, None)
+        if deadline is not None and deadline < item.lease_expires_at:
+            WorkItem.objects.filter(id=item.id).update(lease_expires_at=deadline)
+            item.lease_expires_at = deadline
+    return claims
+
+
+def dispatch_activities(*, queues: Sequence[str], limit: int, dispatch_timeout: float) -> list[tuple[int, str]]:
+    """Mark up to ``limit`` claimable activity items as sent to a remote executor, and
+    return their ``(id, queue)``: those never sent for this attempt, or sent more than
+    ``dispatch_timeout`` seconds ago and still unclaimed (the message was lost)."""
+    if limit <= 0:
+        return []
+    with transaction.atomic():
+        now = db_now()
+        candidates = (
+            WorkItem.objects.filter(
+                kind=WorkItemKind.ACTIVITY,
+                queue__in=list(queues),
+                lease_owner__isnull=True,
+                parked_at__isnull=True,
+                due_at__lte=now,
+            )
+            .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=now - _seconds(dispatch_timeout)))
+            .order_by("due_at")
         )
-        rows = _claim_rows(WorkItem.objects.filter(id__in=ids, lease_owner=owner, claimed_at=now))
-        claims = [Claim(owner=owner, **{**row, "run_id": str(row["run_id"])}) for row in rows]
-        for item in claims:
-            deadline = attempt_deadline(item, None)
-            if deadline is not None and deadline < item.lease_expires_at:
-                WorkItem.objects.filter(id=item.id).update(lease_expires_at=deadline)
-                item.lease_expires_at = deadline
-        return claims
+        if connection.features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True)
+        rows = list(candidates.values_list("id", "queue")[:limit])
+        if rows:
+            WorkItem.objects.filter(id__in=[item_id for item_id, _ in rows]).update(dispatched_at=now)
+        return rows
+
+
+def claim_item(item_id: int, *, owner: str, lease_seconds: float) -> Claim | None:
+    """Claim the activity item ``item_id`` by the rules of ``claim()`` (unleased, unparked,
+    due); None when it is not claimable (a duplicate message, or already finished)."""
+    with transaction.atomic():
+        now = db_now()
+        claimable = WorkItem.objects.filter(
+            id=item_id,
+            kind=WorkItemKind.ACTIVITY,
+            lease_owner__isnull=True,
+            parked_at__isnull=True,
+            due_at__lte=now,
+        )
+        if connection.features.has_select_for_update_skip_locked:
+            claimable = claimable.select_for_update(skip_locked=True)
+        if not claimable.exists():
+            # Parked or not yet due: forget the sending, so it is sent again once claimable.
+            WorkItem.objects.filter(id=item_id, lease_owner__isnull=True).filter(
+                Q(parked_at__isnull=False) | Q(due_at__gt=now)
+            ).update(dispatched_at=None)
+            return None
+        claims = _lease_items([item_id], owner=owner, now=now, lease_seconds=lease_seconds)
+        return claims[0] if claims else None
 
 
 def renew_leases(
@@ -1095,7 +1151,7 @@ def _fail_attempt(
     if retry_at is not None:
         applied = fence.update(
             lease_owner=None, lease_expires_at=None, due_at=retry_at, last_error=failure,
-            parked_at=_parked_at(instance, now),
+            parked_at=_parked_at(instance, now), dispatched_at=None,
         )
     else:
         applied, _ = fence.delete()

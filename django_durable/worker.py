@@ -1,13 +1,13 @@
 """The ``Worker``: claims workflow tasks, activity tasks and due timers, and runs them.
 
 Workflow tasks run in the worker's main thread (replay is short and must not
-race with itself); activities run in a thread pool. One loop also renews the
+race with itself); activities run in a thread pool, or are sent to a remote
+executor (Celery) that claims and runs them. One loop also renews the
 leases of running work and reaps work whose claimer died.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import signal
@@ -18,20 +18,18 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
-from typing import Any
 
 from django.db import DatabaseError, close_old_connections, connections
 
 from . import registry, store
-from .activity import ActivityInfo, ResultPending, _current, _Scope
 from .conf import durable_settings
-from .converter import from_json, get_converter, to_json
+from .converter import get_converter
 from .engine import run_workflow_task
 from .engine.events import EventKind
 from .engine.failures import failure_from_exception
-from .exceptions import ActivityNotPending, NotRegistered, SerializationError
+from .executors import load_executor
+from .executors.run import RunningActivity, execute_activity
 from .models import OPEN_STATUSES, WorkItemKind
-from .tokens import make_task_token
 
 logger = logging.getLogger("django_durable.worker")
 
@@ -56,7 +54,7 @@ class Worker:
         self._lock = threading.Lock()
         # Keyed by (item id, attempt): a timed-out attempt's thread can outlive
         # it while this worker runs the retry of the same item.
-        self._running: dict[tuple[int, int], _RunningActivity] = {}
+        self._running: dict[tuple[int, int], RunningActivity] = {}
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="durable-activity")
         self._last_reap = 0.0
         self._db_error_backoff = 0.0
@@ -67,6 +65,8 @@ class Worker:
         self._renewer = threading.Thread(target=self._renew_forever, name="durable-lease-renewer", daemon=True)
         self._last_beat = -float("inf")
         self._beat_started = False
+        # None: activities run in self._pool; else they are sent to this executor.
+        self.executor = load_executor(durable_settings.ACTIVITY_EXECUTOR)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -151,10 +151,13 @@ class Worker:
                 finally:
                     with self._lock:
                         self._workflow_task = None
-            free = self.concurrency - len(self._running)
-            activities = [] if self._stopping.is_set() else self._claim(WorkItemKind.ACTIVITY, free)
-            for item in activities:
-                self._start_activity(item)
+            if self.executor is not None:
+                activities = [] if self._stopping.is_set() else self._dispatch()
+            else:
+                free = self.concurrency - len(self._running)
+                activities = [] if self._stopping.is_set() else self._claim(WorkItemKind.ACTIVITY, free)
+                for item in activities:
+                    self._start_activity(item)
         except DatabaseError as exc:
             # Log the first error in full, then one line per retry, backing off to 10 s.
             if self._db_error_backoff == 0:
@@ -177,6 +180,24 @@ class Worker:
         for item in items:
             logger.debug("Claimed %s %s (item %s, attempt %s)", item.kind, item.name, item.id, item.attempt)
         return items
+
+    def _dispatch(self) -> list[tuple[int, str]]:
+        assert self.executor is not None
+        sent = store.dispatch_activities(
+            queues=self.queues,
+            limit=durable_settings.CLAIM_BATCH_SIZE,
+            dispatch_timeout=durable_settings.DISPATCH_TIMEOUT,
+        )
+        for item_id, queue in sent:
+            try:
+                self.executor.send(item_id, queue)
+            except Exception:  # a broker outage must not stop workflow tasks
+                # Marked as sent: it is sent again after DISPATCH_TIMEOUT.
+                logger.exception("Could not send activity item %s to the %s executor.", item_id,
+                                 durable_settings.ACTIVITY_EXECUTOR)
+                continue
+            logger.debug("Sent activity item %s (queue %s) to the executor", item_id, queue)
+        return sent
 
     def _renew_forever(self) -> None:
         # The heartbeat row is written from this thread, not the main loop, so that a
@@ -264,7 +285,7 @@ class Worker:
         activities = self._claim(WorkItemKind.ACTIVITY, durable_settings.CLAIM_BATCH_SIZE)
         for item in activities:
             try:
-                self._execute_activity(_RunningActivity(item))
+                execute_activity(RunningActivity(item))
             except store.LeaseLost as exc:
                 logger.warning("Activity outcome discarded: %s", exc)
         return bool(reaped or fired or workflow_tasks or activities)
@@ -346,16 +367,16 @@ class Worker:
     # -- activities ----------------------------------------------------------
 
     def _start_activity(self, item: store.Claim) -> None:
-        running = _RunningActivity(item)
+        running = RunningActivity(item)
         with self._lock:
             self._running[(item.id, item.attempt)] = running
         self._pool.submit(self._run_activity, running)
 
-    def _run_activity(self, running: _RunningActivity) -> None:
+    def _run_activity(self, running: RunningActivity) -> None:
         item = running.item
         try:
             close_old_connections()
-            self._execute_activity(running)
+            execute_activity(running)
         except store.LeaseLost as exc:
             logger.warning("Activity outcome discarded: %s", exc)
         except DatabaseError:
@@ -367,76 +388,3 @@ class Worker:
             with self._lock:
                 self._running.pop((item.id, item.attempt), None)
             self._wakeup.set()
-
-    def _execute_activity(self, running: _RunningActivity) -> None:
-        item = running.item
-        try:
-            definition = registry.get_activity_definition(item.name)
-            args = from_json(item.payload.get("args", []))
-            kwargs = from_json(item.payload.get("kwargs", {}))
-        except NotRegistered as exc:
-            self._record_failure(item, exc, retryable=True)
-            return
-        info = ActivityInfo(
-            workflow_id=item.workflow_id,
-            run_id=item.run_id,
-            activity_id=str(item.task_id),
-            activity_name=item.name,
-            attempt=item.attempt,
-            task_token=make_task_token(
-                item_id=item.id, run_id=item.run_id, task_id=item.task_id or 0, attempt=item.attempt
-            ),
-            heartbeat_details=from_json(item.heartbeat_details),
-        )
-        scope = _current.set(_Scope(info=info, heartbeat=running.heartbeat))
-        logger.info("Running activity %s of %s (attempt %d)", item.name, item.workflow_id, item.attempt)
-        try:
-            value = definition.fn(*args, **kwargs)
-        except ResultPending:
-            store.await_completion(item, running.heartbeat_at)
-            logger.info("Activity %s of %s (attempt %d) awaits completion by task token",
-                        item.name, item.workflow_id, item.attempt)
-            return
-        except Exception as exc:
-            self._record_failure(item, exc, retryable=True)
-            return
-        finally:
-            _current.reset(scope)
-        try:
-            result = to_json(value, f"the result of activity {item.name!r}")
-        except SerializationError as exc:
-            self._record_failure(item, exc, retryable=False)
-            return
-        store.complete_activity(item, result)
-        logger.info("Activity %s of %s completed (attempt %d)", item.name, item.workflow_id, item.attempt)
-
-    def _record_failure(self, item: store.Claim, exc: Exception, *, retryable: bool) -> None:
-        retry_at = store.fail_activity(item, failure_from_exception(exc), retryable=retryable)
-        if retry_at is not None:
-            logger.info("Activity %s attempt %d failed (%s: %s); retry at %s", item.name, item.attempt,
-                        type(exc).__name__, exc, retry_at.isoformat())
-        else:
-            logger.warning("Activity %s failed for good on attempt %d: %s: %s", item.name, item.attempt,
-                           type(exc).__name__, exc)
-
-
-
-
-class _RunningActivity:
-    """An activity attempt running in this worker, and its latest heartbeat."""
-
-    def __init__(self, item: store.Claim) -> None:
-        self.item = item
-        self.heartbeat_at: datetime.datetime | None = None
-
-    def heartbeat(self, details: Any) -> bool:
-        try:
-            self.heartbeat_at = store.record_heartbeat(
-                self.item, details, lease_seconds=durable_settings.LEASE_SECONDS
-            )
-        except store.LeaseLost:
-            raise ActivityNotPending(
-                f"Attempt {self.item.attempt} of activity {self.item.name!r} is no longer pending "
-                "(it timed out or was superseded); its result will be discarded."
-            ) from None
-        return store.cancel_requested(self.item.instance_id)

@@ -81,7 +81,7 @@ else:
 
 # Short leases and polls so crash recovery happens in seconds, not minutes.
 DURABLE = {
-    "LEASE_SECONDS": 2.0,
+    "LEASE_SECONDS": float(os.environ.get("DURABLE_TEST_LEASE_SECONDS", "2.0")),
     "POLL_INTERVAL": 0.05,
     "REAP_INTERVAL": 0.5,
     "WORKFLOW_TASK_RETRY_INITIAL": 0.1,
@@ -99,3 +99,12 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"django_durable": {"handlers": ["console"], "level": "INFO"}},
 }
+
+# Celery (tests/test_celery.py): durable_worker subprocesses started with
+# DURABLE_TEST_ACTIVITY_EXECUTOR=celery send activities to Celery workers of tests.celery_app.
+DURABLE["DISPATCH_TIMEOUT"] = float(os.environ.get("DURABLE_TEST_DISPATCH_TIMEOUT", "5"))
+if os.environ.get("DURABLE_TEST_ACTIVITY_EXECUTOR"):
+    DURABLE["ACTIVITY_EXECUTOR"] = os.environ["DURABLE_TEST_ACTIVITY_EXECUTOR"]
+    DURABLE["CELERY_APP"] = "tests.celery_app.app"
+CELERY_BROKER_URL = os.environ.get("DURABLE_TEST_CELERY_BROKER", "redis://127.0.0.1:6379/15")
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -276,7 +276,9 @@ def test_start_to_close_timeout_retries_then_fails_and_late_results_are_discarde
 
 
 def test_three_workers_run_every_activity_exactly_once(start_worker):
-    workers = [start_worker(concurrency=4) for _ in range(3)]
+    # Long leases: this is about claims never overlapping, not about recovery, and a
+    # loaded machine can delay a 2 s lease's renewal enough to (rightly) retry an activity.
+    workers = [start_worker(concurrency=4, env={"DURABLE_TEST_LEASE_SECONDS": "20"}) for _ in range(3)]
     wait_ready(*workers)
     seqs = [durable.start_workflow(sequence, f"seq-{i}", 3, workflow_id=f"seq-{i}") for i in range(30)]
     fans = [durable.start_workflow(fan_out, 8 + i, workflow_id=f"fan-{i}") for i in range(5)]

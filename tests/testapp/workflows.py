@@ -20,6 +20,8 @@ from .dashboard_workflows import *  # noqa: F403
 from .actions_workflows import *  # noqa: F403
 from .timetravel_workflows import *  # noqa: F403
 from .browser_workflows import *  # noqa: F403
+from . import django_tasks as _django_tasks  # noqa: F401  (Django Tasks API functions)
+from .celery_workflows import *  # noqa: F403
 from .models import ActivityRun
 
 FAST_RETRY = durable.RetryPolicy(initial_interval=0.05, maximum_interval=0.2, maximum_attempts=5)

@@ -1,0 +1,29 @@
+"""Where activities run. ``durable_worker`` runs them in its own thread pool
+("threads", the default) or hands each due activity to an ``ActivityExecutor``
+(``DURABLE["ACTIVITY_EXECUTOR"]``: "celery" or a dotted path) that runs it elsewhere.
+"""
+
+from __future__ import annotations
+
+from django.utils.module_loading import import_string
+
+BUILTIN_EXECUTORS = {"celery": "django_durable.executors.celery.CeleryExecutor"}
+
+
+class ActivityExecutor:
+    """Sends an activity work item to be run elsewhere.
+
+    ``send`` only transports the item id: the receiving side claims the item with
+    ``store.claim_item()`` and runs it with ``run.run_activity_item()``, so a
+    duplicated or stale message runs nothing.
+    """
+
+    def send(self, item_id: int, queue: str) -> None:
+        raise NotImplementedError
+
+
+def load_executor(name: str) -> ActivityExecutor | None:
+    """The executor named by the ACTIVITY_EXECUTOR setting; None for "threads"."""
+    if name == "threads":
+        return None
+    return import_string(BUILTIN_EXECUTORS.get(name, name))()

@@ -1,0 +1,53 @@
+"""The Celery executor: durable_worker sends each due activity item as a Celery task;
+a Celery worker claims that item by id and runs it.
+
+The app config imports this module whenever Celery is installed, so the shared
+task is registered on the project's own Celery app without any wiring.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from celery import current_app, shared_task
+from django.db import close_old_connections
+from django.utils.module_loading import import_string
+
+from .. import store
+from ..conf import durable_settings
+from . import ActivityExecutor
+from .run import run_activity_item
+
+logger = logging.getLogger("django_durable.worker")
+
+TASK_NAME = "django_durable.run_activity"
+
+
+@shared_task(bind=True, name=TASK_NAME, ignore_result=True)
+def run_activity(task: Any, item_id: int) -> None:
+    """Claim activity item ``item_id`` and run it; a duplicate delivery finds it leased or gone."""
+    close_old_connections()
+    try:
+        owner = f"celery:{socket.gethostname()}:{os.getpid()}:{task.request.id}"
+        lease_seconds = float(durable_settings.LEASE_SECONDS)
+        item = store.claim_item(item_id, owner=owner, lease_seconds=lease_seconds)
+        if item is None:
+            logger.info("Work item %s is not claimable (running elsewhere, finished or not due): skipped.", item_id)
+            return
+        run_activity_item(item, lease_seconds=lease_seconds)
+    finally:
+        close_old_connections()
+
+
+class CeleryExecutor(ActivityExecutor):
+    def __init__(self) -> None:
+        app_path = durable_settings.CELERY_APP
+        self.app = import_string(app_path) if app_path else current_app
+        self.queues: dict[str, str] = dict(durable_settings.CELERY_QUEUES or {})
+
+    def send(self, item_id: int, queue: str) -> None:
+        # send_task by name: the sender need not have the task registered with its app.
+        self.app.send_task(TASK_NAME, args=[item_id], queue=self.queues.get(queue, queue))
