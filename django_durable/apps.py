@@ -15,8 +15,11 @@ class DurableConfig(AppConfig):
         from .api import checks as api_checks  # noqa: F401  (no REST framework import)
         from . import tasks  # noqa: F401  (the django_durable.run_task workflow and check W020)
 
-        if importlib.util.find_spec("celery") is not None:
-            # Registers the shared task on the project's own Celery app: no CELERY_IMPORTS needed.
+        from .conf import durable_settings
+
+        if durable_settings.ACTIVITY_EXECUTOR == "celery" and importlib.util.find_spec("celery") is not None:
+            # Registers the shared task on the project's own Celery app (its workers read the
+            # same settings): no CELERY_IMPORTS needed. Without Celery, check E031 says so.
             from .executors import celery  # noqa: F401
 
         autodiscover_modules("workflows")

@@ -316,19 +316,18 @@ def pending_work(instance_id: int) -> list[dict[str, Any]]:
 # -- claiming ---------------------------------------------------------------------
 
 
+def _claimable(now: datetime.datetime, **filters: Any) -> Any:
+    """Work items anyone may claim now: unleased, unparked and due."""
+    return WorkItem.objects.filter(lease_owner__isnull=True, parked_at__isnull=True, due_at__lte=now, **filters)
+
+
 def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_seconds: float) -> list[Claim]:
     """Claim up to ``limit`` due items of ``kind`` in one short transaction."""
     if limit <= 0:
         return []
     with transaction.atomic():
         now = db_now()
-        candidates = WorkItem.objects.filter(
-            kind=kind,
-            queue__in=list(queues),
-            lease_owner__isnull=True,
-            parked_at__isnull=True,
-            due_at__lte=now,
-        ).order_by("due_at")
+        candidates = _claimable(now, kind=kind, queue__in=list(queues)).order_by("due_at")
         if connection.features.has_select_for_update_skip_locked:
             candidates = candidates.select_for_update(skip_locked=True)
         ids = list(candidates.values_list("id", flat=True)[:limit])
@@ -368,13 +367,7 @@ def dispatch_activities(*, queues: Sequence[str], limit: int, dispatch_timeout: 
     with transaction.atomic():
         now = db_now()
         candidates = (
-            WorkItem.objects.filter(
-                kind=WorkItemKind.ACTIVITY,
-                queue__in=list(queues),
-                lease_owner__isnull=True,
-                parked_at__isnull=True,
-                due_at__lte=now,
-            )
+            _claimable(now, kind=WorkItemKind.ACTIVITY, queue__in=list(queues))
             .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=now - _seconds(dispatch_timeout)))
             .order_by("due_at")
         )
@@ -391,13 +384,7 @@ def claim_item(item_id: int, *, owner: str, lease_seconds: float) -> Claim | Non
     due); None when it is not claimable (a duplicate message, or already finished)."""
     with transaction.atomic():
         now = db_now()
-        claimable = WorkItem.objects.filter(
-            id=item_id,
-            kind=WorkItemKind.ACTIVITY,
-            lease_owner__isnull=True,
-            parked_at__isnull=True,
-            due_at__lte=now,
-        )
+        claimable = _claimable(now, id=item_id, kind=WorkItemKind.ACTIVITY)
         if connection.features.has_select_for_update_skip_locked:
             claimable = claimable.select_for_update(skip_locked=True)
         if not claimable.exists():
@@ -1177,13 +1164,9 @@ def fire_due_timers(*, queues: Sequence[str], limit: int) -> int:
     """Deliver ``TimerFired`` for due timers; each in its own transaction under its run's lock."""
     now = db_now()
     due = list(
-        WorkItem.objects.filter(
-            kind=WorkItemKind.TIMER,
-            queue__in=list(queues),
-            lease_owner__isnull=True,
-            parked_at__isnull=True,
-            due_at__lte=now,
-        ).values_list("id", "instance_id", "task_id", "due_at")[:limit]
+        _claimable(now, kind=WorkItemKind.TIMER, queue__in=list(queues)).values_list(
+            "id", "instance_id", "task_id", "due_at"
+        )[:limit]
     )
     fired = 0
     for item_id, instance_id, task_id, due_at in due:

@@ -21,7 +21,8 @@ from django.utils.module_loading import import_string
 
 import django_durable as durable
 
-from .exceptions import ActivityError, WorkflowNotFound
+from .engine.failures import qualified_name
+from .exceptions import ActivityError, SerializationError, WorkflowNotFound
 from .retry import RetryPolicy
 
 try:
@@ -94,7 +95,8 @@ def run_task(ctx: durable.WorkflowContext, module_path: str, args: list[Any], kw
         except ActivityError as error:
             errors.append({"exception_class_path": _exception_path(error.type), "traceback": error.traceback})
             ctx.set_var("errors", errors)
-            if not policy.allows_retry(attempt, error.type):
+            # A result that cannot be stored would fail the same way again: no retry.
+            if error.type == qualified_name(SerializationError) or not policy.allows_retry(attempt, error.type):
                 raise
             ctx.sleep(policy.delay(attempt))
             attempt += 1

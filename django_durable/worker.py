@@ -192,10 +192,11 @@ class Worker:
             try:
                 self.executor.send(item_id, queue)
             except Exception:  # a broker outage must not stop workflow tasks
-                # Marked as sent: it is sent again after DISPATCH_TIMEOUT.
-                logger.exception("Could not send activity item %s to the %s executor.", item_id,
-                                 durable_settings.ACTIVITY_EXECUTOR)
-                continue
+                # Stop at the first failure (each costs a connection timeout); the items
+                # stay marked as sent and go again after DISPATCH_TIMEOUT.
+                logger.exception("Could not send activity item %s to the %s executor; retrying after %ss.",
+                                 item_id, durable_settings.ACTIVITY_EXECUTOR, durable_settings.DISPATCH_TIMEOUT)
+                break
             logger.debug("Sent activity item %s (queue %s) to the executor", item_id, queue)
         return sent
 

@@ -102,6 +102,7 @@ def start_celery(transactional_db: None, tmp_path: Path, queue: str) -> Iterator
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "DURABLE_DB_NAME": str(connection.settings_dict["NAME"]),
             "DURABLE_TEST_CELERY_BROKER": broker,
+            "DURABLE_TEST_ACTIVITY_EXECUTOR": "celery",  # the same settings as the project's durable_worker
         }
         worker = CeleryWorker(command, env, tmp_path / f"celery-{len(started)}.log")
         started.append(worker)

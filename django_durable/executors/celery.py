@@ -1,8 +1,8 @@
 """The Celery executor: durable_worker sends each due activity item as a Celery task;
 a Celery worker claims that item by id and runs it.
 
-The app config imports this module whenever Celery is installed, so the shared
-task is registered on the project's own Celery app without any wiring.
+The app config imports this module when ``ACTIVITY_EXECUTOR`` is "celery", so the
+shared task is registered on the project's own Celery app without any wiring.
 """
 
 from __future__ import annotations
