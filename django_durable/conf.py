@@ -67,6 +67,9 @@ DEFAULTS: dict[str, Any] = {
     "CELERY_APP": None,
     # Durable queue name -> Celery queue name; a queue not listed keeps its name.
     "CELERY_QUEUES": {},
+    # With ACTIVITY_EXECUTOR "celery": send due workflow tasks to Celery as well
+    # (django_durable.run_workflow_task); durable_worker keeps timers and reaping.
+    "CELERY_WORKFLOW_TASKS": False,
     # Salt of the signed task tokens (django.core.signing, keyed by SECRET_KEY).
     "TASK_TOKEN_SALT": "django_durable.task_token",
 }

@@ -358,16 +358,18 @@ def _lease_items(ids: list[int], *, owner: str, now: datetime.datetime, lease_se
     return claims
 
 
-def dispatch_activities(*, queues: Sequence[str], limit: int, dispatch_timeout: float) -> list[tuple[int, str]]:
-    """Mark up to ``limit`` claimable activity items as sent to a remote executor, and
-    return their ``(id, queue)``: those never sent for this attempt, or sent more than
-    ``dispatch_timeout`` seconds ago and still unclaimed (the message was lost)."""
+def dispatch(
+    *, kind: str, queues: Sequence[str], limit: int, dispatch_timeout: float
+) -> list[tuple[int, str]]:
+    """Mark up to ``limit`` claimable items of ``kind`` as sent to a remote executor, and
+    return their ``(id, queue)``: those never sent since they last became claimable, or
+    sent more than ``dispatch_timeout`` seconds ago and still unclaimed (the message was lost)."""
     if limit <= 0:
         return []
     with transaction.atomic():
         now = db_now()
         candidates = (
-            _claimable(now, kind=WorkItemKind.ACTIVITY, queue__in=list(queues))
+            _claimable(now, kind=kind, queue__in=list(queues))
             .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=now - _seconds(dispatch_timeout)))
             .order_by("due_at")
         )
@@ -379,12 +381,18 @@ def dispatch_activities(*, queues: Sequence[str], limit: int, dispatch_timeout: 
         return rows
 
 
-def claim_item(item_id: int, *, owner: str, lease_seconds: float) -> Claim | None:
-    """Claim the activity item ``item_id`` by the rules of ``claim()`` (unleased, unparked,
+def dispatch_activities(*, queues: Sequence[str], limit: int, dispatch_timeout: float) -> list[tuple[int, str]]:
+    return dispatch(kind=WorkItemKind.ACTIVITY, queues=queues, limit=limit, dispatch_timeout=dispatch_timeout)
+
+
+def claim_item(
+    item_id: int, *, owner: str, lease_seconds: float, kind: str = WorkItemKind.ACTIVITY
+) -> Claim | None:
+    """Claim the item ``item_id`` of ``kind`` by the rules of ``claim()`` (unleased, unparked,
     due); None when it is not claimable (a duplicate message, or already finished)."""
     with transaction.atomic():
         now = db_now()
-        claimable = _claimable(now, id=item_id, kind=WorkItemKind.ACTIVITY)
+        claimable = _claimable(now, id=item_id, kind=kind)
         if connection.features.has_select_for_update_skip_locked:
             claimable = claimable.select_for_update(skip_locked=True)
         if not claimable.exists():
@@ -577,7 +585,7 @@ def _release_workflow_task(item: Claim, instance: dict[str, Any], now: datetime.
     """Hand a claimed workflow task back, claimable at once (or parked if the run is suspended)."""
     return _fence(item).update(
         lease_owner=None, lease_expires_at=None, due_at=now, failures=0, last_error=None,
-        parked_at=_parked_at(instance, now),
+        parked_at=_parked_at(instance, now), dispatched_at=None,
     )
 
 
@@ -756,6 +764,7 @@ def fail_workflow_task(
             last_error=error,
             due_at=now + _seconds(delay),
             parked_at=now if parked else _parked_at(instance, now),
+            dispatched_at=None,
         )
         if not fenced:
             raise _lease_lost(item)
@@ -771,7 +780,7 @@ def unpark_workflow_task(instance_id: int) -> bool:
             return False  # resume() releases a suspended run's work
         return bool(
             WorkItem.objects.filter(instance_id=instance_id, kind=WorkItemKind.WORKFLOW, lease_owner__isnull=True)
-            .update(parked_at=None, failures=0, due_at=db_now())
+            .update(parked_at=None, failures=0, due_at=db_now(), dispatched_at=None)
         )
 
 
@@ -998,7 +1007,7 @@ def resume(workflow_id: str, run_id: str | None) -> None:
         now = db_now()
         seq = _append_event(instance_id, instance, Event(kind=EventKind.EXECUTION_RESUMED, timestamp=now))
         # A workflow task parked for failing before the suspension gets one more try.
-        WorkItem.objects.filter(instance_id=instance_id, parked_at__isnull=False).update(parked_at=None)
+        WorkItem.objects.filter(instance_id=instance_id, parked_at__isnull=False).update(parked_at=None, dispatched_at=None)
         WorkflowInstance.objects.filter(pk=instance_id).update(
             status=WorkflowStatus.RUNNING if instance["started_at"] else WorkflowStatus.PENDING,
             history_length=seq, updated_at=now,

@@ -2,7 +2,8 @@
 
 Workflow tasks run in the worker's main thread (replay is short and must not
 race with itself); activities run in a thread pool, or are sent to a remote
-executor (Celery) that claims and runs them. One loop also renews the
+executor (Celery) that claims and runs them, and with CELERY_WORKFLOW_TASKS so
+are workflow tasks. One loop also renews the
 leases of running work and reaps work whose claimer died.
 """
 
@@ -21,15 +22,11 @@ from types import FrameType
 
 from django.db import DatabaseError, close_old_connections, connections
 
-from . import registry, store
+from . import store
 from .conf import durable_settings
-from .converter import get_converter
-from .engine import run_workflow_task
-from .engine.events import EventKind
-from .engine.failures import failure_from_exception
 from .executors import load_executor
-from .executors.run import RunningActivity, execute_activity
-from .models import OPEN_STATUSES, WorkItemKind
+from .executors.run import RunningActivity, execute_activity, execute_workflow_task
+from .models import WorkItemKind
 
 logger = logging.getLogger("django_durable.worker")
 
@@ -67,6 +64,10 @@ class Worker:
         self._beat_started = False
         # None: activities run in self._pool; else they are sent to this executor.
         self.executor = load_executor(durable_settings.ACTIVITY_EXECUTOR)
+        # With CELERY_WORKFLOW_TASKS, due workflow tasks are sent to the executor too.
+        self.remote_workflow_tasks = bool(
+            durable_settings.CELERY_WORKFLOW_TASKS and hasattr(self.executor, "send_workflow_task")
+        )
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -142,17 +143,20 @@ class Worker:
         try:
             self._reap()
             fired = store.fire_due_timers(queues=self.queues, limit=durable_settings.CLAIM_BATCH_SIZE)
-            workflow_tasks = self._claim(WorkItemKind.WORKFLOW, durable_settings.CLAIM_BATCH_SIZE)
-            for item in workflow_tasks:
-                with self._lock:
-                    self._workflow_task = item
-                try:
-                    self._run_workflow_task(item)
-                finally:
+            if self.remote_workflow_tasks:
+                workflow_tasks: list[object] = [] if self._stopping.is_set() else self._dispatch(WorkItemKind.WORKFLOW)
+            else:
+                workflow_tasks = self._claim(WorkItemKind.WORKFLOW, durable_settings.CLAIM_BATCH_SIZE)
+                for item in workflow_tasks:
                     with self._lock:
-                        self._workflow_task = None
+                        self._workflow_task = item
+                    try:
+                        self._run_workflow_task(item)
+                    finally:
+                        with self._lock:
+                            self._workflow_task = None
             if self.executor is not None:
-                activities = [] if self._stopping.is_set() else self._dispatch()
+                activities = [] if self._stopping.is_set() else self._dispatch(WorkItemKind.ACTIVITY)
             else:
                 free = self.concurrency - len(self._running)
                 activities = [] if self._stopping.is_set() else self._claim(WorkItemKind.ACTIVITY, free)
@@ -181,23 +185,25 @@ class Worker:
             logger.debug("Claimed %s %s (item %s, attempt %s)", item.kind, item.name, item.id, item.attempt)
         return items
 
-    def _dispatch(self) -> list[tuple[int, str]]:
+    def _dispatch(self, kind: str) -> list[tuple[int, str]]:
         assert self.executor is not None
-        sent = store.dispatch_activities(
+        send = self.executor.send_workflow_task if kind == WorkItemKind.WORKFLOW else self.executor.send
+        sent = store.dispatch(
+            kind=kind,
             queues=self.queues,
             limit=durable_settings.CLAIM_BATCH_SIZE,
             dispatch_timeout=durable_settings.DISPATCH_TIMEOUT,
         )
         for item_id, queue in sent:
             try:
-                self.executor.send(item_id, queue)
-            except Exception:  # a broker outage must not stop workflow tasks
+                send(item_id, queue)
+            except Exception:  # a broker outage must not stop timers, reaping or other work
                 # Stop at the first failure (each costs a connection timeout); the items
                 # stay marked as sent and go again after DISPATCH_TIMEOUT.
-                logger.exception("Could not send activity item %s to the %s executor; retrying after %ss.",
+                logger.exception("Could not send %s item %s to the %s executor; retrying after %ss.", kind,
                                  item_id, durable_settings.ACTIVITY_EXECUTOR, durable_settings.DISPATCH_TIMEOUT)
                 break
-            logger.debug("Sent activity item %s (queue %s) to the executor", item_id, queue)
+            logger.debug("Sent %s item %s (queue %s) to the executor", kind, item_id, queue)
         return sent
 
     def _renew_forever(self) -> None:
@@ -294,76 +300,7 @@ class Worker:
     # -- workflow tasks ------------------------------------------------------
 
     def _run_workflow_task(self, item: store.Claim) -> None:
-        try:
-            task = store.load_workflow_task(item)
-            if task is None or task.status not in OPEN_STATUSES:
-                store.discard(item)
-                return
-            definition = registry.get_workflow_definition(task.workflow_name)
-            outcome = run_workflow_task(
-                definition.fn,
-                workflow_id=task.workflow_id,
-                run_id=task.run_id,
-                workflow_name=task.workflow_name,
-                queue=task.queue,
-                history=task.history,
-                inbox=task.inbox,
-                now=item.claimed_at,
-                converter=get_converter(),
-                activity_options=registry.activity_call_options,
-                workflow_options=registry.workflow_call_options,
-                history_warn_events=durable_settings.HISTORY_WARN_EVENTS,
-                history_max_events=durable_settings.HISTORY_MAX_EVENTS,
-            )
-            if outcome.task_error is not None:
-                self._fail_workflow_task(item, task.workflow_id, outcome.task_error)
-                return
-            committed = store.complete_workflow_task(
-                item,
-                new_events=outcome.new_events,
-                inbox_ids=task.inbox_ids,
-                status=outcome.status,
-                vars=outcome.vars,
-                result=outcome.result,
-                error=outcome.error,
-                waiting_on=outcome.waiting_on,
-            )
-            if not committed:
-                logger.info("Workflow %s: an event arrived as it closed; running its task again.", task.workflow_id)
-                return
-            logger.info(
-                "Workflow %s (%s): %s%s", task.workflow_id, task.workflow_name, outcome.status,
-                f", waiting on {outcome.waiting_on}" if outcome.waiting_on else "",
-            )
-            if outcome.history_warning:
-                logger.warning(outcome.history_warning)
-            if outcome.status not in OPEN_STATUSES and any(
-                event.kind == EventKind.CHILD_WORKFLOW_SCHEDULED for event in (*task.history, *outcome.new_events)
-            ):
-                store.apply_parent_close_policies(parent_id=item.instance_id)
-        except store.LeaseLost as exc:
-            logger.warning("Workflow task discarded: %s", exc)
-        except DatabaseError:
-            raise
-        except BaseException as exc:  # NotRegistered, sys.exit() in workflow code, a bug: back off
-            self._fail_workflow_task(item, str(item.instance_id), exc)
-
-    def _fail_workflow_task(self, item: store.Claim, workflow_id: str, error: BaseException) -> None:
-        try:
-            parked = store.fail_workflow_task(
-                item,
-                failure_from_exception(error),
-                max_failures=durable_settings.WORKFLOW_TASK_MAX_FAILURES,
-                backoff=durable_settings.WORKFLOW_TASK_RETRY_INITIAL,
-                backoff_max=durable_settings.WORKFLOW_TASK_RETRY_MAXIMUM,
-            )
-        except store.LeaseLost as exc:
-            logger.warning("Workflow task failure discarded: %s", exc)
-            return
-        logger.error(
-            "Workflow task of %s failed (%s)%s: %s", workflow_id, type(error).__name__,
-            "; parked after too many failures" if parked else "; will retry", error,
-        )
+        execute_workflow_task(item)
 
     # -- activities ----------------------------------------------------------
 

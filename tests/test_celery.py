@@ -8,6 +8,7 @@ A broker that cannot be reached skips its tests locally and fails them in CI
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -237,6 +238,82 @@ def test_lost_message_is_sent_again_after_dispatch_timeout(start_celery, start_d
         assert handle.result(timeout=TIMEOUT) == [celery_worker.pid]
     except durable.TimeoutError:
         pytest.fail(f"workflow did not finish.\ndurable_worker:\n{dispatcher.log()}\ncelery:\n{celery_worker.log()}")
+
+
+def test_workflow_tasks_run_in_the_celery_worker_with_celery_workflow_tasks(
+    start_celery, start_worker, queue, key
+) -> None:
+    require_broker(REDIS_URL)
+    celery_worker = start_celery()
+    dispatcher = start_worker(
+        queues=queue,
+        env={"DURABLE_TEST_ACTIVITY_EXECUTOR": "celery", "DURABLE_TEST_CELERY_BROKER": REDIS_URL,
+             "DURABLE_TEST_CELERY_WORKFLOW_TASKS": "1"},
+    )
+    handle = durable.start_workflow(wf.celery_sequence, key, queue=queue)
+    try:
+        result = handle.result(timeout=TIMEOUT)
+    except durable.TimeoutError:
+        pytest.fail(f"workflow did not finish.\ndurable_worker:\n{dispatcher.log()}\ncelery:\n{celery_worker.log()}")
+    assert result == [celery_worker.pid, celery_worker.pid]
+    workflow_id = handle.workflow_id
+    completed = f"Workflow {workflow_id} (celery_sequence): completed"
+    wait_for(lambda: completed in celery_worker.log(), timeout=TIMEOUT, what="the celery worker's log line")
+    assert f"Workflow {workflow_id} (" not in dispatcher.log(), dispatcher.log()
+    # Each workflow task (start, after each activity) was one Celery task of its own.
+    succeeded = re.findall(r"Task django_durable\.run_workflow_task\[[^]]+\] succeeded", celery_worker.log())
+    assert len(succeeded) == 3, celery_worker.log()
+
+
+def test_a_workflow_task_is_dispatched_again_whenever_it_becomes_claimable_again(db, monkeypatch, queue, key) -> None:
+    """Each path that hands a sent workflow task back clears its sending: it goes out
+    again at once, not after DISPATCH_TIMEOUT."""
+    from django_durable import store
+    from django_durable.executors.run import execute_workflow_task
+
+    def dispatch() -> list[int]:
+        sent = store.dispatch(kind="workflow", queues=[queue], limit=10, dispatch_timeout=3600)
+        return [item_id for item_id, _ in sent]
+
+    def claim(item_id: int, lease_seconds: float = 30) -> store.Claim:
+        item = store.claim_item(item_id, owner="test", lease_seconds=lease_seconds, kind="workflow")
+        assert item is not None
+        return item
+
+    handle = durable.start_workflow(wf.celery_sequence, key, queue=queue)
+    [item_id] = dispatch()
+    assert dispatch() == []  # sent, not yet claimed
+    assert store.claim_item(item_id, owner="test", lease_seconds=30) is None  # not an activity item
+
+    # Backoff after an engine-level failure.
+    store.fail_workflow_task(claim(item_id), {"message": "boom"}, max_failures=10, backoff=0, backoff_max=0)
+    assert dispatch() == [item_id]
+    # Parked after too many failures, then retried by hand.
+    store.fail_workflow_task(claim(item_id), {"message": "boom"}, max_failures=1, backoff=0, backoff_max=0)
+    assert dispatch() == []
+    assert handle.retry()
+    assert dispatch() == [item_id]
+    # Reaped after its claimer's lease expired.
+    claim(item_id, lease_seconds=0)
+    assert store.reap_expired_leases(limit=10, workflow_backoff=0, workflow_backoff_max=0, max_failures=10) == 1
+    assert dispatch() == [item_id]
+    # Suspended while sent, then resumed.
+    handle.suspend()
+    assert dispatch() == []
+    handle.resume()
+    assert dispatch() == [item_id]
+    # Released by its commit because a signal arrived while it ran.
+    load_workflow_task = store.load_workflow_task
+
+    def load_then_signal(item: store.Claim) -> store.WorkflowTaskInput | None:
+        task = load_workflow_task(item)
+        handle.signal("late")
+        return task
+
+    monkeypatch.setattr(store, "load_workflow_task", load_then_signal)
+    execute_workflow_task(claim(item_id))
+    assert dispatch() == [item_id]
+    assert handle.status() == "running"
 
 
 def test_checks_reject_a_bad_executor(settings) -> None:

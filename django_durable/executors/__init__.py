@@ -1,6 +1,8 @@
 """Where activities run. ``durable_worker`` runs them in its own thread pool
 ("threads", the default) or hands each due activity to an ``ActivityExecutor``
 (``DURABLE["ACTIVITY_EXECUTOR"]``: "celery" or a dotted path) that runs it elsewhere.
+An executor with ``send_workflow_task`` can take workflow tasks too, when
+``DURABLE["CELERY_WORKFLOW_TASKS"]`` asks for it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ class ActivityExecutor:
 
     def send(self, item_id: int, queue: str) -> None:
         raise NotImplementedError
+
+    # Optional: ``send_workflow_task(item_id, queue)``, claimed and run with
+    # ``run.run_workflow_task_item()`` on the receiving side.
 
 
 def load_executor(name: str) -> ActivityExecutor | None:

@@ -1,8 +1,9 @@
-"""The Celery executor: durable_worker sends each due activity item as a Celery task;
-a Celery worker claims that item by id and runs it.
+"""The Celery executor: durable_worker sends each due activity item (and, with
+CELERY_WORKFLOW_TASKS, each due workflow task) as a Celery task; a Celery worker
+claims that item by id and runs it.
 
 The app config imports this module when ``ACTIVITY_EXECUTOR`` is "celery", so the
-shared task is registered on the project's own Celery app without any wiring.
+shared tasks are registered on the project's own Celery app without any wiring.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from celery import current_app, shared_task
@@ -18,28 +20,40 @@ from django.utils.module_loading import import_string
 
 from .. import store
 from ..conf import durable_settings
+from ..models import WorkItemKind
 from . import ActivityExecutor
-from .run import run_activity_item
+from .run import run_activity_item, run_workflow_task_item
 
 logger = logging.getLogger("django_durable.worker")
 
 TASK_NAME = "django_durable.run_activity"
+WORKFLOW_TASK_NAME = "django_durable.run_workflow_task"
+
+
+def _claim_and_run(task: Any, item_id: int, kind: str, run: Callable[..., None]) -> None:
+    close_old_connections()
+    try:
+        owner = f"celery:{socket.gethostname()}:{os.getpid()}:{task.request.id}"
+        lease_seconds = float(durable_settings.LEASE_SECONDS)
+        item = store.claim_item(item_id, owner=owner, lease_seconds=lease_seconds, kind=kind)
+        if item is None:
+            logger.info("Work item %s is not claimable (running elsewhere, finished or not due): skipped.", item_id)
+            return
+        run(item, lease_seconds=lease_seconds)
+    finally:
+        close_old_connections()
 
 
 @shared_task(bind=True, name=TASK_NAME, ignore_result=True)
 def run_activity(task: Any, item_id: int) -> None:
     """Claim activity item ``item_id`` and run it; a duplicate delivery finds it leased or gone."""
-    close_old_connections()
-    try:
-        owner = f"celery:{socket.gethostname()}:{os.getpid()}:{task.request.id}"
-        lease_seconds = float(durable_settings.LEASE_SECONDS)
-        item = store.claim_item(item_id, owner=owner, lease_seconds=lease_seconds)
-        if item is None:
-            logger.info("Work item %s is not claimable (running elsewhere, finished or not due): skipped.", item_id)
-            return
-        run_activity_item(item, lease_seconds=lease_seconds)
-    finally:
-        close_old_connections()
+    _claim_and_run(task, item_id, WorkItemKind.ACTIVITY, run_activity_item)
+
+
+@shared_task(bind=True, name=WORKFLOW_TASK_NAME, ignore_result=True)
+def run_workflow_task(task: Any, item_id: int) -> None:
+    """Claim workflow task item ``item_id`` and run it; a duplicate delivery finds it leased or gone."""
+    _claim_and_run(task, item_id, WorkItemKind.WORKFLOW, run_workflow_task_item)
 
 
 class CeleryExecutor(ActivityExecutor):
@@ -51,3 +65,6 @@ class CeleryExecutor(ActivityExecutor):
     def send(self, item_id: int, queue: str) -> None:
         # send_task by name: the sender need not have the task registered with its app.
         self.app.send_task(TASK_NAME, args=[item_id], queue=self.queues.get(queue, queue))
+
+    def send_workflow_task(self, item_id: int, queue: str) -> None:
+        self.app.send_task(WORKFLOW_TASK_NAME, args=[item_id], queue=self.queues.get(queue, queue))

@@ -1,11 +1,13 @@
-"""Running one claimed activity attempt: shared by durable_worker's thread pool and
-remote executors (Celery), so both record outcomes through the same store calls."""
+"""Running one claimed activity attempt or workflow task: shared by durable_worker
+and remote executors (Celery), so both record outcomes through the same store calls."""
 
 from __future__ import annotations
 
 import datetime
 import logging
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections
@@ -13,9 +15,12 @@ from django.db import DatabaseError, close_old_connections
 from .. import registry, store
 from ..activity import ActivityInfo, ResultPending, _current, _Scope
 from ..conf import durable_settings
-from ..converter import from_json, to_json
+from ..converter import from_json, get_converter, to_json
+from ..engine import run_workflow_task
+from ..engine.events import EventKind
 from ..engine.failures import failure_from_exception
 from ..exceptions import ActivityNotPending, NotRegistered, SerializationError
+from ..models import OPEN_STATUSES
 from ..tokens import make_task_token
 
 logger = logging.getLogger("django_durable.worker")
@@ -95,18 +100,19 @@ def record_failure(item: store.Claim, exc: Exception, *, retryable: bool) -> Non
                        type(exc).__name__, exc)
 
 
-def run_activity_item(item: store.Claim, *, lease_seconds: float) -> None:
-    """Run a claimed attempt outside durable_worker, renewing its lease from a thread
-    of its own meanwhile (durable_worker's renewer does not know about it)."""
-    running = RunningActivity(item)
+@contextmanager
+def renewing_lease(
+    item: store.Claim, *, lease_seconds: float, deadline: Callable[[], datetime.datetime | None]
+) -> Iterator[None]:
+    """Renew ``item``'s lease from a thread of its own while the block runs outside
+    durable_worker (whose renewer does not know about it)."""
     done = threading.Event()
 
     def renew() -> None:
         while not done.wait(lease_seconds / 3):
             try:
                 close_old_connections()
-                cap = store.attempt_deadline(item, running.heartbeat_at)
-                lost = store.renew_leases(owner=item.owner, leases=[(item.id, item.attempt, cap)],
+                lost = store.renew_leases(owner=item.owner, leases=[(item.id, item.attempt, deadline())],
                                           lease_seconds=lease_seconds)
                 if lost and not done.is_set():
                     logger.warning("Lost the lease of work item %s; its outcome will be discarded.", item.id)
@@ -117,9 +123,99 @@ def run_activity_item(item: store.Claim, *, lease_seconds: float) -> None:
     renewer = threading.Thread(target=renew, name=f"durable-lease-{item.id}", daemon=True)
     renewer.start()
     try:
-        execute_activity(running)
-    except store.LeaseLost as exc:
-        logger.warning("Activity outcome discarded: %s", exc)
+        yield
     finally:
         done.set()
         renewer.join()
+
+
+def run_activity_item(item: store.Claim, *, lease_seconds: float) -> None:
+    """Run a claimed attempt outside durable_worker, renewing its lease meanwhile."""
+    running = RunningActivity(item)
+    with renewing_lease(item, lease_seconds=lease_seconds,
+                        deadline=lambda: store.attempt_deadline(item, running.heartbeat_at)):
+        try:
+            execute_activity(running)
+        except store.LeaseLost as exc:
+            logger.warning("Activity outcome discarded: %s", exc)
+
+
+def run_workflow_task_item(item: store.Claim, *, lease_seconds: float) -> None:
+    """Run a claimed workflow task outside durable_worker, renewing its lease meanwhile."""
+    with renewing_lease(item, lease_seconds=lease_seconds, deadline=lambda: None):
+        execute_workflow_task(item)
+
+
+def execute_workflow_task(item: store.Claim) -> None:
+    """Replay the run, run its code up to where it waits, and commit the decisions."""
+    try:
+        task = store.load_workflow_task(item)
+        if task is None or task.status not in OPEN_STATUSES:
+            store.discard(item)
+            return
+        definition = registry.get_workflow_definition(task.workflow_name)
+        outcome = run_workflow_task(
+            definition.fn,
+            workflow_id=task.workflow_id,
+            run_id=task.run_id,
+            workflow_name=task.workflow_name,
+            queue=task.queue,
+            history=task.history,
+            inbox=task.inbox,
+            now=item.claimed_at,
+            converter=get_converter(),
+            activity_options=registry.activity_call_options,
+            workflow_options=registry.workflow_call_options,
+            history_warn_events=durable_settings.HISTORY_WARN_EVENTS,
+            history_max_events=durable_settings.HISTORY_MAX_EVENTS,
+        )
+        if outcome.task_error is not None:
+            record_workflow_task_failure(item, task.workflow_id, outcome.task_error)
+            return
+        committed = store.complete_workflow_task(
+            item,
+            new_events=outcome.new_events,
+            inbox_ids=task.inbox_ids,
+            status=outcome.status,
+            vars=outcome.vars,
+            result=outcome.result,
+            error=outcome.error,
+            waiting_on=outcome.waiting_on,
+        )
+        if not committed:
+            logger.info("Workflow %s: an event arrived as it closed; running its task again.", task.workflow_id)
+            return
+        logger.info(
+            "Workflow %s (%s): %s%s", task.workflow_id, task.workflow_name, outcome.status,
+            f", waiting on {outcome.waiting_on}" if outcome.waiting_on else "",
+        )
+        if outcome.history_warning:
+            logger.warning(outcome.history_warning)
+        if outcome.status not in OPEN_STATUSES and any(
+            event.kind == EventKind.CHILD_WORKFLOW_SCHEDULED for event in (*task.history, *outcome.new_events)
+        ):
+            store.apply_parent_close_policies(parent_id=item.instance_id)
+    except store.LeaseLost as exc:
+        logger.warning("Workflow task discarded: %s", exc)
+    except DatabaseError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - NotRegistered, sys.exit() in workflow code, a bug: back off
+        record_workflow_task_failure(item, str(item.instance_id), exc)
+
+
+def record_workflow_task_failure(item: store.Claim, workflow_id: str, error: BaseException) -> None:
+    try:
+        parked = store.fail_workflow_task(
+            item,
+            failure_from_exception(error),
+            max_failures=durable_settings.WORKFLOW_TASK_MAX_FAILURES,
+            backoff=durable_settings.WORKFLOW_TASK_RETRY_INITIAL,
+            backoff_max=durable_settings.WORKFLOW_TASK_RETRY_MAXIMUM,
+        )
+    except store.LeaseLost as exc:
+        logger.warning("Workflow task failure discarded: %s", exc)
+        return
+    logger.error(
+        "Workflow task of %s failed (%s)%s: %s", workflow_id, type(error).__name__,
+        "; parked after too many failures" if parked else "; will retry", error,
+    )
