@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any
 
-from . import registry, store
+from . import notify, registry, store
 from .conf import durable_settings
 from .converter import from_json, to_json
 from .engine.events import Event
@@ -146,23 +146,14 @@ class WorkflowHandle:
     def result(self, timeout: float | datetime.timedelta | None = None) -> Any:
         """Wait for the run to close; return its result or raise ``WorkflowFailed``.
 
-        Raises ``django_durable.TimeoutError`` if it is still open after ``timeout`` seconds.
+        Follows ``continue_as_new``: the result is the chain's last run's. Raises
+        ``django_durable.TimeoutError`` if it is still open after ``timeout`` seconds.
         """
         if isinstance(timeout, datetime.timedelta):
             timeout = timeout.total_seconds()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = 0.01
-        instance = self._instance()
-        while True:
-            instance = store.last_of_chain(instance)  # the workflow's result is its last run's
-            if instance.status not in OPEN_STATUSES:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"Workflow {self.workflow_id!r} is still {instance.status} after {timeout}s.")
-            remaining = None if deadline is None else deadline - time.monotonic()
-            time.sleep(max(0.0, min(interval, remaining if remaining is not None else interval)))
-            interval = min(interval * 2, durable_settings.RESULT_POLL_INTERVAL)
-            instance = store.get_instance(instance.workflow_id, str(instance.run_id))
+        instance = wait_for_close(self._instance(), timeout, follow_chain=True)
+        if instance.status in OPEN_STATUSES:
+            raise TimeoutError(f"Workflow {self.workflow_id!r} is still {instance.status} after {timeout}s.")
         if instance.status == WorkflowStatus.COMPLETED:
             return from_json(instance.result)
         error = instance.error or {}
@@ -173,6 +164,56 @@ class WorkflowHandle:
             details=error.get("details"),
             status=instance.status,
         )
+
+
+def wait_for_close(instance: WorkflowInstance, timeout: float | None, *, follow_chain: bool) -> WorkflowInstance:
+    """Wait until the run ``instance`` (with ``follow_chain``, the last run of its
+    continue-as-new chain) is closed, or ``timeout`` seconds (None: no limit) have
+    passed; return the run as last read.
+
+    On PostgreSQL it sleeps on ``notify.CLOSED_CHANNEL`` and re-reads the run when
+    that run's close is announced, and at least every ``RESULT_POLL_INTERVAL`` in
+    case an announcement was missed; elsewhere it polls with backoff up to that interval.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    current = store.last_of_chain(instance) if follow_chain else instance
+    listener: notify.Listener | None = None
+    backoff = 0.01
+    try:
+        while current.status in OPEN_STATUSES:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            poll_interval = durable_settings.RESULT_POLL_INTERVAL
+            if listener is None and notify.supported():
+                # LISTEN before the re-read below: a close committed after it wakes the wait.
+                listener = notify.Listener([notify.CLOSED_CHANNEL])
+            elif listener is not None:
+                _wait_for_close_notification(listener, str(current.run_id), _at_most(poll_interval, remaining))
+            else:
+                time.sleep(_at_most(backoff, remaining))
+                backoff = min(backoff * 2, poll_interval)
+            current = store.get_instance(current.workflow_id, str(current.run_id))
+            if follow_chain:
+                current = store.last_of_chain(current)
+    finally:
+        if listener is not None:
+            listener.close()
+    return current
+
+
+def _wait_for_close_notification(listener: notify.Listener, run_id: str, seconds: float) -> None:
+    """Return when ``run_id``'s close is announced, or when the database should be
+    re-read anyway: after ``seconds``, or when the listener may have missed something."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        received = listener.wait(remaining)
+        if not received or any(payload == run_id for _, payload in received):
+            return
+
+
+def _at_most(seconds: float, remaining: float | None) -> float:
+    return seconds if remaining is None else max(0.0, min(seconds, remaining))
 
 
 def start_workflow(

@@ -35,6 +35,12 @@ DEFAULTS: dict[str, Any] = {
     # events; at HISTORY_MAX_EVENTS the run fails (use ctx.continue_as_new()).
     "HISTORY_WARN_EVENTS": 10_000,
     "HISTORY_MAX_EVENTS": 50_000,
+    # Runs whose code a worker keeps parked between workflow tasks, so that the
+    # next task resumes it instead of replaying its history (0: always replay).
+    "WORKFLOW_CACHE_SIZE": 500,
+    # Workflow code that runs this long (seconds) without reaching a durable call
+    # fails its workflow task (it loops, or blocks on I/O it should leave to activities).
+    "WORKFLOW_TASK_TIMEOUT": 60.0,
     # ``WorkflowHandle.result()`` polls with backoff up to this interval.
     "RESULT_POLL_INTERVAL": 0.5,
     "DATA_CONVERTER": "django_durable.converter.JSONDataConverter",
@@ -72,6 +78,9 @@ DEFAULTS: dict[str, Any] = {
     "CELERY_WORKFLOW_TASKS": False,
     # Salt of the signed task tokens (django.core.signing, keyed by SECRET_KEY).
     "TASK_TOKEN_SALT": "django_durable.task_token",
+    # The longest ``GET workflows/<id>/?wait=<seconds>`` may hold a request open
+    # waiting for the run to close; a larger ``wait`` is refused with 400.
+    "API_MAX_WAIT": 60.0,
 }
 
 IMPORT_STRINGS = {

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, Min, Q, Value
+from django.db.models import Count, DateTimeField, Exists, F, Func, Min, OuterRef, Q, Value
 from django.db.models.functions import Greatest
 
+from . import notify
 from .conf import durable_settings
 from .engine.events import COMMAND_KINDS, COMPLETION_KINDS, Event, EventKind, ParentClosePolicy
 from .exceptions import (
@@ -89,9 +91,11 @@ class WorkflowTaskInput:
     workflow_name: str
     queue: str
     status: str
-    history: list[Event]
+    history: list[Event]  # the whole run's, or only the events after ``known_length``
     inbox: list[Event]
     inbox_ids: list[int]
+    history_length: int = 0
+    known_length: int | None = None
 
 
 # Set by ``django_durable.testing`` to a controllable clock; None: the database's clock.
@@ -111,17 +115,35 @@ def db_now() -> datetime.datetime:
     return now
 
 
-def _lock_instance(instance_id: int, *, skip_locked: bool = False) -> dict[str, Any] | None:
+class TransactionNow(Func):
+    """The database's clock as ``db_now()`` reads it: the transaction's start (Django's
+    ``Now()`` is the statement's on PostgreSQL, later within one transaction)."""
+
+    template = "CURRENT_TIMESTAMP"
+    output_field = DateTimeField()
+
+
+def _lock_instance(instance_id: int, *, skip_locked: bool = False, busy: bool = False) -> dict[str, Any] | None:
+    """Lock the run's row and read LOCKED_FIELDS; on PostgreSQL also ``now`` (the database's
+    clock, as ``db_now()``), and with ``busy`` whether it has a workflow task or inbox events."""
     skip_locked = skip_locked and connection.features.has_select_for_update_skip_locked
     # NO KEY: the row's key never changes, and a plain FOR UPDATE would conflict with the
     # FOR KEY SHARE that PostgreSQL's deferred foreign-key checks take on it at commit.
     no_key = connection.features.has_select_for_no_key_update
-    return (
-        WorkflowInstance.objects.select_for_update(skip_locked=skip_locked, no_key=no_key)
-        .filter(pk=instance_id)
-        .values(*LOCKED_FIELDS)
-        .first()
-    )
+    runs = WorkflowInstance.objects.select_for_update(skip_locked=skip_locked, no_key=no_key).filter(pk=instance_id)
+    extra: dict[str, Any] = {}
+    if clock_override is None and connection.vendor == "postgresql":
+        extra["now"] = TransactionNow()  # one round trip less than db_now()
+    instance = runs.values(*LOCKED_FIELDS, **extra).first()
+    if busy and instance is not None:
+        # A statement of its own: subqueries of the locking one would read the snapshot taken
+        # before it waited for the lock, blind to what the previous holder committed.
+        busy_state = WorkflowInstance.objects.filter(pk=instance_id).values(
+            has_workflow_task=Exists(WorkItem.objects.filter(instance_id=OuterRef("pk"), kind=WorkItemKind.WORKFLOW)),
+            has_inbox=Exists(InboxEvent.objects.filter(instance_id=OuterRef("pk"))),
+        ).first()
+        instance.update(busy_state or {"has_workflow_task": True, "has_inbox": True})
+    return instance
 
 
 LOCKED_FIELDS = (
@@ -233,6 +255,7 @@ def _create_run(
         due_at=max(start_at, now) if start_at else now,
         created_at=now,
     )
+    notify.notify_work(queue)
     return instance
 
 
@@ -281,8 +304,11 @@ def get_instance(workflow_id: str, run_id: str | None = None) -> WorkflowInstanc
     return instance
 
 
-def get_history(instance_id: int) -> list[Event]:
-    return [Event(**row) for row in HistoryEvent.objects.filter(instance_id=instance_id).values(*EVENT_FIELDS)]
+def get_history(instance_id: int, *, after: int = 0) -> list[Event]:
+    events = HistoryEvent.objects.filter(instance_id=instance_id)
+    if after:
+        events = events.filter(seq__gt=after)
+    return [Event(**row) for row in events.values(*EVENT_FIELDS)]
 
 
 def runs_to_replay(
@@ -316,7 +342,7 @@ def pending_work(instance_id: int) -> list[dict[str, Any]]:
 # -- claiming ---------------------------------------------------------------------
 
 
-def _claimable(now: datetime.datetime, **filters: Any) -> Any:
+def _claimable(now: datetime.datetime | TransactionNow, **filters: Any) -> Any:
     """Work items anyone may claim now: unleased, unparked and due."""
     return WorkItem.objects.filter(lease_owner__isnull=True, parked_at__isnull=True, due_at__lte=now, **filters)
 
@@ -325,6 +351,8 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
     """Claim up to ``limit`` due items of ``kind`` in one short transaction."""
     if limit <= 0:
         return []
+    if connection.vendor == "postgresql" and clock_override is None:
+        return _claim_postgresql(owner=owner, kind=kind, queues=queues, limit=limit, lease_seconds=lease_seconds)
     with transaction.atomic():
         now = db_now()
         candidates = _claimable(now, kind=kind, queue__in=list(queues)).order_by("due_at")
@@ -334,6 +362,56 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
         if not ids:
             return []
         return _lease_items(ids, owner=owner, now=now, lease_seconds=lease_seconds)
+
+
+_CLAIM_SQL = """
+WITH picked AS (
+    SELECT id FROM {items}
+    WHERE kind = %(kind)s AND queue = ANY(%(queues)s) AND lease_owner IS NULL
+      AND parked_at IS NULL AND due_at <= CURRENT_TIMESTAMP
+    ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+UPDATE {items} AS item
+SET lease_owner = %(owner)s, claimed_at = CURRENT_TIMESTAMP,
+    lease_expires_at = CURRENT_TIMESTAMP + %(lease)s * INTERVAL '1 second',
+    attempt = item.attempt + 1, heartbeat_at = NULL, awaiting_completion = FALSE
+FROM picked, {runs} AS run
+WHERE item.id = picked.id AND run.id = item.instance_id
+RETURNING {fields}, run.workflow_id, run.run_id
+"""
+
+
+def _claim_postgresql(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_seconds: float) -> list[Claim]:
+    """``claim()`` in one statement (one round trip, no transaction block): the ORM needs
+    four (the clock, the locking select, the update, the read back)."""
+    columns = {field: WorkItem._meta.get_field(field).column for field in CLAIM_FIELDS}
+    sql = _CLAIM_SQL.format(
+        items=connection.ops.quote_name(WorkItem._meta.db_table),
+        runs=connection.ops.quote_name(WorkflowInstance._meta.db_table),
+        fields=", ".join(f"item.{connection.ops.quote_name(column)}" for column in columns.values()),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"kind": kind, "queues": list(queues), "limit": limit, "owner": owner, "lease": lease_seconds})
+        rows = cursor.fetchall()
+    json_fields = {"payload", "heartbeat_details"}
+    claims = []
+    for row in rows:
+        values = dict(zip(CLAIM_FIELDS, row[:-2]))
+        for field in json_fields:  # Django reads jsonb as text and decodes it itself
+            if isinstance(values[field], str):
+                values[field] = json.loads(values[field])
+        claims.append(Claim(owner=owner, workflow_id=row[-2], run_id=str(row[-1]), **values))
+    _cap_leases(claims)
+    return claims
+
+
+def _cap_leases(claims: list[Claim]) -> None:
+    """An attempt's lease never outlives its timeout (start-to-close, heartbeat, schedule-to-close)."""
+    for item in claims:
+        deadline = attempt_deadline(item, None)
+        if deadline is not None and deadline < item.lease_expires_at:
+            WorkItem.objects.filter(id=item.id).update(lease_expires_at=deadline)
+            item.lease_expires_at = deadline
 
 
 def _lease_items(ids: list[int], *, owner: str, now: datetime.datetime, lease_seconds: float) -> list[Claim]:
@@ -350,11 +428,7 @@ def _lease_items(ids: list[int], *, owner: str, now: datetime.datetime, lease_se
     )
     rows = _claim_rows(WorkItem.objects.filter(id__in=ids, lease_owner=owner, claimed_at=now))
     claims = [Claim(owner=owner, **{**row, "run_id": str(row["run_id"])}) for row in rows]
-    for item in claims:
-        deadline = attempt_deadline(item, None)
-        if deadline is not None and deadline < item.lease_expires_at:
-            WorkItem.objects.filter(id=item.id).update(lease_expires_at=deadline)
-            item.lease_expires_at = deadline
+    _cap_leases(claims)
     return claims
 
 
@@ -460,10 +534,13 @@ def discard(item: Claim) -> None:
 # -- workflow tasks -------------------------------------------------------------
 
 
-def load_workflow_task(item: Claim) -> WorkflowTaskInput | None:
+def load_workflow_task(item: Claim, *, known_length: int | None = None) -> WorkflowTaskInput | None:
+    """What a workflow task needs: the run, its inbox and its history, or with
+    ``known_length`` (the worker holds the run's code up to there) only the history
+    events after it. ``history_length`` tells whether the held code is still current."""
     instance = (
         WorkflowInstance.objects.filter(pk=item.instance_id)
-        .values("workflow_id", "run_id", "workflow_name", "queue", "status")
+        .values("workflow_id", "run_id", "workflow_name", "queue", "status", "history_length")
         .first()
     )
     if instance is None:
@@ -474,16 +551,44 @@ def load_workflow_task(item: Claim) -> WorkflowTaskInput | None:
         )
     )
     inbox_ids = [row.pop("id") for row in inbox_rows]
+    if known_length is not None and known_length > instance["history_length"]:
+        known_length = None  # cannot be ours: read it all
     return WorkflowTaskInput(
         workflow_id=instance["workflow_id"],
         run_id=str(instance["run_id"]),
         workflow_name=instance["workflow_name"],
         queue=instance["queue"],
         status=instance["status"],
-        history=get_history(item.instance_id),
+        history=get_history(item.instance_id, after=known_length or 0),
         inbox=[Event(**row) for row in inbox_rows],
         inbox_ids=inbox_ids,
+        history_length=instance["history_length"],
+        known_length=known_length,
     )
+
+
+@dataclasses.dataclass
+class Eager:
+    """Activities a worker takes at once from the commit that schedules them: leased to
+    ``owner``, up to ``limit``, on ``queues``; they skip a claim round trip."""
+
+    owner: str
+    queues: Sequence[str]
+    limit: int
+    lease_seconds: float
+    claims: list[Claim] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class TaskDecisions:
+    """What one workflow task decided (see ``run_workflow_task``'s outcome)."""
+
+    new_events: Sequence[Event]
+    status: str
+    vars: dict[str, Any]
+    result: Any = None
+    error: dict[str, Any] | None = None
+    waiting_on: str | None = None
 
 
 def complete_workflow_task(
@@ -496,18 +601,30 @@ def complete_workflow_task(
     result: Any = None,
     error: dict[str, Any] | None = None,
     waiting_on: str | None = None,
+    eager: Eager | None = None,
+    history_length: int | None = None,
 ) -> bool:
     """Commit one workflow task's decisions atomically, or raise ``LeaseLost`` and write nothing.
 
     Returns False, having written nothing but the task's release, when the run would
-    close while an event it has not seen arrived: the task runs again with it.
+    close while an event it has not seen arrived, or when its history is no longer
+    ``history_length`` long (what the task read): the task runs again.
     """
+    decisions = TaskDecisions(new_events, status, vars, result, error, waiting_on)
     with transaction.atomic():
         instance = _lock_instance(item.instance_id)
         if instance is None:
             raise LeaseLost(f"run of work item {item.id} no longer exists")
-        now = db_now()
+        now = instance.pop("now", None) or db_now()
         closing = status in CLOSING_STATUSES
+        if history_length is not None and instance["history_length"] != history_length:
+            # Only the holder of the task writes a run's history, so this is a bug's trace;
+            # never append to a history the decisions were not made on.
+            logger.error("Run %s: history is %s events, the task read %s; running the task again.",
+                         item.instance_id, instance["history_length"], history_length)
+            if not _release_workflow_task(item, instance, now):
+                raise _lease_lost(item)
+            return False
         if closing and status != WorkflowStatus.CONTINUED_AS_NEW and (
             InboxEvent.objects.filter(instance_id=item.instance_id, kind=EventKind.EVENT_RAISED)
             .exclude(id__in=inbox_ids)
@@ -527,62 +644,113 @@ def complete_workflow_task(
             fenced, _ = _fence(item).delete()
         if not fenced:
             raise _lease_lost(item)
-
-        first_seq = instance["history_length"] + 1
-        _append_history(item.instance_id, first_seq, new_events)
         if inbox_ids:
             InboxEvent.objects.filter(id__in=inbox_ids).delete()
-
-        updates: dict[str, Any] = {
-            "history_length": first_seq + len(new_events) - 1,
-            "vars": vars,
-            # A run suspended while this task ran stays suspended.
-            "status": WorkflowStatus.SUSPENDED if instance["status"] == WorkflowStatus.SUSPENDED and not closing else status,
-            "waiting_on": (waiting_on or "")[:500],
-            "task_error": None,
-            "updated_at": now,
-        }
-        if instance["started_at"] is None:
-            updates["started_at"] = new_events[0].timestamp
-        late: list[dict[str, Any]] = []
-        if closing:
-            updates.update(result=result, error=error, closed_at=now)
-            if status == WorkflowStatus.CONTINUED_AS_NEW:
-                # Signals and a cancel request that arrived while this task ran go to the next run.
-                late = list(
-                    InboxEvent.objects.filter(
-                        instance_id=item.instance_id, kind__in=(EventKind.EVENT_RAISED, EventKind.CANCEL_REQUESTED)
-                    ).exclude(id__in=inbox_ids).values("kind", "name", "payload")
-                )
-            # Outstanding activities and timers die with the run; late results find no item.
-            WorkItem.objects.filter(instance_id=item.instance_id).delete()
-            InboxEvent.objects.filter(instance_id=item.instance_id).delete()
-        WorkflowInstance.objects.filter(pk=item.instance_id).update(**updates)
-        if status == WorkflowStatus.CONTINUED_AS_NEW:
-            _continue_as_new(item.instance_id, instance, new_events[-1].payload, late, now)
-        elif closing:
-            _notify_parent(instance, status, result, error, now)
-        if closing:
-            # Children called in the closing task still start; their parent-close policy
-            # applies right after (an abandoned child is how to fire and forget).
-            _start_children(item.instance_id, instance, new_events, now, parent_open=False)
-        else:
-            canceled_timers = {e.task_id for e in new_events if e.kind == EventKind.TIMER_CANCELED}
-            if canceled_timers:
-                WorkItem.objects.filter(
-                    instance_id=item.instance_id, kind=WorkItemKind.TIMER, task_id__in=canceled_timers
-                ).delete()
-            # A timer started and canceled in this very task gets no work item.
-            scheduled = [
-                e for e in new_events if not (e.kind == EventKind.TIMER_STARTED and e.task_id in canceled_timers)
-            ]
-            WorkItem.objects.bulk_create(_work_items_for(item.instance_id, instance, scheduled, now))
-            _start_children(item.instance_id, instance, new_events, now)
+        _commit_task(item.instance_id, instance, decisions, now, inbox_ids=inbox_ids, eager=eager)
     return True
+
+
+def _commit_task(
+    instance_id: int,
+    instance: dict[str, Any],
+    decisions: TaskDecisions,
+    now: datetime.datetime,
+    *,
+    inbox_ids: Sequence[int] = (),
+    eager: Eager | None = None,
+) -> None:
+    """Write a workflow task's decisions for the locked run (its task item is dealt with)."""
+    new_events, status = decisions.new_events, decisions.status
+    closing = status in CLOSING_STATUSES
+    first_seq = instance["history_length"] + 1
+    _append_history(instance_id, first_seq, new_events)
+    updates: dict[str, Any] = {
+        "history_length": first_seq + len(new_events) - 1,
+        "vars": decisions.vars,
+        # A run suspended while this task ran stays suspended.
+        "status": WorkflowStatus.SUSPENDED if instance["status"] == WorkflowStatus.SUSPENDED and not closing else status,
+        "waiting_on": (decisions.waiting_on or "")[:500],
+        "task_error": None,
+        "updated_at": now,
+    }
+    if instance["started_at"] is None:
+        updates["started_at"] = new_events[0].timestamp
+    late: list[dict[str, Any]] = []
+    if closing:
+        updates.update(result=decisions.result, error=decisions.error, closed_at=now)
+        if status == WorkflowStatus.CONTINUED_AS_NEW:
+            # Signals and a cancel request that arrived while this task ran go to the next run.
+            late = list(
+                InboxEvent.objects.filter(
+                    instance_id=instance_id, kind__in=(EventKind.EVENT_RAISED, EventKind.CANCEL_REQUESTED)
+                ).exclude(id__in=inbox_ids).values("kind", "name", "payload")
+            )
+        # Outstanding activities and timers die with the run; late results find no item.
+        WorkItem.objects.filter(instance_id=instance_id).delete()
+        InboxEvent.objects.filter(instance_id=instance_id).delete()
+    WorkflowInstance.objects.filter(pk=instance_id).update(**updates)
+    if status == WorkflowStatus.CONTINUED_AS_NEW:
+        _continue_as_new(instance_id, instance, new_events[-1].payload, late, now)
+    elif closing:
+        _notify_parent(instance, status, decisions.result, decisions.error, now)
+    if closing:
+        # Children called in the closing task still start; their parent-close policy
+        # applies right after (an abandoned child is how to fire and forget).
+        _start_children(instance_id, instance, new_events, now, parent_open=False)
+        notify.notify_closed(str(instance["run_id"]))
+    else:
+        canceled_timers = {e.task_id for e in new_events if e.kind == EventKind.TIMER_CANCELED}
+        if canceled_timers:
+            WorkItem.objects.filter(
+                instance_id=instance_id, kind=WorkItemKind.TIMER, task_id__in=canceled_timers
+            ).delete()
+        # A timer started and canceled in this very task gets no work item.
+        scheduled = [
+            e for e in new_events if not (e.kind == EventKind.TIMER_STARTED and e.task_id in canceled_timers)
+        ]
+        _insert_work_items(_work_items_for(instance_id, instance, scheduled, now), instance, now, eager)
+        _start_children(instance_id, instance, new_events, now)
+
+
+def _insert_work_items(
+    items: list[WorkItem], instance: dict[str, Any], now: datetime.datetime, eager: Eager | None
+) -> None:
+    """Insert new work; activities up to ``eager.limit`` go straight to ``eager.owner``."""
+    if not items:
+        return
+    leased: list[WorkItem] = []
+    if eager is not None and connection.features.can_return_rows_from_bulk_insert:
+        for item in items:
+            if (
+                len(leased) < eager.limit and item.kind == WorkItemKind.ACTIVITY
+                and item.parked_at is None and item.queue in eager.queues
+            ):
+                item.lease_owner, item.attempt, item.claimed_at = eager.owner, 1, now
+                item.lease_expires_at = now + _seconds(eager.lease_seconds)
+                leased.append(item)
+    WorkItem.objects.bulk_create(items)
+    queues = {item.queue for item in items if item.lease_owner is None and item.kind != WorkItemKind.TIMER}
+    for queue in sorted(queues):
+        notify.notify_work(queue)
+    if not leased:
+        return
+    claims: list[Claim] = []
+    for item in leased:
+        claim = Claim(
+            id=item.pk, kind=item.kind, instance_id=item.instance_id, queue=item.queue, name=item.name,
+            task_id=item.task_id, payload=item.payload, attempt=1, owner=item.lease_owner,
+            claimed_at=now, lease_expires_at=item.lease_expires_at, created_at=now,
+            workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]),
+        )
+        claims.append(claim)
+    _cap_leases(claims)
+    # Only once committed: a rolled-back schedule must not run anything.
+    transaction.on_commit(lambda: eager.claims.extend(claims))
 
 
 def _release_workflow_task(item: Claim, instance: dict[str, Any], now: datetime.datetime) -> int:
     """Hand a claimed workflow task back, claimable at once (or parked if the run is suspended)."""
+    notify.notify_work(item.queue)
     return _fence(item).update(
         lease_owner=None, lease_expires_at=None, due_at=now, failures=0, last_error=None,
         parked_at=_parked_at(instance, now), dispatched_at=None,
@@ -778,6 +946,7 @@ def unpark_workflow_task(instance_id: int) -> bool:
         instance = _lock_instance(instance_id)
         if instance is None or instance["status"] == WorkflowStatus.SUSPENDED:
             return False  # resume() releases a suspended run's work
+        notify.notify_work(instance["queue"])
         return bool(
             WorkItem.objects.filter(instance_id=instance_id, kind=WorkItemKind.WORKFLOW, lease_owner__isnull=True)
             .update(parked_at=None, failures=0, due_at=db_now(), dispatched_at=None)
@@ -801,16 +970,22 @@ def _deliver(instance_id: int, instance: dict[str, Any], event: Event) -> None:
         payload=event.payload,
         timestamp=event.timestamp,
     )
-    if not WorkItem.objects.filter(instance_id=instance_id, kind=WorkItemKind.WORKFLOW).exists():
-        WorkItem.objects.create(
-            kind=WorkItemKind.WORKFLOW,
-            instance_id=instance_id,
-            queue=instance["queue"],
-            name=instance["workflow_name"],
-            due_at=event.timestamp,
-            created_at=event.timestamp,
-            parked_at=_parked_at(instance, event.timestamp),
-        )
+    # At most one workflow task per run (a partial unique index): an existing one stays.
+    WorkItem.objects.bulk_create(
+        [
+            WorkItem(
+                kind=WorkItemKind.WORKFLOW,
+                instance_id=instance_id,
+                queue=instance["queue"],
+                name=instance["workflow_name"],
+                due_at=event.timestamp,
+                created_at=event.timestamp,
+                parked_at=_parked_at(instance, event.timestamp),
+            )
+        ],
+        ignore_conflicts=True,
+    )
+    notify.notify_work(instance["queue"])
 
 
 def _attempt_fence(item: Claim, now: datetime.datetime, *, live_only: bool) -> Any:
@@ -835,24 +1010,68 @@ def attempt_deadline(item: Claim, heartbeat_at: datetime.datetime | None) -> dat
     return min(deadlines, default=None)
 
 
-def complete_activity(item: Claim, result: Any, *, live_only: bool = False) -> None:
+@dataclasses.dataclass
+class Continuation:
+    """A run whose next workflow task may run inside an activity's completion: it is
+    running, has no workflow task and no inbox, and its row is locked."""
+
+    instance_id: int
+    workflow_id: str
+    run_id: str
+    workflow_name: str
+    queue: str
+    history_length: int
+    now: datetime.datetime
+    inbox: list[Event]
+
+
+def complete_activity(
+    item: Claim,
+    result: Any,
+    *,
+    live_only: bool = False,
+    continue_run: Callable[[Continuation], TaskDecisions | None] | None = None,
+    eager: Eager | None = None,
+) -> bool:
+    """Record the attempt's result, or raise ``LeaseLost`` and write nothing.
+
+    With ``continue_run`` (a worker that holds the run's code), the run's next workflow
+    task may run right here, in the same transaction: ``continue_run`` gets the result
+    as the task's inbox and returns the task's decisions, or None to leave the result
+    to an ordinary workflow task. Returns whether the task ran here. It must not raise.
+    """
     with transaction.atomic():
-        instance = _lock_instance(item.instance_id)
-        now = db_now()
+        instance = _lock_instance(item.instance_id, busy=continue_run is not None)
+        now = (instance.pop("now", None) if instance else None) or db_now()
         deleted, _ = _attempt_fence(item, now, live_only=live_only).delete() if instance else (0, None)
         if not deleted:
             raise _lease_lost(item)
-        _deliver(
-            item.instance_id,
-            instance,
-            Event(
-                kind=EventKind.ACTIVITY_COMPLETED,
-                timestamp=now,
-                name=item.name,
-                task_id=item.task_id,
-                payload={"result": result, "attempt": item.attempt},
-            ),
+        assert instance is not None
+        event = Event(
+            kind=EventKind.ACTIVITY_COMPLETED,
+            timestamp=now,
+            name=item.name,
+            task_id=item.task_id,
+            payload={"result": result, "attempt": item.attempt},
         )
+        if (
+            continue_run is not None
+            and instance["status"] == WorkflowStatus.RUNNING
+            and not instance["has_workflow_task"]
+            and not instance["has_inbox"]
+        ):
+            decisions = continue_run(
+                Continuation(
+                    instance_id=item.instance_id, workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]),
+                    workflow_name=instance["workflow_name"], queue=instance["queue"],
+                    history_length=instance["history_length"], now=now, inbox=[event],
+                )
+            )
+            if decisions is not None:
+                _commit_task(item.instance_id, instance, decisions, now, eager=eager)
+                return True
+        _deliver(item.instance_id, instance, event)
+        return False
 
 
 def await_completion(item: Claim, heartbeat_at: datetime.datetime | None) -> None:
@@ -936,6 +1155,7 @@ def _terminate_locked(instance_id: int, instance: dict[str, Any], reason: str, n
         updated_at=now, waiting_on="",
     )
     _notify_parent(instance, WorkflowStatus.TERMINATED, None, error, now)
+    notify.notify_closed(str(instance["run_id"]))
 
 
 def _append_event(instance_id: int, instance: dict[str, Any], event: Event) -> int:
@@ -1008,6 +1228,7 @@ def resume(workflow_id: str, run_id: str | None) -> None:
         seq = _append_event(instance_id, instance, Event(kind=EventKind.EXECUTION_RESUMED, timestamp=now))
         # A workflow task parked for failing before the suspension gets one more try.
         WorkItem.objects.filter(instance_id=instance_id, parked_at__isnull=False).update(parked_at=None, dispatched_at=None)
+        notify.notify_work(instance["queue"])
         WorkflowInstance.objects.filter(pk=instance_id).update(
             status=WorkflowStatus.RUNNING if instance["started_at"] else WorkflowStatus.PENDING,
             history_length=seq, updated_at=now,
@@ -1171,9 +1392,10 @@ def _fail_attempt(
 
 def fire_due_timers(*, queues: Sequence[str], limit: int) -> int:
     """Deliver ``TimerFired`` for due timers; each in its own transaction under its run's lock."""
-    now = db_now()
+    # Every worker loop asks: on PostgreSQL the clock is read in the query, not before it.
+    clock = TransactionNow() if connection.vendor == "postgresql" and clock_override is None else db_now()
     due = list(
-        _claimable(now, kind=WorkItemKind.TIMER, queue__in=list(queues)).values_list(
+        _claimable(clock, kind=WorkItemKind.TIMER, queue__in=list(queues)).values_list(
             "id", "instance_id", "task_id", "due_at"
         )[:limit]
     )
@@ -1182,6 +1404,7 @@ def fire_due_timers(*, queues: Sequence[str], limit: int) -> int:
         with transaction.atomic():
             # A run locked by someone else is skipped: they may be firing this very timer.
             instance = _lock_instance(instance_id, skip_locked=True)
+            now = (instance.pop("now", None) if instance else None) or db_now()
             deleted, _ = WorkItem.objects.filter(id=item_id).delete() if instance else (0, None)
             if not deleted:
                 continue  # fired by another worker, the run is busy or closed: next round

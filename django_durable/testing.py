@@ -111,6 +111,8 @@ class WorkflowEnvironment:
         store.clock_override = None
         registry._activities.update(self._originals)
         self._originals.clear()
+        if self._worker is not None:
+            self._worker.cache.clear()  # workflow code parked between tasks: unwind it
         self._worker = None
 
     def _clock(self) -> datetime.datetime:

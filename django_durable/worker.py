@@ -22,9 +22,10 @@ from types import FrameType
 
 from django.db import DatabaseError, close_old_connections, connections
 
-from . import store
+from . import notify, store
 from .conf import durable_settings
 from .executors import load_executor
+from .executors.cache import RunCache
 from .executors.run import RunningActivity, execute_activity, execute_workflow_task
 from .models import WorkItemKind
 
@@ -56,6 +57,8 @@ class Worker:
         self._last_reap = 0.0
         self._db_error_backoff = 0.0
         self._workflow_task: store.Claim | None = None
+        self._listener: notify.Listener | None = None
+        self.cache = RunCache(durable_settings.WORKFLOW_CACHE_SIZE)
         # Leases are renewed from a thread of their own so that a long run of
         # workflow tasks in the main loop cannot starve renewal.
         self._renewer_stop = threading.Event()
@@ -78,19 +81,50 @@ class Worker:
             signal.signal(signal.SIGINT, self._handle_signal)
         logger.info("Worker %s started on queues %s, %d activity threads", self.name, self.queues, self.concurrency)
         self._renewer.start()
+        # LISTEN before the first claim: work committed from then on wakes the loop at once.
+        self._listener = notify.Listener([notify.WORK_CHANNEL]) if notify.supported() else None
+        idle_wait = self._first_idle_wait()
         try:
             while not self._stopping.is_set():
                 did_work = self._iterate()
                 if did_work:
+                    idle_wait = self._first_idle_wait()
                     continue
                 if self.batch and self._idle():
                     logger.info("No work due: exiting (--batch).")
                     break
-                self._wakeup.wait(self.poll_interval)
-                self._wakeup.clear()
+                self._wait(idle_wait)
+                # Notifications make polling a fall-back; without them, back off while idle.
+                idle_wait = min(idle_wait * 2, self.poll_interval)
         finally:
             self._finish_running()
+            if self._listener is not None:
+                self._listener.close()
         logger.info("Worker %s stopped.", self.name)
+
+    def _first_idle_wait(self) -> float:
+        return self.poll_interval if self._listener is not None else min(0.05, self.poll_interval)
+
+    def _wait(self, timeout: float) -> None:
+        """Until ``timeout``, new work on our queues (a notification), or ``_wake()``."""
+        if self._listener is None:
+            self._wakeup.wait(timeout)
+            self._wakeup.clear()
+            return
+        deadline = time.monotonic() + timeout
+        while not self._wakeup.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            received = self._listener.wait(remaining)
+            if not received or any(queue in self.queues for _, queue in received):
+                break  # ours, an interrupt, or a lost connection: look at the database
+        self._wakeup.clear()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+        if self._listener is not None:
+            self._listener.interrupt()
 
     def _configure_connections(self) -> None:
         max_age = durable_settings.WORKER_CONN_MAX_AGE
@@ -106,7 +140,7 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; running work finishes and the worker exits (the first signal)."""
         self._stopping.set()
-        self._wakeup.set()
+        self._wake()
 
     def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._stopping.is_set():
@@ -123,6 +157,7 @@ class Worker:
             self._wakeup.wait(self.poll_interval)
             self._wakeup.clear()
         self._pool.shutdown(wait=True)
+        self.cache.clear()
         self._renewer_stop.set()
         self._renewer.join()
         close_old_connections()
@@ -288,7 +323,7 @@ class Worker:
         fired = store.fire_due_timers(queues=self.queues, limit=durable_settings.CLAIM_BATCH_SIZE)
         workflow_tasks = self._claim(WorkItemKind.WORKFLOW, durable_settings.CLAIM_BATCH_SIZE)
         for item in workflow_tasks:
-            self._run_workflow_task(item)
+            execute_workflow_task(item, self.cache)
         activities = self._claim(WorkItemKind.ACTIVITY, durable_settings.CLAIM_BATCH_SIZE)
         for item in activities:
             try:
@@ -300,7 +335,25 @@ class Worker:
     # -- workflow tasks ------------------------------------------------------
 
     def _run_workflow_task(self, item: store.Claim) -> None:
-        execute_workflow_task(item)
+        eager = self._eager(free_after=0)
+        execute_workflow_task(item, self.cache, eager)
+        self._start_eager(eager)
+
+    def _eager(self, *, free_after: int) -> store.Eager | None:
+        """Room for activities a commit schedules, taken at once by this worker's threads
+        (``free_after``: threads the caller frees when it is done)."""
+        if self.executor is not None or self._stopping.is_set():
+            return None
+        with self._lock:
+            free = self.concurrency - len(self._running) + free_after
+        if free <= 0:
+            return None
+        return store.Eager(owner=self.name, queues=self.queues, limit=free, lease_seconds=self.lease_seconds)
+
+    def _start_eager(self, eager: store.Eager | None) -> None:
+        for item in eager.claims if eager is not None else ():
+            logger.debug("Took %s %s at once (item %s)", item.kind, item.name, item.id)
+            self._start_activity(item)
 
     # -- activities ----------------------------------------------------------
 
@@ -312,9 +365,10 @@ class Worker:
 
     def _run_activity(self, running: RunningActivity) -> None:
         item = running.item
+        eager = self._eager(free_after=1)
         try:
             close_old_connections()
-            execute_activity(running)
+            execute_activity(running, cache=self.cache, eager=eager)
         except store.LeaseLost as exc:
             logger.warning("Activity outcome discarded: %s", exc)
         except DatabaseError:
@@ -323,6 +377,8 @@ class Worker:
             logger.exception("Unexpected error running activity %s", item.name)
         finally:
             close_old_connections()
+            # Before this one leaves: a stopping worker waits for them too.
+            self._start_eager(eager)
             with self._lock:
                 self._running.pop((item.id, item.attempt), None)
-            self._wakeup.set()
+            self._wake()

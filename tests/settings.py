@@ -87,6 +87,7 @@ DURABLE = {
     "WORKFLOW_TASK_RETRY_INITIAL": 0.1,
     "WORKFLOW_TASK_RETRY_MAXIMUM": 1.0,
     "RESULT_POLL_INTERVAL": 0.1,
+    "WORKFLOW_TASK_TIMEOUT": float(os.environ.get("DURABLE_TEST_WORKFLOW_TASK_TIMEOUT", "15")),
     "WORKFLOW_TASK_MAX_FAILURES": int(os.environ.get("DURABLE_TEST_MAX_FAILURES", "10")),
     # A worker started with small limits (start_worker(env={...})) shows the history size checks.
     "HISTORY_WARN_EVENTS": int(os.environ.get("DURABLE_TEST_HISTORY_WARN_EVENTS", "10000")),

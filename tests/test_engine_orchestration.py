@@ -15,7 +15,9 @@ from django_durable import CancelledError, ChildWorkflowError, TimeoutError
 from django_durable.converter import JSONDataConverter
 from django_durable.engine import Event, TaskOutcome
 from django_durable.engine.replay import check_history
-from tests.test_engine import RUN_ID, T0, Run, activity_options, assert_completed, assert_running, completed, fired, kinds
+from tests.test_engine import (  # noqa: F401 - engine_mode runs each test in both modes
+    RUN_ID, T0, Run, activity_options, assert_completed, assert_running, completed, engine_mode, fired, kinds,
+)
 
 
 def raised(name: str, payload: Any = None) -> Event:

@@ -591,26 +591,26 @@ def test_non_determinism_leaves_the_workflow_retryable_after_a_fix(start_worker,
     assert events[: len(before)] == before
 
 
-def test_swallowed_suspension_is_a_task_error(start_worker):
-    handle = durable.start_workflow(wf.swallower)
+def test_workflow_code_that_exits_is_a_task_error(start_worker):
+    handle = durable.start_workflow(wf.crasher)
     worker = start_worker()
 
     def task_error():
         description = handle.describe()
         return description if description.task_error else None
 
-    wait_for(task_error, what="the swallower's task error")
+    wait_for(task_error, what="the crasher's task error")
     stop(worker)
 
     description = handle.describe()
-    assert "swallowed" in description.task_error["message"]
+    assert "sys.exit()" in description.task_error["message"]
     assert description.status in ("pending", "running")
     assert description.result is None and description.closed_at is None
     assert kinds(check_history(handle, closed=False)) == ["ExecutionStarted"]
     (task,) = description.pending_work
     assert task["kind"] == "workflow"
     assert task["failures"] >= 1
-    assert "swallowed" in task["last_error"]["message"]
+    assert "sys.exit()" in task["last_error"]["message"]
     with pytest.raises(durable.TimeoutError):
         handle.result(timeout=0.1)
 

@@ -11,6 +11,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import ErrorDetail
 
 from .. import registry, store
+from ..conf import durable_settings
 from ..models import HistoryEvent, IdReusePolicy, WorkflowInstance, WorkflowStatus
 from .parsers import MAX_JSON_DEPTH
 
@@ -266,6 +267,23 @@ class WorkflowFilterSerializer(serializers.Serializer):
 
 class RunSelectorSerializer(serializers.Serializer):
     run_id = serializers.UUIDField(required=False, help_text="A particular run; the latest when absent.")
+
+
+class LongPollSerializer(serializers.Serializer):
+    """``?wait=<seconds>`` of describe: at most ``DURABLE["API_MAX_WAIT"]`` (read per request)."""
+
+    wait = serializers.FloatField(
+        required=False, min_value=0,
+        help_text="Wait up to this many seconds for the run to close before answering.",
+    )
+
+    def validate_wait(self, value: float) -> float:
+        maximum = float(durable_settings.API_MAX_WAIT)
+        if value > maximum:
+            raise serializers.ValidationError(
+                f"Ensure this value is less than or equal to {maximum:g} (the API_MAX_WAIT setting)."
+            )
+        return value
 
 
 class WorkflowSummarySerializer(serializers.ModelSerializer):

@@ -142,6 +142,13 @@ class DurableSchema(AutoSchema):
                 + " when absent.",
                 "schema": {"type": "string", "format": "uuid"},
             })
+        if self._key(method) == "retrieve":
+            params.append({
+                "name": "wait", "required": False, "in": "query",
+                "description": "Long poll: answer as soon as the run is closed, or after this many seconds "
+                "(at most the API_MAX_WAIT setting, 60 by default).",
+                "schema": {"type": "number", "minimum": 0},
+            })
         return params
 
     def get_responses(self, path: str, method: str) -> dict[str, Any]:
@@ -360,6 +367,17 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
+
+    def retrieve(self, request: Any, workflow_id: str) -> Response:
+        """Describe the run. With ``?wait=<seconds>``, a long poll: answer as soon as the run is
+        closed, or once that many seconds have passed (at most ``API_MAX_WAIT``; 400 beyond)."""
+        poll = s.LongPollSerializer(data={k: v for k, v in request.query_params.items() if k == "wait"})
+        poll.is_valid(raise_exception=True)
+        instance = self.get_object()
+        wait = poll.validated_data.get("wait")
+        if wait and instance.is_open:
+            instance = client.wait_for_close(instance, wait, follow_chain=False)
+        return Response(self.get_serializer(instance).data)
 
     def handle_of(self, instance: WorkflowInstance) -> client.WorkflowHandle:
         return client.WorkflowHandle(instance.workflow_id, str(instance.run_id))

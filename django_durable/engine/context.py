@@ -1,10 +1,13 @@
 """``WorkflowContext``: the durable calls available to workflow code.
 
-Workflow code runs from the top on every workflow task. Each durable call gets
-the next sequence number (its ``task_id``) and is matched against history: a
-call history already answers returns at once; the first one it cannot answer
-unwinds the function with ``Suspend``, a ``BaseException`` so that
-``except Exception`` in user code cannot swallow it.
+Each durable call gets the next sequence number (its ``task_id``) and is matched
+against history: a call history already answers returns at once. Code runs in a
+thread of its own (``ResidentRun``): the first call history cannot answer parks
+that thread until the next workflow task brings new events. Between tasks a
+worker keeps the parked run, so a step costs the new events, not a replay; a
+run it no longer keeps is unwound with ``Suspend``, a ``BaseException`` so that
+``except Exception`` in user code cannot swallow it, and replayed from the top
+when it is needed again.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import datetime
 import random as _random
 import sys
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import (
@@ -115,35 +118,12 @@ class WorkflowContext:
         self._canceled_timers: set[int] = set()
         self._markers: set[str] = set()
         self._cancel_index: int | None = None
-        task_time: datetime.datetime | None = None
-        task_number = 0
+        self._length = 0  # history events indexed so far
+        self._task_time: datetime.datetime | None = None
+        self._task_number = 0
         self.started_at: datetime.datetime | None = None
-        for index, event in enumerate(history):
-            kind = event.kind
-            if kind == EventKind.WORKFLOW_TASK_STARTED:
-                task_time = event.timestamp
-                task_number += 1
-                if self.started_at is None:
-                    self.started_at = task_time
-            elif kind in COMMAND_KINDS:
-                assert event.task_id is not None
-                self._recorded[event.task_id] = event
-                self._recorded_index[event.task_id] = index
-            elif kind in COMPLETION_KINDS:
-                assert event.task_id is not None and task_time is not None
-                self._completions.setdefault(event.task_id, (index, event, task_time, task_number))
-            elif kind == EventKind.EVENT_RAISED:
-                assert task_time is not None
-                self._events.setdefault(event.name, []).append((index, event, task_time, task_number))
-            elif kind == EventKind.CANCEL_REQUESTED:
-                if self._cancel_index is None:
-                    self._cancel_index = index
-            elif kind == EventKind.PATCH_MARKER:
-                self._markers.add(event.name)
-            elif kind == EventKind.TIMER_CANCELED:
-                assert event.task_id is not None
-                self._canceled_timers.add(event.task_id)
-        self._latest_task_number = task_number
+        self._index(history)
+        self._latest_task_number = self._task_number
         # A closed run went past every point of its code, recorded or not.
         # patched() decides by the whole run: a replay of a prefix (the admin's time
         # travel) passes the rest as ``lookahead`` so it takes the branch the run took.
@@ -167,6 +147,52 @@ class WorkflowContext:
         self.swallowed = False
         self.fatal: BaseException | None = None
         self.continue_request: ContinueAsNew | None = None
+        # Set by a ResidentRun: waits park the code's thread instead of unwinding it.
+        self._park: Callable[[], None] | None = None
+
+    def _index(self, events: Iterable[Event]) -> None:
+        """Take ``events``, the next ones of the run's history, into account."""
+        for event in events:
+            index = self._length
+            self._length += 1
+            kind = event.kind
+            if kind == EventKind.WORKFLOW_TASK_STARTED:
+                self._task_time = event.timestamp
+                self._task_number += 1
+                if self.started_at is None:
+                    self.started_at = event.timestamp
+            elif kind in COMMAND_KINDS:
+                assert event.task_id is not None
+                self._recorded[event.task_id] = event
+                self._recorded_index[event.task_id] = index
+            elif kind in COMPLETION_KINDS:
+                assert event.task_id is not None and self._task_time is not None
+                self._completions.setdefault(event.task_id, (index, event, self._task_time, self._task_number))
+            elif kind == EventKind.EVENT_RAISED:
+                assert self._task_time is not None
+                self._events.setdefault(event.name, []).append((index, event, self._task_time, self._task_number))
+            elif kind == EventKind.CANCEL_REQUESTED:
+                if self._cancel_index is None:
+                    self._cancel_index = index
+            elif kind == EventKind.PATCH_MARKER:
+                self._markers.add(event.name)
+            elif kind == EventKind.TIMER_CANCELED:
+                assert event.task_id is not None
+                self._canceled_timers.add(event.task_id)
+
+    def extend(self, events: Sequence[Event]) -> None:
+        """Start a new workflow task of resident code: ``events`` are the history events
+        since the last task's commit (the task's ``WorkflowTaskStarted`` and inbox)."""
+        self._index(events)
+        self._latest_task_number = self._task_number
+        self._consumed_latest = False
+        self._max_recorded = max(self._recorded, default=0)
+
+    def committed(self) -> None:
+        """The task's new events are history now (resident code goes on after them)."""
+        self._index(self.new_events)
+        self.new_events = []
+        self._max_recorded = max(self._recorded, default=0)
 
     # -- deterministic helpers -------------------------------------------------
 
@@ -344,16 +370,18 @@ class WorkflowContext:
 
     def wait_all(self, tasks: Iterable[Task]) -> list[Any]:
         """Results of all ``tasks``; raises the first failure (in history order) at once."""
-        self._check_running()
         tasks = list(tasks)
-        entries = self._lookup_all(tasks)
-        done = [entry for entry in entries if entry is not None]
-        failures = [entry for entry in done if entry[1].kind in FAILURE_KINDS]
-        if failures:
-            first = min(failures, key=lambda entry: entry[0])
-            self._check_cancel(first[0])
-            return self._consume_entry(first)  # raises
-        if len(done) < len(tasks):
+        while True:
+            self._check_running()
+            entries = self._lookup_all(tasks)
+            done = [entry for entry in entries if entry is not None]
+            failures = [entry for entry in done if entry[1].kind in FAILURE_KINDS]
+            if failures:
+                first = min(failures, key=lambda entry: entry[0])
+                self._check_cancel(first[0])
+                return self._consume_entry(first)  # raises
+            if len(done) == len(tasks):
+                break
             self._check_cancel(None)
             pending = next(t for t, entry in zip(tasks, entries) if entry is None)
             self._suspend(pending.description)
@@ -362,12 +390,14 @@ class WorkflowContext:
 
     def wait_any(self, tasks: Iterable[Task]) -> Task:
         """The first of ``tasks`` to complete (in history order)."""
-        self._check_running()
         tasks = list(tasks)
         if not tasks:
             raise ValueError("wait_any() needs at least one task.")
-        done = [(entry, t) for t, entry in zip(tasks, self._lookup_all(tasks)) if entry is not None]
-        if not done:
+        while True:
+            self._check_running()
+            done = [(entry, t) for t, entry in zip(tasks, self._lookup_all(tasks)) if entry is not None]
+            if done:
+                break
             self._check_cancel(None)
             self._suspend(" or ".join(t.description for t in tasks))
         entry, winner = min(done, key=lambda pair: pair[0][0])
@@ -412,14 +442,15 @@ class WorkflowContext:
         )
 
     def _consume(self, task: Task) -> Any:
-        self._check_running()
-        entry = self._lookup(task)
-        if entry is None and task.task_id in self._canceled_timers:
-            raise CancelledError(f"{task.description} was canceled with cancel_timer().")
-        self._check_cancel(entry[0] if entry is not None else None)
-        if entry is None:
+        while True:
+            self._check_running()
+            entry = self._lookup(task)
+            if entry is None and task.task_id in self._canceled_timers:
+                raise CancelledError(f"{task.description} was canceled with cancel_timer().")
+            self._check_cancel(entry[0] if entry is not None else None)
+            if entry is not None:
+                return self._take(task, entry)
             self._suspend(task.description)
-        return self._take(task, entry)
 
     def _lookup(self, task: Task, skip: int = 0) -> Entry | None:
         """What answers ``task`` in history, or None; ``skip`` passes over events of the
@@ -507,9 +538,14 @@ class WorkflowContext:
         ]
         return [entry[1] for entry in sorted(left, key=lambda entry: entry[0])]
 
-    def _suspend(self, waiting_on: str) -> Any:
+    def _suspend(self, waiting_on: str) -> None:
+        """Wait for the next workflow task: park the code's thread (a ResidentRun), which
+        raises ``Suspend`` if the run is dropped meanwhile, or unwind the code at once."""
         self.suspended_on = waiting_on
-        raise Suspend()
+        if self._park is None:
+            raise Suspend()
+        self._park()
+        self.suspended_on = None
 
     def _fail(self, error: BaseException) -> Any:
         self.fatal = error

@@ -8,22 +8,18 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import (
-    CancelledError,
     HistoryTooLarge,
     NonDeterminismError,
-    SerializationError,
     WorkflowTaskError,
 )
-from .context import Abort, ContinueAsNew, Suspend, WorkflowContext
+from .context import WorkflowContext
 from .events import CLOSE_KINDS, Event, EventKind
 from .failures import failure_from_exception, qualified_name
+from .resident import CANCELED, COMPLETED, CONTINUED_AS_NEW, FAILED, RUNNING, ResidentRun
 
 if TYPE_CHECKING:
     from ..converter import DataConverter
 
-RUNNING, COMPLETED, FAILED, CANCELED, CONTINUED_AS_NEW = (
-    "running", "completed", "failed", "canceled", "continued_as_new"
-)
 CLOSE_EVENT = {
     COMPLETED: EventKind.WORKFLOW_COMPLETED,
     FAILED: EventKind.WORKFLOW_FAILED,
@@ -44,6 +40,9 @@ class TaskOutcome:
     task_error: WorkflowTaskError | None = None
     # The history crossed the warning size in this task.
     history_warning: str | None = None
+    # The code, parked where it waits, for the next task of the run (RUNNING outcomes only):
+    # call ``committed()`` on it once this task's events are stored, ``close()`` to drop it.
+    resident: ResidentRun | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def run_workflow_task(
@@ -61,32 +60,48 @@ def run_workflow_task(
     workflow_options: Callable[[Any], tuple[str, str | None]] | None = None,
     history_warn_events: int | None = None,
     history_max_events: int | None = None,
+    resident: ResidentRun | None = None,
+    task_timeout: float | None = None,
 ) -> TaskOutcome:
-    """Replay ``fn`` over ``history`` plus this task's ``inbox`` events.
+    """Run ``fn`` over ``history`` plus this task's ``inbox`` events.
 
     ``activity_options(fn_or_name)`` resolves an activity to its registered
     name and the options to record (retry policy, timeouts, queue);
     ``workflow_options`` does the same for child workflows (name, queue).
+
+    With ``resident`` (the run's code kept from its last task), ``history`` holds
+    only the events stored since that task's commit, and the code goes on from
+    where it waited; without, ``history`` is the whole run and the code replays it.
     """
     started = Event(kind=EventKind.WORKFLOW_TASK_STARTED.value, timestamp=now)
-    received = [started, *inbox]
-    ctx, status, result, error = _execute(
-        fn,
-        [*history, *received],
-        workflow_id=workflow_id,
-        run_id=run_id,
-        workflow_name=workflow_name,
-        queue=queue,
-        converter=converter,
-        activity_options=activity_options,
-        workflow_options=workflow_options,
-    )
+    received = [*history, started, *inbox] if resident is not None else [started, *inbox]
+    if resident is None:
+        resident = _start(
+            fn,
+            [*history, *received],
+            workflow_id=workflow_id,
+            run_id=run_id,
+            workflow_name=workflow_name,
+            queue=queue,
+            converter=converter,
+            activity_options=activity_options,
+            workflow_options=workflow_options,
+            timeout=task_timeout,
+        )
+        status, result, error = resident.start()
+        known = len(history)
+    else:
+        known = resident.length
+        status, result, error = resident.resume(received)
+        received = [started, *inbox]
+    ctx = resident.ctx
     task_error = _task_error(ctx, status)
     if task_error is not None:
+        resident.close()
         return TaskOutcome(status=RUNNING, new_events=[], vars={}, task_error=task_error)
 
     new_events = [*received, *ctx.new_events]
-    size = len(history) + len(new_events)
+    size = known + len(new_events)
     if history_max_events is not None and size >= history_max_events and status != CONTINUED_AS_NEW:
         status, result = FAILED, None
         error = failure_from_exception(
@@ -98,7 +113,7 @@ def run_workflow_task(
         )
         new_events = list(received)
     warning = None
-    if history_warn_events is not None and len(history) < history_warn_events <= size:
+    if history_warn_events is not None and known < history_warn_events <= size:
         warning = (
             f"The history of workflow {workflow_id!r} has {size} events (warning at {history_warn_events}"
             + (f", limit {history_max_events}" if history_max_events else "")
@@ -110,14 +125,17 @@ def run_workflow_task(
     elif status != RUNNING:
         payload = {"result": result} if status == COMPLETED else {"error": error}
         new_events.append(_close(CLOSE_EVENT[status], ctx, payload))
+    if status != RUNNING:
+        resident.close()  # e.g. failed by the history limit while its code waits
     return TaskOutcome(
         status=status,
         new_events=new_events,
-        vars=ctx.vars,
+        vars=dict(ctx.vars),
         result=result,
         error=error,
         waiting_on=ctx.suspended_on if status == RUNNING else None,
         history_warning=warning,
+        resident=resident if status == RUNNING else None,
     )
 
 
@@ -168,38 +186,34 @@ def check_history(
     return None
 
 
-def _execute(
-    fn: Callable[..., Any], history: Sequence[Event], *, converter: DataConverter, **context: Any
-) -> tuple[WorkflowContext, str, Any, dict[str, Any] | None]:
+def _start(
+    fn: Callable[..., Any],
+    history: Sequence[Event],
+    *,
+    converter: DataConverter,
+    timeout: float | None = None,
+    **context: Any,
+) -> ResidentRun:
     ctx = WorkflowContext(history=history, converter=converter, **context)
     execution = history[0]
     args = converter.from_json(execution.payload.get("args", []))
     kwargs = converter.from_json(execution.payload.get("kwargs", {}))
-    status, result, error = RUNNING, None, None
+    return ResidentRun(fn, ctx, args, kwargs, timeout=timeout)
+
+
+def _execute(
+    fn: Callable[..., Any], history: Sequence[Event], *, converter: DataConverter, **context: Any
+) -> tuple[WorkflowContext, str, Any, dict[str, Any] | None]:
+    """Run ``fn`` over ``history`` once, to where it waits or ends, then drop it."""
+    resident = _start(fn, history, converter=converter, **context)
     try:
-        value = fn(ctx, *args, **kwargs)
-    except (Suspend, Abort, ContinueAsNew):
-        pass
-    except CancelledError as exc:
-        status, error = CANCELED, failure_from_exception(exc)
-    except Exception as exc:  # the workflow code failed: the workflow fails
-        status, error = FAILED, failure_from_exception(exc)
-    else:
-        try:
-            status, result = COMPLETED, ctx._encode(value, "the workflow's return value")
-        except SerializationError as exc:
-            status, error = FAILED, failure_from_exception(exc)
-    request = ctx.continue_request
-    if request is not None and ctx.fatal is None:
-        # Once called, continue_as_new() decides, whatever the code did with its exception.
-        status, error, result = CONTINUED_AS_NEW, None, {
-            "args": request.args_json,
-            "kwargs": request.kwargs_json,
-            "events": [
-                {"name": event.name, "payload": event.payload, "timestamp": event.timestamp.isoformat()}
-                for event in ctx.unconsumed_events()
-            ],
-        }
+        status, result, error = resident.start()
+        # What the code did until it waited, before unwinding it runs its finally blocks.
+        ctx = resident.ctx
+        snapshot = (dict(ctx.vars), ctx.suspended_on, list(ctx.new_events), ctx.swallowed)
+    finally:
+        resident.close()
+    ctx.vars, ctx.suspended_on, ctx.new_events, ctx.swallowed = snapshot
     return ctx, status, result, error
 
 

@@ -16,12 +16,13 @@ from .. import registry, store
 from ..activity import ActivityInfo, ResultPending, _current, _Scope
 from ..conf import durable_settings
 from ..converter import from_json, get_converter, to_json
-from ..engine import run_workflow_task
+from ..engine import TaskOutcome, run_workflow_task
 from ..engine.events import EventKind
 from ..engine.failures import failure_from_exception
 from ..exceptions import ActivityNotPending, NotRegistered, SerializationError
 from ..models import OPEN_STATUSES
 from ..tokens import make_task_token
+from .cache import RunCache
 
 logger = logging.getLogger("django_durable.worker")
 
@@ -46,8 +47,14 @@ class RunningActivity:
         return store.cancel_requested(self.item.instance_id)
 
 
-def execute_activity(running: RunningActivity) -> None:
-    """Run the attempt's function and record its outcome (raises LeaseLost if it is no longer ours)."""
+def execute_activity(
+    running: RunningActivity, *, cache: RunCache | None = None, eager: store.Eager | None = None
+) -> None:
+    """Run the attempt's function and record its outcome (raises LeaseLost if it is no longer ours).
+
+    With a ``cache`` holding the run's code, the run's next workflow task runs within the
+    result's commit (see ``InlineTask``); activities it schedules may go to ``eager``.
+    """
     item = running.item
     try:
         definition = registry.get_activity_definition(item.name)
@@ -86,8 +93,90 @@ def execute_activity(running: RunningActivity) -> None:
     except SerializationError as exc:
         record_failure(item, exc, retryable=False)
         return
-    store.complete_activity(item, result)
+    if cache is None:
+        store.complete_activity(item, result)
+    else:
+        inline = InlineTask(cache)
+        try:
+            inline.ran = store.complete_activity(item, result, continue_run=inline, eager=eager)
+        finally:
+            inline.settle()
     logger.info("Activity %s of %s completed (attempt %d)", item.name, item.workflow_id, item.attempt)
+
+
+class InlineTask:
+    """A run's next workflow task, run inside the transaction that records an activity's
+    result when this worker holds the run's code: one commit per step instead of three
+    (result, workflow task claim, decisions) and no history read. Anything unusual (code
+    not held or not current, an engine error) declines, and an ordinary task follows."""
+
+    def __init__(self, cache: RunCache) -> None:
+        self.cache = cache
+        self.ran = False
+        self._continuation: store.Continuation | None = None
+        self._outcome: TaskOutcome | None = None
+
+    def __call__(self, continuation: store.Continuation) -> store.TaskDecisions | None:
+        resident = self.cache.take(continuation.instance_id)
+        if resident is None:
+            return None
+        if resident.length != continuation.history_length:
+            resident.close()
+            return None
+        try:
+            outcome = run_workflow_task(
+                registry.get_workflow_definition(continuation.workflow_name).fn,
+                workflow_id=continuation.workflow_id,
+                run_id=continuation.run_id,
+                workflow_name=continuation.workflow_name,
+                queue=continuation.queue,
+                history=[],
+                inbox=continuation.inbox,
+                now=continuation.now,
+                converter=get_converter(),
+                activity_options=registry.activity_call_options,
+                workflow_options=registry.workflow_call_options,
+                history_warn_events=durable_settings.HISTORY_WARN_EVENTS,
+                history_max_events=durable_settings.HISTORY_MAX_EVENTS,
+                resident=resident,
+                task_timeout=durable_settings.WORKFLOW_TASK_TIMEOUT,
+            )
+        except BaseException:  # noqa: BLE001 - e.g. sys.exit() in workflow code: an ordinary task will fail
+            resident.close()
+            return None
+        if outcome.task_error is not None:
+            return None
+        self._continuation, self._outcome = continuation, outcome
+        return store.TaskDecisions(
+            outcome.new_events, outcome.status, outcome.vars, outcome.result, outcome.error, outcome.waiting_on
+        )
+
+    def settle(self) -> None:
+        """After the transaction: keep the code if its task committed, else drop it."""
+        outcome, continuation = self._outcome, self._continuation
+        if outcome is None or continuation is None:
+            return
+        if outcome.resident is not None:
+            if self.ran:
+                outcome.resident.committed()
+                self.cache.put(continuation.instance_id, outcome.resident)
+            else:
+                outcome.resident.close()
+            outcome.resident = None
+        if self.ran:
+            after_workflow_task(outcome, continuation.instance_id, continuation.workflow_id, continuation.workflow_name)
+
+
+def after_workflow_task(outcome: TaskOutcome, instance_id: int, workflow_id: str, workflow_name: str) -> None:
+    """Once a workflow task committed: log it and, if the run closed, settle its children."""
+    logger.info(
+        "Workflow %s (%s): %s%s", workflow_id, workflow_name, outcome.status,
+        f", waiting on {outcome.waiting_on}" if outcome.waiting_on else "",
+    )
+    if outcome.history_warning:
+        logger.warning(outcome.history_warning)
+    if outcome.status not in OPEN_STATUSES:
+        store.apply_parent_close_policies(parent_id=instance_id)
 
 
 def record_failure(item: store.Claim, exc: Exception, *, retryable: bool) -> None:
@@ -146,10 +235,23 @@ def run_workflow_task_item(item: store.Claim, *, lease_seconds: float) -> None:
         execute_workflow_task(item)
 
 
-def execute_workflow_task(item: store.Claim) -> None:
-    """Replay the run, run its code up to where it waits, and commit the decisions."""
+def execute_workflow_task(
+    item: store.Claim, cache: RunCache | None = None, eager: store.Eager | None = None
+) -> None:
+    """Run the workflow's code up to where it waits, and commit the decisions.
+
+    With a ``cache`` that holds the run's code parked where its last task left it, the
+    code resumes with the new events; otherwise it replays the run's history.
+    """
+    resident = cache.take(item.instance_id) if cache is not None else None
+    outcome = None
     try:
-        task = store.load_workflow_task(item)
+        task = store.load_workflow_task(item, known_length=resident.length if resident else None)
+        if task is not None and resident is not None and not _still_current(task):
+            resident.close()  # another worker ran the run's task since: replay
+            resident = None
+            if task.known_length is not None:
+                task = store.load_workflow_task(item)
         if task is None or task.status not in OPEN_STATUSES:
             store.discard(item)
             return
@@ -168,7 +270,10 @@ def execute_workflow_task(item: store.Claim) -> None:
             workflow_options=registry.workflow_call_options,
             history_warn_events=durable_settings.HISTORY_WARN_EVENTS,
             history_max_events=durable_settings.HISTORY_MAX_EVENTS,
+            resident=resident,
+            task_timeout=durable_settings.WORKFLOW_TASK_TIMEOUT,
         )
+        resident = None  # run_workflow_task owns it now: it is outcome.resident or closed
         if outcome.task_error is not None:
             record_workflow_task_failure(item, task.workflow_id, outcome.task_error)
             return
@@ -181,26 +286,36 @@ def execute_workflow_task(item: store.Claim) -> None:
             result=outcome.result,
             error=outcome.error,
             waiting_on=outcome.waiting_on,
+            eager=eager,
+            history_length=task.history_length,
         )
         if not committed:
             logger.info("Workflow %s: an event arrived as it closed; running its task again.", task.workflow_id)
             return
-        logger.info(
-            "Workflow %s (%s): %s%s", task.workflow_id, task.workflow_name, outcome.status,
-            f", waiting on {outcome.waiting_on}" if outcome.waiting_on else "",
-        )
-        if outcome.history_warning:
-            logger.warning(outcome.history_warning)
-        if outcome.status not in OPEN_STATUSES and any(
-            event.kind == EventKind.CHILD_WORKFLOW_SCHEDULED for event in (*task.history, *outcome.new_events)
-        ):
-            store.apply_parent_close_policies(parent_id=item.instance_id)
+        if outcome.resident is not None and cache is not None:
+            outcome.resident.committed()
+            cache.put(item.instance_id, outcome.resident)
+            outcome.resident = None
+        after_workflow_task(outcome, item.instance_id, task.workflow_id, task.workflow_name)
     except store.LeaseLost as exc:
         logger.warning("Workflow task discarded: %s", exc)
     except DatabaseError:
         raise
     except BaseException as exc:  # noqa: BLE001 - NotRegistered, sys.exit() in workflow code, a bug: back off
         record_workflow_task_failure(item, str(item.instance_id), exc)
+    finally:
+        # Whatever did not make it into the cache is dropped: the next task replays.
+        for leftover in (resident, outcome.resident if outcome is not None else None):
+            if leftover is not None:
+                leftover.close()
+
+
+def _still_current(task: store.WorkflowTaskInput) -> bool:
+    """Whether parked code is current: nothing but events appended from outside (suspend,
+    resume) was stored after it, in particular no other worker's workflow task."""
+    return task.known_length is not None and not any(
+        event.kind == EventKind.WORKFLOW_TASK_STARTED for event in task.history
+    )
 
 
 def record_workflow_task_failure(item: store.Claim, workflow_id: str, error: BaseException) -> None:

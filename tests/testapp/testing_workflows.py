@@ -30,7 +30,7 @@ __all__ = [
     "th_slow_retry",
     "th_spinner",
     "th_subscription",
-    "th_swallows_suspension",
+    "th_crashes_every_task",
     "th_task_crashes_then_works",
     "th_waits_forever",
     "th_waits_on_child",
@@ -217,12 +217,8 @@ def th_task_crashes_then_works(ctx: durable.WorkflowContext) -> str:
 
 
 @durable.workflow
-def th_swallows_suspension(ctx: durable.WorkflowContext) -> str:
-    try:
-        ctx.wait_for_event("go")
-    except:  # noqa: E722, S110 - deliberately wrong workflow code
-        pass
-    return "swallowed"
+def th_crashes_every_task(ctx: durable.WorkflowContext) -> str:
+    raise SystemExit("workflow code called sys.exit()")
 
 
 @durable.workflow

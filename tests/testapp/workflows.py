@@ -201,12 +201,8 @@ def bad_argument(ctx: durable.WorkflowContext) -> str:
 
 
 @durable.workflow
-def swallower(ctx: durable.WorkflowContext) -> str:
-    try:
-        ctx.call_activity(add, 1, 2).result()
-    except:  # noqa: E722 - deliberately wrong workflow code
-        pass
-    return "swallowed"
+def crasher(ctx: durable.WorkflowContext) -> str:
+    raise SystemExit("workflow code called sys.exit()")
 
 
 @durable.workflow
