@@ -31,6 +31,7 @@ from . import registry, store
 from .client import WorkflowHandle, start_workflow
 from .exceptions import DurableError, NotRegistered, TimeoutError
 from .models import OPEN_STATUSES, WorkflowInstance, WorkflowStatus, WorkItemKind
+from .executors.cache import RunCache
 from .worker import Worker
 
 __all__ = ["StepLimitExceeded", "WorkflowEnvironment", "WorkflowStuck"]
@@ -97,6 +98,9 @@ class WorkflowEnvironment:
             else:
                 replacements[name] = dataclasses.replace(originals[name], fn=fake)
         self._worker = Worker(queues=self._queues, concurrency=1, name="durable-testing")
+        # Replay every workflow task from the top, as after a worker restart: code that
+        # does not replay deterministically (or that changed under a run) fails in tests.
+        self._worker.cache = RunCache(0)
         self._originals = originals
         registry._activities.update(replacements)
         store.clock_override = self._clock
