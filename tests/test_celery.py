@@ -16,6 +16,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -305,8 +306,8 @@ def test_a_workflow_task_is_dispatched_again_whenever_it_becomes_claimable_again
     # Released by its commit because a signal arrived while it ran.
     load_workflow_task = store.load_workflow_task
 
-    def load_then_signal(item: store.Claim) -> store.WorkflowTaskInput | None:
-        task = load_workflow_task(item)
+    def load_then_signal(item: store.Claim, **options: Any) -> store.WorkflowTaskInput | None:
+        task = load_workflow_task(item, **options)
         handle.signal("late")
         return task
 
