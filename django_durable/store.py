@@ -602,13 +602,11 @@ def complete_workflow_task(
     error: dict[str, Any] | None = None,
     waiting_on: str | None = None,
     eager: Eager | None = None,
-    history_length: int | None = None,
 ) -> bool:
     """Commit one workflow task's decisions atomically, or raise ``LeaseLost`` and write nothing.
 
     Returns False, having written nothing but the task's release, when the run would
-    close while an event it has not seen arrived, or when its history is no longer
-    ``history_length`` long (what the task read): the task runs again.
+    close while an event it has not seen arrived: the task runs again with it.
     """
     decisions = TaskDecisions(new_events, status, vars, result, error, waiting_on)
     with transaction.atomic():
@@ -617,14 +615,6 @@ def complete_workflow_task(
             raise LeaseLost(f"run of work item {item.id} no longer exists")
         now = instance.pop("now", None) or db_now()
         closing = status in CLOSING_STATUSES
-        if history_length is not None and instance["history_length"] != history_length:
-            # Only the holder of the task writes a run's history, so this is a bug's trace;
-            # never append to a history the decisions were not made on.
-            logger.error("Run %s: history is %s events, the task read %s; running the task again.",
-                         item.instance_id, instance["history_length"], history_length)
-            if not _release_workflow_task(item, instance, now):
-                raise _lease_lost(item)
-            return False
         if closing and status != WorkflowStatus.CONTINUED_AS_NEW and (
             InboxEvent.objects.filter(instance_id=item.instance_id, kind=EventKind.EVENT_RAISED)
             .exclude(id__in=inbox_ids)

@@ -287,7 +287,6 @@ def execute_workflow_task(
             error=outcome.error,
             waiting_on=outcome.waiting_on,
             eager=eager,
-            history_length=task.history_length,
         )
         if not committed:
             logger.info("Workflow %s: an event arrived as it closed; running its task again.", task.workflow_id)
