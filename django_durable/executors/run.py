@@ -17,6 +17,7 @@ from ..activity import ActivityInfo, ResultPending, _current, _Scope
 from ..conf import durable_settings
 from ..converter import from_json, get_converter, to_json
 from ..engine import TaskOutcome, run_workflow_task
+from ..engine.resident import ResidentRun
 from ..engine.events import EventKind
 from ..engine.failures import failure_from_exception
 from ..exceptions import ActivityNotPending, NotRegistered, SerializationError
@@ -104,6 +105,23 @@ def execute_activity(
     logger.info("Activity %s of %s completed (attempt %d)", item.name, item.workflow_id, item.attempt)
 
 
+def run_task(*, workflow_name: str, resident: ResidentRun | None, **task: Any) -> TaskOutcome:
+    """``run_workflow_task`` for a registered workflow, with the project's converter,
+    registry and limits (``task``: ids, queue, history, inbox, now)."""
+    return run_workflow_task(
+        registry.get_workflow_definition(workflow_name).fn,
+        workflow_name=workflow_name,
+        converter=get_converter(),
+        activity_options=registry.activity_call_options,
+        workflow_options=registry.workflow_call_options,
+        history_warn_events=durable_settings.HISTORY_WARN_EVENTS,
+        history_max_events=durable_settings.HISTORY_MAX_EVENTS,
+        resident=resident,
+        task_timeout=durable_settings.WORKFLOW_TASK_TIMEOUT,
+        **task,
+    )
+
+
 class InlineTask:
     """A run's next workflow task, run inside the transaction that records an activity's
     result when this worker holds the run's code: one commit per step instead of three
@@ -124,8 +142,7 @@ class InlineTask:
             resident.close()
             return None
         try:
-            outcome = run_workflow_task(
-                registry.get_workflow_definition(continuation.workflow_name).fn,
+            outcome = run_task(
                 workflow_id=continuation.workflow_id,
                 run_id=continuation.run_id,
                 workflow_name=continuation.workflow_name,
@@ -133,13 +150,7 @@ class InlineTask:
                 history=[],
                 inbox=continuation.inbox,
                 now=continuation.now,
-                converter=get_converter(),
-                activity_options=registry.activity_call_options,
-                workflow_options=registry.workflow_call_options,
-                history_warn_events=durable_settings.HISTORY_WARN_EVENTS,
-                history_max_events=durable_settings.HISTORY_MAX_EVENTS,
                 resident=resident,
-                task_timeout=durable_settings.WORKFLOW_TASK_TIMEOUT,
             )
         except BaseException:  # noqa: BLE001 - e.g. sys.exit() in workflow code: an ordinary task will fail
             resident.close()
@@ -255,9 +266,7 @@ def execute_workflow_task(
         if task is None or task.status not in OPEN_STATUSES:
             store.discard(item)
             return
-        definition = registry.get_workflow_definition(task.workflow_name)
-        outcome = run_workflow_task(
-            definition.fn,
+        outcome = run_task(
             workflow_id=task.workflow_id,
             run_id=task.run_id,
             workflow_name=task.workflow_name,
@@ -265,13 +274,7 @@ def execute_workflow_task(
             history=task.history,
             inbox=task.inbox,
             now=item.claimed_at,
-            converter=get_converter(),
-            activity_options=registry.activity_call_options,
-            workflow_options=registry.workflow_call_options,
-            history_warn_events=durable_settings.HISTORY_WARN_EVENTS,
-            history_max_events=durable_settings.HISTORY_MAX_EVENTS,
             resident=resident,
-            task_timeout=durable_settings.WORKFLOW_TASK_TIMEOUT,
         )
         resident = None  # run_workflow_task owns it now: it is outcome.resident or closed
         if outcome.task_error is not None:
