@@ -261,9 +261,14 @@ def test_workflow_tasks_run_in_the_celery_worker_with_celery_workflow_tasks(
     completed = f"Workflow {workflow_id} (celery_sequence): completed"
     wait_for(lambda: completed in celery_worker.log(), timeout=TIMEOUT, what="the celery worker's log line")
     assert f"Workflow {workflow_id} (" not in dispatcher.log(), dispatcher.log()
-    # Each workflow task (start, after each activity) was one Celery task of its own.
-    succeeded = re.findall(r"Task django_durable\.run_workflow_task\[[^]]+\] succeeded", celery_worker.log())
-    assert len(succeeded) == 3, celery_worker.log()
+
+    # Each workflow task (start, after each activity) was one Celery task of its own. Celery
+    # logs "succeeded" after the task returns, i.e. after the run's "completed" line.
+    def succeeded() -> list[str]:
+        return re.findall(r"Task django_durable\.run_workflow_task\[[^]]+\] succeeded", celery_worker.log())
+
+    wait_for(lambda: len(succeeded()) >= 3, timeout=TIMEOUT, what="the third workflow task to return")
+    assert len(succeeded()) == 3, celery_worker.log()
 
 
 def test_a_workflow_task_is_dispatched_again_whenever_it_becomes_claimable_again(db, monkeypatch, queue, key) -> None:
