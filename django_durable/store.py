@@ -1334,6 +1334,51 @@ def fail_activity(
         return _fail_attempt(item, fence, instance, failure, retryable=retryable, now=now)
 
 
+def fail_late_attempt(item: Claim) -> bool:
+    """Fail, without running it, an attempt claimed after its schedule-to-close
+    deadline: with the previous attempt's error (a retry due just before the deadline
+    was claimed just after it), or a TimeoutError when no attempt ever started.
+    Returns False (and writes nothing) when the attempt is not late."""
+    limit = (item.payload.get("options") or {}).get("schedule_to_close_timeout")
+    if limit is None or item.claimed_at < item.created_at + _seconds(limit):
+        return False
+    with transaction.atomic():
+        instance = _lock_instance(item.instance_id)
+        if instance is None:
+            raise _lease_lost(item)
+        now = db_now()
+        fence = _fence(item)
+        last_error = fence.values_list("last_error", flat=True).first()
+        if not fence.delete()[0]:
+            raise _lease_lost(item)
+        if item.attempt > 1 and last_error:
+            attempt = item.attempt - 1
+            failure = {
+                **last_error,
+                "message": f"{last_error.get('message', '')} (no retry: schedule_to_close_timeout of {limit}s reached)",
+            }
+        else:
+            attempt = item.attempt
+            failure = {
+                "type": "django_durable.exceptions.TimeoutError",
+                "message": f"activity {item.name!r} reached its schedule_to_close_timeout of {limit}s "
+                           f"before attempt {item.attempt} started",
+                "mro": ["TimeoutError"],
+            }
+        _deliver(
+            item.instance_id,
+            instance,
+            Event(
+                kind=EventKind.ACTIVITY_FAILED,
+                timestamp=now,
+                name=item.name,
+                task_id=item.task_id,
+                payload={"error": failure, "attempt": attempt},
+            ),
+        )
+    return True
+
+
 def _fail_attempt(
     item: Claim,
     fence: Any,

@@ -9,6 +9,7 @@ bound; nothing sleeps a fixed time. Workflows: tests/testapp/worker_orchestratio
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 from pathlib import Path
@@ -381,6 +382,48 @@ def test_schedule_to_close_timeout_bounds_the_retries_of_a_failing_activity(star
     started = list(ActivityRun.objects.filter(key="s2c").order_by("id").values_list("created_at", flat=True))
     assert (started[-1] - started[0]).total_seconds() < 1.5  # no attempt began after the deadline
     assert_no_trouble(worker)
+
+
+def _step(kind: str) -> None:
+    """Claim the one due item of ``kind`` and run it here, as a worker would."""
+    from django_durable import store
+    from django_durable.executors.run import RunningActivity, execute_activity, execute_workflow_task
+
+    [item] = store.claim(owner="test", kind=kind, queues=["default"], limit=1, lease_seconds=30)
+    if kind == WorkItemKind.ACTIVITY:
+        execute_activity(RunningActivity(item))
+    else:
+        execute_workflow_task(item)
+
+
+def _miss_the_schedule_to_close_deadline() -> None:
+    """Make the activity's retry (or first attempt) due now, after its deadline passed."""
+    activity = WorkItem.objects.get(kind=WorkItemKind.ACTIVITY)
+    activity.created_at -= datetime.timedelta(hours=1)
+    activity.due_at = activity.created_at
+    activity.save(update_fields=["created_at", "due_at"])
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("attempts_before", [1, 0], ids=["a-retry", "the-first-attempt"])
+def test_an_attempt_claimed_after_its_schedule_to_close_deadline_does_not_run(attempts_before):
+    key = f"late-{attempts_before}"
+    handle = durable.start_workflow(wo_keeps_failing_work, key)
+    _step(WorkItemKind.WORKFLOW)
+    if attempts_before:
+        _step(WorkItemKind.ACTIVITY)  # fails; its retry is due 0.1 s later
+    _miss_the_schedule_to_close_deadline()
+    _step(WorkItemKind.ACTIVITY)
+    assert runs(key) == list(range(1, attempts_before + 1))  # the late attempt never ran
+    assert not WorkItem.objects.filter(kind=WorkItemKind.ACTIVITY).exists()
+    _step(WorkItemKind.WORKFLOW)
+    error = handle.result(timeout=UPPER)["error"]
+    if attempts_before:
+        assert error["type"] == "ConnectionError" and error["attempt"] == 1
+        assert "the service is still down (no retry: schedule_to_close_timeout of 1.5s reached)" in error["message"]
+    else:
+        assert error["type"] == "django_durable.exceptions.TimeoutError" and error["attempt"] == 1
+        assert "schedule_to_close_timeout of 1.5s before attempt 1 started" in error["message"]
 
 
 def test_schedule_to_close_timeout_cuts_off_a_hanging_attempt(start_worker, tmp_path):

@@ -57,6 +57,10 @@ def execute_activity(
     result's commit (see ``InlineTask``); activities it schedules may go to ``eager``.
     """
     item = running.item
+    if store.fail_late_attempt(item):
+        logger.warning("Activity %s of %s failed for good: attempt %d was claimed after its "
+                       "schedule_to_close_timeout", item.name, item.workflow_id, item.attempt)
+        return
     try:
         definition = registry.get_activity_definition(item.name)
         args = from_json(item.payload.get("args", []))
