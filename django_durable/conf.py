@@ -81,6 +81,15 @@ DEFAULTS: dict[str, Any] = {
     # The longest ``GET workflows/<id>/?wait=<seconds>`` may hold a request open
     # waiting for the run to close; a larger ``wait`` is refused with 400.
     "API_MAX_WAIT": 60.0,
+    # ``durable_prune``: runs closed longer ago than this (seconds, a timedelta or a
+    # duration such as "30d") are deleted, this many per transaction.
+    "PRUNE_RETENTION": 30 * 86400.0,
+    "PRUNE_BATCH_SIZE": 500,
+    # ``durable_healthcheck``: a worker silent for this long is stale (None: the
+    # dashboard's rule, at least 60s), and unclaimed work due (or a lease expired)
+    # for longer than HEALTH_OVERDUE_AFTER is overdue. Seconds, timedelta or "5m".
+    "HEALTH_WORKER_STALE_AFTER": None,
+    "HEALTH_OVERDUE_AFTER": 60.0,
 }
 
 IMPORT_STRINGS = {

@@ -31,6 +31,7 @@ from .exceptions import (
     WorkflowStateError,
     WorkflowStillOpen,
 )
+from .faults import crash_point
 from .models import (
     OPEN_STATUSES,
     HistoryEvent,
@@ -123,27 +124,22 @@ class TransactionNow(Func):
     output_field = DateTimeField()
 
 
-def _lock_instance(instance_id: int, *, skip_locked: bool = False, busy: bool = False) -> dict[str, Any] | None:
+def _lock_instance(instance_id: int, *, skip_locked: bool = False) -> dict[str, Any] | None:
     """Lock the run's row and read LOCKED_FIELDS; on PostgreSQL also ``now`` (the database's
-    clock, as ``db_now()``), and with ``busy`` whether it has a workflow task or inbox events."""
+    clock, as ``db_now()``)."""
+    if clock_override is None and connection.vendor == "postgresql":
+        # Hand-written: on every step's path, and the ORM's query building costs more
+        # client CPU than the query. NO KEY: the row's key never changes, and a plain
+        # FOR UPDATE would conflict with the FOR KEY SHARE that PostgreSQL's deferred
+        # foreign-key checks take on it at commit.
+        with connection.cursor() as cursor:
+            cursor.execute(_LOCK_SQL_SKIP_LOCKED if skip_locked else _LOCK_SQL, [instance_id])
+            row = cursor.fetchone()
+        return None if row is None else dict(zip((*LOCKED_FIELDS, "now"), row))
     skip_locked = skip_locked and connection.features.has_select_for_update_skip_locked
-    # NO KEY: the row's key never changes, and a plain FOR UPDATE would conflict with the
-    # FOR KEY SHARE that PostgreSQL's deferred foreign-key checks take on it at commit.
     no_key = connection.features.has_select_for_no_key_update
     runs = WorkflowInstance.objects.select_for_update(skip_locked=skip_locked, no_key=no_key).filter(pk=instance_id)
-    extra: dict[str, Any] = {}
-    if clock_override is None and connection.vendor == "postgresql":
-        extra["now"] = TransactionNow()  # one round trip less than db_now()
-    instance = runs.values(*LOCKED_FIELDS, **extra).first()
-    if busy and instance is not None:
-        # A statement of its own: subqueries of the locking one would read the snapshot taken
-        # before it waited for the lock, blind to what the previous holder committed.
-        busy_state = WorkflowInstance.objects.filter(pk=instance_id).values(
-            has_workflow_task=Exists(WorkItem.objects.filter(instance_id=OuterRef("pk"), kind=WorkItemKind.WORKFLOW)),
-            has_inbox=Exists(InboxEvent.objects.filter(instance_id=OuterRef("pk"))),
-        ).first()
-        instance.update(busy_state or {"has_workflow_task": True, "has_inbox": True})
-    return instance
+    return runs.values(*LOCKED_FIELDS).first()
 
 
 LOCKED_FIELDS = (
@@ -153,6 +149,11 @@ LOCKED_FIELDS = (
 CLOSING_STATUSES = (
     WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELED, WorkflowStatus.CONTINUED_AS_NEW,
 )
+_LOCK_SQL = "SELECT {columns}, CURRENT_TIMESTAMP FROM {table} WHERE id = %s FOR NO KEY UPDATE".format(
+    columns=", ".join(WorkflowInstance._meta.get_field(name).column for name in LOCKED_FIELDS),
+    table=WorkflowInstance._meta.db_table,
+)
+_LOCK_SQL_SKIP_LOCKED = _LOCK_SQL + " SKIP LOCKED"
 
 
 def _parked_at(instance: dict[str, Any], now: datetime.datetime) -> datetime.datetime | None:
@@ -260,7 +261,11 @@ def _create_run(
 
 
 def _append_history(instance_id: int, first_seq: int, events: Iterable[Event]) -> None:
-    HistoryEvent.objects.bulk_create(
+    HistoryEvent.objects.bulk_create(_history_rows(instance_id, first_seq, events))
+
+
+def _history_rows(instance_id: int, first_seq: int, events: Iterable[Event]) -> list[HistoryEvent]:
+    return [
         HistoryEvent(
             instance_id=instance_id,
             seq=first_seq + offset,
@@ -271,7 +276,70 @@ def _append_history(instance_id: int, first_seq: int, events: Iterable[Event]) -
             timestamp=event.timestamp,
         )
         for offset, event in enumerate(events)
+    ]
+
+
+def _insert_sql(rows: Sequence[Any], *, returning_ids: bool = False) -> tuple[str, list[Any]]:
+    """One INSERT of ``rows`` (model instances of one model), values prepared by their
+    fields as ``bulk_create`` would; with ``returning_ids`` it returns their ids. Built by
+    hand: the ORM's compiler costs more client CPU than the statement on every step."""
+    model = type(rows[0])
+    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+    quote = connection.ops.quote_name
+    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    text = (
+        f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
+        f"VALUES {', '.join([placeholders] * len(rows))}"
     )
+    if returning_ids:
+        text += f" RETURNING {quote(model._meta.pk.column)}"
+    params = [field.get_db_prep_save(field.pre_save(row, True), connection) for row in rows for field in fields]
+    return text, params
+
+
+def _update_sql(model: type[Any], pk: int, values: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The UPDATE ``model.objects.filter(pk=pk).update(**values)`` would run (plain values only)."""
+    quote = connection.ops.quote_name
+    fields = [model._meta.get_field(name) for name in values]
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
+    return (
+        f"UPDATE {quote(model._meta.db_table)} SET {assignments} WHERE {quote(model._meta.pk.column)} = %s",
+        [*params, pk],
+    )
+
+
+def _write_task(
+    instance_id: int, history: list[HistoryEvent], updates: dict[str, Any], items: Sequence[WorkItem] = ()
+) -> None:
+    """Append a workflow task's history, update its run and insert its work items (their
+    ``pk`` set where the database returns it): on PostgreSQL in one statement."""
+    update_sql, update_params = _update_sql(WorkflowInstance, instance_id, updates)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            ctes: list[str] = []
+            params: list[Any] = []
+            for name, rows in (("history", history), ("work", items)):
+                if rows:
+                    text, values = _insert_sql(rows, returning_ids=name == "work")
+                    ctes.append(f"{name} AS ({text})")
+                    params += values
+            with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
+            returning = " RETURNING (SELECT array_agg(id ORDER BY id) FROM work)" if items else ""
+            cursor.execute(f"{with_clause}{update_sql}{returning}", params + update_params)
+            ids = cursor.fetchone()[0] if items else []
+        else:
+            if history:
+                cursor.execute(*_insert_sql(history))
+            cursor.execute(update_sql, update_params)
+            ids = []
+            if items and connection.features.can_return_rows_from_bulk_insert:
+                cursor.execute(*_insert_sql(items, returning_ids=True))
+                ids = [row[0] for row in cursor.fetchall()]
+            elif items:
+                WorkItem.objects.bulk_create(items)
+    for item, pk in zip(items, ids):
+        item.pk = pk
 
 
 def _apply_id_reuse_policy(workflow_id: str, policy: IdReusePolicy, now: datetime.datetime) -> None:
@@ -653,7 +721,7 @@ def _commit_task(
     new_events, status = decisions.new_events, decisions.status
     closing = status in CLOSING_STATUSES
     first_seq = instance["history_length"] + 1
-    _append_history(instance_id, first_seq, new_events)
+    history = _history_rows(instance_id, first_seq, new_events)
     updates: dict[str, Any] = {
         "history_length": first_seq + len(new_events) - 1,
         "vars": decisions.vars,
@@ -665,9 +733,9 @@ def _commit_task(
     }
     if instance["started_at"] is None:
         updates["started_at"] = new_events[0].timestamp
-    late: list[dict[str, Any]] = []
     if closing:
         updates.update(result=decisions.result, error=decisions.error, closed_at=now)
+        late: list[dict[str, Any]] = []
         if status == WorkflowStatus.CONTINUED_AS_NEW:
             # Signals and a cancel request that arrived while this task ran go to the next run.
             late = list(
@@ -678,12 +746,11 @@ def _commit_task(
         # Outstanding activities and timers die with the run; late results find no item.
         WorkItem.objects.filter(instance_id=instance_id).delete()
         InboxEvent.objects.filter(instance_id=instance_id).delete()
-    WorkflowInstance.objects.filter(pk=instance_id).update(**updates)
-    if status == WorkflowStatus.CONTINUED_AS_NEW:
-        _continue_as_new(instance_id, instance, new_events[-1].payload, late, now)
-    elif closing:
-        _notify_parent(instance, status, decisions.result, decisions.error, now)
-    if closing:
+        _write_task(instance_id, history, updates)
+        if status == WorkflowStatus.CONTINUED_AS_NEW:
+            _continue_as_new(instance_id, instance, new_events[-1].payload, late, now)
+        else:
+            _notify_parent(instance, status, decisions.result, decisions.error, now)
         # Children called in the closing task still start; their parent-close policy
         # applies right after (an abandoned child is how to fire and forget).
         _start_children(instance_id, instance, new_events, now, parent_open=False)
@@ -698,41 +765,49 @@ def _commit_task(
         scheduled = [
             e for e in new_events if not (e.kind == EventKind.TIMER_STARTED and e.task_id in canceled_timers)
         ]
-        _insert_work_items(_work_items_for(instance_id, instance, scheduled, now), instance, now, eager)
+        items = _work_items_for(instance_id, instance, scheduled, now)
+        leased = _lease_eagerly(items, eager, now)
+        _write_task(instance_id, history, updates, items)
+        _announce_work_items(items, leased, instance, now, eager)
         _start_children(instance_id, instance, new_events, now)
+    crash_point("before_task_commit")
 
 
-def _insert_work_items(
-    items: list[WorkItem], instance: dict[str, Any], now: datetime.datetime, eager: Eager | None
-) -> None:
-    """Insert new work; activities up to ``eager.limit`` go straight to ``eager.owner``."""
-    if not items:
-        return
+def _lease_eagerly(items: list[WorkItem], eager: Eager | None, now: datetime.datetime) -> list[WorkItem]:
+    """Lease new activities, up to ``eager.limit``, to ``eager.owner`` as they are inserted."""
     leased: list[WorkItem] = []
-    if eager is not None and connection.features.can_return_rows_from_bulk_insert:
-        for item in items:
-            if (
-                len(leased) < eager.limit and item.kind == WorkItemKind.ACTIVITY
-                and item.parked_at is None and item.queue in eager.queues
-            ):
-                item.lease_owner, item.attempt, item.claimed_at = eager.owner, 1, now
-                item.lease_expires_at = now + _seconds(eager.lease_seconds)
-                leased.append(item)
-    WorkItem.objects.bulk_create(items)
+    if eager is None or not connection.features.can_return_rows_from_bulk_insert:
+        return leased
+    for item in items:
+        if (
+            len(leased) < eager.limit and item.kind == WorkItemKind.ACTIVITY
+            and item.parked_at is None and item.queue in eager.queues
+        ):
+            item.lease_owner, item.attempt, item.claimed_at = eager.owner, 1, now
+            item.lease_expires_at = now + _seconds(eager.lease_seconds)
+            leased.append(item)
+    return leased
+
+
+def _announce_work_items(
+    items: list[WorkItem], leased: list[WorkItem], instance: dict[str, Any], now: datetime.datetime,
+    eager: Eager | None,
+) -> None:
+    """Wake workers for the inserted unleased work, and hand the leased activities to ``eager``."""
     queues = {item.queue for item in items if item.lease_owner is None and item.kind != WorkItemKind.TIMER}
     for queue in sorted(queues):
         notify.notify_work(queue)
-    if not leased:
+    if not leased or eager is None:
         return
-    claims: list[Claim] = []
-    for item in leased:
-        claim = Claim(
+    claims = [
+        Claim(
             id=item.pk, kind=item.kind, instance_id=item.instance_id, queue=item.queue, name=item.name,
-            task_id=item.task_id, payload=item.payload, attempt=1, owner=item.lease_owner,
+            task_id=item.task_id, payload=item.payload, attempt=1, owner=eager.owner,
             claimed_at=now, lease_expires_at=item.lease_expires_at, created_at=now,
             workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]),
         )
-        claims.append(claim)
+        for item in leased
+    ]
     _cap_leases(claims)
     # Only once committed: a rolled-back schedule must not run anything.
     transaction.on_commit(lambda: eager.claims.extend(claims))
@@ -987,6 +1062,38 @@ def _attempt_fence(item: Claim, now: datetime.datetime, *, live_only: bool) -> A
     return fence
 
 
+def _finish_attempt(
+    item: Claim, instance: dict[str, Any], now: datetime.datetime, *, live_only: bool, busy: bool
+) -> bool:
+    """Delete the attempt's item if it still is this attempt (else False); with ``busy``
+    also set the locked run's ``has_workflow_task`` and ``has_inbox``."""
+    if clock_override is None and connection.vendor == "postgresql":
+        # One statement for both; it starts after the run's lock was granted, so its
+        # snapshot sees what the lock's previous holder committed.
+        live = " AND (lease_expires_at IS NULL OR lease_expires_at > CURRENT_TIMESTAMP)" if live_only else ""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH gone AS (DELETE FROM {_WORK_ITEMS} WHERE id = %s AND lease_owner = %s AND attempt = %s"
+                f"{live} RETURNING 1) SELECT (SELECT count(*) FROM gone), "
+                f"EXISTS (SELECT 1 FROM {_WORK_ITEMS} WHERE instance_id = %s AND kind = %s), "
+                f"EXISTS (SELECT 1 FROM {_INBOX} WHERE instance_id = %s)",
+                [item.id, item.owner, item.attempt, item.instance_id, WorkItemKind.WORKFLOW.value, item.instance_id],
+            )
+            deleted, instance["has_workflow_task"], instance["has_inbox"] = cursor.fetchone()
+        return bool(deleted)
+    deleted, _ = _attempt_fence(item, now, live_only=live_only).delete()
+    if busy:
+        instance["has_workflow_task"] = WorkItem.objects.filter(
+            instance_id=item.instance_id, kind=WorkItemKind.WORKFLOW
+        ).exists()
+        instance["has_inbox"] = InboxEvent.objects.filter(instance_id=item.instance_id).exists()
+    return bool(deleted)
+
+
+_WORK_ITEMS = WorkItem._meta.db_table
+_INBOX = InboxEvent._meta.db_table
+
+
 def attempt_deadline(item: Claim, heartbeat_at: datetime.datetime | None) -> datetime.datetime | None:
     """When this attempt times out: its start-to-close or heartbeat timeout, or None."""
     options = item.payload.get("options") or {}
@@ -1031,12 +1138,13 @@ def complete_activity(
     to an ordinary workflow task. Returns whether the task ran here. It must not raise.
     """
     with transaction.atomic():
-        instance = _lock_instance(item.instance_id, busy=continue_run is not None)
-        now = (instance.pop("now", None) if instance else None) or db_now()
-        deleted, _ = _attempt_fence(item, now, live_only=live_only).delete() if instance else (0, None)
-        if not deleted:
+        instance = _lock_instance(item.instance_id)
+        if instance is None:
             raise _lease_lost(item)
-        assert instance is not None
+        now = instance.pop("now", None) or db_now()
+        if not _finish_attempt(item, instance, now, live_only=live_only, busy=continue_run is not None):
+            raise _lease_lost(item)
+        crash_point("before_activity_commit")
         event = Event(
             kind=EventKind.ACTIVITY_COMPLETED,
             timestamp=now,
@@ -1453,6 +1561,7 @@ def fire_due_timers(*, queues: Sequence[str], limit: int) -> int:
                     payload={"fire_at": due_at.isoformat()},
                 ),
             )
+            crash_point("before_timer_commit")
             fired += 1
     return fired
 
@@ -1703,3 +1812,145 @@ def dashboard_stats(
         "failing_tasks": failing_tasks,
         "workers": {**worker_counts, "list": workers},
     }
+
+
+# -- retention and health ---------------------------------------------------------
+
+PRUNE_COUNT_KEYS = ("runs", "history_events", "inbox_events", "work_items")
+
+
+def _closed_before(closed_before: datetime.datetime, workflow_names: Sequence[str]) -> Any:
+    runs = WorkflowInstance.objects.exclude(status__in=OPEN_STATUSES).filter(closed_at__lt=closed_before)
+    if workflow_names:
+        runs = runs.filter(workflow_name__in=list(workflow_names))
+    return runs
+
+
+def _referenced_by_open_run() -> Q:
+    """An open run points at this run: as its parent (the parent-close policy needs it), as
+    the run it continued from (handles to the old run follow the chain), or as its rerun source."""
+    open_runs = WorkflowInstance.objects.filter(status__in=OPEN_STATUSES)
+    return (
+        Q(Exists(open_runs.filter(parent=OuterRef("pk"))))
+        | Q(Exists(open_runs.filter(continued_from=OuterRef("pk"))))
+        | Q(Exists(open_runs.filter(rerun_of=OuterRef("pk"))))
+    )
+
+
+def prune_batch_size(requested: int) -> int:
+    """At most what one statement can take as parameters (999 on SQLite)."""
+    return min(requested, connection.features.max_query_params or requested)
+
+
+def count_prunable(*, closed_before: datetime.datetime, workflow_names: Sequence[str] = ()) -> dict[str, int]:
+    """What ``prune_batch`` would delete, in all, and how many closed runs past the retention
+    it keeps because an open run refers to them. Reads only."""
+    closed = _closed_before(closed_before, workflow_names)
+    runs = closed.filter(~_referenced_by_open_run())
+    return {
+        "runs": runs.count(),
+        "history_events": HistoryEvent.objects.filter(instance__in=runs).count(),
+        "inbox_events": InboxEvent.objects.filter(instance__in=runs).count(),
+        "work_items": WorkItem.objects.filter(instance__in=runs).count(),
+        "kept": closed.filter(_referenced_by_open_run()).count(),
+    }
+
+
+def count_kept(*, closed_before: datetime.datetime, workflow_names: Sequence[str] = ()) -> int:
+    return _closed_before(closed_before, workflow_names).filter(_referenced_by_open_run()).count()
+
+
+def prune_batch(
+    *, closed_before: datetime.datetime, batch_size: int, workflow_names: Sequence[str] = ()
+) -> dict[str, int]:
+    """Delete up to ``batch_size`` closed runs that closed before ``closed_before`` and that
+    no open run refers to, with their history, inbox events and work items: one short
+    transaction, one statement per table. Runs another transaction holds (a purge, a rerun
+    being started from one) are skipped, not waited for."""
+    with transaction.atomic():
+        # A plain FOR UPDATE (not NO KEY): it conflicts with the key-share lock of a foreign
+        # key being inserted to the run, so a rerun starting from it is never orphaned.
+        ids = list(
+            _closed_before(closed_before, workflow_names)
+            .filter(~_referenced_by_open_run())
+            .order_by("pk")
+            .select_for_update(skip_locked=connection.features.has_select_for_update_skip_locked)
+            .values_list("pk", flat=True)[: prune_batch_size(batch_size)]
+        )
+        counts = dict.fromkeys(PRUNE_COUNT_KEYS, 0)
+        if not ids:
+            return counts
+        # Closed runs that point at the doomed ones forget them (what SET_NULL would do, but
+        # one UPDATE per link instead of loading every run the ORM's cascade would).
+        for link in ("parent", "continued_from", "rerun_of"):
+            WorkflowInstance.objects.filter(**{f"{link}__in": ids}).update(**{link: None})
+        counts["history_events"] = HistoryEvent.objects.filter(instance_id__in=ids).delete()[0]
+        counts["inbox_events"] = InboxEvent.objects.filter(instance_id__in=ids).delete()[0]
+        counts["work_items"] = WorkItem.objects.filter(instance_id__in=ids).delete()[0]
+        meta = WorkflowInstance._meta
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"DELETE FROM {connection.ops.quote_name(meta.db_table)} "
+                f"WHERE {connection.ops.quote_name(meta.pk.column)} IN ({', '.join(['%s'] * len(ids))})",
+                ids,
+            )
+            counts["runs"] = cursor.rowcount
+    logger.info(
+        "Pruned %(runs)d closed runs with %(history_events)d history events, %(inbox_events)d inbox "
+        "events and %(work_items)d work items", counts,
+    )
+    return counts
+
+
+def check_database() -> str:
+    """One round trip (connecting first if need be); raises if the database cannot answer."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+    return connection.vendor
+
+
+def unapplied_migrations(app_label: str = "django_durable") -> tuple[list[str], list[str]]:
+    """``(unapplied, leaves)``: the migrations the app's latest ones need (its own and their
+    dependencies, as ``app.name``) that the database lacks, and the app's latest migrations.
+    Reads only: a database without ``django_migrations`` has nothing applied."""
+    from django.db.migrations.loader import MigrationLoader
+
+    loader = MigrationLoader(connection, ignore_no_migrations=True)
+    leaves = loader.graph.leaf_nodes(app_label)
+    needed = {node for leaf in leaves for node in loader.graph.forwards_plan(leaf)}
+    unapplied = sorted(f"{app}.{name}" for app, name in needed if (app, name) not in loader.applied_migrations)
+    return unapplied, [f"{app}.{name}" for app, name in leaves]
+
+
+def worker_rows(*, hostname: str | None = None) -> tuple[datetime.datetime, list[dict[str, Any]]]:
+    """The database's clock and every worker that has not said it stopped, latest seen first."""
+    workers = WorkerHeartbeat.objects.filter(stopped_at__isnull=True)
+    if hostname is not None:
+        workers = workers.filter(hostname=hostname)
+    rows = list(workers.order_by("-last_seen_at", "name").values("name", "hostname", "pid", "queues", "last_seen_at"))
+    return db_now(), rows
+
+
+def overdue_work(*, overdue_after: datetime.timedelta, queues: Sequence[str] = ()) -> dict[str, Any]:
+    """Work no worker is keeping up with: unclaimed items due for longer than ``overdue_after``
+    and leases expired that long ago without being reaped; with the oldest of each, the
+    oldest due item whatever its wait, and the parked count (parked work waits for a person)."""
+    now = db_now()
+    items = WorkItem.objects.all()
+    if queues:
+        items = items.filter(queue__in=list(queues))
+    claimable = Q(lease_owner__isnull=True, parked_at__isnull=True)
+    unreaped = Q(lease_owner__isnull=False, lease_expires_at__lte=now - overdue_after)
+    counts = items.aggregate(
+        overdue=Count("id", filter=claimable & Q(due_at__lte=now - overdue_after)),
+        lease_expired=Count("id", filter=unreaped),
+        parked=Count("id", filter=Q(parked_at__isnull=False)),
+    )
+    fields = ("id", "kind", "name", "queue", "due_at", "attempt", "lease_owner", "lease_expires_at")
+    run_ids = {"workflow_id": F("instance__workflow_id"), "run_id": F("instance__run_id")}
+    oldest_due = items.filter(claimable, due_at__lte=now).order_by("due_at", "id").values(*fields, **run_ids).first()
+    oldest_expired = None
+    if counts["lease_expired"]:
+        oldest_expired = items.filter(unreaped).order_by("lease_expires_at", "id").values(*fields, **run_ids).first()
+    return {"now": now, **counts, "oldest_due": oldest_due, "oldest_lease_expired": oldest_expired}

@@ -27,9 +27,29 @@ from .conf import durable_settings
 from .executors import load_executor
 from .executors.cache import RunCache
 from .executors.run import RunningActivity, execute_activity, execute_workflow_task
+from .faults import crash_point
 from .models import WorkItemKind
 
 logger = logging.getLogger("django_durable.worker")
+
+_last_connection_check = threading.local()
+
+
+def refresh_connections(*, at_most_every: float = 1.0) -> None:
+    """``close_old_connections()``, skipped when this thread ran it less than
+    ``at_most_every`` seconds ago and its connections saw no error since. With the
+    worker's health-checked persistent connections each run costs a query on the
+    next use: once per step under load, where a connection just used is known good."""
+    checked = getattr(_last_connection_check, "at", None)
+    now = time.monotonic()
+    if (
+        checked is not None
+        and now - checked < at_most_every
+        and not any(conn.errors_occurred for conn in connections.all(initialized_only=True))
+    ):
+        return
+    _last_connection_check.at = now
+    close_old_connections()
 
 
 class Worker:
@@ -100,7 +120,12 @@ class Worker:
             self._finish_running()
             if self._listener is not None:
                 self._listener.close()
-        logger.info("Worker %s stopped.", self.name)
+        stats = self.cache.stats
+        logger.info(
+            "Worker %s stopped. Workflow tasks: %d inline with an activity's result (%d could not be), "
+            "%d resumed held code, %d replayed history.",
+            self.name, stats["inline"], stats["declined"], stats["resumed"], stats["replayed"],
+        )
 
     def _first_idle_wait(self) -> float:
         return self.poll_interval if self._listener is not None else min(0.05, self.poll_interval)
@@ -174,7 +199,7 @@ class Worker:
     # -- the loop ------------------------------------------------------------
 
     def _iterate(self) -> bool:
-        close_old_connections()
+        refresh_connections()
         try:
             self._reap()
             fired = store.fire_due_timers(queues=self.queues, limit=durable_settings.CLAIM_BATCH_SIZE)
@@ -218,6 +243,7 @@ class Worker:
         )
         for item in items:
             logger.debug("Claimed %s %s (item %s, attempt %s)", item.kind, item.name, item.id, item.attempt)
+            crash_point("after_claim", item.kind)
         return items
 
     def _dispatch(self, kind: str) -> list[tuple[int, str]]:
@@ -353,6 +379,7 @@ class Worker:
     def _start_eager(self, eager: store.Eager | None) -> None:
         for item in eager.claims if eager is not None else ():
             logger.debug("Took %s %s at once (item %s)", item.kind, item.name, item.id)
+            crash_point("after_claim", item.kind)
             self._start_activity(item)
 
     # -- activities ----------------------------------------------------------
@@ -367,7 +394,7 @@ class Worker:
         item = running.item
         eager = self._eager(free_after=1)
         try:
-            close_old_connections()
+            refresh_connections()
             execute_activity(running, cache=self.cache, eager=eager)
         except store.LeaseLost as exc:
             logger.warning("Activity outcome discarded: %s", exc)
@@ -376,9 +403,12 @@ class Worker:
         except Exception:
             logger.exception("Unexpected error running activity %s", item.name)
         finally:
-            close_old_connections()
+            refresh_connections()
             # Before this one leaves: a stopping worker waits for them too.
             self._start_eager(eager)
             with self._lock:
                 self._running.pop((item.id, item.attempt), None)
-            self._wake()
+            # A thread the commit refilled leaves nothing for the loop to claim; waking it
+            # anyway would cost a round of claim queries per step.
+            if not (eager is not None and eager.claims) or self._stopping.is_set():
+                self._wake()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 from ..engine.resident import ResidentRun
 
@@ -17,6 +17,14 @@ class RunCache:
         self.size = size
         self._runs: OrderedDict[int, ResidentRun] = OrderedDict()
         self._lock = threading.Lock()
+        # How workflow tasks ran: "inline" (with an activity's result), "resumed" (held
+        # code), "replayed" (from history), "declined" (inline not possible): the worker
+        # logs them when it stops, so one can see whether the fast paths are taken.
+        self.stats: Counter[str] = Counter()
+
+    def count(self, outcome: str) -> None:
+        with self._lock:
+            self.stats[outcome] += 1
 
     def __len__(self) -> int:
         return len(self._runs)

@@ -21,6 +21,7 @@ from ..engine.resident import ResidentRun
 from ..engine.events import EventKind
 from ..engine.failures import failure_from_exception
 from ..exceptions import ActivityNotPending, NotRegistered, SerializationError
+from ..faults import crash_point
 from ..models import OPEN_STATUSES
 from ..tokens import make_task_token
 from .cache import RunCache
@@ -36,6 +37,7 @@ class RunningActivity:
         self.heartbeat_at: datetime.datetime | None = None
 
     def heartbeat(self, details: Any) -> bool:
+        crash_point("before_heartbeat")
         try:
             self.heartbeat_at = store.record_heartbeat(
                 self.item, details, lease_seconds=durable_settings.LEASE_SECONDS
@@ -98,6 +100,7 @@ def execute_activity(
     except SerializationError as exc:
         record_failure(item, exc, retryable=False)
         return
+    crash_point("before_activity_completion")
     if cache is None:
         store.complete_activity(item, result)
     else:
@@ -106,6 +109,7 @@ def execute_activity(
             inline.ran = store.complete_activity(item, result, continue_run=inline, eager=eager)
         finally:
             inline.settle()
+    crash_point("after_activity_commit")
     logger.info("Activity %s of %s completed (attempt %d)", item.name, item.workflow_id, item.attempt)
 
 
@@ -169,6 +173,7 @@ class InlineTask:
     def settle(self) -> None:
         """After the transaction: keep the code if its task committed, else drop it."""
         outcome, continuation = self._outcome, self._continuation
+        self.cache.count("inline" if self.ran else "declined")
         if outcome is None or continuation is None:
             return
         if outcome.resident is not None:
@@ -184,6 +189,7 @@ class InlineTask:
 
 def after_workflow_task(outcome: TaskOutcome, instance_id: int, workflow_id: str, workflow_name: str) -> None:
     """Once a workflow task committed: log it and, if the run closed, settle its children."""
+    crash_point("after_task_commit")
     logger.info(
         "Workflow %s (%s): %s%s", workflow_id, workflow_name, outcome.status,
         f", waiting on {outcome.waiting_on}" if outcome.waiting_on else "",
@@ -270,6 +276,8 @@ def execute_workflow_task(
         if task is None or task.status not in OPEN_STATUSES:
             store.discard(item)
             return
+        if cache is not None:
+            cache.count("resumed" if resident is not None else "replayed")
         outcome = run_task(
             workflow_id=task.workflow_id,
             run_id=task.run_id,
