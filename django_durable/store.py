@@ -44,6 +44,7 @@ from .models import (
     WorkItemKind,
 )
 from .retry import RetryPolicy
+from .statelog import state_change
 from .tokens import TaskToken
 
 logger = logging.getLogger("django_durable.store")
@@ -257,6 +258,10 @@ def _create_run(
         created_at=now,
     )
     notify.notify_work(queue)
+    state_change(
+        "run_created", workflow_id=workflow_id, run_id=str(instance.run_id), workflow_name=workflow_name,
+        queue=queue, start_at=start_at, history_length=len(history),
+    )
     return instance
 
 
@@ -420,16 +425,26 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
     if limit <= 0:
         return []
     if connection.vendor == "postgresql" and clock_override is None:
-        return _claim_postgresql(owner=owner, kind=kind, queues=queues, limit=limit, lease_seconds=lease_seconds)
-    with transaction.atomic():
-        now = db_now()
-        candidates = _claimable(now, kind=kind, queue__in=list(queues)).order_by("due_at")
-        if connection.features.has_select_for_update_skip_locked:
-            candidates = candidates.select_for_update(skip_locked=True)
-        ids = list(candidates.values_list("id", flat=True)[:limit])
-        if not ids:
-            return []
-        return _lease_items(ids, owner=owner, now=now, lease_seconds=lease_seconds)
+        claims = _claim_postgresql(owner=owner, kind=kind, queues=queues, limit=limit, lease_seconds=lease_seconds)
+    else:
+        with transaction.atomic():
+            now = db_now()
+            candidates = _claimable(now, kind=kind, queue__in=list(queues)).order_by("due_at")
+            if connection.features.has_select_for_update_skip_locked:
+                candidates = candidates.select_for_update(skip_locked=True)
+            ids = list(candidates.values_list("id", flat=True)[:limit])
+            claims = _lease_items(ids, owner=owner, now=now, lease_seconds=lease_seconds) if ids else []
+    _log_claims(claims)
+    return claims
+
+
+def _log_claims(claims: Iterable[Claim], **fields: Any) -> None:
+    for item in claims:
+        state_change(
+            "claimed", workflow_id=item.workflow_id, run_id=item.run_id, kind=item.kind, name=item.name or None,
+            task_id=item.task_id, item=item.id, attempt=item.attempt, owner=item.owner,
+            lease_expires_at=item.lease_expires_at, **fields,
+        )
 
 
 _CLAIM_SQL = """
@@ -544,6 +559,7 @@ def claim_item(
             ).update(dispatched_at=None)
             return None
         claims = _lease_items([item_id], owner=owner, now=now, lease_seconds=lease_seconds)
+        _log_claims(claims)
         return claims[0] if claims else None
 
 
@@ -843,7 +859,16 @@ def _commit_task(
         _write_task(instance_id, history, updates, items)
         _announce_work_items(items, leased, instance, now, eager)
         _start_children(instance_id, instance, new_events, now)
+    _log_history(instance, first_seq, new_events)
     crash_point("before_task_commit")
+
+
+def _log_history(instance: dict[str, Any], first_seq: int, events: Sequence[Event]) -> None:
+    for offset, event in enumerate(events):
+        state_change(
+            "history", workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]), seq=first_seq + offset,
+            kind=event.kind, name=event.name or None, task_id=event.task_id,
+        )
 
 
 def _lease_eagerly(items: list[WorkItem], eager: Eager | None, now: datetime.datetime) -> list[WorkItem]:
@@ -882,6 +907,7 @@ def _announce_work_items(
         for item in leased
     ]
     _cap_leases(claims)
+    _log_claims(claims, eager=True)
     # Only once committed: a rolled-back schedule must not run anything.
     transaction.on_commit(lambda: eager.claims.extend(claims))
 
@@ -1075,6 +1101,11 @@ def fail_workflow_task(
         if not fenced:
             raise _lease_lost(item)
         WorkflowInstance.objects.filter(pk=item.instance_id).update(task_error=error, updated_at=now)
+        state_change(
+            "task_failed", workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]), item=item.id,
+            failures=failures, parked=parked, retry_at=None if parked else now + _seconds(delay),
+            error_type=error.get("type"), error=error.get("message"),
+        )
     return parked
 
 
@@ -1085,10 +1116,13 @@ def unpark_workflow_task(instance_id: int) -> bool:
         if instance is None or instance["status"] == WorkflowStatus.SUSPENDED:
             return False  # resume() releases a suspended run's work
         notify.notify_work(instance["queue"])
-        return bool(
+        unparked = bool(
             WorkItem.objects.filter(instance_id=instance_id, kind=WorkItemKind.WORKFLOW, lease_owner__isnull=True)
             .update(parked_at=None, failures=0, due_at=db_now(), dispatched_at=None)
         )
+        if unparked:
+            state_change("task_unparked", workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]))
+        return unparked
 
 
 # -- activities and timers --------------------------------------------------------
@@ -1124,6 +1158,10 @@ def _deliver(instance_id: int, instance: dict[str, Any], event: Event) -> None:
         ignore_conflicts=True,
     )
     notify.notify_work(instance["queue"])
+    state_change(
+        "inbox", workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]), kind=event.kind,
+        name=event.name or None, task_id=event.task_id,
+    )
 
 
 def _attempt_fence(item: Claim, now: datetime.datetime, *, live_only: bool) -> Any:
@@ -1333,6 +1371,7 @@ def _append_event(instance_id: int, instance: dict[str, Any], event: Event) -> i
     """Write one event straight into the history of a locked run; returns its seq."""
     seq = instance["history_length"] + 1
     _append_history(instance_id, seq, [event])
+    _log_history(instance, seq, [event])
     instance["history_length"] = seq
     return seq
 
@@ -1427,6 +1466,7 @@ def purge(workflow_id: str, run_id: str | None) -> int:
         if any(status in OPEN_STATUSES for _, status in ids):
             raise WorkflowStillOpen(f"Workflow {workflow_id!r} is still open; terminate or cancel it first.")
         WorkflowInstance.objects.filter(pk__in=[pk for pk, _ in ids]).delete()
+        state_change("purged", workflow_id=workflow_id, run_id=run_id, runs=len(ids))
     return len(ids)
 
 
@@ -1591,6 +1631,11 @@ def _fail_attempt(
     if not applied:
         raise _lease_lost(item)
     if retry_at is not None:
+        state_change(
+            "retry_scheduled", workflow_id=item.workflow_id, run_id=item.run_id, name=item.name, task_id=item.task_id,
+            item=item.id, attempt=item.attempt, retry_at=retry_at, error_type=failure.get("type"),
+            error=failure.get("message"),
+        )
         return retry_at
     _deliver(
         item.instance_id,
@@ -1682,6 +1727,10 @@ def reap_expired_leases(*, limit: int, workflow_backoff: float, workflow_backoff
         logger.warning(
             "Reaped %s %s of workflow run %s (attempt %s): lease of %s expired",
             item.kind, item.name or "", item.instance_id, item.attempt, item.owner,
+        )
+        state_change(
+            "lease_expired", workflow_id=item.workflow_id, run_id=item.run_id, kind=item.kind,
+            name=item.name or None, item=item.id, attempt=item.attempt, owner=item.owner,
         )
         reaped += 1
     return reaped

@@ -1,0 +1,78 @@
+"""Structured state-change log lines (django_durable.statelog): one per committed change,
+none for a change that rolled back, with the fields both in the message and on the record."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import uuid
+
+import pytest
+from django.db import transaction
+
+import django_durable as durable
+from django_durable.statelog import JSONFormatter
+from django_durable.testing import WorkflowEnvironment
+from tests.testapp import testing_workflows as tw
+
+START = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+@pytest.fixture
+def state_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="django_durable.state")
+    return caplog
+
+
+def changes(caplog: pytest.LogCaptureFixture, workflow_id: str) -> list[dict]:
+    return [
+        record.durable for record in caplog.records
+        if record.name == "django_durable.state" and record.durable.get("workflow_id") == workflow_id
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_logs_each_state_change_once_committed(state_log: pytest.LogCaptureFixture) -> None:
+    key = f"log-{uuid.uuid4().hex[:8]}"
+    with WorkflowEnvironment(start_time=START) as env:
+        handle = env.start(tw.th_retrying, key, 1, workflow_id=key)
+        assert env.result(handle)["attempt"] == 2
+    logged = changes(state_log, key)
+    summary = [(entry["change"], entry.get("kind")) for entry in logged]
+    assert summary[0] == ("run_created", None)
+    assert logged[0]["workflow_name"] == handle.describe().workflow_name
+    assert ("claimed", "workflow") in summary and ("claimed", "activity") in summary
+    assert ("history", "ActivityScheduled") in summary
+    assert ("retry_scheduled", None) in summary
+    assert ("inbox", "ActivityCompleted") in summary
+    assert summary[-1] == ("history", "WorkflowCompleted")
+    retry = next(entry for entry in logged if entry["change"] == "retry_scheduled")
+    assert retry["attempt"] == 1 and retry["error_type"] and retry["retry_at"] > START
+    seqs = [entry["seq"] for entry in logged if entry["change"] == "history"]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))  # each appended event once, in order
+    assert all(entry["run_id"] == handle.run_id for entry in logged)
+    message = next(r.getMessage() for r in state_log.records if getattr(r, "durable", {}).get("change") == "run_created")
+    assert message.startswith("run_created ") and f"workflow_id={key}" in message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_that_rolls_back_logs_nothing(state_log: pytest.LogCaptureFixture) -> None:
+    key = f"rollback-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(RuntimeError), transaction.atomic():
+        durable.start_workflow(tw.th_long_sleep, 1, workflow_id=key)
+        raise RuntimeError("the request failed after starting the workflow")
+    assert changes(state_log, key) == []
+    durable.start_workflow(tw.th_long_sleep, 1, workflow_id=key)
+    assert [entry["change"] for entry in changes(state_log, key)] == ["run_created"]
+
+
+def test_the_json_formatter_puts_the_fields_at_the_top_level() -> None:
+    record = logging.LogRecord("django_durable.state", logging.INFO, __file__, 1, "%s %s", ("claimed", "x=1"), None)
+    record.durable = {"change": "claimed", "attempt": 2, "lease_expires_at": START}
+    entry = json.loads(JSONFormatter().format(record))
+    assert entry["change"] == "claimed" and entry["attempt"] == 2
+    assert entry["lease_expires_at"] == str(START)
+    assert entry["message"] == "claimed x=1" and entry["level"] == "INFO" and entry["logger"] == "django_durable.state"
+    plain = json.loads(JSONFormatter().format(logging.LogRecord("x", logging.WARNING, __file__, 1, "hi", (), None)))
+    assert plain["message"] == "hi" and "change" not in plain
