@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
+from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 from django.test.utils import CaptureQueriesContext
 
@@ -489,15 +490,24 @@ def test_healthcheck_reports_overdue_work_and_unreaped_leases(db):
     assert health("--overdue-after", "5m")[0] == 0
 
 
+def latest_migrations() -> tuple[str, str]:
+    """The app's latest migration and the one before it."""
+    graph = MigrationLoader(None, ignore_no_migrations=True).graph
+    [(_, latest)] = graph.leaf_nodes("django_durable")
+    [parent] = graph.node_map[("django_durable", latest)].parents
+    return latest, parent.key[1]
+
+
 def test_healthcheck_reports_unapplied_migrations(db):
     beat("w-alive")
     assert health()[0] == 0
-    MigrationRecorder(connection).record_unapplied("django_durable", "0004_celery_dispatch")
+    latest, _ = latest_migrations()
+    MigrationRecorder(connection).record_unapplied("django_durable", latest)
     code, report = health()
     migrations = report["checks"]["migrations"]
     assert (code, migrations["status"]) == (1, "fail")
-    assert migrations["unapplied"] == ["django_durable.0004_celery_dispatch"]
-    assert migrations["detail"] == "1 not applied: django_durable.0004_celery_dispatch"
+    assert migrations["unapplied"] == [f"django_durable.{latest}"]
+    assert migrations["detail"] == f"1 not applied: django_durable.{latest}"
     assert statuses(report) == {"database": "ok", "migrations": "fail", "workers": "ok", "overdue": "ok"}
 
 
@@ -508,13 +518,14 @@ def test_healthcheck_reports_unapplied_migrations(db):
 def test_healthcheck_on_a_database_migrated_back(tmp_path):
     database = str(tmp_path / "migrated-back.sqlite3")
     assert manage("migrate", "-v", "0", db_name=database).returncode == 0
-    assert manage("migrate", "django_durable", "0003", "-v", "0", db_name=database).returncode == 0
+    latest, previous = latest_migrations()
+    assert manage("migrate", "django_durable", previous, "-v", "0", db_name=database).returncode == 0
 
     behind = manage("durable_healthcheck", "--min-workers", "0", db_name=database)
     assert behind.returncode == 1, behind
     lines = behind.stdout.splitlines()
     assert lines[1].split()[:5] == ["FAIL", "migrations", "1", "not", "applied:"]
-    assert lines[1].endswith("django_durable.0004_celery_dispatch"), lines
+    assert lines[1].endswith(f"django_durable.{latest}"), lines
     assert [line.split()[0] for line in lines[:4]] == ["OK", "FAIL", "OK", "OK"], lines
     assert lines[-1] == "Unhealthy: migrations."
 
