@@ -14,11 +14,17 @@ DURABLE_PG_USER (postgres), DURABLE_PG_PASSWORD (empty), DURABLE_PG_NAME (test).
 The browser test drives a headless Chromium: DURABLE_CHROMIUM (its path), else
 chromium, chromium-browser or google-chrome on PATH. Without one it is skipped;
 with --require-browser a missing one is installed (Debian, as root) or fails.
+
+The PostgreSQL pass's fault scenarios start a private PostgreSQL cluster (the
+server binaries, initdb and pg_ctl) and preload Debian's libfaketime into a worker.
+With --require-postgres (or CI=true) a missing faketime is installed (Debian, as
+root) and a scenario that cannot run fails instead of skipping.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -265,6 +271,26 @@ def install_browser() -> str | None:
     return find_browser()
 
 
+def find_faketime() -> str | None:
+    """libfaketime (Debian's faketime), which the clock-skew fault scenario preloads."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
+    return found[0] if found else None
+
+
+def install_faketime() -> str | None:
+    """Install Debian's faketime (as root, like chromium); libfaketime's path, or None after saying why."""
+    if not shutil.which("apt-get") or getattr(os, "geteuid", lambda: -1)() != 0:
+        loud("no libfaketime found, and only root with apt-get installs it here: install faketime")
+        return None
+    say("installing Debian's faketime for the clock-skew fault scenario (apt-get)")
+    env = child_env(DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "faketime"]
+    if run(["apt-get", "update"], env) != 0 or run(install, env) != 0:
+        loud("apt-get install faketime failed")
+        return None
+    return find_faketime()
+
+
 def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: list[str]) -> int:
     results: dict[str, str] = {}  # step -> "passed" | "FAILED ..." | "SKIPPED ..."
     browser = find_browser()
@@ -284,6 +310,15 @@ def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: l
         if not ok:
             loud(f"PostgreSQL not reachable: the PostgreSQL pass was SKIPPED ({where})")
             results["postgres"] = "SKIPPED (PostgreSQL not reachable)"
+    # The PostgreSQL pass runs a worker with its clock hours off (tests/test_fault_scenarios.py).
+    faketime = find_faketime() if "postgres" in dbs and "postgres" not in results else "not needed"
+    if faketime is None and require_pg:
+        faketime = install_faketime()
+        if faketime is None:
+            loud("no libfaketime for the clock-skew fault scenario and PostgreSQL is required: failing")
+            return 1
+    # With PostgreSQL required, its scenarios that lack a tool (a private cluster, faketime) fail, never skip.
+    require_env = {"DURABLE_REQUIRE_POSTGRES": "1"} if require_pg else {}
 
     def outcome(code: int) -> str:
         return "passed" if code == 0 else f"FAILED (exit code {code})"
@@ -296,7 +331,7 @@ def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: l
         if db in results:  # skipped
             continue
         say(f"pytest on {db}")
-        env = child_env(DJANGO_SETTINGS_MODULE="tests.settings", DURABLE_TEST_DB=db, **browser_env)
+        env = child_env(DJANGO_SETTINGS_MODULE="tests.settings", DURABLE_TEST_DB=db, **browser_env, **require_env)
         results[db] = outcome(run([str(VENV_PY), "-m", "pytest", *pytest_args], env))
 
     say("summary")
@@ -307,6 +342,8 @@ def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: l
         loud("PostgreSQL not reachable: the PostgreSQL pass was SKIPPED")
     if browser is None:
         loud("no Chromium found: the browser test (tests/test_admin_browser.py) skips")
+    if faketime is None:
+        loud("no libfaketime (apt-get install faketime): the clock-skew fault scenario skips")
     return 1 if any(r.startswith("FAILED") for r in results.values()) else 0
 
 

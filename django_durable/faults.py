@@ -61,7 +61,6 @@ import re
 import signal
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 POINTS = frozenset({
@@ -131,6 +130,7 @@ def parse(spec: str) -> list[Entry]:
 _entries: list[Entry] = []
 _lock = threading.Lock()
 _random = random.Random()
+_never = threading.Event()
 
 
 def configure(spec: str | None, *, seed: str | None = None) -> None:
@@ -149,10 +149,10 @@ def crash_point(point: str, detail: str = "") -> None:
     """Act here if ``DURABLE_CRASH_POINTS`` arms this point (see the module's docstring)."""
     if not _entries:
         return
-    with _lock:
-        entry = next((entry for entry in _entries if entry.matches(point, detail) and _due(entry)), None)
-    if entry is not None:
-        _act(entry, point, detail)
+    with _lock:  # every matching entry counts the hit; the first one due acts
+        due = [entry for entry in _entries if entry.matches(point, detail) and _due(entry)]
+    if due:
+        _act(due[0], point, detail)
 
 
 def _due(entry: Entry) -> bool:
@@ -174,7 +174,7 @@ def _act(entry: Entry, point: str, detail: str) -> None:
         held = Path(os.environ.get("DURABLE_CRASH_DIR") or tempfile.gettempdir(), f"held-{point}-{os.getpid()}")
         held.touch()
         while held.exists():
-            time.sleep(0.01)
+            _never.wait(0.01)  # not time.sleep(): under libfaketime it fails (EINVAL) or hangs
         os.write(2, f"django-durable crash point {where}: released (pid {os.getpid()})\n".encode())
         return
     if entry.action == "kill":

@@ -1079,9 +1079,10 @@ def fail_workflow_task(
     backoff_max: float,
     expired_only: bool = False,
 ) -> bool:
-    """Record an engine-level failure; back off, or park after ``max_failures``. Returns parked."""
+    """Record an engine-level failure; back off, or park after ``max_failures``. Returns parked.
+    With ``expired_only`` (the reaper), a run locked by someone else is skipped (``LeaseLost``)."""
     with transaction.atomic():
-        instance = _lock_instance(item.instance_id)
+        instance = _lock_instance(item.instance_id, skip_locked=expired_only)
         if instance is None:
             raise LeaseLost(f"run of work item {item.id} no longer exists")
         now = db_now()
@@ -1529,7 +1530,8 @@ def apply_parent_close_policies(*, parent_id: int | None = None, limit: int = 10
     handled = 0
     for child_id in list(orphans.values_list("pk", flat=True)[:limit]):
         with transaction.atomic():
-            child = _lock_instance(child_id)
+            # The periodic sweep (every worker's loop) skips a busy child; the next sweep settles it.
+            child = _lock_instance(child_id, skip_locked=parent_id is None)
             if child is None or child["status"] not in OPEN_STATUSES:
                 continue
             now = db_now()
@@ -1738,7 +1740,9 @@ def reap_expired_leases(*, limit: int, workflow_backoff: float, workflow_backoff
 
 def _reap_activity(item: Claim) -> None:
     with transaction.atomic():
-        instance = _lock_instance(item.instance_id)
+        # A run locked by someone else (a worker frozen mid-commit) is skipped, not waited
+        # for: the reaper runs in every worker's loop and must not stall it.
+        instance = _lock_instance(item.instance_id, skip_locked=True)
         now = db_now()
         if instance is None:
             raise LeaseLost(f"run of work item {item.id} no longer exists")
