@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import Count, DateTimeField, Exists, F, Func, Min, OuterRef, Q, Value
 from django.db.models.functions import Greatest
 
@@ -284,30 +285,47 @@ def _history_rows(instance_id: int, first_seq: int, events: Iterable[Event]) -> 
     ]
 
 
+# Fields whose Python value is already what the database driver takes: no preparation.
+_PLAIN_FIELD_TYPES = frozenset({
+    "AutoField", "BigAutoField", "BigIntegerField", "BooleanField", "CharField", "ForeignKey", "IntegerField",
+    "PositiveBigIntegerField", "PositiveIntegerField", "PositiveSmallIntegerField", "SmallIntegerField", "TextField",
+})
+
+
+def _prepare(field: Any, value: Any, db: Any) -> Any:
+    return value if value is None or field.get_internal_type() in _PLAIN_FIELD_TYPES else field.get_db_prep_save(
+        value, db
+    )
+
+
 def _insert_sql(rows: Sequence[Any], *, returning_ids: bool = False) -> tuple[str, list[Any]]:
     """One INSERT of ``rows`` (model instances of one model), values prepared by their
     fields as ``bulk_create`` would; with ``returning_ids`` it returns their ids. Built by
     hand: the ORM's compiler costs more client CPU than the statement on every step."""
-    model = type(rows[0])
-    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
-    quote = connection.ops.quote_name
-    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    text = (
-        f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
-        f"VALUES {', '.join([placeholders] * len(rows))}"
-    )
-    if returning_ids:
-        text += f" RETURNING {quote(model._meta.pk.column)}"
-    params = [field.get_db_prep_save(field.pre_save(row, True), connection) for row in rows for field in fields]
+    db = connections[DEFAULT_DB_ALIAS]  # the thread's connection, looked up once, not per value
+    into, placeholders, returning, fields = _insert_parts(type(rows[0]), db.vendor)
+    text = f"{into} VALUES {', '.join([placeholders] * len(rows))}{returning if returning_ids else ''}"
+    params = [_prepare(field, field.pre_save(row, True), db) for row in rows for field in fields]
     return text, params
+
+
+@functools.cache
+def _insert_parts(model: type[Any], vendor: str) -> tuple[str, str, str, list[Any]]:
+    """``INSERT INTO table (columns)``, one row's placeholders, ``RETURNING pk`` and the fields."""
+    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
+    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+    into = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in fields)})"
+    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    return into, placeholders, f" RETURNING {quote(model._meta.pk.column)}", fields
 
 
 def _update_sql(model: type[Any], pk: int, values: dict[str, Any]) -> tuple[str, list[Any]]:
     """The UPDATE ``model.objects.filter(pk=pk).update(**values)`` would run (plain values only)."""
-    quote = connection.ops.quote_name
+    db = connections[DEFAULT_DB_ALIAS]
+    quote = db.ops.quote_name
     fields = [model._meta.get_field(name) for name in values]
     assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
-    params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
+    params = [_prepare(field, values[field.name], db) for field in fields]
     return (
         f"UPDATE {quote(model._meta.db_table)} SET {assignments} WHERE {quote(model._meta.pk.column)} = %s",
         [*params, pk],
