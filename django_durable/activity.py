@@ -50,7 +50,10 @@ def activity_info() -> ActivityInfo:
 
 def heartbeat(details: Any = None) -> bool:
     """Report progress (kept for a retry's ``heartbeat_details``) and keep a
-    ``heartbeat_timeout`` from expiring. Returns whether cancellation was requested."""
+    ``heartbeat_timeout`` from expiring. Returns whether cancellation was requested.
+
+    Details larger than ``DURABLE["PAYLOAD_MAX_BYTES"]`` allows for heartbeats raise
+    ``PayloadTooLarge`` here, and nothing is recorded."""
     from .converter import to_json
 
-    return _scope().heartbeat(to_json(details, "the heartbeat details"))
+    return _scope().heartbeat(to_json(details, "the heartbeat details", kind="heartbeat"))

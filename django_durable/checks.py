@@ -10,6 +10,7 @@ from django.db import connections
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS
+from .engine.events import PAYLOAD_KINDS
 
 
 @checks.register()
@@ -44,6 +45,56 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             errors.append(
                 checks.Error(f"DURABLE[{key!r}] must be a positive number of seconds.", id="django_durable.E004")
             )
+    return errors + _check_limits(user)
+
+
+def _is_limit(value: Any) -> bool:
+    """A size or count limit: a positive integer, or None for no limit."""
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+
+
+def _check_limits(user: dict[str, Any]) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    for key in ("HISTORY_WARN_EVENTS", "HISTORY_MAX_EVENTS", "HISTORY_WARN_BYTES", "HISTORY_MAX_BYTES",
+                "API_MAX_BODY_SIZE"):
+        value = user.get(key, DEFAULTS[key])
+        if not _is_limit(value) or (value is None and key == "API_MAX_BODY_SIZE"):
+            errors.append(checks.Error(
+                f"DURABLE[{key!r}] must be a positive integer"
+                + (", or None for no limit." if key != "API_MAX_BODY_SIZE" else "."),
+                id="django_durable.E006",
+            ))
+    for unit in ("EVENTS", "BYTES"):
+        warn, limit = (user.get(f"HISTORY_{k}_{unit}", DEFAULTS[f"HISTORY_{k}_{unit}"]) for k in ("WARN", "MAX"))
+        if _is_limit(warn) and _is_limit(limit) and warn is not None and limit is not None and warn >= limit:
+            errors.append(checks.Warning(
+                f"DURABLE['HISTORY_WARN_{unit}'] ({warn}) is not below DURABLE['HISTORY_MAX_{unit}'] "
+                f"({limit}): runs fail before the warning is logged.",
+                hint=f"Set HISTORY_WARN_{unit} to a fraction of HISTORY_MAX_{unit}.",
+                id="django_durable.W002",
+            ))
+    payload = user.get("PAYLOAD_MAX_BYTES", DEFAULTS["PAYLOAD_MAX_BYTES"])
+    hint = (
+        "PAYLOAD_MAX_BYTES is a positive integer (bytes of JSON), None (no limit), or a dict of those "
+        "by kind: " + ", ".join(PAYLOAD_KINDS) + "."
+    )
+    if isinstance(payload, dict):
+        for kind in sorted(set(payload) - set(PAYLOAD_KINDS), key=str):
+            errors.append(checks.Error(
+                f"DURABLE['PAYLOAD_MAX_BYTES'] names an unknown kind of value: {kind!r}.", hint=hint,
+                id="django_durable.E007",
+            ))
+        for kind in PAYLOAD_KINDS:
+            if kind in payload and not _is_limit(payload[kind]):
+                errors.append(checks.Error(
+                    f"DURABLE['PAYLOAD_MAX_BYTES'][{kind!r}] must be a positive integer or None.", hint=hint,
+                    id="django_durable.E007",
+                ))
+    elif not _is_limit(payload):
+        errors.append(checks.Error(
+            "DURABLE['PAYLOAD_MAX_BYTES'] must be a positive integer, None or a dict.", hint=hint,
+            id="django_durable.E007",
+        ))
     return errors
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import notify, registry, store
 from .conf import durable_settings
-from .converter import from_json, to_json
+from .converter import check_size, from_json, to_json
 from .engine.events import Event
 from .engine.failures import failure_from_exception
 from .exceptions import ActivityNotPending, TimeoutError, WorkflowFailed
@@ -116,7 +116,7 @@ class WorkflowHandle:
         ``ctx.wait_for_event(name)`` (now, or whenever it next waits for one)."""
         if not isinstance(name, str) or not name or len(name) > 255:
             raise ValueError("An event name must be a non-empty string of at most 255 characters.")
-        encoded = to_json(payload, f"the payload of event {name!r}")
+        encoded = to_json(payload, f"the payload of event {name!r}", kind="signal")
         store.signal(self.workflow_id, self._current_run_id(), name, encoded)
 
     def cancel(self) -> None:
@@ -238,6 +238,8 @@ def start_workflow(
         raise ValueError("start_at must be a timezone-aware datetime.")
     encoded_args = to_json(list(args), f"the arguments of workflow {definition.name!r}")
     encoded_kwargs = to_json(kwargs, f"the keyword arguments of workflow {definition.name!r}")
+    check_size({"args": encoded_args, "kwargs": encoded_kwargs}, f"the input of workflow {definition.name!r}",
+               "workflow_input")
     instance = store.create_instance(
         workflow_name=definition.name,
         workflow_id=workflow_id or uuid.uuid4().hex,
@@ -262,7 +264,7 @@ def get_workflow(workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
 def complete_activity(task_token: str, result: Any = None) -> None:
     """Complete the activity attempt named by ``task_token`` with ``result``."""
     token = read_task_token(task_token)
-    encoded = to_json(result, "the activity result")
+    encoded = to_json(result, "the activity result", kind="activity_result")
     _finish(token, lambda item: store.complete_activity(item, encoded, live_only=True))
 
 
@@ -276,7 +278,7 @@ def fail_activity(task_token: str, error: BaseException | dict[str, Any] | str) 
 def heartbeat_activity(task_token: str, details: Any = None) -> bool:
     """Record progress for the attempt; returns whether cancellation was requested."""
     token = read_task_token(task_token)
-    encoded = to_json(details, "the heartbeat details")
+    encoded = to_json(details, "the heartbeat details", kind="heartbeat")
     item = _finish(
         token,
         lambda item: store.record_heartbeat(
@@ -331,5 +333,5 @@ def _failure(error: BaseException | dict[str, Any] | str) -> dict[str, Any]:
         raise TypeError("error['type'] must be a string.")
     failure: dict[str, Any] = {"type": error_type, "message": error["message"]}
     if error.get("details") is not None:
-        failure["details"] = to_json(error["details"], "the error details")
+        failure["details"] = to_json(error["details"], "the error details", kind="activity_result")
     return failure

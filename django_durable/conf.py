@@ -13,6 +13,8 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
+DEFAULT_PAYLOAD_MAX_BYTES = 2 * 1024 * 1024
+
 DEFAULTS: dict[str, Any] = {
     # Queue used when neither the workflow/activity nor the caller names one.
     "DEFAULT_QUEUE": "default",
@@ -35,6 +37,15 @@ DEFAULTS: dict[str, Any] = {
     # events; at HISTORY_MAX_EVENTS the run fails (use ctx.continue_as_new()).
     "HISTORY_WARN_EVENTS": 10_000,
     "HISTORY_MAX_EVENTS": 50_000,
+    # The same by size: the bytes of JSON of the history's event payloads.
+    "HISTORY_WARN_BYTES": 10 * 1024 * 1024,
+    "HISTORY_MAX_BYTES": 50 * 1024 * 1024,
+    # The largest value (bytes of JSON) that may cross the durable boundary, for every
+    # kind of value (engine.events.PAYLOAD_KINDS: workflow_input, workflow_result,
+    # activity_input, activity_result, signal, heartbeat, variable), or a dict
+    # {kind: bytes or None} (kinds left out keep the default).
+    # None: no limit. A larger value raises PayloadTooLarge where it is passed.
+    "PAYLOAD_MAX_BYTES": DEFAULT_PAYLOAD_MAX_BYTES,
     # Runs whose code a worker keeps parked between workflow tasks, so that the
     # next task resumes it instead of replaying its history (0: always replay).
     "WORKFLOW_CACHE_SIZE": 500,

@@ -4,7 +4,9 @@ The default converter produces plain JSON with Django's encoder for dates,
 decimals, UUIDs and durations. Dataclasses and Pydantic-style models
 (``model_dump()`` / ``model_validate()``) are tagged with their class so they
 come back as the same type. A value that cannot be encoded raises
-``SerializationError`` where it was passed, never later in a worker.
+``SerializationError`` where it was passed, never later in a worker, and so
+does a value larger than ``DURABLE["PAYLOAD_MAX_BYTES"]`` allows for its kind
+(``PayloadTooLarge``, a ``SerializationError``).
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 
+from .engine.events import PAYLOAD_KINDS, PayloadLimits, check_payload_size
 from .exceptions import SerializationError
 
 _DATACLASS_TAG = "__dataclass__"
@@ -148,12 +152,42 @@ def get_converter() -> DataConverter:
     return _converter[1]
 
 
-def to_json(value: Any, what: str = "value") -> Any:
-    """Encode ``value`` with the configured converter; errors name ``what``."""
+def to_json(value: Any, what: str = "value", *, kind: str | None = None) -> Any:
+    """Encode ``value`` with the configured converter; errors name ``what``.
+
+    With ``kind`` (one of ``PAYLOAD_KINDS``), a value larger than that kind's
+    payload limit raises ``PayloadTooLarge``.
+    """
     try:
-        return get_converter().to_json(value)
+        encoded = get_converter().to_json(value)
     except SerializationError as exc:
         raise SerializationError(f"Cannot serialise {what}: {exc.detail}") from None
+    if kind is not None:
+        check_size(encoded, what, kind)
+    return encoded
+
+
+def check_size(encoded: Any, what: str, kind: str) -> None:
+    """``PayloadTooLarge`` if ``encoded`` (what ``to_json`` returned) is over ``kind``'s limit."""
+    check_payload_size(encoded, what=what, kind=kind, limits=payload_limits())
+
+
+_limits: tuple[Any, dict[str, int | None]] | None = None
+
+
+def payload_limits() -> PayloadLimits:
+    """``DURABLE["PAYLOAD_MAX_BYTES"]`` as {kind: bytes or None} for every kind."""
+    from .conf import DEFAULT_PAYLOAD_MAX_BYTES, durable_settings
+
+    global _limits
+    configured = durable_settings.PAYLOAD_MAX_BYTES
+    if _limits is None or _limits[0] is not configured:
+        if isinstance(configured, Mapping):
+            limits = {kind: configured.get(kind, DEFAULT_PAYLOAD_MAX_BYTES) for kind in PAYLOAD_KINDS}
+        else:
+            limits = dict.fromkeys(PAYLOAD_KINDS, configured)
+        _limits = (configured, limits)
+    return _limits[1]
 
 
 def from_json(data: Any) -> Any:

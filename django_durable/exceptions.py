@@ -27,6 +27,26 @@ class SerializationError(DurableError, TypeError):
     default_code = "not_serializable"
 
 
+class PayloadTooLarge(SerializationError):
+    """A value is larger than ``DURABLE["PAYLOAD_MAX_BYTES"]`` allows for its kind.
+
+    Raised where the value is passed, before anything is written. ``size`` and
+    ``limit`` are bytes of JSON (UTF-8); ``kind`` names the limit that applies.
+    """
+
+    status_code = 413
+    default_detail = "A value is larger than the payload size limit."
+    default_code = "payload_too_large"
+
+    def __init__(
+        self, detail: str | None = None, *, code: str | None = None, kind: str = "", size: int = 0, limit: int = 0
+    ) -> None:
+        super().__init__(detail, code=code)
+        self.kind = kind
+        self.size = size
+        self.limit = limit
+
+
 class NotRegistered(DurableError, LookupError):
     status_code = 400
     default_detail = "No workflow or activity is registered under that name."
@@ -114,7 +134,8 @@ class CancelledError(BaseException):
 
 
 class HistoryTooLarge(DurableError):
-    """A run's history reached ``HISTORY_MAX_EVENTS``; the run fails with this error."""
+    """A run's history reached ``HISTORY_MAX_EVENTS`` events or would outgrow
+    ``HISTORY_MAX_BYTES``; the run fails with this error."""
 
     default_detail = "The workflow's history is too large."
     default_code = "history_too_large"

@@ -16,6 +16,7 @@ from .conf import durable_settings
 from .exceptions import InvalidTaskToken
 
 MAX_TOKEN_LENGTH = 1024
+MAX_ID = 2**63 - 1  # the largest id or number any supported database stores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +41,12 @@ def read_task_token(token: object) -> TaskToken:
         data = signing.loads(token, salt=durable_settings.TASK_TOKEN_SALT)
     except (signing.BadSignature, ValueError, UnicodeError):
         raise InvalidTaskToken("The task token is garbled or its signature does not match.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("r"), str):
+        raise InvalidTaskToken("The task token is not a django-durable task token.")
     try:
         parsed = TaskToken(item_id=data["i"], run_id=str(uuid.UUID(data["r"])), task_id=data["t"], attempt=data["a"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, ValueError):
         raise InvalidTaskToken("The task token is not a django-durable task token.") from None
-    if not all(isinstance(value, int) and value > 0 for value in (parsed.item_id, parsed.task_id, parsed.attempt)):
+    if not all(type(value) is int and 0 < value <= MAX_ID for value in (parsed.item_id, parsed.task_id, parsed.attempt)):
         raise InvalidTaskToken("The task token is not a django-durable task token.")
     return parsed

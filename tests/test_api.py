@@ -587,7 +587,7 @@ def test_list_filter_and_paginate(admin_api, db):
     assert len(second["results"]) == 2
     assert not {r["run_id"] for r in first["results"]} & {r["run_id"] for r in second["results"]}
     assert admin_api.get(WORKFLOWS, {"offset": 10**30}).json()["results"] == []
-    assert len(admin_api.get(WORKFLOWS, {"limit": "junk"}).json()["results"]) == 6
+    assert admin_api.get(WORKFLOWS, {"limit": "junk"}).status_code == 400
 
     with override_settings(DURABLE={"API_PAGE_SIZE": 4}):
         assert len(admin_api.get(WORKFLOWS).json()["results"]) == 4

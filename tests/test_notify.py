@@ -23,6 +23,7 @@ from rest_framework.test import APIClient
 
 import django_durable as durable
 from django_durable import notify, store
+from django_durable.conf import durable_settings
 from django_durable.models import WorkflowStatus
 from tests.conftest import wait_for
 from tests.test_api import SCHEMA, assert_error, detail, snapshot
@@ -308,7 +309,8 @@ def test_schema_documents_wait(admin_api):
     schema = admin_api.get(SCHEMA).json()
     describe = schema["paths"]["/durable/api/workflows/{workflow_id}/"]["get"]
     (wait,) = [param for param in describe["parameters"] if param["name"] == "wait"]
-    assert wait["in"] == "query" and wait["schema"] == {"type": "number", "minimum": 0}
+    maximum = float(durable_settings.API_MAX_WAIT)
+    assert wait["in"] == "query" and wait["schema"] == {"type": "number", "minimum": 0, "maximum": maximum}
 
 
 # -- without LISTEN/NOTIFY ------------------------------------------------------------------------

@@ -13,10 +13,11 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+from django.core.validators import ProhibitNullCharactersValidator
 from django.urls import NoReverseMatch
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotAcceptable
+from rest_framework.exceptions import NotAcceptable, ValidationError
 from rest_framework.filters import BaseFilterBackend
 from rest_framework.generics import GenericAPIView
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -32,6 +33,7 @@ from .. import client, store
 from ..conf import durable_settings
 from ..exceptions import WorkflowNotFound
 from ..models import HistoryEvent, WorkflowInstance, WorkflowStatus
+from ..tokens import MAX_TOKEN_LENGTH
 from . import serializers as s
 from .exceptions import exception_handler
 from .parsers import JSONParser, LimitedBodyRequest
@@ -73,20 +75,39 @@ class JSONAnywayNegotiation(DefaultContentNegotiation):
             return renderers[0], renderers[0].media_type
 
 
+# What the fields refuse beyond their type, as JSON Schema patterns (ECMA 262 and Python alike).
+NO_NUL_PATTERN = "^[^\\x00]*$"
+ADDRESSABLE_PATTERN = "^[^/\\x00]*$"  # a workflow id that can appear in a URL path
+
+
+def text_parameter(name: str, description: str) -> dict[str, Any]:
+    """A non-empty text query parameter (the filters' shape)."""
+    return {"name": name, "required": False, "in": "query", "description": description,
+            "schema": {"type": "string", "minLength": 1, "maxLength": s.MAX_NAME_LENGTH, "pattern": NO_NUL_PATTERN}}
+
+
 class DurableSchema(AutoSchema):
     """OpenAPI for these views: separate request and response serializers, the real
-    success status codes, and history paginated like a list."""
+    success status codes, and history paginated like a list.
+
+    The document says what the views refuse wherever JSON Schema can say it (blank and NUL
+    text, a required body, the bounds of numbers), so that a request it calls valid is
+    refused only for what no schema can know: a token or workflow name that does not exist,
+    arguments that do not fit a workflow's signature, a run in the wrong state.
+    """
 
     def __init__(
         self,
         *,
         operation_ids: dict[str, str],
         responses: dict[str, tuple[int, Any]] | None = None,
+        token_header: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.operation_ids = operation_ids  # action (or method) -> operationId
         self.responses = responses or {}  # action (or method) -> (status code, serializer class)
+        self.token_header = token_header  # the task token may come in the X-Durable-Task-Token header
 
     def _key(self, method: str) -> str:
         return getattr(self.view, "action", None) or method.lower()
@@ -96,7 +117,7 @@ class DurableSchema(AutoSchema):
 
     def map_field(self, field: Any) -> dict[str, Any]:
         if isinstance(field, s.TaskTokenField):
-            return {"type": "string"}
+            return {"type": "string", "maxLength": MAX_TOKEN_LENGTH}
         if isinstance(field, s.JSONValueField):
             if field.kind == "object":
                 return {"type": "object", "additionalProperties": {}}
@@ -104,6 +125,17 @@ class DurableSchema(AutoSchema):
                 return {"type": "array", "items": {}}
             return {"description": "Any JSON value."}
         return super().map_field(field)
+
+    def map_field_validators(self, field: Any, schema: dict[str, Any]) -> None:
+        super().map_field_validators(field, schema)
+        if not isinstance(field, serializers.CharField) or field.read_only:
+            return
+        if not field.allow_blank:
+            schema.setdefault("minLength", 1)
+        if s._addressable in field.validators:
+            schema.setdefault("pattern", ADDRESSABLE_PATTERN)
+        elif any(isinstance(v, ProhibitNullCharactersValidator) for v in field.validators):
+            schema.setdefault("pattern", NO_NUL_PATTERN)
 
     def get_response_serializer(self, path: str, method: str) -> Any:
         entry = self.responses.get(self._key(method))
@@ -118,9 +150,15 @@ class DurableSchema(AutoSchema):
         return serializer
 
     def get_request_body(self, path: str, method: str) -> dict[str, Any]:
-        if method in ("PUT", "PATCH", "POST") and self.get_request_serializer(path, method) is None:
+        if method not in ("PUT", "PATCH", "POST"):
             return {}
-        return super().get_request_body(path, method)
+        serializer = self.get_request_serializer(path, method)
+        if serializer is None:
+            return {}
+        body = super().get_request_body(path, method)
+        if any(field.required for field in serializer.fields.values()):
+            body["required"] = True  # no body is not an empty object: its required fields are missing
+        return body
 
     def get_pagination_parameters(self, path: str, method: str) -> list[dict[str, Any]]:
         if self._key(method) == "history":
@@ -147,7 +185,13 @@ class DurableSchema(AutoSchema):
                 "name": "wait", "required": False, "in": "query",
                 "description": "Long poll: answer as soon as the run is closed, or after this many seconds "
                 "(at most the API_MAX_WAIT setting, 60 by default).",
-                "schema": {"type": "number", "minimum": 0},
+                "schema": {"type": "number", "minimum": 0, "maximum": float(durable_settings.API_MAX_WAIT)},
+            })
+        if self.token_header:
+            params.append({
+                "name": s.TASK_TOKEN_HEADER, "required": False, "in": "header",
+                "description": "The task token, instead of task_token in the body (both only if they agree).",
+                "schema": {"type": "string", "maxLength": MAX_TOKEN_LENGTH},
             })
         return params
 
@@ -216,7 +260,7 @@ class CompleteActivityView(ActivityView):
 
     serializer_class = s.CompleteActivityRequestSerializer
     schema = DurableSchema(
-        tags=["activities"], operation_ids={"post": "completeActivity"},
+        tags=["activities"], operation_ids={"post": "completeActivity"}, token_header=True,
         responses={"post": (200, s.ActivityStatusSerializer)},
     )
 
@@ -231,7 +275,7 @@ class FailActivityView(ActivityView):
 
     serializer_class = s.FailActivityRequestSerializer
     schema = DurableSchema(
-        tags=["activities"], operation_ids={"post": "failActivity"},
+        tags=["activities"], operation_ids={"post": "failActivity"}, token_header=True,
         responses={"post": (200, s.ActivityStatusSerializer)},
     )
 
@@ -246,7 +290,7 @@ class HeartbeatActivityView(ActivityView):
 
     serializer_class = s.HeartbeatActivityRequestSerializer
     schema = DurableSchema(
-        tags=["activities"], operation_ids={"post": "heartbeatActivity"},
+        tags=["activities"], operation_ids={"post": "heartbeatActivity"}, token_header=True,
         responses={"post": (200, s.HeartbeatResponseSerializer)},
     )
 
@@ -260,7 +304,8 @@ class HeartbeatActivityView(ActivityView):
 
 
 class WorkflowPagination(LimitOffsetPagination):
-    """``?limit=&offset=``; the default limit is ``DURABLE["API_PAGE_SIZE"]``."""
+    """``?limit=&offset=``; the default limit is ``DURABLE["API_PAGE_SIZE"]``, a larger limit
+    is cut to ``max_limit``. Anything but a whole number (at least 1 for the limit) is 400."""
 
     MAX_OFFSET = 2**53  # far past any real table, well inside every database's integer range
 
@@ -272,8 +317,29 @@ class WorkflowPagination(LimitOffsetPagination):
     def max_limit(self) -> int:  # type: ignore[override]
         return max(int(durable_settings.API_PAGE_SIZE), 1000)
 
+    def get_limit(self, request: Any) -> int:
+        return min(self._number(request, self.limit_query_param, minimum=1, default=self.default_limit),
+                   self.max_limit)
+
     def get_offset(self, request: Any) -> int:
-        return min(super().get_offset(request), self.MAX_OFFSET)
+        return min(self._number(request, self.offset_query_param, minimum=0, default=0), self.MAX_OFFSET)
+
+    def _number(self, request: Any, name: str, *, minimum: int, default: int) -> int:
+        raw = request.query_params.get(name)
+        if raw is None:
+            return default
+        value = -1
+        if raw.isascii() and raw.isdigit():
+            value = int(raw) if len(raw) <= 30 else 10**30  # past every bound: no need to parse it all
+        if value < minimum:
+            raise ValidationError({name: [f"A whole number of at least {minimum} is required."]})
+        return value
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            parameter["schema"]["minimum"] = 1 if parameter["name"] == self.limit_query_param else 0
+        return parameters
 
 
 class WorkflowFilter(BaseFilterBackend):
@@ -290,10 +356,8 @@ class WorkflowFilter(BaseFilterBackend):
         return [
             {"name": "status", "required": False, "in": "query", "description": "Only runs in this status.",
              "schema": {"type": "string", "enum": list(WorkflowStatus.values)}},
-            {"name": "workflow_name", "required": False, "in": "query",
-             "description": "Only runs of this workflow.", "schema": {"type": "string", "maxLength": 255}},
-            {"name": "workflow_id", "required": False, "in": "query",
-             "description": "Only runs with this workflow id.", "schema": {"type": "string", "maxLength": 255}},
+            text_parameter("workflow_name", "Only runs of this workflow."),
+            text_parameter("workflow_id", "Only runs with this workflow id."),
         ]
 
 

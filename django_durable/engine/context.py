@@ -36,7 +36,10 @@ from .events import (
     Event,
     EventKind,
     ParentClosePolicy,
+    PayloadLimits,
+    check_payload_size,
     describe_call,
+    json_size,
 )
 
 if TYPE_CHECKING:
@@ -100,6 +103,8 @@ class WorkflowContext:
         activity_options: Any,
         workflow_options: Any = None,
         lookahead: Sequence[Event] = (),
+        payload_limits: PayloadLimits | None = None,
+        measure_history: bool = False,
     ) -> None:
         self.workflow_id = workflow_id
         self.run_id = run_id
@@ -119,6 +124,10 @@ class WorkflowContext:
         self._markers: set[str] = set()
         self._cancel_index: int | None = None
         self._length = 0  # history events indexed so far
+        self._payload_limits = payload_limits
+        self._measure_history = measure_history
+        # Bytes of JSON of the payloads of the events indexed so far (with ``measure_history``).
+        self.history_bytes = 0
         self._task_time: datetime.datetime | None = None
         self._task_number = 0
         self.started_at: datetime.datetime | None = None
@@ -155,6 +164,8 @@ class WorkflowContext:
         for event in events:
             index = self._length
             self._length += 1
+            if self._measure_history:
+                self.history_bytes += json_size(event.payload)
             kind = event.kind
             if kind == EventKind.WORKFLOW_TASK_STARTED:
                 self._task_time = event.timestamp
@@ -217,7 +228,7 @@ class WorkflowContext:
     def set_var(self, name: str, value: Any) -> None:
         """Record a user-defined variable, visible through ``WorkflowHandle.vars()``."""
         self._check_running()
-        self.vars[name] = self._encode(value, f"variable {name!r}")
+        self.vars[name] = self._encode(value, f"variable {name!r}", "variable")
 
     # -- durable calls -------------------------------------------------------
 
@@ -231,6 +242,7 @@ class WorkflowContext:
             "kwargs": self._encode(kwargs, f"the keyword arguments of activity {name!r}"),
             "options": options,
         }
+        self._check_new_call_size(payload, f"the input of activity {name!r}", "activity_input")
         task_id = self._next_call(EventKind.ACTIVITY_SCHEDULED, name)
         if task_id not in self._recorded:
             self._record(EventKind.ACTIVITY_SCHEDULED, task_id, name, payload)
@@ -328,6 +340,7 @@ class WorkflowContext:
             "queue": queue,
             "parent_close_policy": policy.value,
         }
+        self._check_new_call_size(payload, f"the input of child workflow {name!r}", "workflow_input")
         task_id = self._next_call(EventKind.CHILD_WORKFLOW_SCHEDULED, name)
         if task_id not in self._recorded:
             payload["workflow_id"] = workflow_id or f"{self.workflow_id}:{task_id}:{self.run_id[:8]}"
@@ -339,10 +352,11 @@ class WorkflowContext:
         arguments and an empty history. Events not yet consumed move to the new run."""
         self._check_running()
         self._check_cancel(None)
-        self.continue_request = ContinueAsNew(
-            self._encode(list(args), "the arguments of continue_as_new()"),
-            self._encode(kwargs, "the keyword arguments of continue_as_new()"),
-        )
+        encoded_args = self._encode(list(args), "the arguments of continue_as_new()")
+        encoded_kwargs = self._encode(kwargs, "the keyword arguments of continue_as_new()")
+        self._check_size({"args": encoded_args, "kwargs": encoded_kwargs}, "the input of continue_as_new()",
+                         "workflow_input")
+        self.continue_request = ContinueAsNew(encoded_args, encoded_kwargs)
         raise self.continue_request
 
     def patched(self, change_id: str) -> bool:
@@ -551,11 +565,34 @@ class WorkflowContext:
         self.fatal = error
         raise Abort()
 
-    def _encode(self, value: Any, what: str) -> Any:
+    def _encode(self, value: Any, what: str, kind: str | None = None) -> Any:
         try:
-            return self._converter.to_json(value)
+            encoded = self._converter.to_json(value)
         except SerializationError as exc:
             raise SerializationError(f"Cannot serialise {what}: {exc.detail}") from None
+        if kind is not None:
+            self._check_size(encoded, what, kind)
+        return encoded
+
+    def _check_size(self, encoded: Any, what: str, kind: str) -> None:
+        """``PayloadTooLarge`` in the workflow code for a value over its kind's limit."""
+        check_payload_size(encoded, what=what, kind=kind, limits=self._payload_limits)
+
+    def _check_new_call_size(self, payload: dict[str, Any], what: str, kind: str) -> None:
+        """The size check of a durable call's input, before the call takes its sequence number,
+        so that a refused call leaves no gap, on replay too. A call that history recorded with
+        this very input is not measured again: it passed once (even if the limit was lowered
+        since), and replays as recorded."""
+        if not self._payload_limits or self._payload_limits.get(kind) is None:
+            return
+        recorded = self._recorded.get(self._next_task_id + 1)
+        if (
+            recorded is not None
+            and recorded.payload.get("args") == payload["args"]
+            and recorded.payload.get("kwargs") == payload["kwargs"]
+        ):
+            return
+        self._check_size({"args": payload["args"], "kwargs": payload["kwargs"]}, what, kind)
 
     def unmatched_history(self) -> NonDeterminismError | None:
         if self._next_task_id < self._max_recorded:

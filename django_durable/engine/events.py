@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
+from collections.abc import Iterable, Mapping
 from enum import Enum
 from typing import Any
+
+from ..exceptions import PayloadTooLarge
 
 
 class EventKind(str, Enum):
@@ -97,3 +101,49 @@ def describe_call(kind: str, name: str) -> str:
         EventKind.CHILD_WORKFLOW_SCHEDULED: "child workflow",
     }.get(EventKind(kind), kind)
     return f"{what} {name!r}" if name else what
+
+
+# The kinds of values with a size limit (``DURABLE["PAYLOAD_MAX_BYTES"]``), as errors name them.
+PAYLOAD_KINDS: dict[str, str] = {
+    "workflow_input": "workflow inputs",  # start_workflow(), child workflows, continue_as_new()
+    "workflow_result": "workflow results",
+    "activity_input": "activity inputs",
+    "activity_result": "activity results",  # returned, completed by token, or failure details
+    "signal": "signal payloads",
+    "heartbeat": "heartbeat details",
+    "variable": "workflow variables",  # ctx.set_var()
+}
+# kind -> the largest size in bytes, or None for no limit
+PayloadLimits = Mapping[str, "int | None"]
+
+
+# Converted values are trees (the converter refuses cycles): no need to look for one.
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False, default=str)
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` (already converted to JSON data) as compact UTF-8 JSON:
+    what payload and history limits count."""
+    if not value and isinstance(value, (dict, list)):
+        return 2
+    text = _compact.encode(value)
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def events_size(events: Iterable[Event]) -> int:
+    """The bytes of JSON of ``events``' payloads (what ``HISTORY_MAX_BYTES`` counts)."""
+    return sum(json_size(event.payload) for event in events)
+
+
+def check_payload_size(value: Any, *, what: str, kind: str, limits: PayloadLimits | None) -> None:
+    """Raise ``PayloadTooLarge`` if ``value`` (JSON data) is larger than ``limits`` allow for ``kind``."""
+    limit = limits.get(kind) if limits else None
+    if limit is None:
+        return
+    size = json_size(value)
+    if size > limit:
+        raise PayloadTooLarge(
+            f"Cannot store {what}: {size} bytes of JSON, over the limit of {limit} bytes "
+            f"for {PAYLOAD_KINDS[kind]} (DURABLE['PAYLOAD_MAX_BYTES']).",
+            kind=kind, size=size, limit=limit,
+        )

@@ -13,7 +13,7 @@ from ..exceptions import (
     WorkflowTaskError,
 )
 from .context import WorkflowContext
-from .events import CLOSE_KINDS, Event, EventKind
+from .events import CLOSE_KINDS, Event, EventKind, PayloadLimits, events_size
 from .failures import failure_from_exception, qualified_name
 from .resident import CANCELED, COMPLETED, CONTINUED_AS_NEW, FAILED, RUNNING, ResidentRun
 
@@ -60,6 +60,9 @@ def run_workflow_task(
     workflow_options: Callable[[Any], tuple[str, str | None]] | None = None,
     history_warn_events: int | None = None,
     history_max_events: int | None = None,
+    history_warn_bytes: int | None = None,
+    history_max_bytes: int | None = None,
+    payload_limits: PayloadLimits | None = None,
     resident: ResidentRun | None = None,
     task_timeout: float | None = None,
 ) -> TaskOutcome:
@@ -72,7 +75,12 @@ def run_workflow_task(
     With ``resident`` (the run's code kept from its last task), ``history`` holds
     only the events stored since that task's commit, and the code goes on from
     where it waited; without, ``history`` is the whole run and the code replays it.
+
+    ``payload_limits`` ({kind: bytes}) bound the values the code passes (``PayloadTooLarge``
+    in the code); ``history_max_events`` / ``history_max_bytes`` fail the run with
+    ``HistoryTooLarge`` instead of letting its history grow past them.
     """
+    measure = history_max_bytes is not None or history_warn_bytes is not None
     started = Event(kind=EventKind.WORKFLOW_TASK_STARTED.value, timestamp=now)
     received = [*history, started, *inbox] if resident is not None else [started, *inbox]
     if resident is None:
@@ -86,6 +94,8 @@ def run_workflow_task(
             converter=converter,
             activity_options=activity_options,
             workflow_options=workflow_options,
+            payload_limits=payload_limits,
+            measure_history=measure,
             timeout=task_timeout,
         )
         status, result, error = resident.start()
@@ -102,12 +112,19 @@ def run_workflow_task(
 
     new_events = [*received, *ctx.new_events]
     size = known + len(new_events)
-    if history_max_events is not None and size >= history_max_events and status != CONTINUED_AS_NEW:
+    size_bytes = ctx.history_bytes + events_size(ctx.new_events) if measure else 0
+    known_bytes = size_bytes - events_size(new_events) if measure else 0
+    over = None
+    if history_max_events is not None and size >= history_max_events:
+        over = f"would reach {size} events, the limit is {history_max_events} (DURABLE['HISTORY_MAX_EVENTS'])"
+    elif history_max_bytes is not None and size_bytes > history_max_bytes:
+        over = (f"would grow to {size_bytes} bytes of JSON, over the limit of {history_max_bytes} bytes "
+                f"(DURABLE['HISTORY_MAX_BYTES'])")
+    if over is not None and status != CONTINUED_AS_NEW:
         status, result = FAILED, None
         error = failure_from_exception(
             HistoryTooLarge(
-                f"The history of workflow {workflow_id!r} would reach {size} events, the limit is "
-                f"{history_max_events} (DURABLE['HISTORY_MAX_EVENTS']). Long-running workflows should "
+                f"The history of workflow {workflow_id!r} {over}. Long-running workflows should "
                 f"call ctx.continue_as_new() now and then to go on with a fresh history."
             )
         )
@@ -117,6 +134,12 @@ def run_workflow_task(
         warning = (
             f"The history of workflow {workflow_id!r} has {size} events (warning at {history_warn_events}"
             + (f", limit {history_max_events}" if history_max_events else "")
+            + "); consider ctx.continue_as_new()."
+        )
+    elif history_warn_bytes is not None and known_bytes < history_warn_bytes <= size_bytes:
+        warning = (
+            f"The history of workflow {workflow_id!r} has {size_bytes} bytes of JSON (warning at "
+            f"{history_warn_bytes}" + (f", limit {history_max_bytes}" if history_max_bytes else "")
             + "); consider ctx.continue_as_new()."
         )
     if status == CONTINUED_AS_NEW:

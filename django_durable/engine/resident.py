@@ -161,7 +161,7 @@ class ResidentRun:
             self._crash = exc
         else:
             try:
-                status, result = COMPLETED, ctx._encode(value, "the workflow's return value")
+                status, result = COMPLETED, ctx._encode(value, "the workflow's return value", kind="workflow_result")
             except SerializationError as exc:
                 status, error = FAILED, failure_from_exception(exc)
         self._progress = _settle(ctx, status, result, error)

@@ -15,7 +15,7 @@ from django.db import DatabaseError, close_old_connections
 from .. import registry, store
 from ..activity import ActivityInfo, ResultPending, _current, _Scope
 from ..conf import durable_settings
-from ..converter import from_json, get_converter, to_json
+from ..converter import from_json, get_converter, payload_limits, to_json
 from ..engine import TaskOutcome, run_workflow_task
 from ..engine.resident import ResidentRun
 from ..engine.events import EventKind
@@ -96,7 +96,7 @@ def execute_activity(
     finally:
         _current.reset(scope)
     try:
-        result = to_json(value, f"the result of activity {item.name!r}")
+        result = to_json(value, f"the result of activity {item.name!r}", kind="activity_result")
     except SerializationError as exc:
         record_failure(item, exc, retryable=False)
         return
@@ -124,6 +124,9 @@ def run_task(*, workflow_name: str, resident: ResidentRun | None, **task: Any) -
         workflow_options=registry.workflow_call_options,
         history_warn_events=durable_settings.HISTORY_WARN_EVENTS,
         history_max_events=durable_settings.HISTORY_MAX_EVENTS,
+        history_warn_bytes=durable_settings.HISTORY_WARN_BYTES,
+        history_max_bytes=durable_settings.HISTORY_MAX_BYTES,
+        payload_limits=payload_limits(),
         resident=resident,
         task_timeout=durable_settings.WORKFLOW_TASK_TIMEOUT,
         **task,
