@@ -98,7 +98,7 @@ class ActivityNotPending(DurableError):
     default_code = "activity_not_pending"
 
 
-class TimeoutError(DurableError, builtins.TimeoutError):  # noqa: A001 - public name by design
+class TimeoutError(DurableError, builtins.TimeoutError):
     status_code = 504
     default_detail = "Timed out."
     default_code = "timeout"
@@ -201,3 +201,11 @@ class ChildWorkflowError(WorkflowFailed):
     def __init__(self, message: str, *, workflow_id: str = "", **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.workflow_id = workflow_id
+
+
+class DatabaseAccessInWorkflow(BaseException):
+    """Workflow code ran a database query. Workflow code must be deterministic (it is
+    replayed); database work belongs in an activity. A ``BaseException``, like
+    ``SystemExit``, so that an ``except Exception`` in the code cannot swallow it: the
+    workflow task fails, backs off and is parked until the code is fixed, and the run
+    is not failed for a bug in its code."""

@@ -1,9 +1,11 @@
 """Engine-level workflow task failures back off and are parked, not retried forever."""
 
+import pytest
+
 import django_durable as durable
 from django_durable.models import WorkItem
 from tests.conftest import wait_for
-from tests.testapp.workflows import crasher
+from tests.testapp.workflows import crasher, queries_the_database, retrying
 
 
 def test_a_failing_workflow_task_backs_off_and_is_parked(start_worker):
@@ -36,3 +38,23 @@ def test_a_failing_workflow_task_backs_off_and_is_parked(start_worker):
     assert handle.retry() is True
     item.refresh_from_db()
     assert (item.parked_at, item.failures, item.lease_owner) == (None, 0, None)
+
+
+@pytest.mark.parametrize("swallow", [False, True], ids=["raises", "catches-exception"])
+def test_workflow_code_that_queries_the_database_fails_its_task_and_is_parked(start_worker, swallow):
+    handle = durable.start_workflow(queries_the_database, swallow)
+    worker = start_worker(env={"DURABLE_TEST_MAX_FAILURES": "2"})
+    item = wait_for(
+        lambda: WorkItem.objects.filter(instance__run_id=handle.run_id, parked_at__isnull=False).first(),
+        what="the workflow task to be parked",
+    )
+    assert item.last_error["type"] == "django_durable.exceptions.DatabaseAccessInWorkflow"
+    assert "Workflow code ran a database query (SELECT COUNT(*)" in item.last_error["message"]
+    assert "query the database in an activity" in item.last_error["message"]
+    description = handle.describe()
+    assert description.status in ("pending", "running") and description.history_length == 1
+    # The worker is unharmed: it goes on with other work.
+    other = durable.start_workflow(retrying, f"after-orm-{swallow}", 0)
+    assert other.result(timeout=60) == 1
+    worker.terminate()
+    assert worker.wait() == 0

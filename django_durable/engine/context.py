@@ -540,8 +540,7 @@ class WorkflowContext:
 
     def _advance_time(self, entry: Entry) -> None:
         _, _, task_time, task_number = entry
-        if task_time > self._now:
-            self._now = task_time
+        self._now = max(self._now, task_time)
         if task_number == self._latest_task_number:
             self._consumed_latest = True
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import (
@@ -65,6 +66,7 @@ def run_workflow_task(
     payload_limits: PayloadLimits | None = None,
     resident: ResidentRun | None = None,
     task_timeout: float | None = None,
+    code_guard: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> TaskOutcome:
     """Run ``fn`` over ``history`` plus this task's ``inbox`` events.
 
@@ -79,6 +81,9 @@ def run_workflow_task(
     ``payload_limits`` ({kind: bytes}) bound the values the code passes (``PayloadTooLarge``
     in the code); ``history_max_events`` / ``history_max_bytes`` fail the run with
     ``HistoryTooLarge`` instead of letting its history grow past them.
+
+    ``code_guard`` is a context manager the code's thread runs in (the worker's forbids
+    database queries); an exception it raises there fails the task, as ``sys.exit()`` does.
     """
     measure = history_max_bytes is not None or history_warn_bytes is not None
     started = Event(kind=EventKind.WORKFLOW_TASK_STARTED.value, timestamp=now)
@@ -97,6 +102,7 @@ def run_workflow_task(
             payload_limits=payload_limits,
             measure_history=measure,
             timeout=task_timeout,
+            code_guard=code_guard,
         )
         status, result, error = resident.start()
         known = len(history)
@@ -215,13 +221,14 @@ def _start(
     *,
     converter: DataConverter,
     timeout: float | None = None,
+    code_guard: Callable[[], AbstractContextManager[Any]] | None = None,
     **context: Any,
 ) -> ResidentRun:
     ctx = WorkflowContext(history=history, converter=converter, **context)
     execution = history[0]
     args = converter.from_json(execution.payload.get("args", []))
     kwargs = converter.from_json(execution.payload.get("kwargs", {}))
-    return ResidentRun(fn, ctx, args, kwargs, timeout=timeout)
+    return ResidentRun(fn, ctx, args, kwargs, timeout=timeout, code_guard=code_guard)
 
 
 def _execute(

@@ -20,6 +20,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ..exceptions import CancelledError, SerializationError, WorkflowTaskError
@@ -50,8 +51,10 @@ class ResidentRun:
         kwargs: dict[str, Any],
         *,
         timeout: float | None = None,
+        code_guard: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.ctx = ctx
+        self._code_guard = code_guard or nullcontext
         self._fn = fn
         self._args = args
         self._kwargs = kwargs
@@ -135,7 +138,8 @@ class ResidentRun:
 
     def _body(self) -> None:
         try:
-            self._run_code()
+            with self._code_guard():  # entered and left in the code's own thread
+                self._run_code()
         except BaseException as exc:  # noqa: BLE001 - a bug of ours: never leave the driver waiting
             self._crash = exc
         finally:

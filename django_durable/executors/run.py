@@ -7,20 +7,25 @@ import datetime
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connections
 
 from .. import registry, store
 from ..activity import ActivityInfo, ResultPending, _current, _Scope
 from ..conf import durable_settings
 from ..converter import from_json, get_converter, payload_limits, to_json
 from ..engine import TaskOutcome, run_workflow_task
-from ..engine.resident import ResidentRun
 from ..engine.events import EventKind
 from ..engine.failures import failure_from_exception
-from ..exceptions import ActivityNotPending, NotRegistered, SerializationError
+from ..engine.resident import ResidentRun
+from ..exceptions import (
+    ActivityNotPending,
+    DatabaseAccessInWorkflow,
+    NotRegistered,
+    SerializationError,
+)
 from ..faults import crash_point
 from ..models import OPEN_STATUSES
 from ..tokens import make_task_token
@@ -129,7 +134,28 @@ def run_task(*, workflow_name: str, resident: ResidentRun | None, **task: Any) -
         payload_limits=payload_limits(),
         resident=resident,
         task_timeout=durable_settings.WORKFLOW_TASK_TIMEOUT,
+        code_guard=no_database_access,
         **task,
+    )
+
+
+@contextmanager
+def no_database_access() -> Iterator[None]:
+    """Workflow code's thread: a query on any database raises ``DatabaseAccessInWorkflow``
+    (the workflow task fails), and the thread's connections are closed when it ends."""
+    with ExitStack() as stack:
+        for alias in connections:
+            stack.enter_context(connections[alias].execute_wrapper(_refuse_query))
+        try:
+            yield
+        finally:
+            connections.close_all()  # this thread's own, should the code have connected
+
+
+def _refuse_query(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    raise DatabaseAccessInWorkflow(
+        f"Workflow code ran a database query ({' '.join(str(sql).split())[:120]}). Workflow code is "
+        "replayed and must be deterministic: query the database in an activity."
     )
 
 

@@ -206,6 +206,19 @@ def crasher(ctx: durable.WorkflowContext) -> str:
 
 
 @durable.workflow
+def queries_the_database(ctx: durable.WorkflowContext, swallow: bool) -> int:
+    """A bug: workflow code that reads the database (and maybe hides the error)."""
+    from django.contrib.auth import get_user_model
+
+    try:
+        return get_user_model().objects.count()
+    except Exception:  # noqa: BLE001 - the bug this test makes: it must not hide the refusal
+        if not swallow:
+            raise
+        return -1
+
+
+@durable.workflow
 def versioned(ctx: durable.WorkflowContext, key: str, wait: float) -> str:
     """Its code changes between two workers in a test (see DURABLE_TEST_VERSION)."""
     if os.environ.get("DURABLE_TEST_VERSION") == "2":
