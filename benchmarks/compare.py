@@ -329,6 +329,7 @@ def measure(profile: Profile, wanted: set[str], out_dir: Path) -> dict[str, Any]
     sequential: list[tuple[str, Any]] = []
     if "durable" in wanted:
         sequential.append(("durable_sequential", durable("-n", n, "-k", k)))
+        sequential.append(("durable_prepared_sequential", durable("-n", n, "-k", k, "--prepared")))
     if "dbos" in wanted:
         sequential.append(
             ("dbos_sequential", peer("dbos_bench.py", "-n", n, "-k", k, *dbos_common))
@@ -340,6 +341,7 @@ def measure(profile: Profile, wanted: set[str], out_dir: Path) -> dict[str, Any]
     fanout: list[tuple[str, Any]] = []
     if "fanout" in wanted:
         fanout.append(("durable_fanout", durable("-n", nf, "-k", k, "--fanout")))
+        fanout.append(("durable_prepared_fanout", durable("-n", nf, "-k", k, "--fanout", "--prepared")))
         if "dbos" in wanted:
             fan = ("-n", nf, "-k", k, "--fanout", *dbos_common)
             fanout.append(("dbos_fanout", peer("dbos_bench.py", *fan)))
@@ -472,6 +474,12 @@ def summarise(profile: Profile, runs: dict[str, Any]) -> dict[str, Any]:
         "durable_vs_celery_sequential": ratio(
             steady("durable_sequential"), steady("celery_sequential")
         ),
+        "durable_prepared_vs_dbos_sequential": ratio(
+            steady("durable_prepared_sequential"), steady("dbos_sequential")
+        ),
+        "durable_prepared_vs_celery_sequential": ratio(
+            steady("durable_prepared_sequential"), steady("celery_sequential")
+        ),
         "durable_vs_dbos_fanout": ratio(steady("durable_fanout"), steady("dbos_fanout")),
         "durable_vs_celery_fanout": ratio(steady("durable_fanout"), steady("celery_fanout")),
         "durable_sequential_steps_vs_skip_locked_batch1_items": ratio(
@@ -570,9 +578,11 @@ def fmt(value: Any, digits: int = 1) -> str:
 
 SYSTEM_ROWS = [
     ("durable_sequential", "django-durable", "sequential"),
+    ("durable_prepared_sequential", "django-durable *", "sequential"),
     ("dbos_sequential", "DBOS Transact", "sequential"),
     ("celery_sequential", "Celery chains", "sequential"),
     ("durable_fanout", "django-durable", "fan-out"),
+    ("durable_prepared_fanout", "django-durable *", "fan-out"),
     ("dbos_fanout", "DBOS Transact", "fan-out"),
     ("celery_fanout", "Celery chords", "fan-out"),
 ]

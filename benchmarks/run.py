@@ -174,6 +174,12 @@ def parse_args() -> argparse.Namespace:
         help="start all N workflows in one transaction (default: one transaction per start)",
     )
     p.add_argument(
+        "--prepared",
+        action="store_true",
+        help="PostgreSQL: the workers' connections use server-side binding and prepared statements "
+        "(OPTIONS server_side_binding=True, prepare_threshold=5; Django's default is neither)",
+    )
+    p.add_argument(
         "--worker-verbosity",
         type=int,
         default=0,
@@ -948,7 +954,8 @@ def print_table(r: dict[str, Any]) -> None:
                 if cfg["concurrency"]
                 else ", concurrency default"
             )
-            + f", harness CONN_MAX_AGE {cfg['conn_max_age']} (workers: persistent)",
+            + f", harness CONN_MAX_AGE {cfg['conn_max_age']} (workers: persistent)"
+            + (", prepared statements" if cfg.get("prepared") else ""),
         ),
         (
             "start N workflows",
@@ -1097,6 +1104,7 @@ def main() -> int:
             "BENCH_POLL_INTERVAL": str(args.poll_interval),
             "BENCH_LEASE_SECONDS": str(args.lease_seconds),
             "BENCH_CONN_MAX_AGE": str(args.conn_max_age),
+            "BENCH_PREPARED": "1" if args.prepared else "0",
         }
     )
     sys.path.insert(0, str(ROOT))
@@ -1151,6 +1159,7 @@ def main() -> int:
             "poll_interval": args.poll_interval,
             "lease_seconds": args.lease_seconds,
             "conn_max_age": args.conn_max_age,
+            "prepared": args.prepared,
             "start_in_one_transaction": args.start_in_one_transaction or args.warmup,
             "warmup": args.warmup,
             "worker_verbosity": args.worker_verbosity,

@@ -10,6 +10,8 @@ run.py sets for itself and for the ``durable_worker`` subprocesses it starts:
     BENCH_LEASE_SECONDS   DURABLE["LEASE_SECONDS"] (default 30)
     BENCH_CONN_MAX_AGE    the database's CONN_MAX_AGE: seconds, or "none" for persistent
                           connections (default 0, Django's default: a connection per request/task)
+    BENCH_PREPARED        "1": PostgreSQL OPTIONS server_side_binding and prepare_threshold 5
+                          (psycopg prepares a statement run 5 times; Django's default is neither)
 """
 
 import os
@@ -47,6 +49,10 @@ if DB == "postgres":
             "HOST": os.environ.get("BENCH_PG_HOST", "127.0.0.1"),
             "PORT": os.environ.get("BENCH_PG_PORT", "5432"),
             "CONN_MAX_AGE": CONN_MAX_AGE,
+            "OPTIONS": (
+                {"server_side_binding": True, "prepare_threshold": 5}
+                if os.environ.get("BENCH_PREPARED") == "1" else {}
+            ),
         }
     }
 elif DB == "sqlite":
