@@ -1606,17 +1606,7 @@ def fail_late_attempt(item: Claim) -> bool:
                            f"before attempt {item.attempt} started",
                 "mro": ["TimeoutError"],
             }
-        _deliver(
-            item.instance_id,
-            instance,
-            Event(
-                kind=EventKind.ACTIVITY_FAILED,
-                timestamp=now,
-                name=item.name,
-                task_id=item.task_id,
-                payload={"error": failure, "attempt": attempt},
-            ),
-        )
+        _deliver_activity_failure(item, instance, failure, attempt, now)
     return True
 
 
@@ -1657,18 +1647,19 @@ def _fail_attempt(
             error=failure.get("message"),
         )
         return retry_at
-    _deliver(
-        item.instance_id,
-        instance,
-        Event(
-            kind=EventKind.ACTIVITY_FAILED,
-            timestamp=now,
-            name=item.name,
-            task_id=item.task_id,
-            payload={"error": failure, "attempt": item.attempt},
-        ),
-    )
+    _deliver_activity_failure(item, instance, failure, item.attempt, now)
     return None
+
+
+def _deliver_activity_failure(
+    item: Claim, instance: dict[str, Any], failure: dict[str, Any], attempt: int, now: datetime.datetime
+) -> None:
+    """The activity failed for good (its ``attempt`` was the last): tell the run."""
+    event = Event(
+        kind=EventKind.ACTIVITY_FAILED, timestamp=now, name=item.name, task_id=item.task_id,
+        payload={"error": failure, "attempt": attempt},
+    )
+    _deliver(item.instance_id, instance, event)
 
 
 def fire_due_timers(*, queues: Sequence[str], limit: int) -> int:

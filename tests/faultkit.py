@@ -58,7 +58,8 @@ def wait_ready(*workers: WorkerProcess) -> None:
 
 
 def stop(*workers: WorkerProcess) -> None:
-    """SIGTERM ready workers; each must exit 0."""
+    """The first SIGTERM to ready workers: each exits 0 (a signal before the handler is
+    installed, while Django still boots, would kill the process with -15)."""
     wait_ready(*workers)
     for worker in workers:
         worker.terminate()

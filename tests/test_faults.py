@@ -28,7 +28,8 @@ from django_durable.models import (
     WorkItemKind,
 )
 from django_durable.store import db_now
-from tests.conftest import WorkerProcess, wait_for
+from tests.conftest import wait_for
+from tests.faultkit import UPPER, assert_no_trouble, runs, stop, wait_file, wait_log, wait_ready
 from tests.testapp.models import ActivityRun
 from tests.testapp.workflows import (
     fan_out,
@@ -41,43 +42,6 @@ from tests.testapp.workflows import (
 )
 
 LEASE = 2.0  # tests.settings DURABLE["LEASE_SECONDS"]
-UPPER = 60.0  # an upper bound on any single wait, never an expected duration
-
-
-# -- helpers ----------------------------------------------------------------------
-
-
-def runs(key: str) -> list[int]:
-    """The attempts of every recorded execution of the activity run ``key``, in order."""
-    return list(ActivityRun.objects.filter(key=key).order_by("id").values_list("attempt", flat=True))
-
-
-def wait_log(worker: WorkerProcess, text: str, count: int = 1, timeout: float = UPPER) -> str:
-    wait_for(lambda: worker.log().count(text) >= count, timeout=timeout,
-             what=f"{text!r} x{count} in the log of worker {worker.pid}")
-    return worker.log()
-
-
-def wait_ready(*workers: WorkerProcess) -> None:
-    for worker in workers:
-        wait_log(worker, " started on queues")
-
-
-def stop(*workers: WorkerProcess) -> None:
-    """The first SIGTERM to ready workers: each exits 0 (a signal before the handler is
-    installed, while Django still boots, would kill the process with -15)."""
-    wait_ready(*workers)
-    for worker in workers:
-        worker.terminate()
-    for worker in workers:
-        assert worker.wait(UPPER) == 0, worker.log()
-
-
-def wait_file(path: Path, timeout: float = UPPER) -> str:
-    wait_for(path.exists, timeout=timeout, what=f"{path} to exist")
-    return path.read_text()
-
-
 def gate_started(gate: Path, attempt: int) -> int:
     """Wait until ``gated`` announces ``attempt``; the pid of the worker running it."""
     return int(wait_file(gate / f"started-{attempt}"))
@@ -93,12 +57,6 @@ def activity_item(handle: durable.WorkflowHandle) -> WorkItem:
 
 def is_closed(handle: durable.WorkflowHandle) -> bool:
     return handle.status() not in OPEN_STATUSES
-
-
-def assert_no_trouble(*workers: WorkerProcess) -> None:
-    for worker in workers:
-        log = worker.log()
-        assert "Traceback" not in log and "Unexpected error" not in log, log
 
 
 def assert_history_sound(instance: WorkflowInstance) -> list[HistoryEvent]:
