@@ -20,6 +20,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import Count, DateTimeField, Exists, F, Func, Min, OuterRef, Q, Value
 from django.db.models.functions import Greatest
+from django.utils.dateparse import parse_datetime
 
 from . import notify
 from .conf import durable_settings
@@ -684,7 +685,8 @@ def _json_events(events: list[dict[str, Any]] | str) -> list[dict[str, Any]]:
     """Events aggregated with ``json_agg`` (timestamps arrive as ISO strings)."""
     rows = json.loads(events) if isinstance(events, str) else events
     for row in rows:
-        row["timestamp"] = datetime.datetime.fromisoformat(row["timestamp"])
+        # Not fromisoformat: before Python 3.11 it refuses the 1-5 fraction digits PostgreSQL writes.
+        row["timestamp"] = parse_datetime(row["timestamp"])
     return rows
 
 
