@@ -5,7 +5,12 @@ import pytest
 import django_durable as durable
 from django_durable.models import WorkItem
 from tests.conftest import wait_for
-from tests.testapp.workflows import crasher, queries_the_database, retrying
+from tests.testapp.workflows import (
+    blocks_without_a_durable_call,
+    crasher,
+    queries_the_database,
+    retrying,
+)
 
 
 def test_a_failing_workflow_task_backs_off_and_is_parked(start_worker):
@@ -56,5 +61,22 @@ def test_workflow_code_that_queries_the_database_fails_its_task_and_is_parked(st
     # The worker is unharmed: it goes on with other work.
     other = durable.start_workflow(retrying, f"after-orm-{swallow}", 0)
     assert other.result(timeout=60) == 1
+    worker.terminate()
+    assert worker.wait() == 0
+
+
+def test_workflow_code_that_blocks_past_the_task_timeout_fails_its_task_and_is_parked(start_worker):
+    handle = durable.start_workflow(blocks_without_a_durable_call, 30.0)
+    worker = start_worker(env={"DURABLE_TEST_MAX_FAILURES": "1", "DURABLE_TEST_WORKFLOW_TASK_TIMEOUT": "0.5"})
+    item = wait_for(
+        lambda: WorkItem.objects.filter(instance__run_id=handle.run_id, parked_at__isnull=False).first(),
+        what="the workflow task to be parked",
+    )
+    message = item.last_error["message"]
+    assert "Workflow code ran for more than 0.5s without reaching a durable call" in message
+    assert "blocks_without_a_durable_call" in message and "time.sleep(seconds)" in message  # where it was
+    assert handle.describe().history_length == 1  # nothing of the task was written
+    # The worker is unharmed (the stuck thread is left behind): other runs go on.
+    assert durable.start_workflow(retrying, "after-a-blocked-task", 0).result(timeout=60) == 1
     worker.terminate()
     assert worker.wait() == 0

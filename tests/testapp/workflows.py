@@ -206,6 +206,15 @@ def crasher(ctx: durable.WorkflowContext) -> str:
 
 
 @durable.workflow
+def blocks_without_a_durable_call(ctx: durable.WorkflowContext, seconds: float) -> str:
+    """A bug: workflow code that blocks (a network call, a sleep) instead of using an activity."""
+    import time
+
+    time.sleep(seconds)  # the bug under test
+    return "woke"
+
+
+@durable.workflow
 def queries_the_database(ctx: durable.WorkflowContext, swallow: bool) -> int:
     """A bug: workflow code that reads the database (and maybe hides the error)."""
     from django.contrib.auth import get_user_model
