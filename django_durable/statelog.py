@@ -18,7 +18,7 @@ signal received, the run completed, failed, canceled, continued, terminated,
 suspended or resumed), ``inbox`` (an event reached a run, for its next workflow
 task), ``claimed``, ``retry_scheduled``, ``lease_expired``, ``task_failed``
 (a workflow task's code failed; ``parked`` when it stopped retrying),
-``task_unparked`` and ``purged``.
+``task_unparked``, ``purged`` and ``pruned`` (a ``durable_prune`` batch).
 """
 
 from __future__ import annotations

@@ -2043,6 +2043,7 @@ def prune_batch(
                 ids,
             )
             counts["runs"] = cursor.rowcount
+        state_change("pruned", closed_before=closed_before, **counts)
     logger.info(
         "Pruned %(runs)d closed runs with %(history_events)d history events, %(inbox_events)d inbox "
         "events and %(work_items)d work items", counts,

@@ -12,6 +12,7 @@ import pytest
 from django.db import transaction
 
 import django_durable as durable
+from django_durable import store
 from django_durable.statelog import JSONFormatter
 from django_durable.testing import WorkflowEnvironment
 from tests.testapp import testing_workflows as tw
@@ -65,6 +66,17 @@ def test_a_change_that_rolls_back_logs_nothing(state_log: pytest.LogCaptureFixtu
     assert changes(state_log, key) == []
     durable.start_workflow(tw.th_long_sleep, 1, workflow_id=key)
     assert [entry["change"] for entry in changes(state_log, key)] == ["run_created"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prune_logs_what_each_batch_deleted(state_log: pytest.LogCaptureFixture) -> None:
+    key = f"pruned-{uuid.uuid4().hex[:8]}"
+    handle = durable.start_workflow(tw.th_long_sleep, 1, workflow_id=key)
+    handle.terminate("done with it")
+    assert [entry["change"] for entry in changes(state_log, key)] == ["run_created", "history"]
+    counts = store.prune_batch(closed_before=store.db_now() + datetime.timedelta(days=1), batch_size=10)
+    [pruned] = [r.durable for r in state_log.records if getattr(r, "durable", {}).get("change") == "pruned"]
+    assert pruned["runs"] == counts["runs"] >= 1 and pruned["history_events"] == counts["history_events"] >= 2
 
 
 def test_the_json_formatter_puts_the_fields_at_the_top_level() -> None:
