@@ -26,8 +26,11 @@ DEFAULTS: dict[str, Any] = {
     "REAP_INTERVAL": 5.0,
     # Items claimed per transaction.
     "CLAIM_BATCH_SIZE": 8,
-    # Activity threads per worker (``durable_worker --concurrency`` overrides).
-    "ACTIVITY_CONCURRENCY": 4,
+    # Activity threads per worker (``durable_worker --concurrency`` overrides), started
+    # as needed. A worker takes an attempt only when a thread is idle, and records
+    # finished attempts together (one transaction for as many as have gathered): more
+    # threads also mean larger, cheaper commits.
+    "ACTIVITY_CONCURRENCY": 16,
     # A workflow task that fails at engine level (crash, non-determinism) is
     # retried with exponential backoff and parked after this many failures.
     "WORKFLOW_TASK_MAX_FAILURES": 10,

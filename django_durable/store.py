@@ -157,6 +157,27 @@ _LOCK_SQL = "SELECT {columns}, CURRENT_TIMESTAMP FROM {table} WHERE id = %s FOR 
     table=WorkflowInstance._meta.db_table,
 )
 _LOCK_SQL_SKIP_LOCKED = _LOCK_SQL + " SKIP LOCKED"
+_LOCK_MANY_SQL = "SELECT id, {columns}, CURRENT_TIMESTAMP FROM {table} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE".format(
+    columns=", ".join(WorkflowInstance._meta.get_field(name).column for name in LOCKED_FIELDS),
+    table=WorkflowInstance._meta.db_table,
+)
+
+
+def _lock_instances(instance_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """``_lock_instance`` for several runs, locked in id order (so that two such batches
+    cannot deadlock), each with its ``now``; runs that no longer exist are left out."""
+    ids = sorted(set(instance_ids))
+    if clock_override is None and connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_LOCK_MANY_SQL, [ids])
+            return {row[0]: dict(zip((*LOCKED_FIELDS, "now"), row[1:])) for row in cursor.fetchall()}
+    runs = {}
+    for instance_id in ids:
+        instance = _lock_instance(instance_id)
+        if instance is not None:
+            instance["now"] = instance.get("now") or db_now()
+            runs[instance_id] = instance
+    return runs
 
 
 def _parked_at(instance: dict[str, Any], now: datetime.datetime) -> datetime.datetime | None:
@@ -333,14 +354,47 @@ def _update_sql(model: type[Any], pk: int, values: dict[str, Any]) -> tuple[str,
     )
 
 
+def _update_many_sql(model: type[Any], rows: Sequence[tuple[int, dict[str, Any]]]) -> tuple[str, list[Any]]:
+    """One PostgreSQL UPDATE giving each row (pk, values) its own values; every row's
+    values have the same keys."""
+    db = connections[DEFAULT_DB_ALIAS]
+    quote = db.ops.quote_name
+    fields = [model._meta.get_field(name) for name in rows[0][1]]
+    pk = model._meta.pk
+    columns = [quote(pk.column), *(quote(field.column) for field in fields)]
+    # VALUES takes its column types from the first row: cast that one.
+    first = "(" + ", ".join(f"%s::{field.db_type(db)}" for field in (pk, *fields)) + ")"
+    rest = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    assignments = ", ".join(f"{column} = v.{column}" for column in columns[1:])
+    text = (
+        f"UPDATE {quote(model._meta.db_table)} AS t SET {assignments} "
+        f"FROM (VALUES {', '.join([first, *[rest] * (len(rows) - 1)])}) AS v ({', '.join(columns)}) "
+        f"WHERE t.{columns[0]} = v.{columns[0]}"
+    )
+    params = [
+        value for key, values in rows for value in (key, *(_prepare(field, values[field.name], db) for field in fields))
+    ]
+    return text, params
+
+
 def _write_task(
     instance_id: int, history: list[HistoryEvent], updates: dict[str, Any], items: Sequence[WorkItem] = ()
 ) -> None:
     """Append a workflow task's history, update its run and insert its work items (their
     ``pk`` set where the database returns it): on PostgreSQL in one statement."""
-    update_sql, update_params = _update_sql(WorkflowInstance, instance_id, updates)
+    _write_tasks([(instance_id, updates)], history, items)
+
+
+def _write_tasks(
+    runs: Sequence[tuple[int, dict[str, Any]]], history: list[HistoryEvent], items: Sequence[WorkItem] = ()
+) -> None:
+    """``_write_task`` for the tasks of several runs (each run's updates with the same
+    keys): on PostgreSQL still one statement."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
+            update_sql, update_params = (
+                _update_sql(WorkflowInstance, *runs[0]) if len(runs) == 1 else _update_many_sql(WorkflowInstance, runs)
+            )
             ctes: list[str] = []
             params: list[Any] = []
             for name, rows in (("history", history), ("work", items)):
@@ -351,11 +405,13 @@ def _write_task(
             with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
             returning = " RETURNING (SELECT array_agg(id ORDER BY id) FROM work)" if items else ""
             cursor.execute(f"{with_clause}{update_sql}{returning}", params + update_params)
+            # Ids come from the sequence in VALUES order, so sorted they match ``items``.
             ids = cursor.fetchone()[0] if items else []
         else:
             if history:
                 cursor.execute(*_insert_sql(history))
-            cursor.execute(update_sql, update_params)
+            for instance_id, updates in runs:
+                cursor.execute(*_update_sql(WorkflowInstance, instance_id, updates))
             ids = []
             if items and connection.features.can_return_rows_from_bulk_insert:
                 cursor.execute(*_insert_sql(items, returning_ids=True))
@@ -825,8 +881,12 @@ def _commit_task(
     *,
     inbox_ids: Sequence[int] = (),
     eager: Eager | None = None,
+    batch: list[_TaskWrite] | None = None,
 ) -> None:
-    """Write a workflow task's decisions for the locked run (its task item is dealt with)."""
+    """Write a workflow task's decisions for the locked run (its task item is dealt with).
+
+    With ``batch``, an ordinary step (the run stays open and starts no child) is added to
+    it instead, for ``_write_batch`` to write with the other runs' in one statement."""
     new_events, status = decisions.new_events, decisions.status
     closing = status in CLOSING_STATUSES
     first_seq = instance["history_length"] + 1
@@ -876,11 +936,49 @@ def _commit_task(
         ]
         items = _work_items_for(instance_id, instance, scheduled, now)
         leased = _lease_eagerly(items, eager, now)
+        write = _TaskWrite(instance_id, instance, now, updates, history, items, leased, first_seq, new_events)
+        if batch is not None and not any(e.kind == EventKind.CHILD_WORKFLOW_SCHEDULED for e in new_events):
+            batch.append(write)
+            return
         _write_task(instance_id, history, updates, items)
         _announce_work_items(items, leased, instance, now, eager)
         _start_children(instance_id, instance, new_events, now)
     _log_history(instance, first_seq, new_events)
     crash_point("before_task_commit")
+
+
+@dataclasses.dataclass
+class _TaskWrite:
+    """A workflow task's writes that ``_commit_task`` left to ``_write_batch``."""
+
+    instance_id: int
+    instance: dict[str, Any]
+    now: datetime.datetime
+    updates: dict[str, Any]
+    history: list[HistoryEvent]
+    items: list[WorkItem]
+    leased: list[WorkItem]
+    first_seq: int
+    new_events: Sequence[Event]
+
+
+def _write_batch(writes: Sequence[_TaskWrite], eager: Eager | None) -> None:
+    """Write batched workflow tasks: one statement for all runs whose updates match."""
+    groups: dict[tuple[str, ...], list[_TaskWrite]] = {}
+    for write in writes:
+        groups.setdefault(tuple(write.updates), []).append(write)
+    for group in groups.values():
+        _write_tasks(
+            [(write.instance_id, write.updates) for write in group],
+            [row for write in group for row in write.history],
+            [item for write in group for item in write.items],
+        )
+    for queue in sorted(set().union(*(_queues_to_wake(write.items) for write in writes))):
+        notify.notify_work(queue)  # once a queue, not once a run
+    for write in writes:
+        _hand_over(write.leased, write.instance, write.now, eager)
+        _log_history(write.instance, write.first_seq, write.new_events)
+        crash_point("before_task_commit")
 
 
 def _log_history(instance: dict[str, Any], first_seq: int, events: Sequence[Event]) -> None:
@@ -898,12 +996,13 @@ def _lease_eagerly(items: list[WorkItem], eager: Eager | None, now: datetime.dat
         return leased
     for item in items:
         if (
-            len(leased) < eager.limit and item.kind == WorkItemKind.ACTIVITY
+            eager.limit > 0 and item.kind == WorkItemKind.ACTIVITY
             and item.parked_at is None and item.queue in eager.queues
         ):
             item.lease_owner, item.attempt, item.claimed_at = eager.owner, 1, now
             item.lease_expires_at = now + _seconds(eager.lease_seconds)
             leased.append(item)
+            eager.limit -= 1  # the room is shared by every task of a batch
     return leased
 
 
@@ -912,9 +1011,17 @@ def _announce_work_items(
     eager: Eager | None,
 ) -> None:
     """Wake workers for the inserted unleased work, and hand the leased activities to ``eager``."""
-    queues = {item.queue for item in items if item.lease_owner is None and item.kind != WorkItemKind.TIMER}
-    for queue in sorted(queues):
+    for queue in sorted(_queues_to_wake(items)):
         notify.notify_work(queue)
+    _hand_over(leased, instance, now, eager)
+
+
+def _queues_to_wake(items: Iterable[WorkItem]) -> set[str]:
+    return {item.queue for item in items if item.lease_owner is None and item.kind != WorkItemKind.TIMER}
+
+
+def _hand_over(leased: list[WorkItem], instance: dict[str, Any], now: datetime.datetime, eager: Eager | None) -> None:
+    """Give the activities leased as they were inserted to ``eager``, once committed."""
     if not leased or eager is None:
         return
     claims = [
@@ -1198,21 +1305,8 @@ def _finish_attempt(
     item: Claim, instance: dict[str, Any], now: datetime.datetime, *, live_only: bool, busy: bool
 ) -> bool:
     """Delete the attempt's item if it still is this attempt (else False); with ``busy``
-    also set the locked run's ``has_workflow_task`` and ``has_inbox``."""
-    if clock_override is None and connection.vendor == "postgresql":
-        # One statement for both; it starts after the run's lock was granted, so its
-        # snapshot sees what the lock's previous holder committed.
-        live = " AND (lease_expires_at IS NULL OR lease_expires_at > CURRENT_TIMESTAMP)" if live_only else ""
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"WITH gone AS (DELETE FROM {_WORK_ITEMS} WHERE id = %s AND lease_owner = %s AND attempt = %s"
-                f"{live} RETURNING 1) SELECT (SELECT count(*) FROM gone), "
-                f"EXISTS (SELECT 1 FROM {_WORK_ITEMS} WHERE instance_id = %s AND kind = %s), "
-                f"EXISTS (SELECT 1 FROM {_INBOX} WHERE instance_id = %s)",
-                [item.id, item.owner, item.attempt, item.instance_id, WorkItemKind.WORKFLOW.value, item.instance_id],
-            )
-            deleted, instance["has_workflow_task"], instance["has_inbox"] = cursor.fetchone()
-        return bool(deleted)
+    also set the locked run's ``has_workflow_task`` and ``has_inbox`` (on PostgreSQL see
+    ``_finish_attempts``)."""
     deleted, _ = _attempt_fence(item, now, live_only=live_only).delete()
     if busy:
         instance["has_workflow_task"] = WorkItem.objects.filter(
@@ -1224,6 +1318,36 @@ def _finish_attempt(
 
 _WORK_ITEMS = WorkItem._meta.db_table
 _INBOX = InboxEvent._meta.db_table
+
+
+def _finish_attempts(items: Sequence[Claim], runs: dict[int, dict[str, Any]], *, live_only: bool) -> set[int]:
+    """``_finish_attempt`` for attempts of the locked ``runs`` (each run's busy flags
+    set): the ids of the items deleted, on PostgreSQL in one statement."""
+    if not items:
+        return set()
+    if clock_override is not None or connection.vendor != "postgresql":
+        return {
+            item.id for item in items
+            if _finish_attempt(item, runs[item.instance_id], runs[item.instance_id]["now"], live_only=live_only, busy=True)
+        }
+    live = " AND (w.lease_expires_at IS NULL OR w.lease_expires_at > CURRENT_TIMESTAMP)" if live_only else ""
+    # After the runs' locks were granted: this statement's snapshot sees what their
+    # previous holders committed (a subquery of the locking SELECT would not).
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH gone AS (DELETE FROM {_WORK_ITEMS} w USING unnest(%s::bigint[], %s::varchar[], %s::integer[]) "
+            f"AS a (id, owner, attempt) WHERE w.id = a.id AND w.lease_owner = a.owner AND w.attempt = a.attempt"
+            f"{live} RETURNING w.id, w.instance_id) "
+            f"SELECT id, instance_id, EXISTS (SELECT 1 FROM {_WORK_ITEMS} WHERE instance_id = gone.instance_id "
+            f"AND kind = %s), EXISTS (SELECT 1 FROM {_INBOX} WHERE instance_id = gone.instance_id) FROM gone",
+            [[item.id for item in items], [item.owner for item in items], [item.attempt for item in items],
+             WorkItemKind.WORKFLOW.value],
+        )
+        finished = set()
+        for item_id, instance_id, has_workflow_task, has_inbox in cursor.fetchall():
+            runs[instance_id].update(has_workflow_task=has_workflow_task, has_inbox=has_inbox)
+            finished.add(item_id)
+    return finished
 
 
 def attempt_deadline(item: Claim, heartbeat_at: datetime.datetime | None) -> datetime.datetime | None:
@@ -1254,6 +1378,19 @@ class Continuation:
     inbox: list[Event]
 
 
+@dataclasses.dataclass
+class Completion:
+    """An attempt's result for ``complete_activities``, which sets ``ran`` (the run's next
+    workflow task ran in the same transaction, see ``continue_run``) or ``lost`` (the
+    attempt is no longer ours: nothing of it was written)."""
+
+    item: Claim
+    result: Any
+    continue_run: Callable[[Continuation], TaskDecisions | None] | None = None
+    ran: bool = False
+    lost: bool = False
+
+
 def complete_activity(
     item: Claim,
     result: Any,
@@ -1269,39 +1406,63 @@ def complete_activity(
     as the task's inbox and returns the task's decisions, or None to leave the result
     to an ordinary workflow task. Returns whether the task ran here. It must not raise.
     """
+    completion = Completion(item, result, continue_run)
+    complete_activities([completion], live_only=live_only, eager=eager)
+    if completion.lost:
+        raise _lease_lost(item)
+    return completion.ran
+
+
+def complete_activities(
+    completions: Sequence[Completion], *, live_only: bool = False, eager: Eager | None = None
+) -> None:
+    """``complete_activity`` for attempts of different runs, in one transaction (group
+    commit): on PostgreSQL the runs are locked, the attempts deleted and the ordinary
+    steps written with one statement each, whatever the number of runs. An attempt that
+    is no longer ours is marked ``lost`` and the others still commit."""
+    if len({completion.item.instance_id for completion in completions}) != len(completions):
+        raise ValueError("complete_activities takes at most one completion per run")
     with transaction.atomic():
-        instance = _lock_instance(item.instance_id)
-        if instance is None:
-            raise _lease_lost(item)
-        now = instance.pop("now", None) or db_now()
-        if not _finish_attempt(item, instance, now, live_only=live_only, busy=continue_run is not None):
-            raise _lease_lost(item)
-        crash_point("before_activity_commit")
-        event = Event(
-            kind=EventKind.ACTIVITY_COMPLETED,
-            timestamp=now,
-            name=item.name,
-            task_id=item.task_id,
-            payload={"result": result, "attempt": item.attempt},
+        runs = _lock_instances(completion.item.instance_id for completion in completions)
+        finished = _finish_attempts(
+            [completion.item for completion in completions if completion.item.instance_id in runs],
+            runs, live_only=live_only,
         )
-        if (
-            continue_run is not None
-            and instance["status"] == WorkflowStatus.RUNNING
-            and not instance["has_workflow_task"]
-            and not instance["has_inbox"]
-        ):
-            decisions = continue_run(
-                Continuation(
-                    instance_id=item.instance_id, workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]),
-                    workflow_name=instance["workflow_name"], queue=instance["queue"],
-                    history_length=instance["history_length"], now=now, inbox=[event],
-                )
+        writes: list[_TaskWrite] = []
+        for completion in completions:
+            item = completion.item
+            if item.id not in finished:
+                completion.lost = True
+                continue
+            instance = runs[item.instance_id]
+            now = instance.pop("now")
+            crash_point("before_activity_commit")
+            event = Event(
+                kind=EventKind.ACTIVITY_COMPLETED,
+                timestamp=now,
+                name=item.name,
+                task_id=item.task_id,
+                payload={"result": completion.result, "attempt": item.attempt},
             )
-            if decisions is not None:
-                _commit_task(item.instance_id, instance, decisions, now, eager=eager)
-                return True
-        _deliver(item.instance_id, instance, event)
-        return False
+            if (
+                completion.continue_run is not None
+                and instance["status"] == WorkflowStatus.RUNNING
+                and not instance["has_workflow_task"]
+                and not instance["has_inbox"]
+            ):
+                decisions = completion.continue_run(
+                    Continuation(
+                        instance_id=item.instance_id, workflow_id=instance["workflow_id"],
+                        run_id=str(instance["run_id"]), workflow_name=instance["workflow_name"],
+                        queue=instance["queue"], history_length=instance["history_length"], now=now, inbox=[event],
+                    )
+                )
+                if decisions is not None:
+                    _commit_task(item.instance_id, instance, decisions, now, eager=eager, batch=writes)
+                    completion.ran = True
+                    continue
+            _deliver(item.instance_id, instance, event)
+        _write_batch(writes, eager)
 
 
 def await_completion(item: Claim, heartbeat_at: datetime.datetime | None) -> None:

@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
@@ -26,7 +27,13 @@ from . import notify, store
 from .conf import durable_settings
 from .executors import load_executor
 from .executors.cache import RunCache
-from .executors.run import RunningActivity, execute_activity, execute_workflow_task
+from .executors.run import (
+    RunningActivity,
+    commit_activities,
+    execute_activity,
+    execute_workflow_task,
+    run_activity_function,
+)
 from .faults import crash_point
 from .models import WorkItemKind
 
@@ -73,6 +80,7 @@ class Worker:
         # Keyed by (item id, attempt): a timed-out attempt's thread can outlive
         # it while this worker runs the retry of the same item.
         self._running: dict[tuple[int, int], RunningActivity] = {}
+        self._busy = 0  # of _running, those whose function has not returned yet
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="durable-activity")
         self._last_reap = 0.0
         self._db_error_backoff = 0.0
@@ -83,6 +91,12 @@ class Worker:
         # workflow tasks in the main loop cannot starve renewal.
         self._renewer_stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew_forever, name="durable-lease-renewer", daemon=True)
+        # Activity threads hand their results to one committer, which records what has
+        # gathered in one transaction (group commit); they are free for the next attempt.
+        self._to_commit: deque[store.Completion] = deque()
+        self._commit_ready = threading.Condition()
+        self._committer_stop = False
+        self._committer = threading.Thread(target=self._commit_forever, name="durable-committer", daemon=True)
         self._last_beat = -float("inf")
         self._beat_started = False
         # None: activities run in self._pool; else they are sent to this executor.
@@ -101,6 +115,7 @@ class Worker:
             signal.signal(signal.SIGINT, self._handle_signal)
         logger.info("Worker %s started on queues %s, %d activity threads", self.name, self.queues, self.concurrency)
         self._renewer.start()
+        self._committer.start()
         # LISTEN before the first claim: work committed from then on wakes the loop at once.
         self._listener = notify.Listener([notify.WORK_CHANNEL]) if notify.supported() else None
         idle_wait = self._first_idle_wait()
@@ -182,6 +197,11 @@ class Worker:
             self._wakeup.wait(self.poll_interval)
             self._wakeup.clear()
         self._pool.shutdown(wait=True)
+        with self._commit_ready:
+            self._committer_stop = True
+            self._commit_ready.notify()
+        if self._committer.is_alive():
+            self._committer.join()
         self.cache.clear()
         self._renewer_stop.set()
         self._renewer.join()
@@ -218,7 +238,7 @@ class Worker:
             if self.executor is not None:
                 activities = [] if self._stopping.is_set() else self._dispatch(WorkItemKind.ACTIVITY)
             else:
-                free = self.concurrency - len(self._running)
+                free = self._room()
                 activities = [] if self._stopping.is_set() else self._claim(WorkItemKind.ACTIVITY, free)
                 for item in activities:
                     self._start_activity(item)
@@ -361,17 +381,26 @@ class Worker:
     # -- workflow tasks ------------------------------------------------------
 
     def _run_workflow_task(self, item: store.Claim) -> None:
-        eager = self._eager(free_after=0)
+        eager = self._eager()
         execute_workflow_task(item, self.cache, eager)
         self._start_eager(eager)
 
-    def _eager(self, *, free_after: int) -> store.Eager | None:
-        """Room for activities a commit schedules, taken at once by this worker's threads
-        (``free_after``: threads the caller frees when it is done)."""
+    def _room(self, *, leaving: int = 0) -> int:
+        """How many more attempts this worker takes now: no more than it has idle threads
+        (an attempt never waits for one, its start-to-close clock running), and no more
+        than ``held_per_thread`` per thread held in all, finished ones waiting to be
+        recorded included (``leaving``: finished ones the caller is recording)."""
+        with self._lock:
+            held = len(self._running) - leaving
+            return max(0, min(self.concurrency - self._busy, self.concurrency * self.held_per_thread - held))
+
+    held_per_thread = 4
+
+    def _eager(self, *, leaving: int = 0) -> store.Eager | None:
+        """Room for activities a commit schedules, taken at once by this worker's threads."""
         if self.executor is not None or self._stopping.is_set():
             return None
-        with self._lock:
-            free = self.concurrency - len(self._running) + free_after
+        free = self._room(leaving=leaving)
         if free <= 0:
             return None
         return store.Eager(owner=self.name, queues=self.queues, limit=free, lease_seconds=self.lease_seconds)
@@ -388,14 +417,15 @@ class Worker:
         running = RunningActivity(item)
         with self._lock:
             self._running[(item.id, item.attempt)] = running
+            self._busy += 1
         self._pool.submit(self._run_activity, running)
 
     def _run_activity(self, running: RunningActivity) -> None:
         item = running.item
-        eager = self._eager(free_after=1)
+        completion = None
         try:
             refresh_connections()
-            execute_activity(running, cache=self.cache, eager=eager)
+            completion = run_activity_function(running)
         except store.LeaseLost as exc:
             logger.warning("Activity outcome discarded: %s", exc)
         except DatabaseError:
@@ -403,12 +433,82 @@ class Worker:
         except Exception:
             logger.exception("Unexpected error running activity %s", item.name)
         finally:
-            refresh_connections()
-            # Before this one leaves: a stopping worker waits for them too.
-            self._start_eager(eager)
             with self._lock:
-                self._running.pop((item.id, item.attempt), None)
-            # A thread the commit refilled leaves nothing for the loop to claim; waking it
-            # anyway would cost a round of claim queries per step.
-            if not (eager is not None and eager.claims) or self._stopping.is_set():
-                self._wake()
+                self._busy -= 1
+            if completion is not None:
+                # It stays in _running, its lease renewed, until the committer has recorded it.
+                with self._commit_ready:
+                    self._to_commit.append(completion)
+                    self._commit_ready.notify()
+            else:
+                refresh_connections()
+                self._finished([running], refilled=0)
+
+    def _finished(self, done: list[RunningActivity], *, refilled: int) -> None:
+        with self._lock:
+            for running in done:
+                self._running.pop((running.item.id, running.item.attempt), None)
+        # Threads the commit refilled leave nothing for the loop to claim; waking it
+        # anyway would cost a round of claim queries per step.
+        if refilled < len(done) or self._stopping.is_set():
+            self._wake()
+
+    # -- group commit ------------------------------------------------------------
+
+    commit_batch_size = 100
+
+    def _commit_forever(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._commit(batch)
+        close_old_connections()
+
+    def _next_batch(self) -> list[store.Completion] | None:
+        """What has gathered, one completion per run (a run's next one waits for the next
+        batch: its step must see this one's); None once stopped with nothing left."""
+        with self._commit_ready:
+            while not self._to_commit:
+                if self._committer_stop:
+                    return None
+                self._commit_ready.wait()
+            batch: list[store.Completion] = []
+            later: list[store.Completion] = []
+            runs: set[int] = set()
+            while self._to_commit and len(batch) < self.commit_batch_size:
+                completion = self._to_commit.popleft()
+                (later if completion.item.instance_id in runs else batch).append(completion)
+                runs.add(completion.item.instance_id)
+            self._to_commit.extendleft(reversed(later))
+            return batch
+
+    def _commit(self, batch: list[store.Completion], *, again: bool = False) -> None:
+        with self._lock:
+            done = [self._running[key] for c in batch if (key := (c.item.id, c.item.attempt)) in self._running]
+        eager = self._eager(leaving=len(batch))
+        try:
+            refresh_connections()
+            commit_activities(batch, cache=self.cache, eager=eager)
+        except DatabaseError:
+            if not again:
+                # A lost connection, or a deadlock with a parent or child run: each on its
+                # own, once. The attempts' fences make this safe should the commit have
+                # happened after all: those come back lost.
+                logger.warning("Database error recording %d activities (%s); recording them again, one by one.",
+                               len(batch), ", ".join(c.item.name for c in batch), exc_info=True)
+                close_old_connections()
+                for completion in batch:
+                    self._commit([store.Completion(completion.item, completion.result)], again=True)
+                return
+            logger.exception("Database error recording activity %s; its lease will expire and it will be retried.",
+                             batch[0].item.name)
+        except Exception:
+            logger.exception("Unexpected error recording activities %s", [c.item.name for c in batch])
+        else:
+            for completion in batch:
+                if completion.lost:
+                    logger.warning("Activity outcome discarded: %s %r attempt %d is no longer leased by %s%s",
+                                   completion.item.kind, completion.item.name, completion.item.attempt, self.name,
+                                   " (or the failed commit went through)" if again else "")
+        finally:
+            refresh_connections()
+            self._start_eager(eager)  # before these leave: a stopping worker waits for them too
+        self._finished(done, refilled=len(eager.claims) if eager is not None else 0)

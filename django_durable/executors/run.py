@@ -63,18 +63,30 @@ def execute_activity(
     With a ``cache`` holding the run's code, the run's next workflow task runs within the
     result's commit (see ``InlineTask``); activities it schedules may go to ``eager``.
     """
+    completion = run_activity_function(running)
+    if completion is None:
+        return
+    commit_activities([completion], cache=cache, eager=eager)
+    if completion.lost:
+        raise store.LeaseLost(f"activity {completion.item.name!r} attempt {completion.item.attempt} is no "
+                              "longer leased by this worker")
+
+
+def run_activity_function(running: RunningActivity) -> store.Completion | None:
+    """Run the attempt's function: its result, for ``commit_activities`` to record, or None
+    when the attempt was settled here (it failed, was late, or awaits its task token)."""
     item = running.item
     if store.fail_late_attempt(item):
         logger.warning("Activity %s of %s failed for good: attempt %d was claimed after its "
                        "schedule_to_close_timeout", item.name, item.workflow_id, item.attempt)
-        return
+        return None
     try:
         definition = registry.get_activity_definition(item.name)
         args = from_json(item.payload.get("args", []))
         kwargs = from_json(item.payload.get("kwargs", {}))
     except NotRegistered as exc:
         record_failure(item, exc, retryable=True)
-        return
+        return None
     info = ActivityInfo(
         workflow_id=item.workflow_id,
         run_id=item.run_id,
@@ -94,28 +106,46 @@ def execute_activity(
         store.await_completion(item, running.heartbeat_at)
         logger.info("Activity %s of %s (attempt %d) awaits completion by task token",
                     item.name, item.workflow_id, item.attempt)
-        return
-    except Exception as exc:
+        return None
+    except Exception as exc:  # noqa: BLE001 - whatever an activity raises is its failure
         record_failure(item, exc, retryable=True)
-        return
+        return None
     finally:
         _current.reset(scope)
     try:
         result = to_json(value, f"the result of activity {item.name!r}", kind="activity_result")
     except SerializationError as exc:
         record_failure(item, exc, retryable=False)
-        return
+        return None
     crash_point("before_activity_completion")
-    if cache is None:
-        store.complete_activity(item, result)
-    else:
-        inline = InlineTask(cache)
-        try:
-            inline.ran = store.complete_activity(item, result, continue_run=inline, eager=eager)
-        finally:
+    return store.Completion(item, result)
+
+
+def commit_activities(
+    completions: list[store.Completion], *, cache: RunCache | None = None, eager: store.Eager | None = None
+) -> None:
+    """Record activities' results (of different runs) in one transaction. With a ``cache``,
+    each run whose code it holds takes its next workflow task in that transaction too.
+    Each completion comes back ``lost`` or not; a database error is raised."""
+    inlines = []
+    for completion in completions:
+        if cache is not None:
+            completion.continue_run = inline = InlineTask(cache)
+            inlines.append((completion, inline))
+    committed = False
+    try:
+        store.complete_activities(completions, eager=eager)
+        committed = True
+    finally:
+        for completion, inline in inlines:
+            inline.ran = committed and completion.ran
             inline.settle()
-    crash_point("after_activity_commit")
-    logger.info("Activity %s of %s completed (attempt %d)", item.name, item.workflow_id, item.attempt)
+    for completion in completions:
+        item = completion.item
+        if completion.lost:
+            continue
+        crash_point("after_activity_commit")
+        logger.info("Activity %s of %s completed (attempt %d)", item.name, item.workflow_id, item.attempt)
 
 
 def run_task(*, workflow_name: str, resident: ResidentRun | None, **task: Any) -> TaskOutcome:

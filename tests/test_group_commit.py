@@ -1,0 +1,125 @@
+"""Group commit: a worker records the results of activities of several runs, and runs
+those runs' next workflow tasks, in one transaction (``store.complete_activities``,
+``executors.run.commit_activities``). In-process, against the real database; the
+worker's committer thread and its fall-back are exercised by real worker processes in
+test_fault_scenarios (a commit whose connection was terminated) and everywhere else."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+import django_durable as durable
+from django_durable import store
+from django_durable.engine.events import EventKind
+from django_durable.executors.cache import RunCache
+from django_durable.executors.run import commit_activities, execute_workflow_task
+from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem, WorkItemKind
+from tests.testapp.workflows import sequence
+
+OWNER = "group-commit-test"
+
+
+@pytest.fixture
+def cache():
+    cache = RunCache(50)
+    yield cache
+    cache.clear()  # the parked code threads
+
+
+def start_runs(keys: list[str], cache: RunCache | None) -> list[store.Claim]:
+    """Start a ``sequence`` run per key, run its first workflow task here (its code stays in
+    ``cache``) and claim the first activity of each: one claimed attempt per run."""
+    for key in keys:
+        durable.start_workflow(sequence, key, 3, workflow_id=key)
+    tasks = store.claim(owner=OWNER, kind=WorkItemKind.WORKFLOW, queues=["default"], limit=100, lease_seconds=60)
+    assert len(tasks) == len(keys)
+    for task in tasks:
+        execute_workflow_task(task, cache)
+    claimed = store.claim(owner=OWNER, kind=WorkItemKind.ACTIVITY, queues=["default"], limit=100, lease_seconds=60)
+    activities = sorted((item for item in claimed if item.workflow_id in keys), key=lambda item: item.workflow_id)
+    assert len(activities) == len(keys)
+    return activities
+
+
+def kinds(workflow_id: str) -> list[str]:
+    run = WorkflowInstance.objects.get(workflow_id=workflow_id)
+    return list(HistoryEvent.objects.filter(instance=run).order_by("seq").values_list("kind", flat=True))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stale_attempt_in_a_batch_writes_nothing_and_the_others_commit():
+    items = start_runs(["gc-a", "gc-b", "gc-c"], cache=None)
+    stale = items[1]
+    WorkItem.objects.filter(pk=stale.id).update(attempt=2)  # reaped and claimed again meanwhile
+    before = kinds(stale.workflow_id)
+    completions = [store.Completion(item, f"result {item.workflow_id}") for item in items]
+
+    store.complete_activities(completions)
+
+    assert [c.lost for c in completions] == [False, True, False]
+    assert not any(c.ran for c in completions)  # no cached code: each result waits in its run's inbox
+    assert kinds(stale.workflow_id) == before
+    assert not InboxEvent.objects.filter(instance_id=stale.instance_id).exists()
+    assert WorkItem.objects.filter(pk=stale.id, attempt=2).exists()
+    for item in (items[0], items[2]):
+        [event] = InboxEvent.objects.filter(instance_id=item.instance_id)
+        assert event.kind == EventKind.ACTIVITY_COMPLETED and event.payload["result"] == f"result {item.workflow_id}"
+        assert WorkItem.objects.filter(instance_id=item.instance_id, kind=WorkItemKind.WORKFLOW).exists()
+        assert not WorkItem.objects.filter(pk=item.id).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runs_whose_code_is_held_take_their_next_step_in_the_same_commit(cache):
+    items = start_runs([f"gc-inline-{n}" for n in range(4)], cache)
+    eager = store.Eager(owner=OWNER, queues=["default"], limit=3, lease_seconds=60)
+    completions = [store.Completion(item, None) for item in items]
+
+    commit_activities(completions, cache=cache, eager=eager)
+
+    assert [c.ran for c in completions] == [True] * 4 and not any(c.lost for c in completions)
+    for item in items:
+        assert kinds(item.workflow_id) == [
+            EventKind.EXECUTION_STARTED, EventKind.WORKFLOW_TASK_STARTED, EventKind.ACTIVITY_SCHEDULED,
+            EventKind.WORKFLOW_TASK_STARTED, EventKind.ACTIVITY_COMPLETED, EventKind.ACTIVITY_SCHEDULED,
+        ]
+        run = WorkflowInstance.objects.get(pk=item.instance_id)
+        assert run.history_length == 6 and run.vars == {"done": 1} and run.status == "running"
+        assert not WorkItem.objects.filter(instance_id=item.instance_id, kind=WorkItemKind.WORKFLOW).exists()
+        assert not InboxEvent.objects.filter(instance_id=item.instance_id).exists()
+    # The eager room is shared by the whole batch: three of the four next activities
+    # are leased to this worker, the fourth waits in the queue.
+    next_items = WorkItem.objects.filter(kind=WorkItemKind.ACTIVITY).order_by("id")
+    assert [item.lease_owner for item in next_items] == [OWNER] * 3 + [None]
+    assert sorted(claim.id for claim in eager.claims) == [item.pk for item in next_items][:3]
+    assert eager.limit == 0
+    # Held code went back to the cache: the next step runs inline again.
+    assert all(cache.take(item.instance_id) is not None for item in items)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="statement counts of the PostgreSQL path")
+def test_on_postgresql_a_batch_costs_the_statements_of_one_step(cache):
+    """What makes group commit pay: 1 run or 6, the same statements (lock, finish the
+    attempts, write history, runs and next items) and one commit."""
+    [single] = start_runs(["gc-one"], cache)
+    with CaptureQueriesContext(connection) as one:
+        commit_activities([store.Completion(single, None)], cache=cache)
+    batch = start_runs([f"gc-many-{n}" for n in range(6)], cache)
+    completions = [store.Completion(item, None) for item in batch]
+    with CaptureQueriesContext(connection) as many:
+        commit_activities(completions, cache=cache)
+    assert all(c.ran for c in completions)
+    assert len(many.captured_queries) == len(one.captured_queries), [q["sql"][:60] for q in many.captured_queries]
+    # BEGIN, lock, finish, write, wake the queue's workers, COMMIT.
+    assert len(one.captured_queries) <= 6, [q["sql"][:60] for q in one.captured_queries]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_completions_of_one_run_are_refused_and_nothing_is_written():
+    [item] = start_runs(["gc-twice"], cache=None)
+    with pytest.raises(ValueError, match="at most one completion per run"):
+        store.complete_activities([store.Completion(item, 1), store.Completion(item, 2)])
+    assert WorkItem.objects.filter(pk=item.id, lease_owner=OWNER).exists()
+    assert not InboxEvent.objects.exists()
