@@ -329,7 +329,7 @@ def measure(profile: Profile, wanted: set[str], out_dir: Path) -> dict[str, Any]
     sequential: list[tuple[str, Any]] = []
     if "durable" in wanted:
         sequential.append(("durable_sequential", durable("-n", n, "-k", k)))
-        sequential.append(("durable_prepared_sequential", durable("-n", n, "-k", k, "--prepared")))
+        sequential.append(("durable_threads64_sequential", durable("-n", n, "-k", k, "--concurrency", "64")))
     if "dbos" in wanted:
         sequential.append(
             ("dbos_sequential", peer("dbos_bench.py", "-n", n, "-k", k, *dbos_common))
@@ -341,7 +341,7 @@ def measure(profile: Profile, wanted: set[str], out_dir: Path) -> dict[str, Any]
     fanout: list[tuple[str, Any]] = []
     if "fanout" in wanted:
         fanout.append(("durable_fanout", durable("-n", nf, "-k", k, "--fanout")))
-        fanout.append(("durable_prepared_fanout", durable("-n", nf, "-k", k, "--fanout", "--prepared")))
+        fanout.append(("durable_threads64_fanout", durable("-n", nf, "-k", k, "--fanout", "--concurrency", "64")))
         if "dbos" in wanted:
             fan = ("-n", nf, "-k", k, "--fanout", *dbos_common)
             fanout.append(("dbos_fanout", peer("dbos_bench.py", *fan)))
@@ -474,11 +474,11 @@ def summarise(profile: Profile, runs: dict[str, Any]) -> dict[str, Any]:
         "durable_vs_celery_sequential": ratio(
             steady("durable_sequential"), steady("celery_sequential")
         ),
-        "durable_prepared_vs_dbos_sequential": ratio(
-            steady("durable_prepared_sequential"), steady("dbos_sequential")
+        "durable_threads64_vs_dbos_sequential": ratio(
+            steady("durable_threads64_sequential"), steady("dbos_sequential")
         ),
-        "durable_prepared_vs_celery_sequential": ratio(
-            steady("durable_prepared_sequential"), steady("celery_sequential")
+        "durable_threads64_vs_celery_sequential": ratio(
+            steady("durable_threads64_sequential"), steady("celery_sequential")
         ),
         "durable_vs_dbos_fanout": ratio(steady("durable_fanout"), steady("dbos_fanout")),
         "durable_vs_celery_fanout": ratio(steady("durable_fanout"), steady("celery_fanout")),
@@ -578,11 +578,11 @@ def fmt(value: Any, digits: int = 1) -> str:
 
 SYSTEM_ROWS = [
     ("durable_sequential", "django-durable", "sequential"),
-    ("durable_prepared_sequential", "django-durable *", "sequential"),
+    ("durable_threads64_sequential", "django-durable, 64 thr", "sequential"),
     ("dbos_sequential", "DBOS Transact", "sequential"),
     ("celery_sequential", "Celery chains", "sequential"),
     ("durable_fanout", "django-durable", "fan-out"),
-    ("durable_prepared_fanout", "django-durable *", "fan-out"),
+    ("durable_threads64_fanout", "django-durable, 64 thr", "fan-out"),
     ("dbos_fanout", "DBOS Transact", "fan-out"),
     ("celery_fanout", "Celery chords", "fan-out"),
 ]
@@ -607,7 +607,7 @@ def print_report(report: dict[str, Any]) -> None:
     )
     print()
     header = (
-        f"  {'system':<15} {'workload':<16} {'steps/s':>9} {'(spawn)':>9} {'wf/s':>7} "
+        f"  {'system':<22} {'workload':<16} {'steps/s':>9} {'(spawn)':>9} {'wf/s':>7} "
         f"{'hand-off p50/p99 ms':>21} {'CPU ms/step wrk/pg/all':>24} {'busy':>5}"
     )
     print(header)
@@ -621,12 +621,12 @@ def print_report(report: dict[str, Any]) -> None:
         workload = f"{shape} N={n}" if n else shape
         busy = (data.get("_harness") or {}).get("busy_cpus_before")
         if "error" in row:
-            print(f"  {system:<15} {workload:<16} FAILED: {row['error']}")
+            print(f"  {system:<22} {workload:<16} FAILED: {row['error']}")
             continue
         handoff = row.get("handoff") or {}
         cpu = row.get("cpu_per_step_ms") or {}
         print(
-            f"  {system:<15} {workload:<16} {fmt(row.get('steady_steps_per_s')):>9} "
+            f"  {system:<22} {workload:<16} {fmt(row.get('steady_steps_per_s')):>9} "
             f"{fmt(row.get('steps_per_s')):>9} {fmt(row.get('steady_workflows_per_s')):>7} "
             f"{fmt(handoff.get('p50_ms')) + ' / ' + fmt(handoff.get('p99_ms')):>21} "
             f"{fmt(cpu.get('workers'), 2) + ' / ' + fmt(cpu.get('postgres_server'), 2) + ' / ' + fmt(cpu.get('machine'), 2):>24} "
@@ -635,12 +635,12 @@ def print_report(report: dict[str, Any]) -> None:
     for key, data in s["skip_locked"].items():
         batch = key.removeprefix("skip_locked_batch")
         if data.get("error"):
-            print(f"  {'SKIP LOCKED':<15} {'claim ' + batch:<16} FAILED: {data['error']}")
+            print(f"  {'SKIP LOCKED':<22} {'claim ' + batch:<16} FAILED: {data['error']}")
             continue
         cpu = data.get("cpu_per_item_ms") or {}
         busy = (report["runs"][data["run"]].get("_harness") or {}).get("busy_cpus_before")
         print(
-            f"  {'SKIP LOCKED':<15} {'4 procs, claim ' + batch:<16} {fmt(data.get('items_per_s')):>9} "
+            f"  {'SKIP LOCKED':<22} {'4 procs, claim ' + batch:<16} {fmt(data.get('items_per_s')):>9} "
             f"{'items/s':>9} {'':>7} {'':>21} "
             f"{fmt(cpu.get('workers'), 3) + ' / ' + fmt(cpu.get('postgres_server'), 3) + ' / ' + fmt(cpu.get('machine'), 3):>24} "
             f"{fmt(busy, 2):>5}"

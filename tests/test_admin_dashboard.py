@@ -18,7 +18,6 @@ from django.test.utils import CaptureQueriesContext
 
 import django_durable as durable
 from django_durable import store
-from django_durable.conf import durable_settings
 from django_durable.models import WorkerHeartbeat, WorkflowInstance, WorkItem
 from django_durable.testing import WorkflowEnvironment
 from tests.conftest import wait_for
@@ -239,7 +238,7 @@ def test_a_worker_reports_while_running_and_says_when_it_stopped(start_worker, a
     worker = start_worker()
     row = wait_for(lambda: WorkerHeartbeat.objects.filter(pid=worker.pid).first(), what="the worker's heartbeat row")
     assert row.hostname == socket.gethostname() and row.queues == ["default"]
-    assert row.concurrency == durable_settings.ACTIVITY_CONCURRENCY
+    assert row.concurrency == 4  # start_worker's --concurrency
     assert row.stopped_at is None and row.started_at <= row.last_seen_at
     first_seen = row.last_seen_at
     wait_for(
