@@ -96,6 +96,7 @@ class Worker:
         self._to_commit: deque[store.Completion] = deque()
         self._commit_ready = threading.Condition()
         self._committer_stop = False
+        self._commits = self._results_committed = 0
         self._committer = threading.Thread(target=self._commit_forever, name="durable-committer", daemon=True)
         self._last_beat = -float("inf")
         self._beat_started = False
@@ -138,8 +139,9 @@ class Worker:
         stats = self.cache.stats
         logger.info(
             "Worker %s stopped. Workflow tasks: %d inline with an activity's result (%d could not be), "
-            "%d resumed held code, %d replayed history.",
+            "%d resumed held code, %d replayed history. Activity results: %d, in %d commits.",
             self.name, stats["inline"], stats["declined"], stats["resumed"], stats["replayed"],
+            self._results_committed, self._commits,
         )
 
     def _first_idle_wait(self) -> float:
@@ -503,6 +505,8 @@ class Worker:
         except Exception:
             logger.exception("Unexpected error recording activities %s", [c.item.name for c in batch])
         else:
+            self._commits += 1
+            self._results_committed += len(batch)
             for completion in batch:
                 if completion.lost:
                     logger.warning("Activity outcome discarded: %s %r attempt %d is no longer leased by %s%s",

@@ -123,3 +123,34 @@ def test_two_completions_of_one_run_are_refused_and_nothing_is_written():
         store.complete_activities([store.Completion(item, 1), store.Completion(item, 2)])
     assert WorkItem.objects.filter(pk=item.id, lease_owner=OWNER).exists()
     assert not InboxEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_whose_code_another_worker_holds_replays_its_history_inside_the_commit(cache):
+    """The result of an activity claimed by another worker: that worker reads the history
+    under the run's lock and replays it in the same transaction, instead of leaving the
+    result to an ordinary workflow task (three more transactions)."""
+    items = start_runs(["gc-elsewhere-a", "gc-elsewhere-b"], cache)  # ``cache`` is the first worker's
+    other = RunCache(50)
+    try:
+        completions = [store.Completion(item, None) for item in items]
+        commit_activities(completions, cache=other)
+        assert [c.ran for c in completions] == [True, True]
+        assert other.stats["replayed"] == 2 and other.stats["inline"] == 2
+        for item in items:
+            assert kinds(item.workflow_id)[-3:] == [
+                EventKind.WORKFLOW_TASK_STARTED, EventKind.ACTIVITY_COMPLETED, EventKind.ACTIVITY_SCHEDULED,
+            ]
+            assert WorkflowInstance.objects.get(pk=item.instance_id).vars == {"done": 1}
+            assert not WorkItem.objects.filter(instance_id=item.instance_id, kind=WorkItemKind.WORKFLOW).exists()
+            assert other.take(item.instance_id) is not None  # the code is held here from now on
+        # The first worker's copy is stale: its next inline step replays too, and is right.
+        [step2] = [i for i in store.claim(owner=OWNER, kind=WorkItemKind.ACTIVITY, queues=["default"], limit=10,
+                                          lease_seconds=60) if i.workflow_id == "gc-elsewhere-a"]
+        again = store.Completion(step2, None)
+        replayed = cache.stats["replayed"]
+        commit_activities([again], cache=cache)
+        assert again.ran and cache.stats["replayed"] == replayed + 1
+        assert WorkflowInstance.objects.get(pk=step2.instance_id).vars == {"done": 2}
+    finally:
+        other.clear()

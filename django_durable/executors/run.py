@@ -191,9 +191,11 @@ def _refuse_query(execute: Any, sql: str, params: Any, many: bool, context: Any)
 
 class InlineTask:
     """A run's next workflow task, run inside the transaction that records an activity's
-    result when this worker holds the run's code: one commit per step instead of three
-    (result, workflow task claim, decisions) and no history read. Anything unusual (code
-    not held or not current, an engine error) declines, and an ordinary task follows."""
+    result: one commit per step instead of three (result, workflow task claim, decisions).
+    Code this worker holds resumes with the result alone; otherwise (another worker ran
+    the run's last task, or the code was dropped) the history is read under the run's lock
+    and replayed, and this worker holds the code from then on. An engine error declines,
+    and an ordinary task follows."""
 
     def __init__(self, cache: RunCache) -> None:
         self.cache = cache
@@ -203,25 +205,26 @@ class InlineTask:
 
     def __call__(self, continuation: store.Continuation) -> store.TaskDecisions | None:
         resident = self.cache.take(continuation.instance_id)
-        if resident is None:
-            return None
-        if resident.length != continuation.history_length:
-            resident.close()
-            return None
+        if resident is not None and resident.length != continuation.history_length:
+            resident.close()  # not current: another worker ran a task of the run since
+            resident = None
         try:
             outcome = run_task(
                 workflow_id=continuation.workflow_id,
                 run_id=continuation.run_id,
                 workflow_name=continuation.workflow_name,
                 queue=continuation.queue,
-                history=[],
+                history=[] if resident is not None else store.get_history(continuation.instance_id),
                 inbox=continuation.inbox,
                 now=continuation.now,
                 resident=resident,
             )
         except BaseException:  # noqa: BLE001 - e.g. sys.exit() in workflow code: an ordinary task will fail
-            resident.close()
+            if resident is not None:
+                resident.close()
             return None
+        if resident is None:
+            self.cache.count("replayed")
         if outcome.task_error is not None:
             return None
         self._continuation, self._outcome = continuation, outcome
