@@ -157,10 +157,15 @@ _LOCK_SQL = "SELECT {columns}, CURRENT_TIMESTAMP FROM {table} WHERE id = %s FOR 
     table=WorkflowInstance._meta.db_table,
 )
 _LOCK_SQL_SKIP_LOCKED = _LOCK_SQL + " SKIP LOCKED"
-_LOCK_MANY_SQL = "SELECT id, {columns}, CURRENT_TIMESTAMP FROM {table} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE".format(
+_LOCK_MANY_SQL = "SELECT id, {columns}, CURRENT_TIMESTAMP FROM {table} WHERE id = ANY(%s::bigint[]) ORDER BY id FOR NO KEY UPDATE".format(
     columns=", ".join(WorkflowInstance._meta.get_field(name).column for name in LOCKED_FIELDS),
     table=WorkflowInstance._meta.db_table,
 )
+
+
+def _int_array(values: Iterable[int]) -> str:
+    """A PostgreSQL array literal: psycopg's list dumper inspects every element."""
+    return "{" + ",".join(str(int(value)) for value in values) + "}"
 
 
 def _lock_instances(instance_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
@@ -169,7 +174,7 @@ def _lock_instances(instance_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     ids = sorted(set(instance_ids))
     if clock_override is None and connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute(_LOCK_MANY_SQL, [ids])
+            cursor.execute(_LOCK_MANY_SQL, [_int_array(ids)])
             return {row[0]: dict(zip((*LOCKED_FIELDS, "now"), row[1:])) for row in cursor.fetchall()}
     runs = {}
     for instance_id in ids:
@@ -354,27 +359,56 @@ def _update_sql(model: type[Any], pk: int, values: dict[str, Any]) -> tuple[str,
     )
 
 
-def _update_many_sql(model: type[Any], rows: Sequence[tuple[int, dict[str, Any]]]) -> tuple[str, list[Any]]:
-    """One PostgreSQL UPDATE giving each row (pk, values) its own values; every row's
-    values have the same keys."""
+def _recordset(fields: Sequence[Any], db: Any) -> str:
+    """``json_to_recordset(%s::json) AS r (column type, ...)`` for ``fields``."""
+    quote = db.ops.quote_name
+    return f"json_to_recordset(%s::json) AS r ({', '.join(f'{quote(f.column)} {f.db_type(db)}' for f in fields)})"
+
+
+def _json_records(records: list[dict[str, Any]]) -> str:
+    return json.dumps(records, default=_json_scalar, separators=(",", ":"))
+
+
+def _json_scalar(value: Any) -> Any:
+    """Column values JSON has no type for: PostgreSQL reads them from their text."""
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    return str(value)  # UUID, Decimal
+
+
+def _insert_json_sql(rows: Sequence[Any], *, returning_ids: bool = False) -> tuple[str, list[Any]]:
+    """``_insert_sql`` on PostgreSQL, the rows sent as one JSON document: the statement's
+    text is the same whatever their number, so psycopg converts it once (a long VALUES
+    list is parsed again on every execution), and the rows are dumped by one json.dumps."""
+    text, fields = _insert_json_parts(type(rows[0]), returning_ids)
+    return text, [_json_records([{field.column: field.pre_save(row, True) for field in fields} for row in rows])]
+
+
+@functools.cache
+def _insert_json_parts(model: type[Any], returning_ids: bool) -> tuple[str, list[Any]]:
     db = connections[DEFAULT_DB_ALIAS]
     quote = db.ops.quote_name
-    fields = [model._meta.get_field(name) for name in rows[0][1]]
+    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+    columns = ", ".join(quote(field.column) for field in fields)
+    text = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) SELECT {columns} FROM {_recordset(fields, db)}"
+    return text + (f" RETURNING {quote(model._meta.pk.column)}" if returning_ids else ""), fields
+
+
+def _update_json_sql(model: type[Any], rows: Sequence[tuple[int, dict[str, Any]]]) -> tuple[str, list[Any]]:
+    """One PostgreSQL UPDATE giving each row (pk, values) its own values, sent as one JSON
+    document (see ``_insert_json_sql``); every row's values have the same keys."""
+    db = connections[DEFAULT_DB_ALIAS]
+    quote = db.ops.quote_name
     pk = model._meta.pk
-    columns = [quote(pk.column), *(quote(field.column) for field in fields)]
-    # VALUES takes its column types from the first row: cast that one.
-    first = "(" + ", ".join(f"%s::{field.db_type(db)}" for field in (pk, *fields)) + ")"
-    rest = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    assignments = ", ".join(f"{column} = v.{column}" for column in columns[1:])
+    fields = [pk, *(model._meta.get_field(name) for name in rows[0][1])]
+    assignments = ", ".join(f"{quote(field.column)} = r.{quote(field.column)}" for field in fields[1:])
     text = (
-        f"UPDATE {quote(model._meta.db_table)} AS t SET {assignments} "
-        f"FROM (VALUES {', '.join([first, *[rest] * (len(rows) - 1)])}) AS v ({', '.join(columns)}) "
-        f"WHERE t.{columns[0]} = v.{columns[0]}"
+        f"UPDATE {quote(model._meta.db_table)} AS t SET {assignments} FROM {_recordset(fields, db)} "
+        f"WHERE t.{quote(pk.column)} = r.{quote(pk.column)}"
     )
-    params = [
-        value for key, values in rows for value in (key, *(_prepare(field, values[field.name], db) for field in fields))
-    ]
-    return text, params
+    records = [{pk.column: key, **{model._meta.get_field(name).column: value for name, value in values.items()}}
+               for key, values in rows]
+    return text, [_json_records(records)]
 
 
 def _write_task(
@@ -392,14 +426,12 @@ def _write_tasks(
     keys): on PostgreSQL still one statement."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            update_sql, update_params = (
-                _update_sql(WorkflowInstance, *runs[0]) if len(runs) == 1 else _update_many_sql(WorkflowInstance, runs)
-            )
+            update_sql, update_params = _update_json_sql(WorkflowInstance, runs)
             ctes: list[str] = []
             params: list[Any] = []
             for name, rows in (("history", history), ("work", items)):
                 if rows:
-                    text, values = _insert_sql(rows, returning_ids=name == "work")
+                    text, values = _insert_json_sql(rows, returning_ids=name == "work")
                     ctes.append(f"{name} AS ({text})")
                     params += values
             with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
@@ -453,6 +485,13 @@ def get_instance(workflow_id: str, run_id: str | None = None) -> WorkflowInstanc
 
 
 def get_history(instance_id: int, *, after: int = 0) -> list[Event]:
+    if connection.vendor == "postgresql":
+        # Read in one JSON document: a step that replays inline reads the whole history, and
+        # building model rows cost more client CPU than the query.
+        with connection.cursor() as cursor:
+            cursor.execute(_HISTORY_SQL, [after, instance_id])
+            row = cursor.fetchone()
+        return [] if row is None else [Event(**event) for event in _json_events(row[0])]
     events = HistoryEvent.objects.filter(instance_id=instance_id)
     if after:
         events = events.filter(seq__gt=after)
@@ -755,6 +794,10 @@ def _events_json(table: str, key: str, condition: str = "") -> str:
     )
 
 
+_HISTORY_SQL = (
+    f"SELECT {_events_json(HistoryEvent._meta.db_table, 'seq', ' AND seq > %s')} "
+    f"FROM {WorkflowInstance._meta.db_table} run WHERE id = %s"
+)
 _LOAD_TASK_SQL = (
     "SELECT workflow_id, run_id, workflow_name, queue, status, history_length, "
     f"{_events_json(InboxEvent._meta.db_table, 'id')}, "
@@ -1335,12 +1378,13 @@ def _finish_attempts(items: Sequence[Claim], runs: dict[int, dict[str, Any]], *,
     # previous holders committed (a subquery of the locking SELECT would not).
     with connection.cursor() as cursor:
         cursor.execute(
-            f"WITH gone AS (DELETE FROM {_WORK_ITEMS} w USING unnest(%s::bigint[], %s::varchar[], %s::integer[]) "
-            f"AS a (id, owner, attempt) WHERE w.id = a.id AND w.lease_owner = a.owner AND w.attempt = a.attempt"
+            f"WITH gone AS (DELETE FROM {_WORK_ITEMS} w USING json_to_recordset(%s::json) "
+            f"AS a (id bigint, owner text, attempt integer) "
+            f"WHERE w.id = a.id AND w.lease_owner = a.owner AND w.attempt = a.attempt"
             f"{live} RETURNING w.id, w.instance_id) "
             f"SELECT id, instance_id, EXISTS (SELECT 1 FROM {_WORK_ITEMS} WHERE instance_id = gone.instance_id "
             f"AND kind = %s), EXISTS (SELECT 1 FROM {_INBOX} WHERE instance_id = gone.instance_id) FROM gone",
-            [[item.id for item in items], [item.owner for item in items], [item.attempt for item in items],
+            [_json_records([{"id": item.id, "owner": item.owner, "attempt": item.attempt} for item in items]),
              WorkItemKind.WORKFLOW.value],
         )
         finished = set()

@@ -99,7 +99,7 @@ def run_activity_function(running: RunningActivity) -> store.Completion | None:
         heartbeat_details=from_json(item.heartbeat_details),
     )
     scope = _current.set(_Scope(info=info, heartbeat=running.heartbeat))
-    logger.info("Running activity %s of %s (attempt %d)", item.name, item.workflow_id, item.attempt)
+    logger.debug("Running activity %s of %s (attempt %d)", item.name, item.workflow_id, item.attempt)
     try:
         value = definition.fn(*args, **kwargs)
     except ResultPending:
@@ -145,7 +145,7 @@ def commit_activities(
         if completion.lost:
             continue
         crash_point("after_activity_commit")
-        logger.info("Activity %s of %s completed (attempt %d)", item.name, item.workflow_id, item.attempt)
+        logger.debug("Activity %s of %s completed (attempt %d)", item.name, item.workflow_id, item.attempt)
 
 
 def run_task(*, workflow_name: str, resident: ResidentRun | None, **task: Any) -> TaskOutcome:
@@ -252,7 +252,9 @@ class InlineTask:
 def after_workflow_task(outcome: TaskOutcome, instance_id: int, workflow_id: str, workflow_name: str) -> None:
     """Once a workflow task committed: log it and, if the run closed, settle its children."""
     crash_point("after_task_commit")
-    logger.info(
+    # Every step of an open run at DEBUG (at INFO, a line per step costs throughput); closes at INFO.
+    logger.log(
+        logging.INFO if outcome.status not in OPEN_STATUSES else logging.DEBUG,
         "Workflow %s (%s): %s%s", workflow_id, workflow_name, outcome.status,
         f", waiting on {outcome.waiting_on}" if outcome.waiting_on else "",
     )
