@@ -461,7 +461,14 @@ class Worker:
 
     def _commit_forever(self) -> None:
         while (batch := self._next_batch()) is not None:
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except BaseException:  # the committer must outlive anything: a stop waits on it
+                logger.exception("Committer error; the batch's leases will expire and its activities be retried.")
+                with self._lock:
+                    for completion in batch:
+                        self._running.pop((completion.item.id, completion.item.attempt), None)
+                self._wake()
         close_old_connections()
 
     def _next_batch(self) -> list[store.Completion] | None:
@@ -486,22 +493,18 @@ class Worker:
         with self._lock:
             done = [self._running[key] for c in batch if (key := (c.item.id, c.item.attempt)) in self._running]
         eager = self._eager(leaving=len(batch))
+        failed = False
         try:
             refresh_connections()
             commit_activities(batch, cache=self.cache, eager=eager)
         except DatabaseError:
-            if not again:
-                # A lost connection, or a deadlock with a parent or child run: each on its
-                # own, once. The attempts' fences make this safe should the commit have
-                # happened after all: those come back lost.
+            failed = True
+            if again:
+                logger.exception("Database error recording activity %s; its lease will expire and it will be "
+                                 "retried.", batch[0].item.name)
+            else:
                 logger.warning("Database error recording %d activities (%s); recording them again, one by one.",
                                len(batch), ", ".join(c.item.name for c in batch), exc_info=True)
-                close_old_connections()
-                for completion in batch:
-                    self._commit([store.Completion(completion.item, completion.result)], again=True)
-                return
-            logger.exception("Database error recording activity %s; its lease will expire and it will be retried.",
-                             batch[0].item.name)
         except Exception:
             logger.exception("Unexpected error recording activities %s", [c.item.name for c in batch])
         else:
@@ -513,6 +516,14 @@ class Worker:
                                    completion.item.kind, completion.item.name, completion.item.attempt, self.name,
                                    " (or the failed commit went through)" if again else "")
         finally:
-            refresh_connections()
-            self._start_eager(eager)  # before these leave: a stopping worker waits for them too
-        self._finished(done, refilled=len(eager.claims) if eager is not None else 0)
+            # Before these leave _running: a stopping worker waits for them too.
+            self._start_eager(eager)
+            if not (failed and not again):
+                self._finished(done, refilled=len(eager.claims) if eager is not None else 0)
+        if failed and not again:
+            # A lost connection, or a deadlock with a parent or child run: each on its own,
+            # once. The attempts' fences make this safe should the commit have gone through
+            # after all: those come back lost.
+            close_old_connections()
+            for completion in batch:
+                self._commit([store.Completion(completion.item, completion.result)], again=True)
