@@ -816,6 +816,9 @@ class Eager:
     limit: int
     lease_seconds: float
     claims: list[Claim] = dataclasses.field(default_factory=list)
+    # Beyond ``limit``: activities with neither a start-to-close nor a heartbeat timeout,
+    # which may wait for a thread in the worker (no clock of theirs runs while they do).
+    spare: int = 0
 
 
 @dataclasses.dataclass
@@ -1038,15 +1041,24 @@ def _lease_eagerly(items: list[WorkItem], eager: Eager | None, now: datetime.dat
     if eager is None or not connection.features.can_return_rows_from_bulk_insert:
         return leased
     for item in items:
-        if (
-            eager.limit > 0 and item.kind == WorkItemKind.ACTIVITY
-            and item.parked_at is None and item.queue in eager.queues
-        ):
-            item.lease_owner, item.attempt, item.claimed_at = eager.owner, 1, now
-            item.lease_expires_at = now + _seconds(eager.lease_seconds)
-            leased.append(item)
-            eager.limit -= 1  # the room is shared by every task of a batch
+        if item.kind != WorkItemKind.ACTIVITY or item.parked_at is not None or item.queue not in eager.queues:
+            continue
+        # The room is shared by every task of a batch.
+        if eager.limit > 0:
+            eager.limit -= 1
+        elif eager.spare > 0 and not _attempt_clock_runs(item.payload.get("options") or {}):
+            eager.spare -= 1
+        else:
+            continue
+        item.lease_owner, item.attempt, item.claimed_at = eager.owner, 1, now
+        item.lease_expires_at = now + _seconds(eager.lease_seconds)
+        leased.append(item)
     return leased
+
+
+def _attempt_clock_runs(options: dict[str, Any]) -> bool:
+    """Whether an attempt has a timeout that starts with its claim."""
+    return options.get("start_to_close_timeout") is not None or options.get("heartbeat_timeout") is not None
 
 
 def _announce_work_items(

@@ -399,13 +399,18 @@ class Worker:
     held_per_thread = 4
 
     def _eager(self, *, leaving: int = 0) -> store.Eager | None:
-        """Room for activities a commit schedules, taken at once by this worker's threads."""
+        """Room for activities a commit schedules, taken at once by this worker's threads;
+        those that no timeout would hurt may also wait for one (``Eager.spare``), up to
+        ``held_per_thread``: they stay with the worker that holds their run's code."""
         if self.executor is not None or self._stopping.is_set():
             return None
         free = self._room(leaving=leaving)
-        if free <= 0:
+        with self._lock:
+            spare = self.concurrency * self.held_per_thread - len(self._running) + leaving - free
+        if free <= 0 and spare <= 0:
             return None
-        return store.Eager(owner=self.name, queues=self.queues, limit=free, lease_seconds=self.lease_seconds)
+        return store.Eager(owner=self.name, queues=self.queues, limit=free, lease_seconds=self.lease_seconds,
+                           spare=max(0, spare))
 
     def _start_eager(self, eager: store.Eager | None) -> None:
         for item in eager.claims if eager is not None else ():

@@ -154,3 +154,26 @@ def test_a_run_whose_code_another_worker_holds_replays_its_history_inside_the_co
         assert WorkflowInstance.objects.get(pk=step2.instance_id).vars == {"done": 2}
     finally:
         other.clear()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_beyond_idle_threads_a_worker_takes_only_activities_that_no_timeout_hurts_while_they_wait(cache):
+    """``Eager.spare``: an activity may wait in the worker for a thread only if no clock of
+    its runs meanwhile (no start-to-close, no heartbeat timeout); others stay claimable."""
+    from tests.testapp.async_workflows import ac_approval_with_long_deadline
+
+    # The timed one first: the one spare place must pass it by.
+    durable.start_workflow(ac_approval_with_long_deadline, "/nonexistent", workflow_id="gc-spare-timed")
+    durable.start_workflow(sequence, "gc-spare-a", 1, workflow_id="gc-spare-a")
+    durable.start_workflow(sequence, "gc-spare-b", 1, workflow_id="gc-spare-b")
+    tasks = store.claim(owner=OWNER, kind=WorkItemKind.WORKFLOW, queues=["default"], limit=10, lease_seconds=60)
+    assert [task.workflow_id for task in sorted(tasks, key=lambda t: t.id)][0] == "gc-spare-timed"
+    tasks.sort(key=lambda task: task.id)
+    eager = store.Eager(owner=OWNER, queues=["default"], limit=0, lease_seconds=60, spare=1)
+    for task in tasks:
+        execute_workflow_task(task, cache, eager)
+    leased = dict(WorkItem.objects.filter(kind=WorkItemKind.ACTIVITY).values_list("name", "lease_owner"))
+    owners = list(WorkItem.objects.filter(kind=WorkItemKind.ACTIVITY).values_list("lease_owner", flat=True))
+    assert leased["ac_request_with_long_deadline"] is None  # it has a start-to-close timeout
+    assert sorted(owners, key=str) == [None, None, OWNER]  # one spare: one untimed one; the other stays claimable
+    assert [claim.name for claim in eager.claims] == ["record"] and eager.spare == 0
