@@ -1472,52 +1472,59 @@ def complete_activity(
 def complete_activities(
     completions: Sequence[Completion], *, live_only: bool = False, eager: Eager | None = None
 ) -> None:
-    """``complete_activity`` for attempts of different runs, in one transaction (group
-    commit): on PostgreSQL the runs are locked, the attempts deleted and the ordinary
-    steps written with one statement each, whatever the number of runs. An attempt that
+    """``complete_activity`` for many attempts, in one transaction (group commit): on
+    PostgreSQL the runs are locked, the attempts deleted and the ordinary steps written
+    with one statement each, whatever their number. Results of one run make one step
+    (the first completion's ``continue_run`` gets them all, in order). An attempt that
     is no longer ours is marked ``lost`` and the others still commit."""
-    if len({completion.item.instance_id for completion in completions}) != len(completions):
-        raise ValueError("complete_activities takes at most one completion per run")
     with transaction.atomic():
         runs = _lock_instances(completion.item.instance_id for completion in completions)
         finished = _finish_attempts(
             [completion.item for completion in completions if completion.item.instance_id in runs],
             runs, live_only=live_only,
         )
-        writes: list[_TaskWrite] = []
+        by_run: dict[int, list[Completion]] = {}
         for completion in completions:
-            item = completion.item
-            if item.id not in finished:
+            if completion.item.id in finished:
+                by_run.setdefault(completion.item.instance_id, []).append(completion)
+            else:
                 completion.lost = True
-                continue
-            instance = runs[item.instance_id]
+        writes: list[_TaskWrite] = []
+        for instance_id, group in by_run.items():
+            instance = runs[instance_id]
             now = instance.pop("now")
-            crash_point("before_activity_commit")
-            event = Event(
-                kind=EventKind.ACTIVITY_COMPLETED,
-                timestamp=now,
-                name=item.name,
-                task_id=item.task_id,
-                payload={"result": completion.result, "attempt": item.attempt},
-            )
+            events = []
+            for completion in group:
+                crash_point("before_activity_commit")
+                item = completion.item
+                events.append(Event(
+                    kind=EventKind.ACTIVITY_COMPLETED,
+                    timestamp=now,
+                    name=item.name,
+                    task_id=item.task_id,
+                    payload={"result": completion.result, "attempt": item.attempt},
+                ))
+            continue_run = group[0].continue_run
             if (
-                completion.continue_run is not None
+                continue_run is not None
                 and instance["status"] == WorkflowStatus.RUNNING
                 and not instance["has_workflow_task"]
                 and not instance["has_inbox"]
             ):
-                decisions = completion.continue_run(
+                decisions = continue_run(
                     Continuation(
-                        instance_id=item.instance_id, workflow_id=instance["workflow_id"],
+                        instance_id=instance_id, workflow_id=instance["workflow_id"],
                         run_id=str(instance["run_id"]), workflow_name=instance["workflow_name"],
-                        queue=instance["queue"], history_length=instance["history_length"], now=now, inbox=[event],
+                        queue=instance["queue"], history_length=instance["history_length"], now=now, inbox=events,
                     )
                 )
                 if decisions is not None:
-                    _commit_task(item.instance_id, instance, decisions, now, eager=eager, batch=writes)
-                    completion.ran = True
+                    _commit_task(instance_id, instance, decisions, now, eager=eager, batch=writes)
+                    for completion in group:
+                        completion.ran = True
                     continue
-            _deliver(item.instance_id, instance, event)
+            for event in events:
+                _deliver(instance_id, instance, event)
         _write_batch(writes, eager)
 
 

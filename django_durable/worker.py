@@ -138,10 +138,10 @@ class Worker:
                 self._listener.close()
         stats = self.cache.stats
         logger.info(
-            "Worker %s stopped. Workflow tasks: %d inline with an activity's result (%d could not be), "
-            "%d resumed held code, %d replayed history. Activity results: %d, in %d commits.",
-            self.name, stats["inline"], stats["declined"], stats["resumed"], stats["replayed"],
-            self._results_committed, self._commits,
+            "Worker %s stopped. Activity results: %d in %d commits, %d taken by their run's next step in the "
+            "same commit (%d could not be). Workflow tasks: %d resumed held code; %d steps replayed history.",
+            self.name, self._results_committed, self._commits, stats["inline"], stats["declined"],
+            stats["resumed"], stats["replayed"],
         )
 
     def _first_idle_wait(self) -> float:
@@ -477,21 +477,16 @@ class Worker:
         close_old_connections()
 
     def _next_batch(self) -> list[store.Completion] | None:
-        """What has gathered, one completion per run (a run's next one waits for the next
-        batch: its step must see this one's); None once stopped with nothing left."""
+        """What has gathered (several results of one run make one step); None once
+        stopped with nothing left."""
         with self._commit_ready:
             while not self._to_commit:
                 if self._committer_stop:
                     return None
                 self._commit_ready.wait()
             batch: list[store.Completion] = []
-            later: list[store.Completion] = []
-            runs: set[int] = set()
             while self._to_commit and len(batch) < self.commit_batch_size:
-                completion = self._to_commit.popleft()
-                (later if completion.item.instance_id in runs else batch).append(completion)
-                runs.add(completion.item.instance_id)
-            self._to_commit.extendleft(reversed(later))
+                batch.append(self._to_commit.popleft())
             return batch
 
     def _commit(self, batch: list[store.Completion], *, again: bool = False) -> None:

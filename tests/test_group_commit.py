@@ -16,7 +16,7 @@ from django_durable.engine.events import EventKind
 from django_durable.executors.cache import RunCache
 from django_durable.executors.run import commit_activities, execute_workflow_task
 from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem, WorkItemKind
-from tests.testapp.workflows import sequence
+from tests.testapp.workflows import fan_out, sequence
 
 OWNER = "group-commit-test"
 
@@ -117,12 +117,31 @@ def test_on_postgresql_a_batch_costs_the_statements_of_one_step(cache):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_completions_of_one_run_are_refused_and_nothing_is_written():
-    [item] = start_runs(["gc-twice"], cache=None)
-    with pytest.raises(ValueError, match="at most one completion per run"):
-        store.complete_activities([store.Completion(item, 1), store.Completion(item, 2)])
-    assert WorkItem.objects.filter(pk=item.id, lease_owner=OWNER).exists()
-    assert not InboxEvent.objects.exists()
+def test_results_of_one_run_in_one_batch_make_one_step(cache):
+    """Fan-out: two results of one run (and one of another) in one commit. The run takes
+    one workflow task with both, in order; a stale attempt among them is left out."""
+    durable.start_workflow(fan_out, 3, workflow_id="gc-fan")
+    [task] = store.claim(owner=OWNER, kind=WorkItemKind.WORKFLOW, queues=["default"], limit=1, lease_seconds=60)
+    execute_workflow_task(task, cache)
+    fan = sorted(store.claim(owner=OWNER, kind=WorkItemKind.ACTIVITY, queues=["default"], limit=10, lease_seconds=60),
+                 key=lambda item: item.task_id)
+    assert [item.workflow_id for item in fan] == ["gc-fan"] * 3
+    [other] = start_runs(["gc-fan-other"], cache)
+    WorkItem.objects.filter(pk=fan[1].id).update(attempt=2)  # superseded meanwhile
+    completions = [store.Completion(fan[2], "c"), store.Completion(other, None), store.Completion(fan[1], "b"),
+                   store.Completion(fan[0], "a")]
+    commit_activities(completions, cache=cache)
+    assert [(c.ran, c.lost) for c in completions] == [(True, False), (True, False), (False, True), (True, False)]
+    run = WorkflowInstance.objects.get(workflow_id="gc-fan")
+    events = list(HistoryEvent.objects.filter(instance=run).order_by("seq").values_list("kind", "task_id"))
+    started = [n for n, (kind, _) in enumerate(events) if kind == EventKind.WORKFLOW_TASK_STARTED]
+    assert len(started) == 2  # the start, and one step for both results
+    assert events[started[1] + 1:] == [
+        (EventKind.ACTIVITY_COMPLETED, fan[2].task_id), (EventKind.ACTIVITY_COMPLETED, fan[0].task_id),
+    ]
+    assert run.status == "running" and run.history_length == len(events)
+    assert WorkItem.objects.filter(pk=fan[1].id, attempt=2).exists()
+    assert not InboxEvent.objects.filter(instance=run).exists()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -167,8 +186,8 @@ def test_beyond_idle_threads_a_worker_takes_only_activities_that_no_timeout_hurt
     durable.start_workflow(sequence, "gc-spare-a", 1, workflow_id="gc-spare-a")
     durable.start_workflow(sequence, "gc-spare-b", 1, workflow_id="gc-spare-b")
     tasks = store.claim(owner=OWNER, kind=WorkItemKind.WORKFLOW, queues=["default"], limit=10, lease_seconds=60)
-    assert [task.workflow_id for task in sorted(tasks, key=lambda t: t.id)][0] == "gc-spare-timed"
     tasks.sort(key=lambda task: task.id)
+    assert tasks[0].workflow_id == "gc-spare-timed"
     eager = store.Eager(owner=OWNER, queues=["default"], limit=0, lease_seconds=60, spare=1)
     for task in tasks:
         execute_workflow_task(task, cache, eager)
