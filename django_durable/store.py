@@ -180,7 +180,7 @@ def _lock_instances(instance_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     for instance_id in ids:
         instance = _lock_instance(instance_id)
         if instance is not None:
-            instance["now"] = instance.get("now") or db_now()
+            instance["now"] = db_now()
             runs[instance_id] = instance
     return runs
 
@@ -437,7 +437,7 @@ def _write_tasks(
             with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
             returning = " RETURNING (SELECT array_agg(id ORDER BY id) FROM work)" if items else ""
             cursor.execute(f"{with_clause}{update_sql}{returning}", params + update_params)
-            # Ids come from the sequence in VALUES order, so sorted they match ``items``.
+            # Ids come from the sequence in the records' order, so sorted they match ``items``.
             ids = cursor.fetchone()[0] if items else []
         else:
             if history:
@@ -1356,18 +1356,14 @@ def _attempt_fence(item: Claim, now: datetime.datetime, *, live_only: bool) -> A
     return fence
 
 
-def _finish_attempt(
-    item: Claim, instance: dict[str, Any], now: datetime.datetime, *, live_only: bool, busy: bool
-) -> bool:
-    """Delete the attempt's item if it still is this attempt (else False); with ``busy``
-    also set the locked run's ``has_workflow_task`` and ``has_inbox`` (on PostgreSQL see
-    ``_finish_attempts``)."""
+def _finish_attempt(item: Claim, instance: dict[str, Any], now: datetime.datetime, *, live_only: bool) -> bool:
+    """Delete the attempt's item if it still is this attempt (else False), and set the
+    locked run's ``has_workflow_task`` and ``has_inbox`` (on PostgreSQL see ``_finish_attempts``)."""
     deleted, _ = _attempt_fence(item, now, live_only=live_only).delete()
-    if busy:
-        instance["has_workflow_task"] = WorkItem.objects.filter(
-            instance_id=item.instance_id, kind=WorkItemKind.WORKFLOW
-        ).exists()
-        instance["has_inbox"] = InboxEvent.objects.filter(instance_id=item.instance_id).exists()
+    instance["has_workflow_task"] = WorkItem.objects.filter(
+        instance_id=item.instance_id, kind=WorkItemKind.WORKFLOW
+    ).exists()
+    instance["has_inbox"] = InboxEvent.objects.filter(instance_id=item.instance_id).exists()
     return bool(deleted)
 
 
@@ -1383,7 +1379,7 @@ def _finish_attempts(items: Sequence[Claim], runs: dict[int, dict[str, Any]], *,
     if clock_override is not None or connection.vendor != "postgresql":
         return {
             item.id for item in items
-            if _finish_attempt(item, runs[item.instance_id], runs[item.instance_id]["now"], live_only=live_only, busy=True)
+            if _finish_attempt(item, runs[item.instance_id], runs[item.instance_id]["now"], live_only=live_only)
         }
     live = " AND (w.lease_expires_at IS NULL OR w.lease_expires_at > CURRENT_TIMESTAMP)" if live_only else ""
     # After the runs' locks were granted: this statement's snapshot sees what their

@@ -60,6 +60,11 @@ def refresh_connections(*, at_most_every: float = 1.0) -> None:
 
 
 class Worker:
+    # Attempts a worker holds at most per activity thread, finished ones waiting to be
+    # recorded included (see ``_room``), and the most results one commit records.
+    held_per_thread = 4
+    commit_batch_size = 100
+
     def __init__(
         self,
         *,
@@ -240,7 +245,7 @@ class Worker:
             if self.executor is not None:
                 activities = [] if self._stopping.is_set() else self._dispatch(WorkItemKind.ACTIVITY)
             else:
-                free = self._room()
+                free, _ = self._room()
                 activities = [] if self._stopping.is_set() else self._claim(WorkItemKind.ACTIVITY, free)
                 for item in activities:
                     self._start_activity(item)
@@ -387,30 +392,26 @@ class Worker:
         execute_workflow_task(item, self.cache, eager)
         self._start_eager(eager)
 
-    def _room(self, *, leaving: int = 0) -> int:
-        """How many more attempts this worker takes now: no more than it has idle threads
-        (an attempt never waits for one, its start-to-close clock running), and no more
-        than ``held_per_thread`` per thread held in all, finished ones waiting to be
+    def _room(self, *, leaving: int = 0) -> tuple[int, int]:
+        """How many more attempts this worker takes now: any attempt while a thread is
+        idle for it (it never waits for one, its start-to-close clock running), and in all
+        up to ``held_per_thread`` attempts a thread held, finished ones waiting to be
         recorded included (``leaving``: finished ones the caller is recording)."""
         with self._lock:
-            held = len(self._running) - leaving
-            return max(0, min(self.concurrency - self._busy, self.concurrency * self.held_per_thread - held))
-
-    held_per_thread = 4
+            held_room = self.concurrency * self.held_per_thread - len(self._running) + leaving
+            return max(0, min(self.concurrency - self._busy, held_room)), max(0, held_room)
 
     def _eager(self, *, leaving: int = 0) -> store.Eager | None:
         """Room for activities a commit schedules, taken at once by this worker's threads;
-        those that no timeout would hurt may also wait for one (``Eager.spare``), up to
-        ``held_per_thread``: they stay with the worker that holds their run's code."""
+        those that no timeout would hurt may also wait for one (``Eager.spare``), so that
+        they stay with the worker that holds their run's code."""
         if self.executor is not None or self._stopping.is_set():
             return None
-        free = self._room(leaving=leaving)
-        with self._lock:
-            spare = self.concurrency * self.held_per_thread - len(self._running) + leaving - free
-        if free <= 0 and spare <= 0:
+        free, held_room = self._room(leaving=leaving)
+        if held_room <= 0:
             return None
         return store.Eager(owner=self.name, queues=self.queues, limit=free, lease_seconds=self.lease_seconds,
-                           spare=max(0, spare))
+                           spare=held_room - free)
 
     def _start_eager(self, eager: store.Eager | None) -> None:
         for item in eager.claims if eager is not None else ():
@@ -461,8 +462,6 @@ class Worker:
             self._wake()
 
     # -- group commit ------------------------------------------------------------
-
-    commit_batch_size = 100
 
     def _commit_forever(self) -> None:
         while (batch := self._next_batch()) is not None:
