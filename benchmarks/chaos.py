@@ -130,6 +130,10 @@ class WorkerProc:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signum)
 
+    def ready(self) -> bool:
+        """Whether the worker has installed its signal handlers (it logs that it started just after)."""
+        return self.proc.poll() is not None or b" started on queues " in self.log_path.read_bytes()
+
     def close(self) -> None:
         self._out.close()
 
@@ -424,6 +428,11 @@ class Soak:
         self.log("drained" if drained else "drain_timeout", seconds=round(time.monotonic() - end, 2))
         if not drained:
             self.problems.append(f"workflows still open {self.args.drain_timeout:.0f}s after the chaos ended")
+        # A worker spawned during the drain may still be importing Django: a SIGTERM then
+        # kills it before its handlers exist, which says nothing about a graceful stop.
+        ready_by = time.monotonic() + 60
+        while not all(worker.ready() for worker in self.workers) and time.monotonic() < ready_by:
+            time.sleep(0.1)
         for worker in self.workers:
             worker.signal(signal.SIGTERM)
         for worker in self.workers:
