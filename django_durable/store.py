@@ -720,7 +720,8 @@ def _fence(item: Claim) -> Any:
     return WorkItem.objects.filter(id=item.id, lease_owner=item.owner, attempt=item.attempt)
 
 
-def _lease_lost(item: Claim) -> LeaseLost:
+def lease_lost(item: Claim) -> LeaseLost:
+    """The error for an outcome of ``item`` that came too late: nothing of it was written."""
     return LeaseLost(f"{item.kind} {item.name!r} attempt {item.attempt} is no longer leased by {item.owner}")
 
 
@@ -863,11 +864,11 @@ def complete_workflow_task(
         if unseen_signal or (more_inbox and not closing):
             # Events arrived while this task ran: leave the task claimable at once.
             if not _release_workflow_task(item, instance, now):
-                raise _lease_lost(item)
+                raise lease_lost(item)
             if unseen_signal:
                 return False
         elif not fenced:
-            raise _lease_lost(item)
+            raise lease_lost(item)
         _commit_task(item.instance_id, instance, decisions, now, inbox_ids=inbox_ids, eager=eager)
     return True
 
@@ -1282,7 +1283,7 @@ def fail_workflow_task(
             dispatched_at=None,
         )
         if not fenced:
-            raise _lease_lost(item)
+            raise lease_lost(item)
         WorkflowInstance.objects.filter(pk=item.instance_id).update(task_error=error, updated_at=now)
         state_change(
             "task_failed", workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]), item=item.id,
@@ -1461,7 +1462,7 @@ def complete_activity(
     completion = Completion(item, result, continue_run)
     complete_activities([completion], live_only=live_only, eager=eager)
     if completion.lost:
-        raise _lease_lost(item)
+        raise lease_lost(item)
     return completion.ran
 
 
@@ -1532,7 +1533,7 @@ def await_completion(item: Claim, heartbeat_at: datetime.datetime | None) -> Non
     """
     updated = _fence(item).update(awaiting_completion=True, lease_expires_at=attempt_deadline(item, heartbeat_at))
     if not updated:
-        raise _lease_lost(item)
+        raise lease_lost(item)
 
 
 def record_heartbeat(
@@ -1545,7 +1546,7 @@ def record_heartbeat(
         # A heartbeat without details keeps what an earlier one reported.
         updates = {"heartbeat_at": now} if details is None else {"heartbeat_details": details, "heartbeat_at": now}
         if not fence.update(**updates):
-            raise _lease_lost(item)
+            raise lease_lost(item)
         deadline = attempt_deadline(item, now)
         fence.filter(awaiting_completion=True).update(lease_expires_at=deadline)
         renewed = now + _seconds(lease_seconds)
@@ -1805,7 +1806,7 @@ def fail_activity(
     with transaction.atomic():
         instance = _lock_instance(item.instance_id)
         if instance is None:
-            raise _lease_lost(item)
+            raise lease_lost(item)
         now = db_now()
         fence = _attempt_fence(item, now, live_only=live_only)
         return _fail_attempt(item, fence, instance, failure, retryable=retryable, now=now)
@@ -1822,12 +1823,12 @@ def fail_late_attempt(item: Claim) -> bool:
     with transaction.atomic():
         instance = _lock_instance(item.instance_id)
         if instance is None:
-            raise _lease_lost(item)
+            raise lease_lost(item)
         now = db_now()
         fence = _fence(item)
         last_error = fence.values_list("last_error", flat=True).first()
         if not fence.delete()[0]:
-            raise _lease_lost(item)
+            raise lease_lost(item)
         if item.attempt > 1 and last_error:
             attempt = item.attempt - 1
             failure = {
@@ -1875,7 +1876,7 @@ def _fail_attempt(
     else:
         applied, _ = fence.delete()
     if not applied:
-        raise _lease_lost(item)
+        raise lease_lost(item)
     if retry_at is not None:
         state_change(
             "retry_scheduled", workflow_id=item.workflow_id, run_id=item.run_id, name=item.name, task_id=item.task_id,

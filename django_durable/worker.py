@@ -511,8 +511,7 @@ class Worker:
             self._results_committed += len(batch)
             for completion in batch:
                 if completion.lost:
-                    logger.warning("Activity outcome discarded: %s %r attempt %d is no longer leased by %s%s",
-                                   completion.item.kind, completion.item.name, completion.item.attempt, self.name,
+                    logger.warning("Activity outcome discarded: %s%s", store.lease_lost(completion.item),
                                    " (or the failed commit went through)" if again else "")
         finally:
             # Before these leave _running: a stopping worker waits for them too.

@@ -142,6 +142,11 @@ def test_results_of_one_run_in_one_batch_make_one_step(cache):
     assert run.status == "running" and run.history_length == len(events)
     assert WorkItem.objects.filter(pk=fan[1].id, attempt=2).exists()
     assert not InboxEvent.objects.filter(instance=run).exists()
+    # Counted per result; the run's code, advanced by its one step, is held again.
+    assert (cache.stats["inline"], cache.stats["declined"]) == (3, 1)
+    resident = cache.take(run.id)
+    assert resident is not None and resident.length == run.history_length
+    resident.close()
 
 
 @pytest.mark.django_db(transaction=True)

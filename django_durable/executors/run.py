@@ -68,8 +68,7 @@ def execute_activity(
         return
     commit_activities([completion], cache=cache, eager=eager)
     if completion.lost:
-        raise store.LeaseLost(f"activity {completion.item.name!r} attempt {completion.item.attempt} is no "
-                              "longer leased by this worker")
+        raise store.lease_lost(completion.item)
 
 
 def run_activity_function(running: RunningActivity) -> store.Completion | None:
@@ -124,21 +123,24 @@ def run_activity_function(running: RunningActivity) -> store.Completion | None:
 def commit_activities(
     completions: list[store.Completion], *, cache: RunCache | None = None, eager: store.Eager | None = None
 ) -> None:
-    """Record activities' results (of different runs) in one transaction. With a ``cache``,
-    each run whose code it holds takes its next workflow task in that transaction too.
-    Each completion comes back ``lost`` or not; a database error is raised."""
-    inlines = []
-    for completion in completions:
-        if cache is not None:
-            completion.continue_run = inline = InlineTask(cache)
-            inlines.append((completion, inline))
+    """Record activities' results in one transaction. With a ``cache``, each run whose
+    code it holds takes its next workflow task in that transaction too, one step for all
+    of the run's results. Each completion comes back ``lost`` or not; a database error
+    is raised."""
+    inlines: dict[int, InlineTask] = {}
+    if cache is not None:
+        for completion in completions:
+            completion.continue_run = inlines.setdefault(completion.item.instance_id, InlineTask(cache))
     committed = False
     try:
         store.complete_activities(completions, eager=eager)
         committed = True
     finally:
-        for completion, inline in inlines:
-            inline.ran = committed and completion.ran
+        for completion in completions:
+            inline = inlines.get(completion.item.instance_id)
+            if inline is not None:
+                inline.add_result(ran=committed and completion.ran)
+        for inline in inlines.values():
             inline.settle()
     for completion in completions:
         item = completion.item
@@ -232,10 +234,14 @@ class InlineTask:
             outcome.new_events, outcome.status, outcome.vars, outcome.result, outcome.error, outcome.waiting_on
         )
 
+    def add_result(self, *, ran: bool) -> None:
+        """After the transaction: one of the run's results, and whether this task took it."""
+        self.ran = self.ran or ran
+        self.cache.count("inline" if ran else "declined")
+
     def settle(self) -> None:
         """After the transaction: keep the code if its task committed, else drop it."""
         outcome, continuation = self._outcome, self._continuation
-        self.cache.count("inline" if self.ran else "declined")
         if outcome is None or continuation is None:
             return
         if outcome.resident is not None:
