@@ -12,8 +12,8 @@ import pytest
 import django_durable as durable
 from django_durable.admin import timeline
 from django_durable.engine.events import Event
-from django_durable.models import WorkflowInstance, WorkItem
 from django_durable.exceptions import InvalidTaskToken
+from django_durable.models import WorkflowInstance, WorkItem
 from django_durable.tokens import TaskToken, read_task_token
 from tests.testapp.workflows import fan_out
 
