@@ -118,8 +118,9 @@ def run_workflow_task(
 
     new_events = [*received, *ctx.new_events]
     size = known + len(new_events)
+    # ctx.history_bytes counts what the code has seen: the history and the received events.
     size_bytes = ctx.history_bytes + events_size(ctx.new_events) if measure else 0
-    known_bytes = size_bytes - events_size(new_events) if measure else 0
+    known_bytes = ctx.history_bytes - events_size(received) if measure else 0
     over = None
     if history_max_events is not None and size >= history_max_events:
         over = f"would reach {size} events, the limit is {history_max_events} (DURABLE['HISTORY_MAX_EVENTS'])"
