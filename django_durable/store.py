@@ -1740,6 +1740,12 @@ def rerun(workflow_id: str, run_id: str | None, from_seq: int, new_workflow_id: 
             WorkItem.objects.bulk_create(_work_items_for(instance.pk, locked, outstanding, now))
             _start_children(instance.pk, locked, outstanding, now)
     except IntegrityError:
+        # The new run refers to its source: a purge or prune that deleted the source
+        # meanwhile fails the commit too, and an open run under the id is not the cause.
+        if not WorkflowInstance.objects.filter(pk=source.pk).exists():
+            raise WorkflowNotFound(
+                f"Run {source.run_id} of workflow {workflow_id!r} was purged while it was being rerun."
+            ) from None
         raise WorkflowAlreadyExists(f"Workflow {target_id!r} is already running.") from None
     return instance
 

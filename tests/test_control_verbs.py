@@ -5,9 +5,11 @@ Workflows run in real ``durable_worker`` processes where they need to run at all
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
+from django.db import connection
 
 import django_durable as durable
 from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem
@@ -136,6 +138,33 @@ def test_purge_refuses_open_runs_and_deletes_closed_ones_with_their_history():
 
 
 # -- rerun from an event ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql",
+                    reason="SQLite serializes writers: no purge commits inside a rerun's transaction there")
+@pytest.mark.django_db(transaction=True)
+def test_a_rerun_whose_source_is_purged_meanwhile_says_so_and_writes_nothing(monkeypatch):
+    """A purge or prune may delete the closed source while a rerun copies it: the new run
+    refers to its source, so the commit fails; the error names the cause, not the id."""
+    from django_durable import store
+
+    handle = durable.start_workflow(ow.ow_three_steps, "gone", workflow_id=unique("rerun-purged"))
+    handle.terminate("for the test")
+    source = WorkflowInstance.objects.get(run_id=handle.run_id)
+    assert source.history_length >= 2
+    apply_id_reuse_policy = store._apply_id_reuse_policy
+
+    def purged_meanwhile(*args, **kwargs):
+        # Another connection purges the source and commits, inside the rerun's transaction.
+        purge = threading.Thread(target=lambda: (handle.purge(), connection.close()))
+        purge.start()
+        purge.join()
+        return apply_id_reuse_policy(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_apply_id_reuse_policy", purged_meanwhile)
+    with pytest.raises(durable.WorkflowNotFound, match="was purged while it was being rerun"):
+        handle.rerun(2)
+    assert not WorkflowInstance.objects.filter(workflow_id=handle.workflow_id).exists()  # nor a new run
 
 
 def test_rerun_from_a_failed_step_recovers_the_run(start_worker):
