@@ -2,11 +2,14 @@
 """Developer entry point for django-durable. Needs only a Python >= 3.10.
 
     python3 dev.py demo [--port 8000] [--exit]   run the demo: worker, admin, a workflow
-    python3 dev.py test [--db sqlite|postgres] [--require-postgres] [--require-browser] [pytest args...]
+    python3 dev.py test [--db sqlite|postgres] [--django 5.2|6.0] [--require-postgres] [--require-browser]
+                        [pytest args...]
 
 Both create .venv (if missing) and install the project into it with
 `pip install -e .[dev,drf]`; the install is skipped while .venv/.durable-installed
 matches setup.cfg + pyproject.toml (delete that file to force a reinstall).
+With --django, the tests run in .venv-django<series> instead, on that Django series
+and the first Python found (python3.N on PATH, then pyenv's) that it supports.
 
 PostgreSQL for the tests: DURABLE_PG_HOST (127.0.0.1), DURABLE_PG_PORT (5432),
 DURABLE_PG_USER (postgres), DURABLE_PG_PASSWORD (empty), DURABLE_PG_NAME (test).
@@ -41,6 +44,10 @@ VENV = ROOT / ".venv"
 VENV_PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 STAMP = VENV / ".durable-installed"
 MANAGE = str(ROOT / "manage.py")
+BASE_PYTHON = sys.executable
+DJANGO = ""  # a requirement pinning Django's series (--django), or the newest pip picks
+# --django SERIES: a venv of its own, on a Python that series supports.
+DJANGO_SERIES = {"5.2": ("Django>=5.2,<5.3", (3, 10)), "6.0": ("Django>=6.0,<6.1", (3, 12))}
 
 if sys.version_info < (3, 10):  # noqa: UP036 - dev.py runs on any python3
     sys.exit("dev.py needs Python >= 3.10")
@@ -60,22 +67,51 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> int:
 
 
 def bootstrap() -> None:
-    """Create .venv and install the project into it, unless already up to date."""
+    """Create the venv and install the project into it, unless already up to date."""
     if not VENV_PY.exists():
-        say(f"creating {VENV} with {sys.executable}")
-        if run([sys.executable, "-m", "venv", str(VENV)]) != 0:
-            sys.exit("could not create .venv (on Debian/Ubuntu: apt-get install python3-venv)")
-    digest = hashlib.sha256()
+        say(f"creating {VENV} with {BASE_PYTHON}")
+        if run([BASE_PYTHON, "-m", "venv", str(VENV)]) != 0:
+            sys.exit(f"could not create {VENV} (on Debian/Ubuntu: apt-get install python3-venv)")
+    digest = hashlib.sha256(DJANGO.encode())
     for name in ("setup.cfg", "pyproject.toml"):
         path = ROOT / name
         digest.update(path.read_bytes() if path.exists() else b"")
     wanted = digest.hexdigest()
     if STAMP.exists() and STAMP.read_text().strip() == wanted:
         return
-    say("installing the project into .venv: pip install -e .[dev,drf]")
-    if run([str(VENV_PY), "-m", "pip", "install", "-e", ".[dev,drf]"]) != 0:
+    install = [".[dev,drf]", *([DJANGO] if DJANGO else [])]
+    say(f"installing the project into {VENV.name}: pip install -e {' '.join(install)}")
+    if run([str(VENV_PY), "-m", "pip", "install", "-e", *install]) != 0:
         sys.exit("pip install failed")
     STAMP.write_text(wanted + "\n")
+
+
+def use_django(series: str) -> None:
+    """Test on Django ``series``: .venv-django<series>, on the first Python found that supports it."""
+    global VENV, VENV_PY, STAMP, BASE_PYTHON, DJANGO
+    DJANGO, minimum = DJANGO_SERIES[series]
+    python = find_python(minimum)
+    if python is None:
+        sys.exit(f"Django {series} needs Python >= {'.'.join(map(str, minimum))}: none found on PATH or under "
+                 "pyenv (~/.pyenv/versions)")
+    BASE_PYTHON = python
+    VENV = ROOT / f".venv-django{series}"
+    VENV_PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    STAMP = VENV / ".durable-installed"
+
+
+def find_python(minimum: tuple[int, int]) -> str | None:
+    if sys.version_info >= minimum:
+        return sys.executable
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(20, minimum[1] - 1, -1)]
+    candidates += sorted(glob.glob(str(pyenv / "3.*" / "bin" / "python3")), reverse=True)
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "-c", "import sys; print(*sys.version_info[:2])"],
+                               capture_output=True, text=True, check=False)
+        if probe.returncode == 0 and tuple(map(int, probe.stdout.split())) >= minimum:
+            return candidate
+    return None
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -366,6 +402,11 @@ def main(argv: list[str]) -> int:
     )
     p_test.add_argument("--db", choices=("sqlite", "postgres"), help="run only this pass")
     p_test.add_argument(
+        "--django",
+        choices=sorted(DJANGO_SERIES),
+        help="on this Django series, in a venv of its own (.venv-django<series>) on a Python that supports it",
+    )
+    p_test.add_argument(
         "--require-postgres",
         action="store_true",
         help="fail when PostgreSQL is unreachable (also when CI=true or with --db postgres)",
@@ -383,6 +424,8 @@ def main(argv: list[str]) -> int:
     for sig in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, sig):
             signal.signal(getattr(signal, sig), lambda signum, _: sys.exit(128 + signum))
+    if args.command == "test" and args.django:
+        use_django(args.django)
     bootstrap()
     if args.command == "demo":
         return demo(args.port, args.exit)

@@ -1,8 +1,12 @@
+import email
+import email.policy
 import json
 import re
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 
 from django.conf import settings
@@ -47,13 +51,24 @@ class Command(BaseCommand):
         self.stdout.write(f"WORKFLOW_ID={workflow_id}")
 
     def _token_from_outbox(self, workflow_id: str, timeout: float) -> str:
-        outbox = Path(settings.EMAIL_FILE_PATH)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for message in outbox.glob("*.log") if outbox.exists() else []:
-                text = message.read_text()
-                found = TOKEN.search(text)
-                if f"[{workflow_id}]" in text and found:
+            for subject, body in _outbox(Path(settings.EMAIL_FILE_PATH)):
+                found = TOKEN.search(body)
+                if f"[{workflow_id}]" in subject and found:
                     return found.group(1)
             time.sleep(0.2)
         raise CommandError("No approval email arrived; is a durable_worker running?")
+
+
+def _outbox(folder: Path) -> Iterator[tuple[str, str]]:
+    """The subject and decoded text of each message the file-based email backend wrote
+    (the body may be quoted-printable, its long lines folded: Django 6 does that)."""
+    for path in folder.glob("*.log") if folder.exists() else []:
+        for chunk in path.read_text().split("\n" + "-" * 79 + "\n"):
+            if not chunk.strip():
+                continue
+            message = email.message_from_string(chunk.lstrip(), policy=email.policy.default)
+            body = message.get_body(("plain",)) if isinstance(message, EmailMessage) else None
+            if body is not None:
+                yield str(message.get("Subject", "")), body.get_content()
