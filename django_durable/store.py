@@ -733,33 +733,61 @@ def discard(item: Claim) -> None:
 # -- workflow tasks -------------------------------------------------------------
 
 
+def load_workflow_tasks(
+    items: Sequence[Claim], *, known_lengths: dict[int, int] | None = None
+) -> dict[int, WorkflowTaskInput | None]:
+    """``load_workflow_task`` for several claimed tasks (by item id; ``known_lengths``
+    by item id too): on PostgreSQL one statement, whatever their number."""
+    known_lengths = known_lengths or {}
+    if len(items) < 2 or connection.vendor != "postgresql":
+        return {item.id: load_workflow_task(item, known_length=known_lengths.get(item.id)) for item in items}
+    runs = sorted({item.instance_id: known_lengths.get(item.id) or 0 for item in items}.items())
+    with connection.cursor() as cursor:
+        cursor.execute(_LOAD_TASKS_SQL, [_int_array(run for run, _ in runs), _int_array(after for _, after in runs)])
+        rows = {row[0]: row[1:] for row in cursor.fetchall()}
+    return {
+        item.id: _task_input(item, rows[item.instance_id], known_lengths.get(item.id))
+        if item.instance_id in rows else None
+        for item in items
+    }
+
+
 def load_workflow_task(item: Claim, *, known_length: int | None = None) -> WorkflowTaskInput | None:
     """What a workflow task needs: the run, its inbox and its history, or with
     ``known_length`` (the worker holds the run's code up to there) only the history
     events after it. ``history_length`` tells whether the held code is still current."""
-    history: list[Event] | None = None
     if connection.vendor == "postgresql":
         # One statement (one snapshot) instead of three ORM queries, on every task's path.
         with connection.cursor() as cursor:
             cursor.execute(_LOAD_TASK_SQL, [known_length or 0, item.instance_id])
             row = cursor.fetchone()
-        if row is None:
-            return None
-        instance = dict(zip(("workflow_id", "run_id", "workflow_name", "queue", "status", "history_length"), row))
-        inbox_rows, history = _json_events(row[-2]), [Event(**event) for event in _json_events(row[-1])]
-    else:
-        instance = (
-            WorkflowInstance.objects.filter(pk=item.instance_id)
-            .values("workflow_id", "run_id", "workflow_name", "queue", "status", "history_length")
-            .first()
+        return None if row is None else _task_input(item, row, known_length)
+    instance = (
+        WorkflowInstance.objects.filter(pk=item.instance_id)
+        .values("workflow_id", "run_id", "workflow_name", "queue", "status", "history_length")
+        .first()
+    )
+    if instance is None:
+        return None
+    inbox_rows = list(
+        InboxEvent.objects.filter(instance_id=item.instance_id).values(
+            "id", "kind", "name", "task_id", "payload", "timestamp"
         )
-        if instance is None:
-            return None
-        inbox_rows = list(
-            InboxEvent.objects.filter(instance_id=item.instance_id).values(
-                "id", "kind", "name", "task_id", "payload", "timestamp"
-            )
-        )
+    )
+    return _task_input_of(item, instance, inbox_rows, None, known_length)
+
+
+def _task_input(item: Claim, row: Sequence[Any], known_length: int | None) -> WorkflowTaskInput:
+    """A task's input from a row of ``_LOAD_TASK_SQL`` (run, inbox and history as JSON)."""
+    instance = dict(zip(("workflow_id", "run_id", "workflow_name", "queue", "status", "history_length"), row))
+    history = [Event(**event) for event in _json_events(row[-1])]
+    return _task_input_of(item, instance, _json_events(row[-2]), history, known_length)
+
+
+def _task_input_of(
+    item: Claim, instance: dict[str, Any], inbox_rows: list[dict[str, Any]], history: list[Event] | None,
+    known_length: int | None,
+) -> WorkflowTaskInput:
     inbox_ids = [row.pop("id") for row in inbox_rows]
     if known_length is not None and known_length > instance["history_length"]:
         known_length, history = None, None  # cannot be ours: read it all
@@ -805,6 +833,13 @@ _LOAD_TASK_SQL = (
     f"{_events_json(HistoryEvent._meta.db_table, 'seq', ' AND seq > %s')} "
     f"FROM {WorkflowInstance._meta.db_table} run WHERE id = %s"
 )
+_LOAD_TASKS_SQL = (
+    "SELECT run.id, workflow_id, run_id, workflow_name, queue, status, history_length, "
+    f"{_events_json(InboxEvent._meta.db_table, 'id')}, "
+    f"{_events_json(HistoryEvent._meta.db_table, 'seq', ' AND seq > k.after')} "
+    f"FROM {WorkflowInstance._meta.db_table} run "
+    "JOIN unnest(%s::bigint[], %s::integer[]) AS k (id, after) ON run.id = k.id"
+)
 
 
 @dataclasses.dataclass
@@ -834,6 +869,20 @@ class TaskDecisions:
     waiting_on: str | None = None
 
 
+@dataclasses.dataclass
+class TaskCompletion:
+    """A workflow task's decisions for ``complete_workflow_tasks``, which sets ``committed``
+    (they are written) or ``lost`` (the task is no longer ours: nothing of it was written).
+    Neither: the run would close while an event it has not seen arrived, and the task was
+    handed back to run again with it."""
+
+    item: Claim
+    decisions: TaskDecisions
+    inbox_ids: Sequence[int]
+    committed: bool = False
+    lost: bool = False
+
+
 def complete_workflow_task(
     item: Claim,
     *,
@@ -851,26 +900,55 @@ def complete_workflow_task(
     Returns False, having written nothing but the task's release, when the run would
     close while an event it has not seen arrived: the task runs again with it.
     """
-    decisions = TaskDecisions(new_events, status, vars, result, error, waiting_on)
+    task = TaskCompletion(item, TaskDecisions(new_events, status, vars, result, error, waiting_on), inbox_ids)
+    complete_workflow_tasks([task], eager=eager)
+    if task.lost:
+        raise lease_lost(item)
+    return task.committed
+
+
+def complete_workflow_tasks(tasks: Sequence[TaskCompletion], *, eager: Eager | None = None) -> None:
+    """``complete_workflow_task`` for tasks of different runs, in one transaction: on
+    PostgreSQL the runs are locked and their ordinary steps written with one statement
+    each, whatever their number. A task that is no longer ours is marked ``lost`` and
+    the others still commit."""
+    closing = [task.item.instance_id for task in tasks if task.decisions.status in CLOSING_STATUSES]
     with transaction.atomic():
-        instance = _lock_instance(item.instance_id)
-        if instance is None:
-            raise LeaseLost(f"run of work item {item.id} no longer exists")
-        now = instance.pop("now", None) or db_now()
-        closing = status in CLOSING_STATUSES
-        # A run that would close while a signal it has not seen waits gets its task again.
-        check_signals = closing and status != WorkflowStatus.CONTINUED_AS_NEW
-        more_inbox, unseen_signal, fenced = _finish_workflow_task(item, inbox_ids, closing, check_signals)
-        if unseen_signal or (more_inbox and not closing):
-            # Events arrived while this task ran: leave the task claimable at once.
-            if not _release_workflow_task(item, instance, now):
-                raise lease_lost(item)
-            if unseen_signal:
-                return False
-        elif not fenced:
-            raise lease_lost(item)
-        _commit_task(item.instance_id, instance, decisions, now, inbox_ids=inbox_ids, eager=eager)
-    return True
+        # A closing run tells its parent: the parents are locked with the runs, in id order,
+        # not after them (a parent's id is lower: against another batch that would deadlock).
+        runs = _lock_instances([*(task.item.instance_id for task in tasks), *_parent_ids(closing)])
+        writes: list[_TaskWrite] = []
+        for task in tasks:
+            instance = runs.get(task.item.instance_id)
+            if instance is None:
+                task.lost = True  # the run is gone (purged)
+                continue
+            item, decisions, now = task.item, task.decisions, instance.pop("now")
+            closing = decisions.status in CLOSING_STATUSES
+            # A run that would close while a signal it has not seen waits gets its task again.
+            check_signals = closing and decisions.status != WorkflowStatus.CONTINUED_AS_NEW
+            more_inbox, unseen_signal, fenced = _finish_workflow_task(item, task.inbox_ids, closing, check_signals)
+            if unseen_signal or (more_inbox and not closing):
+                # Events arrived while this task ran: leave the task claimable at once.
+                if not _release_workflow_task(item, instance, now):
+                    raise lease_lost(item)  # cannot be, under the run's lock: write nothing at all
+                if unseen_signal:
+                    continue
+            elif not fenced:
+                task.lost = True
+                continue
+            _commit_task(item.instance_id, instance, decisions, now, inbox_ids=task.inbox_ids, eager=eager, batch=writes)
+            task.committed = True
+        _write_batch(writes, eager)
+
+
+def _parent_ids(instance_ids: Sequence[int]) -> list[int]:
+    """The runs' parents (a run's parent never changes: read without a lock)."""
+    if not instance_ids:
+        return []
+    return list(
+        WorkflowInstance.objects.filter(pk__in=instance_ids, parent_id__isnull=False).values_list("parent_id", flat=True)
+    )
 
 
 def _finish_workflow_task(
@@ -879,7 +957,8 @@ def _finish_workflow_task(
     """Under the run's lock: whether inbox events arrived that the task did not see, and
     (with ``check_signals``) whether a signal is among them. Unless one is, the task's
     inbox events are deleted, and its item too (and reported) when it is closing or saw
-    everything: then ``(more, False, deleted)``."""
+    everything: then ``(more, False, deleted)``. A task no longer ours writes nothing:
+    ``(False, False, False)`` (a batch's other tasks still commit)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(_FINISH_TASK_SQL, {
@@ -889,6 +968,8 @@ def _finish_workflow_task(
             })
             more, unseen_signal, deleted = cursor.fetchone()
         return more, unseen_signal, bool(deleted)
+    if not _fence(item).exists():
+        return False, False, False
     unseen = InboxEvent.objects.filter(instance_id=item.instance_id).exclude(id__in=inbox_ids)
     if check_signals and unseen.filter(kind=EventKind.EVENT_RAISED).exists():
         return True, True, False
@@ -900,16 +981,22 @@ def _finish_workflow_task(
 
 
 _FINISH_TASK_SQL = f"""
-    WITH seen AS (
+    WITH held AS (
         SELECT EXISTS (
+            SELECT 1 FROM {WorkItem._meta.db_table}
+            WHERE id = %(item)s AND lease_owner = %(owner)s AND attempt = %(attempt)s
+        ) AS held
+    ), seen AS (
+        SELECT (SELECT held FROM held) AND EXISTS (
             SELECT 1 FROM {InboxEvent._meta.db_table} WHERE instance_id = %(run)s AND NOT (id = ANY(%(ids)s))
         ) AS more,
-        %(check_signals)s AND EXISTS (
+        (SELECT held FROM held) AND %(check_signals)s AND EXISTS (
             SELECT 1 FROM {InboxEvent._meta.db_table}
             WHERE instance_id = %(run)s AND kind = %(signal)s AND NOT (id = ANY(%(ids)s))
         ) AS unseen_signal
     ), consumed AS (
-        DELETE FROM {InboxEvent._meta.db_table} WHERE id = ANY(%(ids)s) AND NOT (SELECT unseen_signal FROM seen)
+        DELETE FROM {InboxEvent._meta.db_table}
+        WHERE id = ANY(%(ids)s) AND (SELECT held FROM held) AND NOT (SELECT unseen_signal FROM seen)
     ), gone AS (
         DELETE FROM {WorkItem._meta.db_table}
         WHERE id = %(item)s AND lease_owner = %(owner)s AND attempt = %(attempt)s

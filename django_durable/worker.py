@@ -32,6 +32,7 @@ from .executors.run import (
     commit_activities,
     execute_activity,
     execute_workflow_task,
+    execute_workflow_tasks,
     run_activity_function,
 )
 from .faults import crash_point
@@ -89,7 +90,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="durable-activity")
         self._last_reap = 0.0
         self._db_error_backoff = 0.0
-        self._workflow_task: store.Claim | None = None
+        self._workflow_tasks: list[store.Claim] = []  # claimed, being run by the main loop
         self._listener: notify.Listener | None = None
         self.cache = RunCache(durable_settings.WORKFLOW_CACHE_SIZE)
         # Leases are renewed from a thread of their own so that a long run of
@@ -234,14 +235,14 @@ class Worker:
                 workflow_tasks: list[object] = [] if self._stopping.is_set() else self._dispatch(WorkItemKind.WORKFLOW)
             else:
                 workflow_tasks = self._claim(WorkItemKind.WORKFLOW, durable_settings.CLAIM_BATCH_SIZE)
-                for item in workflow_tasks:
+                if workflow_tasks:
                     with self._lock:
-                        self._workflow_task = item
+                        self._workflow_tasks = list(workflow_tasks)
                     try:
-                        self._run_workflow_task(item)
+                        self._run_workflow_tasks(workflow_tasks)
                     finally:
                         with self._lock:
-                            self._workflow_task = None
+                            self._workflow_tasks = []
             if self.executor is not None:
                 activities = [] if self._stopping.is_set() else self._dispatch(WorkItemKind.ACTIVITY)
             else:
@@ -332,14 +333,11 @@ class Worker:
                 for running in self._running.values()
                 if self._is_current(running.item)
             ]
-            task = self._workflow_task
-        if task is not None:
-            leases.append((task.id, task.attempt, None))
+            leases += [(task.id, task.attempt, None) for task in self._workflow_tasks]
         lost = store.renew_leases(owner=self.name, leases=leases, lease_seconds=self.lease_seconds)
         with self._lock:  # what finished meanwhile was not lost
             still_here = {running.item.id for running in self._running.values()}
-            if self._workflow_task is not None:
-                still_here.add(self._workflow_task.id)
+            still_here.update(task.id for task in self._workflow_tasks)
         for item_id in lost & still_here:
             logger.warning("Lost the lease of work item %s; its outcome will be discarded.", item_id)
 
@@ -387,10 +385,17 @@ class Worker:
 
     # -- workflow tasks ------------------------------------------------------
 
-    def _run_workflow_task(self, item: store.Claim) -> None:
+    def _run_workflow_tasks(self, items: list[store.Claim]) -> None:
         eager = self._eager()
-        execute_workflow_task(item, self.cache, eager)
-        self._start_eager(eager)
+        try:
+            execute_workflow_tasks(items, self.cache, eager, settled=self._settled)
+        finally:
+            self._start_eager(eager)  # what committed (before a later error) is leased to us
+
+    def _settled(self, item: store.Claim) -> None:
+        """A claimed workflow task's outcome is recorded: its lease is renewed no more."""
+        with self._lock:
+            self._workflow_tasks = [task for task in self._workflow_tasks if task.id != item.id]
 
     def _room(self, *, leaving: int = 0) -> tuple[int, int]:
         """How many more attempts this worker takes now: any attempt while a thread is

@@ -14,9 +14,14 @@ import django_durable as durable
 from django_durable import store
 from django_durable.engine.events import EventKind
 from django_durable.executors.cache import RunCache
-from django_durable.executors.run import commit_activities, execute_workflow_task
+from django_durable.executors.run import (
+    commit_activities,
+    execute_workflow_task,
+    execute_workflow_tasks,
+)
 from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem, WorkItemKind
-from tests.testapp.workflows import fan_out, sequence
+from tests.testapp import orchestration_workflows as ow
+from tests.testapp.workflows import crasher, fan_out, sequence
 
 OWNER = "group-commit-test"
 
@@ -201,3 +206,99 @@ def test_beyond_idle_threads_a_worker_takes_only_activities_that_no_timeout_hurt
     assert leased["ac_request_with_long_deadline"] is None  # it has a start-to-close timeout
     assert sorted(owners, key=str) == [None, None, OWNER]  # one spare: one untimed one; the other stays claimable
     assert [claim.name for claim in eager.claims] == ["record"] and eager.spare == 0
+
+
+# -- workflow tasks the main loop claimed together -----------------------------------------------
+
+
+def claim_tasks(keys: list[str]) -> list[store.Claim]:
+    tasks = store.claim(owner=OWNER, kind=WorkItemKind.WORKFLOW, queues=["default"], limit=100, lease_seconds=60)
+    return sorted((task for task in tasks if task.workflow_id in keys), key=lambda task: task.workflow_id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claimed_workflow_tasks_run_and_commit_together_and_one_failing_or_lost_holds_up_no_other(cache):
+    """The main loop's batch: a task whose code fails is recorded on its own, a task no
+    longer ours writes nothing (its inbox waits for the task that is), the others commit
+    and their code is held for the next step."""
+    keys = ["gc-wt-a", "gc-wt-b", "gc-wt-crash", "gc-wt-stale"]
+    for key in keys[:2] + keys[3:]:
+        durable.start_workflow(sequence, key, 2, workflow_id=key)
+    durable.start_workflow(crasher, workflow_id="gc-wt-crash")
+    tasks = claim_tasks(keys)
+    assert [task.workflow_id for task in tasks] == keys
+    stale = tasks[3]
+    durable.get_workflow(stale.workflow_id).signal("poke", 1)  # an inbox event the stale task has not seen
+    WorkItem.objects.filter(pk=stale.id).update(attempt=2)  # reaped and claimed again meanwhile
+    eager = store.Eager(owner=OWNER, queues=["default"], limit=1, lease_seconds=60, spare=10)
+
+    settled: list[int] = []
+    execute_workflow_tasks(tasks, cache, eager, settled=lambda item: settled.append(item.id))
+
+    assert sorted(settled) == sorted(task.id for task in tasks)  # the worker renews none of these leases now
+    for task in tasks[:2]:
+        assert kinds(task.workflow_id) == [
+            EventKind.EXECUTION_STARTED, EventKind.WORKFLOW_TASK_STARTED, EventKind.ACTIVITY_SCHEDULED,
+        ]
+        assert not WorkItem.objects.filter(pk=task.id).exists()
+        held = cache.take(task.instance_id)
+        assert held is not None and held.length == 3
+        held.close()
+    # One idle thread, ten held places: both first activities are leased to this worker.
+    assert sorted(claim.workflow_id for claim in eager.claims) == keys[:2]
+    crashed = WorkItem.objects.get(pk=tasks[2].id)
+    assert crashed.failures == 1 and "sys.exit" in crashed.last_error["message"] and crashed.lease_owner is None
+    assert kinds("gc-wt-crash") == [EventKind.EXECUTION_STARTED]
+    assert kinds(stale.workflow_id) == [EventKind.EXECUTION_STARTED]
+    assert WorkItem.objects.filter(pk=stale.id, attempt=2).exists()
+    assert InboxEvent.objects.filter(instance_id=stale.instance_id, kind=EventKind.EVENT_RAISED).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="statement counts of the PostgreSQL path")
+def test_on_postgresql_a_batch_of_workflow_tasks_costs_the_statements_of_one():
+    """1 task or 6: read the runs, lock them, finish each task (a statement each: it
+    checks for events that arrived meanwhile), write history, runs and work items, wake
+    the queue's workers, commit."""
+
+    def statements(keys: list[str]) -> list[str]:
+        for key in keys:
+            durable.start_workflow(sequence, key, 2, workflow_id=key)
+        tasks = claim_tasks(keys)
+        with CaptureQueriesContext(connection) as captured:
+            execute_workflow_tasks(tasks)
+        assert all(kinds(key)[-1] == EventKind.ACTIVITY_SCHEDULED for key in keys)
+        return [query["sql"] for query in captured.captured_queries]
+
+    one = statements(["gc-wt-one"])
+    many = statements([f"gc-wt-many-{n}" for n in range(6)])
+    assert len(many) == len(one) + 5, [sql[:60] for sql in many]
+    assert sum("held" in sql for sql in many) == 6  # the finish statements
+    assert len(one) <= 7, [sql[:60] for sql in one]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_children_closing_in_one_batch_tell_their_parent_whose_row_they_lock_with_their_own():
+    handle = durable.start_workflow(ow.ow_parent, [1, 2], workflow_id="gc-wt-parent")
+    [first] = claim_tasks(["gc-wt-parent"])
+    execute_workflow_tasks([first])
+    children = [task for task in store.claim(owner=OWNER, kind=WorkItemKind.WORKFLOW, queues=["default"], limit=10,
+                                             lease_seconds=60) if task.workflow_id.startswith("gc-wt-parent")]
+    assert len(children) == 2
+    parent = WorkflowInstance.objects.get(workflow_id="gc-wt-parent")
+
+    with CaptureQueriesContext(connection) as captured:
+        execute_workflow_tasks(children)
+
+    assert sorted(WorkflowInstance.objects.filter(parent=parent).values_list("status", flat=True)) == ["completed"] * 2
+    assert sorted(InboxEvent.objects.filter(instance=parent).values_list("kind", flat=True)) == [
+        EventKind.CHILD_WORKFLOW_COMPLETED
+    ] * 2
+    if connection.vendor == "postgresql":
+        # The parent is locked by the batch's one lock statement, in id order with its children.
+        [lock] = [query["sql"] for query in captured.captured_queries if "ANY(" in query["sql"]
+                  and "FOR NO KEY UPDATE" in query["sql"]]
+        assert "{" + ",".join(str(pk) for pk in sorted([parent.pk, *(c.instance_id for c in children)])) + "}" in lock
+    [again] = claim_tasks(["gc-wt-parent"])
+    execute_workflow_tasks([again])
+    assert handle.result(timeout=5) == [10, 20]

@@ -3,6 +3,7 @@ and remote executors (Celery), so both record outcomes through the same store ca
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import threading
@@ -334,10 +335,85 @@ def execute_workflow_task(
     With a ``cache`` that holds the run's code parked where its last task left it, the
     code resumes with the new events; otherwise it replays the run's history.
     """
-    resident = cache.take(item.instance_id) if cache is not None else None
-    outcome = None
+    execute_workflow_tasks([item], cache, eager)
+
+
+def execute_workflow_tasks(
+    items: list[store.Claim],
+    cache: RunCache | None = None,
+    eager: store.Eager | None = None,
+    *,
+    settled: Callable[[store.Claim], None] | None = None,
+) -> None:
+    """``execute_workflow_task`` for claimed tasks of different runs: their inputs are read
+    together and their decisions committed in one transaction (group commit). A task
+    whose code fails is recorded on its own. ``settled(item)`` is called for each task
+    once its lease needs no renewal. The first database error is raised, after the others'
+    work is done."""
+    residents = {item.id: cache.take(item.instance_id) for item in items} if cache is not None else {}
+    known_lengths = {item_id: held.length for item_id, held in residents.items() if held is not None}
+    ran: list[_RanTask] = []
+    error: DatabaseError | None = None
     try:
-        task = store.load_workflow_task(item, known_length=resident.length if resident else None)
+        try:
+            loaded: dict[int, store.WorkflowTaskInput | None] | None = store.load_workflow_tasks(
+                items, known_lengths=known_lengths
+            )
+        except DatabaseError:
+            raise
+        except Exception:  # a row one task cannot read: each loads its own, and that one fails
+            logger.exception("Could not read %d workflow tasks together; reading them one by one.", len(items))
+            loaded = None
+        for item in items:
+            try:
+                task = _run_one(item, loaded, known_lengths.get(item.id), residents.pop(item.id, None), cache)
+            except DatabaseError as exc:
+                error = error or exc
+                continue
+            if task is not None:
+                ran.append(task)
+            elif settled is not None:
+                settled(item)
+        if ran:
+            commit_error = _commit_tasks(ran, eager)
+            error = error or commit_error
+        for task in ran:
+            if task.settled:
+                _after_commit(task, cache)
+                if settled is not None:
+                    settled(task.completion.item)
+    finally:
+        # Whatever did not make it into the cache is dropped: the next task replays.
+        for leftover in [*residents.values(), *(task.outcome.resident for task in ran)]:
+            if leftover is not None:
+                leftover.close()
+    if error is not None:
+        raise error
+
+
+@dataclasses.dataclass
+class _RanTask:
+    """A workflow task whose code ran, and its decisions to commit."""
+
+    input: store.WorkflowTaskInput
+    outcome: TaskOutcome
+    completion: store.TaskCompletion
+    settled: bool = False  # its outcome is recorded: its lease needs no renewal
+    failed: bool = False  # its commit raised, and that was recorded as the task's failure
+
+
+def _run_one(
+    item: store.Claim,
+    loaded: dict[int, store.WorkflowTaskInput | None] | None,
+    known_length: int | None,
+    resident: ResidentRun | None,
+    cache: RunCache | None,
+) -> _RanTask | None:
+    """Run one task's code (its input read with the others', or here): what to commit, or
+    None when there is nothing to (the run is gone or closed, or the code failed, which is
+    recorded)."""
+    try:
+        task = loaded[item.id] if loaded is not None else store.load_workflow_task(item, known_length=known_length)
         if task is not None and resident is not None and not _still_current(task):
             resident.close()  # another worker ran the run's task since: replay
             resident = None
@@ -345,7 +421,7 @@ def execute_workflow_task(
                 task = store.load_workflow_task(item)
         if task is None or task.status not in OPEN_STATUSES:
             store.discard(item)
-            return
+            return None
         if cache is not None:
             cache.count("resumed" if resident is not None else "replayed")
         outcome = run_task(
@@ -359,39 +435,84 @@ def execute_workflow_task(
             resident=resident,
         )
         resident = None  # run_workflow_task owns it now: it is outcome.resident or closed
-        if outcome.task_error is not None:
-            record_workflow_task_failure(item, task.workflow_id, outcome.task_error)
-            return
-        committed = store.complete_workflow_task(
-            item,
-            new_events=outcome.new_events,
-            inbox_ids=task.inbox_ids,
-            status=outcome.status,
-            vars=outcome.vars,
-            result=outcome.result,
-            error=outcome.error,
-            waiting_on=outcome.waiting_on,
-            eager=eager,
-        )
-        if not committed:
-            logger.info("Workflow %s: an event arrived as it closed; running its task again.", task.workflow_id)
-            return
-        if outcome.resident is not None and cache is not None:
-            outcome.resident.committed()
-            cache.put(item.instance_id, outcome.resident)
-            outcome.resident = None
-        after_workflow_task(outcome, item.instance_id, task.workflow_id, task.workflow_name)
-    except store.LeaseLost as exc:
-        logger.warning("Workflow task discarded: %s", exc)
     except DatabaseError:
         raise
     except BaseException as exc:  # noqa: BLE001 - NotRegistered, sys.exit() in workflow code, a bug: back off
         record_workflow_task_failure(item, str(item.instance_id), exc)
+        return None
     finally:
-        # Whatever did not make it into the cache is dropped: the next task replays.
-        for leftover in (resident, outcome.resident if outcome is not None else None):
-            if leftover is not None:
-                leftover.close()
+        if resident is not None:
+            resident.close()
+    if outcome.task_error is not None:
+        if outcome.resident is not None:
+            outcome.resident.close()
+        record_workflow_task_failure(item, task.workflow_id, outcome.task_error)
+        return None
+    decisions = store.TaskDecisions(
+        outcome.new_events, outcome.status, outcome.vars, outcome.result, outcome.error, outcome.waiting_on
+    )
+    return _RanTask(task, outcome, store.TaskCompletion(item, decisions, task.inbox_ids))
+
+
+def _commit_tasks(ran: list[_RanTask], eager: store.Eager | None) -> DatabaseError | None:
+    """Commit the tasks' decisions together; should that fail, each on its own (a deadlock
+    with another run's commit, or a failure one task's writes caused, holds up no other).
+    Returns the first database error; the tasks it kept from committing stay unsettled."""
+    room = (eager.limit, eager.spare) if eager is not None else None
+    try:
+        store.complete_workflow_tasks([task.completion for task in ran], eager=eager)
+    except DatabaseError as exc:
+        if len(ran) == 1:
+            return exc
+        logger.warning("Database error committing %d workflow tasks; committing them again, one by one.",
+                       len(ran), exc_info=True)
+        close_old_connections()
+    except store.LeaseLost:
+        if len(ran) == 1:
+            ran[0].completion.lost = ran[0].settled = True
+            return None
+        logger.warning("A workflow task of %d was lost as they committed; committing them again, one by one.",
+                       len(ran))
+    except Exception as exc:  # a bug in a task's writes: that task backs off
+        if len(ran) == 1:
+            try:
+                record_workflow_task_failure(ran[0].completion.item, ran[0].input.workflow_id, exc)
+            except DatabaseError as recording:
+                return recording
+            ran[0].failed = ran[0].settled = True
+            return None
+        logger.exception("Error committing %d workflow tasks; committing them again, one by one.", len(ran))
+    else:
+        for task in ran:
+            task.settled = True
+        return None
+    if eager is not None and room is not None:
+        eager.limit, eager.spare = room  # nothing of the batch was leased
+    first = None
+    for task in ran:
+        task.completion.committed = task.completion.lost = False
+        error = _commit_tasks([task], eager)
+        first = first or error
+    return first
+
+
+def _after_commit(task: _RanTask, cache: RunCache | None) -> None:
+    item, outcome, name = task.completion.item, task.outcome, task.input.workflow_name
+    if task.failed:
+        return
+    if task.completion.lost:
+        logger.warning("Workflow task discarded: %s", store.lease_lost(item))
+    elif not task.completion.committed:
+        logger.info("Workflow %s: an event arrived as it closed; running its task again.", task.input.workflow_id)
+    else:
+        if outcome.resident is not None and cache is not None:
+            outcome.resident.committed()
+            cache.put(item.instance_id, outcome.resident)
+            outcome.resident = None
+        try:
+            after_workflow_task(outcome, item.instance_id, task.input.workflow_id, name)
+        except Exception:  # committed: the sweep applies parent-close policies later
+            logger.exception("Workflow %s (%s): error after its task committed", task.input.workflow_id, name)
 
 
 def _still_current(task: store.WorkflowTaskInput) -> bool:
