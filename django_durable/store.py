@@ -912,11 +912,11 @@ def complete_workflow_tasks(tasks: Sequence[TaskCompletion], *, eager: Eager | N
     PostgreSQL the runs are locked and their ordinary steps written with one statement
     each, whatever their number. A task that is no longer ours is marked ``lost`` and
     the others still commit."""
-    closing = [task.item.instance_id for task in tasks if task.decisions.status in CLOSING_STATUSES]
+    closing_runs = [task.item.instance_id for task in tasks if task.decisions.status in CLOSING_STATUSES]
     with transaction.atomic():
         # A closing run tells its parent: the parents are locked with the runs, in id order,
         # not after them (a parent's id is lower: against another batch that would deadlock).
-        runs = _lock_instances([*(task.item.instance_id for task in tasks), *_parent_ids(closing)])
+        runs = _lock_instances([*(task.item.instance_id for task in tasks), *_parent_ids(closing_runs)])
         writes: list[_TaskWrite] = []
         for task in tasks:
             instance = runs.get(task.item.instance_id)
