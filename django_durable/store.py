@@ -9,6 +9,7 @@ applies while the item still carries the claimer's lease and attempt.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -18,8 +19,20 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
-from django.db.models import Count, DateTimeField, Exists, F, Func, Min, OuterRef, Q, Value
-from django.db.models.functions import Greatest
+from django.db.models import (
+    Count,
+    DateTimeField,
+    Exists,
+    F,
+    Func,
+    Min,
+    OuterRef,
+    Q,
+    Sum,
+    TextField,
+    Value,
+)
+from django.db.models.functions import Cast, Greatest, Length
 from django.utils.dateparse import parse_datetime
 
 from . import notify
@@ -125,6 +138,27 @@ class TransactionNow(Func):
 
     template = "CURRENT_TIMESTAMP"
     output_field = DateTimeField()
+
+
+@contextlib.contextmanager
+def write_transaction() -> Iterator[None]:
+    """``transaction.atomic()`` for a transaction that writes. On SQLite its outermost
+    block takes the write lock at BEGIN (``BEGIN IMMEDIATE``), whatever
+    ``OPTIONS["transaction_mode"]`` says: two deferred transactions that both read, then
+    write, deadlock on the lock upgrade and SQLite fails one at once, its busy timeout
+    not applying, where immediate ones wait their turn."""
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        with transaction.atomic():
+            yield
+        return
+    connection.ensure_connection()  # connecting sets transaction_mode from the settings
+    configured, connection.transaction_mode = connection.transaction_mode, "IMMEDIATE"
+    try:
+        with transaction.atomic():
+            connection.transaction_mode = configured  # it began: nested blocks are savepoints
+            yield
+    finally:
+        connection.transaction_mode = configured
 
 
 def _lock_instance(instance_id: int, *, skip_locked: bool = False) -> dict[str, Any] | None:
@@ -233,7 +267,7 @@ def create_instance(
 ) -> WorkflowInstance:
     """A new run: the instance, its ``ExecutionStarted`` event and its first workflow task."""
     try:
-        with transaction.atomic():
+        with write_transaction():
             now = db_now()
             _apply_id_reuse_policy(workflow_id, IdReusePolicy(id_reuse_policy), now)
             return _create_run(
@@ -498,6 +532,26 @@ def get_history(instance_id: int, *, after: int = 0) -> list[Event]:
     return [Event(**row) for row in events.values(*EVENT_FIELDS)]
 
 
+@dataclasses.dataclass(frozen=True)
+class HistorySize:
+    events: int
+    bytes: int  # of the payloads' JSON, as the database renders it (about what the engine counts)
+
+
+def history_size(instance_id: int) -> HistorySize:
+    """How long and how large a run's history is, measured by the database without reading it."""
+    totals = HistoryEvent.objects.filter(instance_id=instance_id).aggregate(
+        events=Count("pk"), bytes=Sum(Length(Cast("payload", TextField())))
+    )
+    return HistorySize(events=totals["events"], bytes=totals["bytes"] or 0)
+
+
+def history_window(instance_id: int, first: int, last: int) -> list[Event]:
+    """Events ``first .. last`` (by ``seq``) of a run's history."""
+    events = HistoryEvent.objects.filter(instance_id=instance_id, seq__gte=first, seq__lte=last)
+    return [Event(**row) for row in events.order_by("seq").values(*EVENT_FIELDS)]
+
+
 def runs_to_replay(
     *, names: Sequence[str], workflow_ids: Sequence[str], include_closed: bool, limit: int | None
 ) -> Iterator[dict[str, Any]]:
@@ -541,7 +595,7 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
     if connection.vendor == "postgresql" and clock_override is None:
         claims = _claim_postgresql(owner=owner, kind=kind, queues=queues, limit=limit, lease_seconds=lease_seconds)
     else:
-        with transaction.atomic():
+        with write_transaction():
             now = db_now()
             candidates = _claimable(now, kind=kind, queue__in=list(queues)).order_by("due_at")
             if connection.features.has_select_for_update_skip_locked:
@@ -637,7 +691,7 @@ def dispatch(
     sent more than ``dispatch_timeout`` seconds ago and still unclaimed (the message was lost)."""
     if limit <= 0:
         return []
-    with transaction.atomic():
+    with write_transaction():
         now = db_now()
         candidates = (
             _claimable(now, kind=kind, queue__in=list(queues))
@@ -661,7 +715,7 @@ def claim_item(
 ) -> Claim | None:
     """Claim the item ``item_id`` of ``kind`` by the rules of ``claim()`` (unleased, unparked,
     due); None when it is not claimable (a duplicate message, or already finished)."""
-    with transaction.atomic():
+    with write_transaction():
         now = db_now()
         claimable = _claimable(now, id=item_id, kind=kind)
         if connection.features.has_select_for_update_skip_locked:
@@ -685,7 +739,7 @@ def renew_leases(
     if not leases:
         return set()
     wanted = {(item_id, attempt): cap for item_id, attempt, cap in leases}
-    with transaction.atomic():
+    with write_transaction():
         now = db_now()
         candidates = WorkItem.objects.filter(
             id__in=[item_id for item_id, _, _ in leases],
@@ -913,7 +967,7 @@ def complete_workflow_tasks(tasks: Sequence[TaskCompletion], *, eager: Eager | N
     each, whatever their number. A task that is no longer ours is marked ``lost`` and
     the others still commit."""
     closing_runs = [task.item.instance_id for task in tasks if task.decisions.status in CLOSING_STATUSES]
-    with transaction.atomic():
+    with write_transaction():
         # A closing run tells its parent: the parents are locked with the runs, in id order,
         # not after them (a parent's id is lower: against another batch that would deadlock).
         runs = _lock_instances([*(task.item.instance_id for task in tasks), *_parent_ids(closing_runs)])
@@ -1351,7 +1405,7 @@ def fail_workflow_task(
 ) -> bool:
     """Record an engine-level failure; back off, or park after ``max_failures``. Returns parked.
     With ``expired_only`` (the reaper), a run locked by someone else is skipped (``LeaseLost``)."""
-    with transaction.atomic():
+    with write_transaction():
         instance = _lock_instance(item.instance_id, skip_locked=expired_only)
         if instance is None:
             raise LeaseLost(f"run of work item {item.id} no longer exists")
@@ -1382,7 +1436,7 @@ def fail_workflow_task(
 
 def unpark_workflow_task(instance_id: int) -> bool:
     """Make a parked (or backing-off) workflow task claimable now, e.g. after a code fix."""
-    with transaction.atomic():
+    with write_transaction():
         instance = _lock_instance(instance_id)
         if instance is None or instance["status"] == WorkflowStatus.SUSPENDED:
             return False  # resume() releases a suspended run's work
@@ -1561,7 +1615,7 @@ def complete_activities(
     with one statement each, whatever their number. Results of one run make one step
     (the first completion's ``continue_run`` gets them all, in order). An attempt that
     is no longer ours is marked ``lost`` and the others still commit."""
-    with transaction.atomic():
+    with write_transaction():
         runs = _lock_instances(completion.item.instance_id for completion in completions)
         finished = _finish_attempts(
             [completion.item for completion in completions if completion.item.instance_id in runs],
@@ -1627,7 +1681,7 @@ def record_heartbeat(
     item: Claim, details: Any, *, lease_seconds: float, live_only: bool = False
 ) -> datetime.datetime:
     """Keep ``details`` for the next attempt and push out the attempt's heartbeat deadline."""
-    with transaction.atomic():
+    with write_transaction():
         now = db_now()
         fence = _attempt_fence(item, now, live_only=live_only)
         # A heartbeat without details keeps what an earlier one reported.
@@ -1676,7 +1730,7 @@ def current_attempt_token(workflow_id: str, activity_id: str, run_id: str | None
 
 def terminate(workflow_id: str, run_id: str | None, reason: str) -> None:
     """Close an open run at once: no workflow code runs; outstanding work is dropped."""
-    with transaction.atomic():
+    with write_transaction():
         instance_id, instance = _lock_open_run(workflow_id, run_id)
         _terminate_locked(instance_id, instance, reason, db_now())
 
@@ -1710,7 +1764,7 @@ def _append_event(instance_id: int, instance: dict[str, Any], event: Event) -> i
 
 def signal(workflow_id: str, run_id: str | None, name: str, payload: Any) -> None:
     """Put an external event in the run's inbox; waits consume them in arrival order."""
-    with transaction.atomic():
+    with write_transaction():
         instance_id, instance = _lock_open_run(workflow_id, run_id)
         _deliver(
             instance_id, instance,
@@ -1720,7 +1774,7 @@ def signal(workflow_id: str, run_id: str | None, name: str, payload: Any) -> Non
 
 def request_cancel(workflow_id: str, run_id: str | None) -> None:
     """Ask the run to cancel: its code sees ``CancelledError`` at its next durable call."""
-    with transaction.atomic():
+    with write_transaction():
         instance_id, instance = _lock_open_run(workflow_id, run_id)
         _request_cancel_locked(instance_id, instance, db_now())
 
@@ -1739,7 +1793,7 @@ def cancel_requested(instance_id: int) -> bool:
 def suspend(workflow_id: str, run_id: str | None, reason: str = "") -> None:
     """Stop the run's progress: its workflow tasks and activities not yet started wait
     (parked) until ``resume``; events that arrive meanwhile are kept."""
-    with transaction.atomic():
+    with write_transaction():
         instance_id, instance = _lock_open_run(workflow_id, run_id)
         if instance["status"] == WorkflowStatus.SUSPENDED:
             raise WorkflowStateError(f"Workflow {workflow_id!r} is already suspended.")
@@ -1759,7 +1813,7 @@ def suspend(workflow_id: str, run_id: str | None, reason: str = "") -> None:
 
 def resume(workflow_id: str, run_id: str | None) -> None:
     """Let a suspended run go on from where it stood."""
-    with transaction.atomic():
+    with write_transaction():
         instance_id, instance = _lock_open_run(workflow_id, run_id)
         if instance["status"] != WorkflowStatus.SUSPENDED:
             raise WorkflowStateError(f"Workflow {workflow_id!r} is not suspended (it is {instance['status']}).")
@@ -1785,10 +1839,10 @@ def purge(workflow_id: str, run_id: str | None) -> int:
         # the delete's SET_NULL would lock them after their parent, against the lock order.
         apply_parent_close_policies(parent_id=parent_id)
         for child_id in WorkflowInstance.objects.filter(parent_id=parent_id).values_list("pk", flat=True):
-            with transaction.atomic():
+            with write_transaction():
                 _lock_instance(child_id)
                 WorkflowInstance.objects.filter(pk=child_id).update(parent=None)
-    with transaction.atomic():
+    with write_transaction():
         ids = list(runs.select_for_update().values_list("pk", "status"))
         if not ids:
             raise WorkflowNotFound(f"No workflow with id {workflow_id!r}" + (f" and run {run_id}." if run_id else "."))
@@ -1812,7 +1866,7 @@ def rerun(workflow_id: str, run_id: str | None, from_seq: int, new_workflow_id: 
     prefix = [Event(**row) for row in source.history.filter(seq__lt=from_seq).values(*EVENT_FIELDS)]
     target_id = new_workflow_id or workflow_id
     try:
-        with transaction.atomic():
+        with write_transaction():
             now = db_now()
             _apply_id_reuse_policy(target_id, IdReusePolicy.ALLOW_DUPLICATE, now)
             instance = _create_run(
@@ -1877,7 +1931,7 @@ def apply_parent_close_policies(*, parent_id: int | None = None, limit: int = 10
         orphans = orphans.filter(parent_id=parent_id)
     handled = 0
     for child_id in list(orphans.values_list("pk", flat=True)[:limit]):
-        with transaction.atomic():
+        with write_transaction():
             # The periodic sweep (every worker's loop) skips a busy child; the next sweep settles it.
             child = _lock_instance(child_id, skip_locked=parent_id is None)
             if child is None or child["status"] not in OPEN_STATUSES:
@@ -1896,7 +1950,7 @@ def fail_activity(
 ) -> datetime.datetime | None:
     """Record a failed attempt: schedule the next one by the retry policy, or fail the
     activity for good. Returns when the retry is due, or None when it gave up."""
-    with transaction.atomic():
+    with write_transaction():
         instance = _lock_instance(item.instance_id)
         if instance is None:
             raise lease_lost(item)
@@ -1913,7 +1967,7 @@ def fail_late_attempt(item: Claim) -> bool:
     limit = (item.payload.get("options") or {}).get("schedule_to_close_timeout")
     if limit is None or item.claimed_at < item.created_at + _seconds(limit):
         return False
-    with transaction.atomic():
+    with write_transaction():
         instance = _lock_instance(item.instance_id)
         if instance is None:
             raise lease_lost(item)
@@ -2008,7 +2062,7 @@ def fire_due_timers(*, queues: Sequence[str], limit: int) -> int:
         )
     fired = 0
     for item_id, instance_id, task_id, due_at in due:
-        with transaction.atomic():
+        with write_transaction():
             # A run locked by someone else is skipped: they may be firing this very timer.
             instance = _lock_instance(instance_id, skip_locked=True)
             now = (instance.pop("now", None) if instance else None) or db_now()
@@ -2078,7 +2132,7 @@ def reap_expired_leases(*, limit: int, workflow_backoff: float, workflow_backoff
 
 
 def _reap_activity(item: Claim) -> None:
-    with transaction.atomic():
+    with write_transaction():
         # A run locked by someone else (a worker frozen mid-commit) is skipped, not waited
         # for: the reaper runs in every worker's loop and must not stall it.
         instance = _lock_instance(item.instance_id, skip_locked=True)
@@ -2170,7 +2224,7 @@ def record_worker_heartbeat(
     if WorkerHeartbeat.objects.filter(name=name).update(**fields):
         return
     try:
-        with transaction.atomic():
+        with write_transaction():
             WorkerHeartbeat.objects.create(name=name, **{"started_at": now, **fields})
     except IntegrityError:
         # Another process with the same --name inserted it first.
@@ -2343,7 +2397,7 @@ def prune_batch(
     no open run refers to, with their history, inbox events and work items: one short
     transaction, one statement per table. Runs another transaction holds (a purge, a rerun
     being started from one) are skipped, not waited for."""
-    with transaction.atomic():
+    with write_transaction():
         # A plain FOR UPDATE (not NO KEY): it conflicts with the key-share lock of a foreign
         # key being inserted to the run, so a rerun starting from it is never orphaned.
         ids = list(
