@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .activity import ActivityInfo, ResultPending, activity_info, heartbeat
-from .engine.context import Task, WorkflowContext
+from .engine.context import WorkflowContext
 from .engine.events import ParentClosePolicy
+from .engine.handles import Task
 from .exceptions import (
     ActivityError,
     ActivityNotPending,

@@ -22,7 +22,7 @@ from django_durable.engine import Event
 from django_durable.engine.replay import VarsAt, vars_at
 from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem
 from django_durable.testing import WorkflowEnvironment
-from tests.test_engine import Run, activity_options, completed, failed, fired
+from tests.test_engine import Run, activity_options, completed, failed, fired, workflow_options
 from tests.testapp import timetravel_workflows as tt
 
 START = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
@@ -55,6 +55,7 @@ def at(run: Run, seq: int, fn: Any = None) -> VarsAt:
         queue="default",
         converter=run.converter,
         activity_options=activity_options,
+        workflow_options=workflow_options,
     )
 
 

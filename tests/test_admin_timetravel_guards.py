@@ -31,7 +31,7 @@ from django_durable.exceptions import CancelledError
 from django_durable.models import WorkflowInstance
 from django_durable.testing import WorkflowEnvironment
 from tests.test_admin_timetravel import counted_run, url
-from tests.test_engine import Run, activity_options, completed, fired
+from tests.test_engine import Run, activity_options, completed, fired, workflow_options
 from tests.test_engine_orchestration import cancel_requested, raised
 from tests.testapp import timetravel_workflows as tt
 
@@ -147,7 +147,7 @@ def test_the_variables_before_an_event_are_those_a_replay_of_the_events_before_i
         return vars_at(
             run.fn, history=run.history, seq=seq, workflow_id="order-42", run_id=run.run_id,
             workflow_name=run.fn.__name__, queue="default", converter=run.converter,
-            activity_options=activity_options,
+            activity_options=activity_options, workflow_options=workflow_options,
         )
 
     states, starts = [], []

@@ -32,6 +32,11 @@ def activity_options(activity: Any) -> tuple[str, dict[str, Any]]:
     return name, {"queue": f"q-{name}"}
 
 
+def workflow_options(workflow: Any) -> tuple[str, str | None]:
+    """Stands in for the registry: a child workflow's name, and its queue (none: the parent's)."""
+    return workflow if isinstance(workflow, str) else workflow.__name__, None
+
+
 # Activities are only named by the engine, never run.
 def double(n: int) -> int:  # pragma: no cover
     return 2 * n
@@ -120,6 +125,7 @@ class Run:
             now=now,
             converter=self.converter,
             activity_options=activity_options,
+            workflow_options=workflow_options,
             resident=resident,
         )
 

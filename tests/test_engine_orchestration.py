@@ -17,6 +17,7 @@ from django_durable.engine import Event, TaskOutcome
 from django_durable.engine.replay import check_history
 from tests.test_engine import (  # noqa: F401 - engine_mode runs each test in both modes
     RUN_ID, T0, Run, activity_options, assert_completed, assert_running, completed, engine_mode, fired, kinds,
+    workflow_options,
 )
 
 
@@ -349,7 +350,8 @@ def run_with_limits(run: Run, inbox: list[Event], warn: int | None, limit: int |
     outcome = run_workflow_task(
         run.fn, workflow_id="order-42", run_id=run.run_id, workflow_name="forever", queue="default",
         history=list(run.history), inbox=delivered, now=run.clock, converter=run.converter,
-        activity_options=activity_options, history_warn_events=warn, history_max_events=limit,
+        activity_options=activity_options, workflow_options=workflow_options, history_warn_events=warn,
+        history_max_events=limit,
     )
     for event in outcome.new_events:
         run.history.append(dataclasses.replace(event, seq=len(run.history) + 1))
@@ -395,6 +397,7 @@ def test_check_history_accepts_a_matching_history_and_names_a_mismatch():
         return check_history(
             fn, workflow_id="order-42", run_id=RUN_ID, workflow_name="w", queue="default",
             history=run.history, converter=JSONDataConverter(), activity_options=activity_options,
+            workflow_options=workflow_options,
         )
 
     assert check(two_approvals) is None
@@ -418,6 +421,7 @@ def test_check_history_of_a_closed_run_compares_how_it_closed():
     error = check_history(
         waits_for_three, workflow_id="order-42", run_id=RUN_ID, workflow_name="w", queue="default",
         history=run.history, converter=JSONDataConverter(), activity_options=activity_options,
+        workflow_options=workflow_options,
     )
     assert error is not None and "WorkflowCompleted" in str(error)
 
@@ -574,6 +578,7 @@ def test_vars_at_a_cut_in_a_history_takes_the_branch_the_run_took():
         seq: vars_at(
             patched, history=run.history, seq=seq, workflow_id="order-42", run_id=RUN_ID, workflow_name="w",
             queue="default", converter=JSONDataConverter(), activity_options=activity_options,
+            workflow_options=workflow_options,
         ).vars
         for seq in range(1, len(run.history) + 1)
     }
@@ -592,5 +597,6 @@ def test_vars_at_reports_a_workflow_that_exits_instead_of_raising():
     at = vars_at(
         exits, history=run.history, seq=len(run.history), workflow_id="order-42", run_id=RUN_ID,
         workflow_name="w", queue="default", converter=JSONDataConverter(), activity_options=activity_options,
+        workflow_options=workflow_options,
     )
     assert at.status == "unknown" and isinstance(at.error, SystemExit)

@@ -31,6 +31,7 @@ from tests.test_engine import (  # noqa: F401 - engine_mode runs each engine tes
     assert_non_determinism,
     completed,
     engine_mode,
+    workflow_options,
 )
 from tests.testapp import versioning_workflows as vw
 from tests.testapp.models import ActivityRun
@@ -80,6 +81,7 @@ def check(run: Run, fn) -> Exception | None:
     return check_history(
         fn, workflow_id="order-42", run_id=run.run_id, workflow_name=run.fn.__name__, queue="default",
         history=run.history, converter=run.converter, activity_options=activity_options,
+        workflow_options=workflow_options,
     )
 
 

@@ -17,7 +17,7 @@ import random as _random
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..exceptions import (
     ActivityError,
@@ -27,12 +27,12 @@ from ..exceptions import (
     SerializationError,
     TimeoutError,
 )
-from ..registry import workflow_call_options
 from .events import (
     CLOSE_KINDS,
     COMMAND_KINDS,
     COMPLETION_KINDS,
     FAILURE_KINDS,
+    Converter,
     Event,
     EventKind,
     ParentClosePolicy,
@@ -41,53 +41,10 @@ from .events import (
     describe_call,
     json_size,
 )
-
-if TYPE_CHECKING:
-    from ..converter import DataConverter
-
-
-class Suspend(BaseException):
-    """Unwinds workflow code that waits for something history does not hold yet."""
-
-
-class Abort(BaseException):
-    """Unwinds workflow code after an engine-level error (e.g. non-determinism)."""
-
-
-class ContinueAsNew(BaseException):
-    """Unwinds workflow code that called ``ctx.continue_as_new()``."""
-
-    def __init__(self, args: Any, kwargs: Any) -> None:
-        super().__init__()
-        self.args_json = args
-        self.kwargs_json = kwargs
-
+from .handles import Abort, ContinueAsNew, EventTask, Suspend, Task
 
 # (index in history, the event, the time and number of the workflow task it arrived in)
 Entry = tuple[int, Event, datetime.datetime, int]
-
-
-class Task:
-    """A durable call's pending outcome; ``result()`` returns it or raises."""
-
-    def __init__(self, ctx: WorkflowContext, task_id: int, description: str) -> None:
-        self._ctx = ctx
-        self.task_id = task_id
-        self.description = description
-
-    def result(self) -> Any:
-        return self._ctx._consume(self)
-
-    def __repr__(self) -> str:
-        return f"<Task #{self.task_id} {self.description}>"
-
-
-class EventTask(Task):
-    """Waits for the next external event of ``name`` that no earlier wait consumed."""
-
-    def __init__(self, ctx: WorkflowContext, task_id: int, name: str) -> None:
-        super().__init__(ctx, task_id, f"event {name!r}")
-        self.name = name
 
 
 class WorkflowContext:
@@ -99,9 +56,9 @@ class WorkflowContext:
         workflow_name: str,
         queue: str,
         history: Sequence[Event],
-        converter: DataConverter,
-        activity_options: Any,
-        workflow_options: Any = None,
+        converter: Converter,
+        activity_options: Callable[[Any], tuple[str, dict[str, Any]]],
+        workflow_options: Callable[[Any], tuple[str, str | None]],
         lookahead: Sequence[Event] = (),
         payload_limits: PayloadLimits | None = None,
         measure_history: bool = False,
@@ -113,7 +70,7 @@ class WorkflowContext:
         self.queue = queue
         self._converter = converter
         self._activity_options = activity_options
-        self._workflow_options = workflow_options or workflow_call_options
+        self._workflow_options = workflow_options
         self._recorded: dict[int, Event] = {}
         self._recorded_index: dict[int, int] = {}
         self._completions: dict[int, Entry] = {}
@@ -540,22 +497,14 @@ class WorkflowContext:
         self._advance_time(entry)
         event = entry[1]
         if event.kind == EventKind.ACTIVITY_FAILED:
-            error = event.payload.get("error", {})
-            raise ActivityError(
-                error.get("message", ""),
-                type=error.get("type", ""),
-                traceback=error.get("traceback", ""),
-                details=error.get("details"),
+            raise ActivityError.from_failure(
+                event.payload.get("error", {}),
                 activity_name=self._recorded[event.task_id].name if event.task_id in self._recorded else "",
                 attempt=event.payload.get("attempt", 0),
             )
         if event.kind == EventKind.CHILD_WORKFLOW_FAILED:
-            error = event.payload.get("error") or {}
-            raise ChildWorkflowError(
-                error.get("message", ""),
-                type=error.get("type", ""),
-                traceback=error.get("traceback", ""),
-                details=error.get("details"),
+            raise ChildWorkflowError.from_failure(
+                event.payload.get("error") or {},
                 status=event.payload.get("status", "failed"),
                 workflow_id=event.payload.get("workflow_id", ""),
             )

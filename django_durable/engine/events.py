@@ -7,7 +7,7 @@ import datetime
 import json
 from collections.abc import Iterable, Mapping
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from ..exceptions import PayloadTooLarge
 
@@ -115,6 +115,15 @@ PAYLOAD_KINDS: dict[str, str] = {
 }
 # kind -> the largest size in bytes, or None for no limit
 PayloadLimits = Mapping[str, "int | None"]
+
+
+class Converter(Protocol):
+    """What the engine needs of a data converter (``django_durable.converter.DataConverter``),
+    which the caller passes in: workflow values to JSON data and back."""
+
+    def to_json(self, value: Any) -> Any: ...
+
+    def from_json(self, data: Any) -> Any: ...
 
 
 # Converted values are trees (the converter refuses cycles): no need to look for one.

@@ -6,7 +6,7 @@ import dataclasses
 import datetime
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..exceptions import (
     HistoryTooLarge,
@@ -14,12 +14,9 @@ from ..exceptions import (
     WorkflowTaskError,
 )
 from .context import WorkflowContext
-from .events import CLOSE_KINDS, Event, EventKind, PayloadLimits, events_size
+from .events import CLOSE_KINDS, Converter, Event, EventKind, PayloadLimits, events_size
 from .failures import failure_from_exception, qualified_name
 from .resident import CANCELED, COMPLETED, CONTINUED_AS_NEW, FAILED, RUNNING, ResidentRun
-
-if TYPE_CHECKING:
-    from ..converter import DataConverter
 
 CLOSE_EVENT = {
     COMPLETED: EventKind.WORKFLOW_COMPLETED,
@@ -56,9 +53,9 @@ def run_workflow_task(
     history: Sequence[Event],
     inbox: Sequence[Event],
     now: datetime.datetime,
-    converter: DataConverter,
+    converter: Converter,
     activity_options: Callable[[Any], tuple[str, dict[str, Any]]],
-    workflow_options: Callable[[Any], tuple[str, str | None]] | None = None,
+    workflow_options: Callable[[Any], tuple[str, str | None]],
     history_warn_events: int | None = None,
     history_max_events: int | None = None,
     history_warn_bytes: int | None = None,
@@ -177,9 +174,9 @@ def check_history(
     workflow_name: str,
     queue: str,
     history: Sequence[Event],
-    converter: DataConverter,
+    converter: Converter,
     activity_options: Callable[[Any], tuple[str, dict[str, Any]]],
-    workflow_options: Callable[[Any], tuple[str, str | None]] | None = None,
+    workflow_options: Callable[[Any], tuple[str, str | None]],
     task_timeout: float | None = None,
     code_guard: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> WorkflowTaskError | None:
@@ -228,7 +225,7 @@ def _start(
     fn: Callable[..., Any],
     history: Sequence[Event],
     *,
-    converter: DataConverter,
+    converter: Converter,
     timeout: float | None = None,
     code_guard: Callable[[], AbstractContextManager[Any]] | None = None,
     **context: Any,
@@ -241,7 +238,7 @@ def _start(
 
 
 def _execute(
-    fn: Callable[..., Any], history: Sequence[Event], *, converter: DataConverter, **context: Any
+    fn: Callable[..., Any], history: Sequence[Event], *, converter: Converter, **context: Any
 ) -> tuple[WorkflowContext, str, Any, dict[str, Any] | None]:
     """Run ``fn`` over ``history`` once, to where it waits or ends, then drop it."""
     resident = _start(fn, history, converter=converter, **context)
@@ -304,9 +301,9 @@ def vars_at(
     run_id: str,
     workflow_name: str,
     queue: str,
-    converter: DataConverter,
+    converter: Converter,
     activity_options: Callable[[Any], tuple[str, dict[str, Any]]],
-    workflow_options: Callable[[Any], tuple[str, str | None]] | None = None,
+    workflow_options: Callable[[Any], tuple[str, str | None]],
     task_timeout: float | None = None,
     code_guard: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> VarsAt:
@@ -330,7 +327,7 @@ def vars_at(
 
 def _vars_at(
     fn: Callable[..., Any], history: Sequence[Event], seq: int, *, with_before: bool,
-    converter: DataConverter, **context: Any,
+    converter: Converter, **context: Any,
 ) -> VarsAt:
     prefix = list(history[:seq])
     at = VarsAt(seq=seq, event=prefix[-1], vars={}, raw_vars={}, status="pending")

@@ -24,9 +24,10 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ..exceptions import CancelledError, SerializationError, WorkflowTaskError
-from .context import Abort, ContinueAsNew, Suspend, WorkflowContext
+from .context import WorkflowContext
 from .events import Event
 from .failures import failure_from_exception
+from .handles import Abort, ContinueAsNew, Suspend
 
 logger = logging.getLogger("django_durable.engine")
 
