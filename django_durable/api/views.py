@@ -14,30 +14,29 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from django.core.validators import ProhibitNullCharactersValidator
 from django.urls import NoReverseMatch
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotAcceptable, ValidationError
-from rest_framework.filters import BaseFilterBackend
+from rest_framework.exceptions import NotAcceptable
 from rest_framework.generics import GenericAPIView
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import BrowsableAPIRenderer, JSONOpenAPIRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
-from rest_framework.schemas.openapi import AutoSchema, SchemaGenerator
+from rest_framework.schemas.openapi import SchemaGenerator
 from rest_framework.views import APIView
 
 from .. import client, store
 from ..conf import durable_settings
 from ..exceptions import WorkflowNotFound
-from ..models import PAYLOAD_COLUMNS, HistoryEvent, WorkflowInstance, WorkflowStatus
-from ..tokens import MAX_TOKEN_LENGTH
+from ..models import PAYLOAD_COLUMNS, HistoryEvent, WorkflowInstance
 from . import serializers as s
 from .exceptions import exception_handler
+from .filters import WorkflowFilter
+from .pagination import WorkflowPagination
 from .parsers import JSONParser, LimitedBodyRequest
+from .schema import DurableSchema
 
 # -- shared plumbing ----------------------------------------------------------------
 
@@ -74,164 +73,6 @@ class JSONAnywayNegotiation(DefaultContentNegotiation):
             return super().select_renderer(request, renderers, format_suffix)
         except NotAcceptable:
             return renderers[0], renderers[0].media_type
-
-
-# What the fields refuse beyond their type, as JSON Schema patterns (ECMA 262 and Python alike).
-NO_NUL_PATTERN = "^[^\\x00]*$"
-ADDRESSABLE_PATTERN = "^[^/\\x00]*$"  # a workflow id that can appear in a URL path
-
-
-def text_parameter(name: str, description: str) -> dict[str, Any]:
-    """A non-empty text query parameter (the filters' shape)."""
-    return {"name": name, "required": False, "in": "query", "description": description,
-            "schema": {"type": "string", "minLength": 1, "maxLength": s.MAX_NAME_LENGTH, "pattern": NO_NUL_PATTERN}}
-
-
-class DurableSchema(AutoSchema):
-    """OpenAPI for these views: separate request and response serializers, the real
-    success status codes, and history paginated like a list.
-
-    The document says what the views refuse wherever JSON Schema can say it (blank and NUL
-    text, a required body, the bounds of numbers), so that a request it calls valid is
-    refused only for what no schema can know: a token or workflow name that does not exist,
-    arguments that do not fit a workflow's signature, a run in the wrong state.
-    """
-
-    def __init__(
-        self,
-        *,
-        operation_ids: dict[str, str],
-        responses: dict[str, tuple[int, Any]] | None = None,
-        token_header: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.operation_ids = operation_ids  # action (or method) -> operationId
-        self.responses = responses or {}  # action (or method) -> (status code, serializer class)
-        self.token_header = token_header  # the task token may come in the X-Durable-Task-Token header
-
-    def _key(self, method: str) -> str:
-        return getattr(self.view, "action", None) or method.lower()
-
-    def get_operation_id(self, path: str, method: str) -> str:
-        return self.operation_ids[self._key(method)]
-
-    def map_field(self, field: Any) -> dict[str, Any]:
-        if isinstance(field, s.TaskTokenField):
-            return {"type": "string", "maxLength": MAX_TOKEN_LENGTH}
-        if isinstance(field, s.JSONValueField):
-            if field.kind == "object":
-                return {"type": "object", "additionalProperties": {}}
-            if field.kind == "array":
-                return {"type": "array", "items": {}}
-            return {"description": "Any JSON value."}
-        return super().map_field(field)
-
-    def map_field_validators(self, field: Any, schema: dict[str, Any]) -> None:
-        super().map_field_validators(field, schema)
-        if not isinstance(field, serializers.CharField) or field.read_only:
-            return
-        if not field.allow_blank:
-            schema.setdefault("minLength", 1)
-        if s._addressable in field.validators:
-            schema.setdefault("pattern", ADDRESSABLE_PATTERN)
-        elif any(isinstance(v, ProhibitNullCharactersValidator) for v in field.validators):
-            schema.setdefault("pattern", NO_NUL_PATTERN)
-
-    def get_response_serializer(self, path: str, method: str) -> Any:
-        entry = self.responses.get(self._key(method))
-        if entry is not None:
-            return entry[1]() if entry[1] is not None else None
-        return super().get_response_serializer(path, method)
-
-    def get_request_serializer(self, path: str, method: str) -> Any:
-        serializer = super().get_request_serializer(path, method)
-        if isinstance(serializer, s.NoBodySerializer):
-            return None  # documented as taking no body
-        return serializer
-
-    def get_request_body(self, path: str, method: str) -> dict[str, Any]:
-        if method not in ("PUT", "PATCH", "POST"):
-            return {}
-        serializer = self.get_request_serializer(path, method)
-        if serializer is None:
-            return {}
-        body = super().get_request_body(path, method)
-        if any(field.required for field in serializer.fields.values()):
-            body["required"] = True  # no body is not an empty object: its required fields are missing
-        return body
-
-    def get_pagination_parameters(self, path: str, method: str) -> list[dict[str, Any]]:
-        if self._key(method) == "history":
-            paginator = self.get_paginator()
-            return paginator.get_schema_operation_parameters(self.view) if paginator else []
-        return super().get_pagination_parameters(path, method)
-
-    def allows_filters(self, path: str, method: str) -> bool:
-        # Only the list filters; every other action addresses one run (see below).
-        return self._key(method) == "list" and super().allows_filters(path, method)
-
-    def get_filter_parameters(self, path: str, method: str) -> list[dict[str, Any]]:
-        params = super().get_filter_parameters(path, method)
-        if "{workflow_id}" in path:
-            params.append({
-                "name": "run_id", "required": False, "in": "query",
-                "description": "A particular run of the workflow; "
-                + ("every run of the id" if self._key(method) == "destroy" else "the latest run")
-                + " when absent.",
-                "schema": {"type": "string", "format": "uuid"},
-            })
-        if self._key(method) == "retrieve":
-            params.append({
-                "name": "wait", "required": False, "in": "query",
-                "description": "Long poll: answer as soon as the run is closed, or after this many seconds "
-                "(at most the API_MAX_WAIT setting, 60 by default).",
-                "schema": {"type": "number", "minimum": 0, "maximum": float(durable_settings.API_MAX_WAIT)},
-            })
-        if self.token_header:
-            params.append({
-                "name": s.TASK_TOKEN_HEADER, "required": False, "in": "header",
-                "description": "The task token, instead of task_token in the body (both only if they agree).",
-                "schema": {"type": "string", "maxLength": MAX_TOKEN_LENGTH},
-            })
-        return params
-
-    def get_responses(self, path: str, method: str) -> dict[str, Any]:
-        responses = super().get_responses(path, method)
-        key = self._key(method)
-        if key == "history":
-            serializer = self.get_response_serializer(path, method)
-            item = self.get_reference(serializer) if serializer is not None else {}
-            schema: dict[str, Any] = {"type": "array", "items": item}
-            paginator = self.get_paginator()
-            if paginator:
-                schema = paginator.get_paginated_response_schema(schema)
-            for response in responses.values():
-                for media in response.get("content", {}).values():
-                    media["schema"] = schema
-        entry = self.responses.get(key)
-        if entry is not None:
-            wanted = str(entry[0])
-            (current,) = [code for code in responses if code.startswith("2")]
-            if current != wanted:
-                responses[wanted] = responses.pop(current)
-        responses.setdefault("4XX", {
-            "description": 'Error: {"code": "...", "detail": ...}',
-            "content": {"application/json": {"schema": {
-                "type": "object",
-                "properties": {"code": {"type": "string"}, "detail": {}},
-                "required": ["code", "detail"],
-            }}},
-        })
-        return responses
-
-    def get_components(self, path: str, method: str) -> dict[str, Any]:
-        components = super().get_components(path, method)
-        entry = self.responses.get(self._key(method))
-        if entry is not None and entry[1] is not None:
-            serializer = entry[1]()
-            components.setdefault(self.get_component_name(serializer), self.map_serializer(serializer))
-        return components
 
 
 # -- activities: authorised by the task token -----------------------------------------
@@ -302,64 +143,6 @@ class HeartbeatActivityView(ActivityView):
 
 
 # -- workflows: Django's model permissions by default -------------------------------------
-
-
-class WorkflowPagination(LimitOffsetPagination):
-    """``?limit=&offset=``; the default limit is ``DURABLE["API_PAGE_SIZE"]``, a larger limit
-    is cut to ``max_limit``. Anything but a whole number (at least 1 for the limit) is 400."""
-
-    MAX_OFFSET = 2**53  # far past any real table, well inside every database's integer range
-
-    @property
-    def default_limit(self) -> int:  # type: ignore[override]
-        return int(durable_settings.API_PAGE_SIZE)
-
-    @property
-    def max_limit(self) -> int:  # type: ignore[override]
-        return max(int(durable_settings.API_PAGE_SIZE), 1000)
-
-    def get_limit(self, request: Any) -> int:
-        return min(self._number(request, self.limit_query_param, minimum=1, default=self.default_limit),
-                   self.max_limit)
-
-    def get_offset(self, request: Any) -> int:
-        return min(self._number(request, self.offset_query_param, minimum=0, default=0), self.MAX_OFFSET)
-
-    def _number(self, request: Any, name: str, *, minimum: int, default: int) -> int:
-        raw = request.query_params.get(name)
-        if raw is None:
-            return default
-        value = -1
-        if raw.isascii() and raw.isdigit():
-            value = int(raw) if len(raw) <= 30 else 10**30  # past every bound: no need to parse it all
-        if value < minimum:
-            raise ValidationError({name: [f"A whole number of at least {minimum} is required."]})
-        return value
-
-    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
-        parameters = super().get_schema_operation_parameters(view)
-        for parameter in parameters:
-            parameter["schema"]["minimum"] = 1 if parameter["name"] == self.limit_query_param else 0
-        return parameters
-
-
-class WorkflowFilter(BaseFilterBackend):
-    """``?status=`` and ``?workflow_name=`` (and ``?workflow_id=``), validated: 400 for bad values."""
-
-    def filter_queryset(self, request: Any, queryset: Any, view: Any) -> Any:
-        params = {key: request.query_params[key] for key in ("status", "workflow_name", "workflow_id")
-                  if key in request.query_params}
-        serializer = s.WorkflowFilterSerializer(data=params)
-        serializer.is_valid(raise_exception=True)
-        return queryset.filter(**serializer.validated_data)
-
-    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
-        return [
-            {"name": "status", "required": False, "in": "query", "description": "Only runs in this status.",
-             "schema": {"type": "string", "enum": list(WorkflowStatus.values)}},
-            text_parameter("workflow_name", "Only runs of this workflow."),
-            text_parameter("workflow_id", "Only runs with this workflow id."),
-        ]
 
 
 class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
