@@ -1,0 +1,135 @@
+"""The records the store takes and returns: claims, task inputs, decisions and completions."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..engine.events import Event
+from ..models import WorkflowStatus
+
+EVENT_FIELDS = ("seq", "kind", "name", "task_id", "payload", "timestamp")
+
+CLAIM_FIELDS = (
+    "id", "kind", "instance_id", "queue", "name", "task_id", "payload", "attempt", "claimed_at",
+    "lease_expires_at", "created_at", "failures", "heartbeat_details", "heartbeat_at",
+)
+
+LOCKED_FIELDS = (
+    "status", "history_length", "queue", "workflow_id", "run_id", "workflow_name", "started_at",
+    "cancel_requested_at", "parent_id", "parent_task_id", "parent_close_policy",
+)
+
+CLOSING_STATUSES = (
+    WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELED, WorkflowStatus.CONTINUED_AS_NEW,
+)
+
+
+class LeaseLost(Exception):
+    """The claimed item is no longer ours: nothing was written."""
+
+
+@dataclasses.dataclass
+class Claim:
+    id: int
+    kind: str
+    instance_id: int
+    queue: str
+    name: str
+    task_id: int | None
+    payload: dict[str, Any]
+    attempt: int
+    owner: str
+    claimed_at: datetime.datetime
+    lease_expires_at: datetime.datetime
+    created_at: datetime.datetime
+    failures: int = 0
+    heartbeat_details: Any = None
+    heartbeat_at: datetime.datetime | None = None
+    workflow_id: str = ""
+    run_id: str = ""
+
+
+@dataclasses.dataclass
+class WorkflowTaskInput:
+    workflow_id: str
+    run_id: str
+    workflow_name: str
+    queue: str
+    status: str
+    history: list[Event]  # the whole run's, or only the events after ``known_length``
+    inbox: list[Event]
+    inbox_ids: list[int]
+    history_length: int = 0
+    known_length: int | None = None
+
+
+@dataclasses.dataclass
+class Eager:
+    """Activities a worker takes at once from the commit that schedules them: leased to
+    ``owner``, up to ``limit``, on ``queues``; they skip a claim round trip."""
+
+    owner: str
+    queues: Sequence[str]
+    limit: int
+    lease_seconds: float
+    claims: list[Claim] = dataclasses.field(default_factory=list)
+    # Beyond ``limit``: activities with neither a start-to-close nor a heartbeat timeout,
+    # which may wait for a thread in the worker (no clock of theirs runs while they do).
+    spare: int = 0
+
+
+@dataclasses.dataclass
+class TaskDecisions:
+    """What one workflow task decided (see ``run_workflow_task``'s outcome)."""
+
+    new_events: Sequence[Event]
+    status: str
+    vars: dict[str, Any]
+    result: Any = None
+    error: dict[str, Any] | None = None
+    waiting_on: str | None = None
+
+
+@dataclasses.dataclass
+class TaskCompletion:
+    """A workflow task's decisions for ``complete_workflow_tasks``, which sets ``committed``
+    (they are written) or ``lost`` (the task is no longer ours: nothing of it was written).
+    Neither: the run would close while an event it has not seen arrived, and the task was
+    handed back to run again with it."""
+
+    item: Claim
+    decisions: TaskDecisions
+    inbox_ids: Sequence[int]
+    committed: bool = False
+    lost: bool = False
+
+
+@dataclasses.dataclass
+class Continuation:
+    """A run whose next workflow task may run inside an activity's completion: it is
+    running, has no workflow task and no inbox, and its row is locked."""
+
+    instance_id: int
+    workflow_id: str
+    run_id: str
+    workflow_name: str
+    queue: str
+    history_length: int
+    now: datetime.datetime
+    inbox: list[Event]
+
+
+@dataclasses.dataclass
+class Completion:
+    """An attempt's result for ``complete_activities``, which sets ``ran`` (the run's next
+    workflow task ran in the same transaction, see ``continue_run``) or ``lost`` (the
+    attempt is no longer ours: nothing of it was written)."""
+
+    item: Claim
+    result: Any
+    continue_run: Callable[[Continuation], TaskDecisions | None] | None = None
+    ran: bool = False
+    lost: bool = False
