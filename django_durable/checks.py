@@ -11,6 +11,7 @@ from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS
 from .engine.events import PAYLOAD_KINDS
+from .store.dialects import dialect_for
 
 
 @checks.register()
@@ -103,7 +104,7 @@ def check_sqlite(app_configs: Any = None, databases: Any = None, **kwargs: Any) 
     warnings: list[checks.CheckMessage] = []
     for alias in databases or []:
         connection = connections[alias]
-        if connection.vendor != "sqlite":
+        if not dialect_for(connection).needs_immediate_transactions:
             continue
         options = connection.settings_dict.get("OPTIONS", {})
         if str(options.get("transaction_mode", "")).upper() != "IMMEDIATE":
@@ -124,7 +125,7 @@ def check_isolation_level(app_configs: Any = None, databases: Any = None, **kwar
     errors: list[checks.CheckMessage] = []
     for alias in databases or []:
         connection = connections[alias]
-        if connection.vendor != "postgresql":
+        if not dialect_for(connection).needs_read_committed:
             continue
         level = connection.settings_dict.get("OPTIONS", {}).get("isolation_level")
         if level is not None and getattr(level, "name", str(level)).upper().replace(" ", "_") != "READ_COMMITTED":

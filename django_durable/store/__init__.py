@@ -6,14 +6,14 @@ only work items, with ``SKIP LOCKED``, in a transaction of their own that
 touches no instance. Every write that finishes claimed work is fenced: it only
 applies while the item still carries the claimer's lease and attempt.
 
-One module per concern, each importing only those above it in this list:
-``records`` (what the store returns and takes), ``clock``, ``sql`` (hand-written
-statements and their builders), ``runs`` (locking, creating, history, delivering
-events, id reuse, terminating, starting children, telling parents), ``claims``
-(claims, dispatch, leases, fencing), ``workflow_tasks``, ``activities``,
-``control`` (the verbs), ``maintenance`` (timers, reaping, the next wake-up) and
-``operations`` (workers, the dashboard, pruning, health). Callers use the names
-re-exported here.
+One module per concern, each importing only those before it in this list:
+``records`` (what the store returns and takes) and ``testclock``; ``dialects/``
+(the SQL that differs by database, over the portable ORM base); ``clock``
+(``db_now``); ``runs`` (locking, creating, history, delivering events, id reuse,
+terminating, starting children, telling parents); ``claims`` (claims, dispatch,
+leases, fencing); ``workflow_tasks``; ``activities``; ``control`` (the verbs);
+``maintenance`` (timers, reaping, the next wake-up); ``operations`` (workers,
+the dashboard, pruning, health). Callers use the names re-exported here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 import types
 from collections.abc import Callable
 
-from . import clock
+from . import testclock
 from .activities import (
     await_completion,
     complete_activities,
@@ -133,16 +133,16 @@ __all__ = [
 
 
 class _Store(types.ModuleType):
-    """The package as a module whose ``clock_override`` is the clock module's: a copy
-    bound here would go stale when ``WorkflowEnvironment`` sets ``store.clock_override``."""
+    """The package as a module whose ``clock_override`` is ``testclock``'s: a copy bound
+    here would go stale when ``WorkflowEnvironment`` sets ``store.clock_override``."""
 
     @property
     def clock_override(self) -> Callable[[], datetime.datetime] | None:
-        return clock.clock_override
+        return testclock.clock_override
 
     @clock_override.setter
     def clock_override(self, value: Callable[[], datetime.datetime] | None) -> None:
-        clock.clock_override = value
+        testclock.clock_override = value
 
 
 sys.modules[__name__].__class__ = _Store

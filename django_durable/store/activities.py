@@ -18,12 +18,11 @@ from ..models import InboxEvent, WorkflowStatus, WorkItem, WorkItemKind
 from ..retry import RetryPolicy
 from ..statelog import state_change
 from ..tokens import TaskToken
-from . import clock
 from .claims import _claim_rows, _fence, attempt_deadline, lease_lost
 from .clock import _seconds, db_now
+from .dialects import dialect_for
 from .records import Claim, Completion, Continuation, Eager, TaskDecisions
 from .runs import _deliver, _lock_instance, _lock_instances, _parked_at, get_instance
-from .sql import _INBOX, _WORK_ITEMS, _json_records
 from .workflow_tasks import _commit_task, _TaskWrite, _write_batch
 
 
@@ -52,30 +51,13 @@ def _finish_attempts(items: Sequence[Claim], runs: dict[int, dict[str, Any]], *,
     set): the ids of the items deleted, on PostgreSQL in one statement."""
     if not items:
         return set()
-    if clock.clock_override is not None or connection.vendor != "postgresql":
-        return {
-            item.id for item in items
-            if _finish_attempt(item, runs[item.instance_id], runs[item.instance_id]["now"], live_only=live_only)
-        }
-    live = " AND (w.lease_expires_at IS NULL OR w.lease_expires_at > CURRENT_TIMESTAMP)" if live_only else ""
-    # After the runs' locks were granted: this statement's snapshot sees what their
-    # previous holders committed (a subquery of the locking SELECT would not).
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH gone AS (DELETE FROM {_WORK_ITEMS} w USING json_to_recordset(%s::json) "
-            f"AS a (id bigint, owner text, attempt integer) "
-            f"WHERE w.id = a.id AND w.lease_owner = a.owner AND w.attempt = a.attempt"
-            f"{live} RETURNING w.id, w.instance_id) "
-            f"SELECT id, instance_id, EXISTS (SELECT 1 FROM {_WORK_ITEMS} WHERE instance_id = gone.instance_id "
-            f"AND kind = %s), EXISTS (SELECT 1 FROM {_INBOX} WHERE instance_id = gone.instance_id) FROM gone",
-            [_json_records([{"id": item.id, "owner": item.owner, "attempt": item.attempt} for item in items]),
-             WorkItemKind.WORKFLOW.value],
-        )
-        finished = set()
-        for item_id, instance_id, has_workflow_task, has_inbox in cursor.fetchall():
-            runs[instance_id].update(has_workflow_task=has_workflow_task, has_inbox=has_inbox)
-            finished.add(item_id)
-    return finished
+    finished = dialect_for(connection).finish_attempts(items, runs, live_only=live_only)
+    if finished is not None:
+        return finished
+    return {
+        item.id for item in items
+        if _finish_attempt(item, runs[item.instance_id], runs[item.instance_id]["now"], live_only=live_only)
+    }
 
 
 def complete_activity(

@@ -4,7 +4,6 @@ remote executor, renewing their leases, and the fence every finishing write goes
 from __future__ import annotations
 
 import datetime
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -12,12 +11,11 @@ from django.db import connection, transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Greatest
 
-from ..models import WorkflowInstance, WorkItem, WorkItemKind
+from ..models import WorkItem, WorkItemKind
 from ..statelog import state_change
-from . import clock
 from .clock import TransactionNow, _seconds, db_now
+from .dialects import dialect_for
 from .records import CLAIM_FIELDS, Claim, LeaseLost
-from .sql import _CLAIM_SQL
 
 
 def _claim_rows(items: Any, *extra: str) -> Any:
@@ -34,8 +32,9 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
     """Claim up to ``limit`` due items of ``kind`` in one short transaction."""
     if limit <= 0:
         return []
-    if connection.vendor == "postgresql" and clock.clock_override is None:
-        claims = _claim_postgresql(owner=owner, kind=kind, queues=queues, limit=limit, lease_seconds=lease_seconds)
+    claims = dialect_for(connection).claim(owner=owner, kind=kind, queues=queues, limit=limit, lease_seconds=lease_seconds)
+    if claims is not None:
+        _cap_leases(claims)
     else:
         with transaction.atomic():
             now = db_now()
@@ -55,30 +54,6 @@ def _log_claims(claims: Iterable[Claim], **fields: Any) -> None:
             task_id=item.task_id, item=item.id, attempt=item.attempt, owner=item.owner,
             lease_expires_at=item.lease_expires_at, **fields,
         )
-
-
-def _claim_postgresql(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_seconds: float) -> list[Claim]:
-    """``claim()`` in one statement (one round trip, no transaction block): the ORM needs
-    four (the clock, the locking select, the update, the read back)."""
-    columns = {field: WorkItem._meta.get_field(field).column for field in CLAIM_FIELDS}
-    sql = _CLAIM_SQL.format(
-        items=connection.ops.quote_name(WorkItem._meta.db_table),
-        runs=connection.ops.quote_name(WorkflowInstance._meta.db_table),
-        fields=", ".join(f"item.{connection.ops.quote_name(column)}" for column in columns.values()),
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, {"kind": kind, "queues": list(queues), "limit": limit, "owner": owner, "lease": lease_seconds})
-        rows = cursor.fetchall()
-    json_fields = {"payload", "heartbeat_details"}
-    claims = []
-    for row in rows:
-        values = dict(zip(CLAIM_FIELDS, row[:-2]))
-        for field in json_fields:  # Django reads jsonb as text and decodes it itself
-            if isinstance(values[field], str):
-                values[field] = json.loads(values[field])
-        claims.append(Claim(owner=owner, workflow_id=row[-2], run_id=str(row[-1]), **values))
-    _cap_leases(claims)
-    return claims
 
 
 def _cap_leases(claims: list[Claim]) -> None:

@@ -1,29 +1,22 @@
-"""The database's clock (``db_now``), the test clock that replaces it, and the clock as an
+"""The database's clock (``db_now``), as the test clock may replace it, and the clock as an
 ORM expression."""
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
 
 from django.db import connection
 from django.db.models import DateTimeField, Func
 
-# Set by ``django_durable.testing`` to a controllable clock; None: the database's clock.
-clock_override: Callable[[], datetime.datetime] | None = None
+from . import testclock
+from .dialects import dialect_for
 
 
 def db_now() -> datetime.datetime:
     """The database's clock: leases, due times and retries are compared with it."""
-    if clock_override is not None:
-        return clock_override()
-    if connection.vendor == "sqlite":
-        # SQLite runs in this process, on this machine's clock.
-        return datetime.datetime.now(datetime.timezone.utc)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT CURRENT_TIMESTAMP")
-        (now,) = cursor.fetchone()
-    return now
+    if testclock.clock_override is not None:
+        return testclock.clock_override()
+    return dialect_for(connection).read_clock()
 
 
 class TransactionNow(Func):

@@ -14,13 +14,12 @@ from ..engine.events import Event, EventKind
 from ..faults import crash_point
 from ..models import WorkItem, WorkItemKind
 from ..statelog import state_change
-from . import clock
 from .activities import _fail_attempt
 from .claims import _claim_rows, _claimable, _fence
 from .clock import _seconds, db_now
+from .dialects import dialect_for
 from .records import Claim, LeaseLost
 from .runs import _deliver, _lock_instance
-from .sql import _DUE_TIMERS_SQL
 from .workflow_tasks import fail_workflow_task
 
 logger = logging.getLogger("django_durable.store")
@@ -28,13 +27,8 @@ logger = logging.getLogger("django_durable.store")
 
 def fire_due_timers(*, queues: Sequence[str], limit: int) -> int:
     """Deliver ``TimerFired`` for due timers; each in its own transaction under its run's lock."""
-    if connection.vendor == "postgresql" and clock.clock_override is None:
-        # Every worker loop asks: hand-written (the ORM's query building costs more than
-        # the query), and the clock is read in the query, not before it.
-        with connection.cursor() as cursor:
-            cursor.execute(_DUE_TIMERS_SQL, [WorkItemKind.TIMER.value, list(queues), limit])
-            due = cursor.fetchall()
-    else:
+    due = dialect_for(connection).due_timers(kind=WorkItemKind.TIMER.value, queues=queues, limit=limit)
+    if due is None:
         due = list(
             _claimable(db_now(), kind=WorkItemKind.TIMER, queue__in=list(queues)).values_list(
                 "id", "instance_id", "task_id", "due_at"

@@ -23,6 +23,7 @@ from ..models import (
 )
 from ..statelog import state_change
 from .clock import db_now
+from .dialects import dialect_for
 
 logger = logging.getLogger("django_durable.store")
 
@@ -274,7 +275,7 @@ def check_database() -> str:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
         cursor.fetchone()
-    return connection.vendor
+    return dialect_for(connection).vendor
 
 
 def unapplied_migrations(app_label: str = "django_durable") -> tuple[list[str], list[str]]:

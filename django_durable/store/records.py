@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..engine.events import Event
 from ..models import WorkflowStatus
@@ -64,6 +64,15 @@ class WorkflowTaskInput:
     inbox_ids: list[int]
     history_length: int = 0
     known_length: int | None = None
+
+
+class StoredTask(NamedTuple):
+    """A workflow task's input as read: the run's fields, its inbox rows (each with its id)
+    and, where the same statement read it, the history after the known length."""
+
+    run: dict[str, Any]
+    inbox_rows: list[dict[str, Any]]
+    history: list[Event] | None
 
 
 @dataclasses.dataclass

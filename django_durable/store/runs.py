@@ -23,49 +23,23 @@ from ..models import (
     WorkItemKind,
 )
 from ..statelog import state_change
-from . import clock
 from .clock import db_now
-from .records import EVENT_FIELDS, LOCKED_FIELDS
-from .sql import (
-    _HISTORY_SQL,
-    _LOCK_MANY_SQL,
-    _LOCK_SQL,
-    _LOCK_SQL_SKIP_LOCKED,
-    _insert_json_sql,
-    _insert_sql,
-    _int_array,
-    _json_events,
-    _update_json_sql,
-    _update_sql,
-)
+from .dialects import dialect_for
 
 
 def _lock_instance(instance_id: int, *, skip_locked: bool = False) -> dict[str, Any] | None:
     """Lock the run's row and read LOCKED_FIELDS; on PostgreSQL also ``now`` (the database's
     clock, as ``db_now()``)."""
-    if clock.clock_override is None and connection.vendor == "postgresql":
-        # Hand-written: on every step's path, and the ORM's query building costs more
-        # client CPU than the query. NO KEY: the row's key never changes, and a plain
-        # FOR UPDATE would conflict with the FOR KEY SHARE that PostgreSQL's deferred
-        # foreign-key checks take on it at commit.
-        with connection.cursor() as cursor:
-            cursor.execute(_LOCK_SQL_SKIP_LOCKED if skip_locked else _LOCK_SQL, [instance_id])
-            row = cursor.fetchone()
-        return None if row is None else dict(zip((*LOCKED_FIELDS, "now"), row))
-    skip_locked = skip_locked and connection.features.has_select_for_update_skip_locked
-    no_key = connection.features.has_select_for_no_key_update
-    runs = WorkflowInstance.objects.select_for_update(skip_locked=skip_locked, no_key=no_key).filter(pk=instance_id)
-    return runs.values(*LOCKED_FIELDS).first()
+    return dialect_for(connection).lock_run(instance_id, skip_locked=skip_locked)
 
 
 def _lock_instances(instance_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     """``_lock_instance`` for several runs, locked in id order (so that two such batches
     cannot deadlock), each with its ``now``; runs that no longer exist are left out."""
     ids = sorted(set(instance_ids))
-    if clock.clock_override is None and connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_LOCK_MANY_SQL, [_int_array(ids)])
-            return {row[0]: dict(zip((*LOCKED_FIELDS, "now"), row[1:])) for row in cursor.fetchall()}
+    locked = dialect_for(connection).lock_runs(ids)
+    if locked is not None:
+        return locked
     runs = {}
     for instance_id in ids:
         instance = _lock_instance(instance_id)
@@ -208,32 +182,7 @@ def _write_tasks(
 ) -> None:
     """``_write_task`` for the tasks of several runs (each run's updates with the same
     keys): on PostgreSQL still one statement."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            update_sql, update_params = _update_json_sql(WorkflowInstance, runs)
-            ctes: list[str] = []
-            params: list[Any] = []
-            for name, rows in (("history", history), ("work", items)):
-                if rows:
-                    text, values = _insert_json_sql(rows, returning_ids=name == "work")
-                    ctes.append(f"{name} AS ({text})")
-                    params += values
-            with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
-            returning = " RETURNING (SELECT array_agg(id ORDER BY id) FROM work)" if items else ""
-            cursor.execute(f"{with_clause}{update_sql}{returning}", params + update_params)
-            # Ids come from the sequence in the records' order, so sorted they match ``items``.
-            ids = cursor.fetchone()[0] if items else []
-        else:
-            if history:
-                cursor.execute(*_insert_sql(history))
-            for instance_id, updates in runs:
-                cursor.execute(*_update_sql(WorkflowInstance, instance_id, updates))
-            ids = []
-            if items and connection.features.can_return_rows_from_bulk_insert:
-                cursor.execute(*_insert_sql(items, returning_ids=True))
-                ids = [row[0] for row in cursor.fetchall()]
-            elif items:
-                WorkItem.objects.bulk_create(items)
+    ids = dialect_for(connection).write_tasks(runs, history, items)
     for item, pk in zip(items, ids):
         item.pk = pk
 
@@ -269,17 +218,7 @@ def get_instance(workflow_id: str, run_id: str | None = None) -> WorkflowInstanc
 
 
 def get_history(instance_id: int, *, after: int = 0) -> list[Event]:
-    if connection.vendor == "postgresql":
-        # Read in one JSON document: a step that replays inline reads the whole history, and
-        # building model rows cost more client CPU than the query.
-        with connection.cursor() as cursor:
-            cursor.execute(_HISTORY_SQL, [after, instance_id])
-            row = cursor.fetchone()
-        return [] if row is None else [Event(**event) for event in _json_events(row[0])]
-    events = HistoryEvent.objects.filter(instance_id=instance_id)
-    if after:
-        events = events.filter(seq__gt=after)
-    return [Event(**row) for row in events.values(*EVENT_FIELDS)]
+    return dialect_for(connection).history(instance_id, after=after)
 
 
 def runs_to_replay(

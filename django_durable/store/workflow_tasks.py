@@ -24,11 +24,13 @@ from ..models import (
 from ..statelog import state_change
 from .claims import _cap_leases, _fence, _log_claims, lease_lost
 from .clock import _seconds, db_now
+from .dialects import dialect_for
 from .records import (
     CLOSING_STATUSES,
     Claim,
     Eager,
     LeaseLost,
+    StoredTask,
     TaskCompletion,
     TaskDecisions,
     WorkflowTaskInput,
@@ -47,7 +49,6 @@ from .runs import (
     _write_tasks,
     get_history,
 )
-from .sql import _FINISH_TASK_SQL, _LOAD_TASK_SQL, _LOAD_TASKS_SQL, _int_array, _json_events
 
 
 def load_workflow_tasks(
@@ -56,15 +57,15 @@ def load_workflow_tasks(
     """``load_workflow_task`` for several claimed tasks (by item id; ``known_lengths``
     by item id too): on PostgreSQL one statement, whatever their number."""
     known_lengths = known_lengths or {}
-    if len(items) < 2 or connection.vendor != "postgresql":
+    stored = None
+    if len(items) >= 2:
+        runs = sorted({item.instance_id: known_lengths.get(item.id) or 0 for item in items}.items())
+        stored = dialect_for(connection).read_tasks(runs)
+    if stored is None:
         return {item.id: load_workflow_task(item, known_length=known_lengths.get(item.id)) for item in items}
-    runs = sorted({item.instance_id: known_lengths.get(item.id) or 0 for item in items}.items())
-    with connection.cursor() as cursor:
-        cursor.execute(_LOAD_TASKS_SQL, [_int_array(run for run, _ in runs), _int_array(after for _, after in runs)])
-        rows = {row[0]: row[1:] for row in cursor.fetchall()}
     return {
-        item.id: _task_input(item, rows[item.instance_id], known_lengths.get(item.id))
-        if item.instance_id in rows else None
+        item.id: _task_input_of(item, stored[item.instance_id], known_lengths.get(item.id))
+        if item.instance_id in stored else None
         for item in items
     }
 
@@ -73,38 +74,12 @@ def load_workflow_task(item: Claim, *, known_length: int | None = None) -> Workf
     """What a workflow task needs: the run, its inbox and its history, or with
     ``known_length`` (the worker holds the run's code up to there) only the history
     events after it. ``history_length`` tells whether the held code is still current."""
-    if connection.vendor == "postgresql":
-        # One statement (one snapshot) instead of three ORM queries, on every task's path.
-        with connection.cursor() as cursor:
-            cursor.execute(_LOAD_TASK_SQL, [known_length or 0, item.instance_id])
-            row = cursor.fetchone()
-        return None if row is None else _task_input(item, row, known_length)
-    instance = (
-        WorkflowInstance.objects.filter(pk=item.instance_id)
-        .values("workflow_id", "run_id", "workflow_name", "queue", "status", "history_length")
-        .first()
-    )
-    if instance is None:
-        return None
-    inbox_rows = list(
-        InboxEvent.objects.filter(instance_id=item.instance_id).values(
-            "id", "kind", "name", "task_id", "payload", "timestamp"
-        )
-    )
-    return _task_input_of(item, instance, inbox_rows, None, known_length)
+    stored = dialect_for(connection).read_task(item.instance_id, known_length=known_length)
+    return None if stored is None else _task_input_of(item, stored, known_length)
 
 
-def _task_input(item: Claim, row: Sequence[Any], known_length: int | None) -> WorkflowTaskInput:
-    """A task's input from a row of ``_LOAD_TASK_SQL`` (run, inbox and history as JSON)."""
-    instance = dict(zip(("workflow_id", "run_id", "workflow_name", "queue", "status", "history_length"), row))
-    history = [Event(**event) for event in _json_events(row[-1])]
-    return _task_input_of(item, instance, _json_events(row[-2]), history, known_length)
-
-
-def _task_input_of(
-    item: Claim, instance: dict[str, Any], inbox_rows: list[dict[str, Any]], history: list[Event] | None,
-    known_length: int | None,
-) -> WorkflowTaskInput:
+def _task_input_of(item: Claim, stored: StoredTask, known_length: int | None) -> WorkflowTaskInput:
+    instance, inbox_rows, history = stored
     inbox_ids = [row.pop("id") for row in inbox_rows]
     if known_length is not None and known_length > instance["history_length"]:
         known_length, history = None, None  # cannot be ours: read it all
@@ -198,15 +173,11 @@ def _finish_workflow_task(
     inbox events are deleted, and its item too (and reported) when it is closing or saw
     everything: then ``(more, False, deleted)``. A task no longer ours writes nothing:
     ``(False, False, False)`` (a batch's other tasks still commit)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_FINISH_TASK_SQL, {
-                "run": item.instance_id, "ids": list(inbox_ids), "check_signals": check_signals,
-                "signal": EventKind.EVENT_RAISED.value, "closing": closing,
-                "item": item.id, "owner": item.owner, "attempt": item.attempt,
-            })
-            more, unseen_signal, deleted = cursor.fetchone()
-        return more, unseen_signal, bool(deleted)
+    finished = dialect_for(connection).finish_workflow_task(
+        item, inbox_ids, closing=closing, check_signals=check_signals
+    )
+    if finished is not None:
+        return finished
     if not _fence(item).exists():
         return False, False, False
     unseen = InboxEvent.objects.filter(instance_id=item.instance_id).exclude(id__in=inbox_ids)
