@@ -329,11 +329,12 @@ class Worker:
     def _renew_leases(self) -> None:
         with self._lock:
             leases = [
-                (running.item.id, running.item.attempt, store.attempt_deadline(running.item, running.heartbeat_at))
+                store.Lease(running.item.id, running.item.attempt,
+                            store.attempt_deadline(running.item, running.heartbeat_at))
                 for running in self._running.values()
                 if self._is_current(running.item)
             ]
-            leases += [(task.id, task.attempt, None) for task in self._workflow_tasks]
+            leases += [store.Lease(task.id, task.attempt, None) for task in self._workflow_tasks]
         lost = store.renew_leases(owner=self.name, leases=leases, lease_seconds=self.lease_seconds)
         with self._lock:  # what finished meanwhile was not lost
             still_here = {running.item.id for running in self._running.values()}

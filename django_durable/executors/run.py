@@ -231,9 +231,7 @@ class InlineTask:
         if outcome.task_error is not None:
             return None
         self._continuation, self._outcome = continuation, outcome
-        return store.TaskDecisions(
-            outcome.new_events, outcome.status, outcome.vars, outcome.result, outcome.error, outcome.waiting_on
-        )
+        return store.TaskDecisions.from_outcome(outcome)
 
     def add_result(self, *, ran: bool) -> None:
         """After the transaction: one of the run's results, and whether this task took it."""
@@ -293,7 +291,7 @@ def renewing_lease(
         while not done.wait(lease_seconds / 3):
             try:
                 close_old_connections()
-                lost = store.renew_leases(owner=item.owner, leases=[(item.id, item.attempt, deadline())],
+                lost = store.renew_leases(owner=item.owner, leases=[store.Lease(item.id, item.attempt, deadline())],
                                           lease_seconds=lease_seconds)
                 if lost and not done.is_set():
                     logger.warning("Lost the lease of work item %s; its outcome will be discarded.", item.id)
@@ -448,9 +446,7 @@ def _run_one(
             outcome.resident.close()
         record_workflow_task_failure(item, task.workflow_id, outcome.task_error)
         return None
-    decisions = store.TaskDecisions(
-        outcome.new_events, outcome.status, outcome.vars, outcome.result, outcome.error, outcome.waiting_on
-    )
+    decisions = store.TaskDecisions.from_outcome(outcome)
     return _RanTask(task, outcome, store.TaskCompletion(item, decisions, task.inbox_ids))
 
 

@@ -21,7 +21,7 @@ from ..tokens import TaskToken
 from .claims import _claim_rows, _fence, attempt_deadline, lease_lost
 from .clock import _seconds, db_now
 from .dialects import dialect_for
-from .records import Claim, Completion, Continuation, Eager, TaskDecisions
+from .records import Claim, Completion, Continuation, Eager, LockedRun, TaskDecisions
 from .runs import _deliver, _lock_instance, _lock_instances, _parked_at, get_instance
 from .workflow_tasks import _commit_task, _TaskWrite, _write_batch
 
@@ -35,18 +35,18 @@ def _attempt_fence(item: Claim, now: datetime.datetime, *, live_only: bool) -> A
     return fence
 
 
-def _finish_attempt(item: Claim, instance: dict[str, Any], now: datetime.datetime, *, live_only: bool) -> bool:
+def _finish_attempt(item: Claim, instance: LockedRun, now: datetime.datetime, *, live_only: bool) -> bool:
     """Delete the attempt's item if it still is this attempt (else False), and set the
     locked run's ``has_workflow_task`` and ``has_inbox`` (on PostgreSQL see ``_finish_attempts``)."""
     deleted, _ = _attempt_fence(item, now, live_only=live_only).delete()
-    instance["has_workflow_task"] = WorkItem.objects.filter(
+    instance.has_workflow_task = WorkItem.objects.filter(
         instance_id=item.instance_id, kind=WorkItemKind.WORKFLOW
     ).exists()
-    instance["has_inbox"] = InboxEvent.objects.filter(instance_id=item.instance_id).exists()
+    instance.has_inbox = InboxEvent.objects.filter(instance_id=item.instance_id).exists()
     return bool(deleted)
 
 
-def _finish_attempts(items: Sequence[Claim], runs: dict[int, dict[str, Any]], *, live_only: bool) -> set[int]:
+def _finish_attempts(items: Sequence[Claim], runs: dict[int, LockedRun], *, live_only: bool) -> set[int]:
     """``_finish_attempt`` for attempts of the locked ``runs`` (each run's busy flags
     set): the ids of the items deleted, on PostgreSQL in one statement."""
     if not items:
@@ -56,7 +56,7 @@ def _finish_attempts(items: Sequence[Claim], runs: dict[int, dict[str, Any]], *,
         return finished
     return {
         item.id for item in items
-        if _finish_attempt(item, runs[item.instance_id], runs[item.instance_id]["now"], live_only=live_only)
+        if _finish_attempt(item, runs[item.instance_id], runs[item.instance_id].now, live_only=live_only)
     }
 
 
@@ -105,7 +105,7 @@ def complete_activities(
         writes: list[_TaskWrite] = []
         for instance_id, group in by_run.items():
             instance = runs[instance_id]
-            now = instance.pop("now")
+            now = instance.now
             events = []
             for completion in group:
                 crash_point("before_activity_commit")
@@ -120,15 +120,15 @@ def complete_activities(
             continue_run = group[0].continue_run
             if (
                 continue_run is not None
-                and instance["status"] == WorkflowStatus.RUNNING
-                and not instance["has_workflow_task"]
-                and not instance["has_inbox"]
+                and instance.status == WorkflowStatus.RUNNING
+                and not instance.has_workflow_task
+                and not instance.has_inbox
             ):
                 decisions = continue_run(
                     Continuation(
-                        instance_id=instance_id, workflow_id=instance["workflow_id"],
-                        run_id=str(instance["run_id"]), workflow_name=instance["workflow_name"],
-                        queue=instance["queue"], history_length=instance["history_length"], now=now, inbox=events,
+                        instance_id=instance_id, workflow_id=instance.workflow_id,
+                        run_id=str(instance.run_id), workflow_name=instance.workflow_name,
+                        queue=instance.queue, history_length=instance.history_length, now=now, inbox=events,
                     )
                 )
                 if decisions is not None:
@@ -255,7 +255,7 @@ def fail_late_attempt(item: Claim) -> bool:
 def _fail_attempt(
     item: Claim,
     fence: Any,
-    instance: dict[str, Any],
+    instance: LockedRun,
     failure: dict[str, Any],
     *,
     retryable: bool,
@@ -294,7 +294,7 @@ def _fail_attempt(
 
 
 def _deliver_activity_failure(
-    item: Claim, instance: dict[str, Any], failure: dict[str, Any], attempt: int, now: datetime.datetime
+    item: Claim, instance: LockedRun, failure: dict[str, Any], attempt: int, now: datetime.datetime
 ) -> None:
     """The activity failed for good (its ``attempt`` was the last): tell the run."""
     event = Event(

@@ -15,7 +15,7 @@ from ..models import WorkItem, WorkItemKind
 from ..statelog import state_change
 from .clock import TransactionNow, _seconds, db_now
 from .dialects import dialect_for
-from .records import CLAIM_FIELDS, Claim, LeaseLost
+from .records import CLAIM_FIELDS, Claim, Lease, LeaseLost
 
 
 def _claim_rows(items: Any, *extra: str) -> Any:
@@ -131,18 +131,16 @@ def claim_item(
         return claims[0] if claims else None
 
 
-def renew_leases(
-    *, owner: str, leases: Sequence[tuple[int, int, datetime.datetime | None]], lease_seconds: float
-) -> set[int]:
-    """Extend the leases of ``(item id, attempt, cap)`` still ours; a cap (the attempt's
-    timeout) bounds the extension. Returns the ids whose lease was lost."""
+def renew_leases(*, owner: str, leases: Sequence[Lease], lease_seconds: float) -> set[int]:
+    """Extend the leases still ours; a cap (the attempt's timeout) bounds the extension.
+    Returns the ids whose lease was lost."""
     if not leases:
         return set()
-    wanted = {(item_id, attempt): cap for item_id, attempt, cap in leases}
+    wanted = {(lease.item_id, lease.attempt): lease.cap for lease in leases}
     with transaction.atomic():
         now = db_now()
         candidates = WorkItem.objects.filter(
-            id__in=[item_id for item_id, _, _ in leases],
+            id__in=[lease.item_id for lease in leases],
             lease_owner=owner,
             awaiting_completion=False,
             lease_expires_at__gt=now,  # an expired lease is the reaper's now

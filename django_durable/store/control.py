@@ -28,7 +28,7 @@ from ..models import (
 )
 from ..statelog import state_change
 from .clock import db_now
-from .records import EVENT_FIELDS
+from .records import EVENT_FIELDS, LockedRun
 from .runs import (
     _append_event,
     _apply_id_reuse_policy,
@@ -60,8 +60,8 @@ def request_cancel(workflow_id: str, run_id: str | None) -> None:
         _request_cancel_locked(instance_id, instance, db_now())
 
 
-def _request_cancel_locked(instance_id: int, instance: dict[str, Any], now: datetime.datetime) -> None:
-    if instance["cancel_requested_at"] is not None:
+def _request_cancel_locked(instance_id: int, instance: LockedRun, now: datetime.datetime) -> None:
+    if instance.cancel_requested_at is not None:
         return  # asked already
     WorkflowInstance.objects.filter(pk=instance_id).update(cancel_requested_at=now, updated_at=now)
     _deliver(instance_id, instance, Event(kind=EventKind.CANCEL_REQUESTED, timestamp=now))
@@ -76,7 +76,7 @@ def suspend(workflow_id: str, run_id: str | None, reason: str = "") -> None:
     (parked) until ``resume``; events that arrive meanwhile are kept."""
     with transaction.atomic():
         instance_id, instance = _lock_open_run(workflow_id, run_id)
-        if instance["status"] == WorkflowStatus.SUSPENDED:
+        if instance.status == WorkflowStatus.SUSPENDED:
             raise WorkflowStateError(f"Workflow {workflow_id!r} is already suspended.")
         now = db_now()
         seq = _append_event(
@@ -96,15 +96,15 @@ def resume(workflow_id: str, run_id: str | None) -> None:
     """Let a suspended run go on from where it stood."""
     with transaction.atomic():
         instance_id, instance = _lock_open_run(workflow_id, run_id)
-        if instance["status"] != WorkflowStatus.SUSPENDED:
-            raise WorkflowStateError(f"Workflow {workflow_id!r} is not suspended (it is {instance['status']}).")
+        if instance.status != WorkflowStatus.SUSPENDED:
+            raise WorkflowStateError(f"Workflow {workflow_id!r} is not suspended (it is {instance.status}).")
         now = db_now()
         seq = _append_event(instance_id, instance, Event(kind=EventKind.EXECUTION_RESUMED, timestamp=now))
         # A workflow task parked for failing before the suspension gets one more try.
         WorkItem.objects.filter(instance_id=instance_id, parked_at__isnull=False).update(parked_at=None, dispatched_at=None)
-        notify.notify_work(instance["queue"])
+        notify.notify_work(instance.queue)
         WorkflowInstance.objects.filter(pk=instance_id).update(
-            status=WorkflowStatus.RUNNING if instance["started_at"] else WorkflowStatus.PENDING,
+            status=WorkflowStatus.RUNNING if instance.started_at else WorkflowStatus.PENDING,
             history_length=seq, updated_at=now,
         )
 
@@ -222,10 +222,10 @@ def apply_parent_close_policies(*, parent_id: int | None = None, limit: int = 10
         with transaction.atomic():
             # The periodic sweep (every worker's loop) skips a busy child; the next sweep settles it.
             child = _lock_instance(child_id, skip_locked=parent_id is None)
-            if child is None or child["status"] not in OPEN_STATUSES:
+            if child is None or child.status not in OPEN_STATUSES:
                 continue
             now = db_now()
-            if child["parent_close_policy"] == ParentClosePolicy.TERMINATE.value:
+            if child.parent_close_policy == ParentClosePolicy.TERMINATE.value:
                 _terminate_locked(child_id, child, "its parent workflow closed (parent_close_policy=terminate)", now)
             else:
                 _request_cancel_locked(child_id, child, now)

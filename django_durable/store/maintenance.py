@@ -39,7 +39,7 @@ def fire_due_timers(*, queues: Sequence[str], limit: int) -> int:
         with transaction.atomic():
             # A run locked by someone else is skipped: they may be firing this very timer.
             instance = _lock_instance(instance_id, skip_locked=True)
-            now = (instance.pop("now", None) if instance else None) or db_now()
+            now = (instance.now if instance else None) or db_now()
             deleted, _ = WorkItem.objects.filter(id=item_id).delete() if instance else (0, None)
             if not deleted:
                 continue  # fired by another worker, the run is busy or closed: next round

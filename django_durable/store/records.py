@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..engine.events import Event
 from ..models import WorkflowStatus
+
+if TYPE_CHECKING:
+    from ..engine import TaskOutcome
 
 EVENT_FIELDS = ("seq", "kind", "name", "task_id", "payload", "timestamp")
 
@@ -17,6 +21,7 @@ CLAIM_FIELDS = (
     "lease_expires_at", "created_at", "failures", "heartbeat_details", "heartbeat_at",
 )
 
+# A run's columns its lock reads, in ``LockedRun``'s order (PostgreSQL builds it from the row).
 LOCKED_FIELDS = (
     "status", "history_length", "queue", "workflow_id", "run_id", "workflow_name", "started_at",
     "cancel_requested_at", "parent_id", "parent_task_id", "parent_close_policy",
@@ -29,6 +34,47 @@ CLOSING_STATUSES = (
 
 class LeaseLost(Exception):
     """The claimed item is no longer ours: nothing was written."""
+
+
+@dataclasses.dataclass(slots=True)
+class LockedRun:
+    """A run's row as read under its lock (LOCKED_FIELDS), with the database's clock
+    when the lock was granted, and whether the run is busy once an attempt of it finished."""
+
+    status: str
+    history_length: int
+    queue: str
+    workflow_id: str
+    run_id: uuid.UUID
+    workflow_name: str
+    started_at: datetime.datetime | None
+    cancel_requested_at: datetime.datetime | None
+    parent_id: int | None
+    parent_task_id: int | None
+    parent_close_policy: str
+    now: datetime.datetime | None = None
+    has_workflow_task: bool = False
+    has_inbox: bool = False
+
+
+assert LOCKED_FIELDS == tuple(field.name for field in dataclasses.fields(LockedRun))[: len(LOCKED_FIELDS)]
+
+
+class Lease(NamedTuple):
+    """A lease to renew: its item, the attempt holding it, and the attempt's deadline (its
+    timeout), past which it is not extended; None: no deadline."""
+
+    item_id: int
+    attempt: int
+    cap: datetime.datetime | None
+
+
+class FinishedTask(NamedTuple):
+    """What finishing a workflow task under its run's lock found and did."""
+
+    more: bool  # inbox events arrived that the task did not see
+    unseen_signal: bool  # a signal among them (when asked): nothing was deleted
+    deleted: bool  # the task's item, still ours, was deleted
 
 
 @dataclasses.dataclass
@@ -100,6 +146,13 @@ class TaskDecisions:
     result: Any = None
     error: dict[str, Any] | None = None
     waiting_on: str | None = None
+
+    @classmethod
+    def from_outcome(cls, outcome: TaskOutcome) -> TaskDecisions:
+        return cls(
+            new_events=outcome.new_events, status=outcome.status, vars=outcome.vars, result=outcome.result,
+            error=outcome.error, waiting_on=outcome.waiting_on,
+        )
 
 
 @dataclasses.dataclass

@@ -25,15 +25,16 @@ from ..models import (
 from ..statelog import state_change
 from .clock import db_now
 from .dialects import dialect_for
+from .records import LockedRun
 
 
-def _lock_instance(instance_id: int, *, skip_locked: bool = False) -> dict[str, Any] | None:
+def _lock_instance(instance_id: int, *, skip_locked: bool = False) -> LockedRun | None:
     """Lock the run's row and read LOCKED_FIELDS; on PostgreSQL also ``now`` (the database's
     clock, as ``db_now()``)."""
     return dialect_for(connection).lock_run(instance_id, skip_locked=skip_locked)
 
 
-def _lock_instances(instance_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+def _lock_instances(instance_ids: Iterable[int]) -> dict[int, LockedRun]:
     """``_lock_instance`` for several runs, locked in id order (so that two such batches
     cannot deadlock), each with its ``now``; runs that no longer exist are left out."""
     ids = sorted(set(instance_ids))
@@ -44,17 +45,17 @@ def _lock_instances(instance_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     for instance_id in ids:
         instance = _lock_instance(instance_id)
         if instance is not None:
-            instance["now"] = db_now()
+            instance.now = db_now()
             runs[instance_id] = instance
     return runs
 
 
-def _parked_at(instance: dict[str, Any], now: datetime.datetime) -> datetime.datetime | None:
+def _parked_at(instance: LockedRun, now: datetime.datetime) -> datetime.datetime | None:
     """New work of a suspended run is created parked; ``resume()`` releases it."""
-    return now if instance["status"] == WorkflowStatus.SUSPENDED else None
+    return now if instance.status == WorkflowStatus.SUSPENDED else None
 
 
-def _lock_open_run(workflow_id: str, run_id: str | None) -> tuple[int, dict[str, Any]]:
+def _lock_open_run(workflow_id: str, run_id: str | None) -> tuple[int, LockedRun]:
     """Lock the run a verb addresses, following continue-as-new to the run the chain has
     reached (it may have continued since we looked); ``WorkflowNotOpen`` if it is closed."""
     instance_id = get_instance(workflow_id, run_id).pk
@@ -62,7 +63,7 @@ def _lock_open_run(workflow_id: str, run_id: str | None) -> tuple[int, dict[str,
         instance = _lock_instance(instance_id)
         successor = (
             continuation_of(instance_id)
-            if instance is not None and instance["status"] == WorkflowStatus.CONTINUED_AS_NEW
+            if instance is not None and instance.status == WorkflowStatus.CONTINUED_AS_NEW
             else None
         )
         if successor is None:
@@ -70,10 +71,10 @@ def _lock_open_run(workflow_id: str, run_id: str | None) -> tuple[int, dict[str,
         instance_id = successor.pk
 
 
-def _require_open(workflow_id: str, instance: dict[str, Any] | None) -> dict[str, Any]:
-    if instance is None or instance["status"] not in OPEN_STATUSES:
+def _require_open(workflow_id: str, instance: LockedRun | None) -> LockedRun:
+    if instance is None or instance.status not in OPEN_STATUSES:
         raise WorkflowNotOpen(
-            f"Workflow {workflow_id!r} is not running (it is {instance['status'] if instance else 'gone'})."
+            f"Workflow {workflow_id!r} is not running (it is {instance.status if instance else 'gone'})."
         )
     return instance
 
@@ -195,7 +196,7 @@ def _apply_id_reuse_policy(workflow_id: str, policy: IdReusePolicy, now: datetim
         if policy != IdReusePolicy.TERMINATE_IF_RUNNING:
             raise WorkflowAlreadyExists(f"Workflow {workflow_id!r} is already running.")
         instance = _lock_instance(latest["pk"])
-        if instance is not None and instance["status"] in OPEN_STATUSES:
+        if instance is not None and instance.status in OPEN_STATUSES:
             _terminate_locked(latest["pk"], instance, "terminated by a new run with the same id", now)
     elif policy == IdReusePolicy.REJECT_DUPLICATE or (
         policy == IdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY and latest["status"] == WorkflowStatus.COMPLETED
@@ -264,7 +265,7 @@ def last_of_chain(instance: WorkflowInstance) -> WorkflowInstance:
     return instance
 
 
-def _deliver(instance_id: int, instance: dict[str, Any], event: Event) -> None:
+def _deliver(instance_id: int, instance: LockedRun, event: Event) -> None:
     """Put ``event`` in the run's inbox and make sure a workflow task will read it.
 
     Must run under the instance's lock. An existing workflow task is left as it
@@ -284,8 +285,8 @@ def _deliver(instance_id: int, instance: dict[str, Any], event: Event) -> None:
             WorkItem(
                 kind=WorkItemKind.WORKFLOW,
                 instance_id=instance_id,
-                queue=instance["queue"],
-                name=instance["workflow_name"],
+                queue=instance.queue,
+                name=instance.workflow_name,
                 due_at=event.timestamp,
                 created_at=event.timestamp,
                 parked_at=_parked_at(instance, event.timestamp),
@@ -293,31 +294,31 @@ def _deliver(instance_id: int, instance: dict[str, Any], event: Event) -> None:
         ],
         ignore_conflicts=True,
     )
-    notify.notify_work(instance["queue"])
+    notify.notify_work(instance.queue)
     state_change(
-        "inbox", workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]), kind=event.kind,
+        "inbox", workflow_id=instance.workflow_id, run_id=str(instance.run_id), kind=event.kind,
         name=event.name or None, task_id=event.task_id,
     )
 
 
-def _append_event(instance_id: int, instance: dict[str, Any], event: Event) -> int:
+def _append_event(instance_id: int, instance: LockedRun, event: Event) -> int:
     """Write one event straight into the history of a locked run; returns its seq."""
-    seq = instance["history_length"] + 1
+    seq = instance.history_length + 1
     _append_history(instance_id, seq, [event])
     _log_history(instance, seq, [event])
-    instance["history_length"] = seq
+    instance.history_length = seq
     return seq
 
 
-def _log_history(instance: dict[str, Any], first_seq: int, events: Sequence[Event]) -> None:
+def _log_history(instance: LockedRun, first_seq: int, events: Sequence[Event]) -> None:
     for offset, event in enumerate(events):
         state_change(
-            "history", workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]), seq=first_seq + offset,
+            "history", workflow_id=instance.workflow_id, run_id=str(instance.run_id), seq=first_seq + offset,
             kind=event.kind, name=event.name or None, task_id=event.task_id,
         )
 
 
-def _terminate_locked(instance_id: int, instance: dict[str, Any], reason: str, now: datetime.datetime) -> None:
+def _terminate_locked(instance_id: int, instance: LockedRun, reason: str, now: datetime.datetime) -> None:
     error = {"type": "django_durable.Terminated", "message": reason}
     seq = _append_event(instance_id, instance, Event(
         kind=EventKind.WORKFLOW_TERMINATED, payload={"reason": reason}, timestamp=now
@@ -329,11 +330,11 @@ def _terminate_locked(instance_id: int, instance: dict[str, Any], reason: str, n
         updated_at=now, waiting_on="",
     )
     _notify_parent(instance, WorkflowStatus.TERMINATED, None, error, now)
-    notify.notify_closed(str(instance["run_id"]))
+    notify.notify_closed(str(instance.run_id))
 
 
 def _work_items_for(
-    instance_id: int, instance: dict[str, Any], events: Iterable[Event], now: datetime.datetime
+    instance_id: int, instance: LockedRun, events: Iterable[Event], now: datetime.datetime
 ) -> list[WorkItem]:
     items = []
     for event in events:
@@ -343,7 +344,7 @@ def _work_items_for(
                 WorkItem(
                     kind=WorkItemKind.ACTIVITY,
                     instance_id=instance_id,
-                    queue=options.get("queue") or instance["queue"],
+                    queue=options.get("queue") or instance.queue,
                     name=event.name,
                     task_id=event.task_id,
                     payload={"args": event.payload["args"], "kwargs": event.payload["kwargs"], "options": options},
@@ -357,7 +358,7 @@ def _work_items_for(
                 WorkItem(
                     kind=WorkItemKind.TIMER,
                     instance_id=instance_id,
-                    queue=instance["queue"],
+                    queue=instance.queue,
                     task_id=event.task_id,
                     due_at=datetime.datetime.fromisoformat(event.payload["fire_at"]),
                     created_at=now,
@@ -367,7 +368,7 @@ def _work_items_for(
 
 
 def _start_children(
-    parent_id: int, parent: dict[str, Any], events: Iterable[Event], now: datetime.datetime, *, parent_open: bool = True
+    parent_id: int, parent: LockedRun, events: Iterable[Event], now: datetime.datetime, *, parent_open: bool = True
 ) -> None:
     for event in events:
         if event.kind != EventKind.CHILD_WORKFLOW_SCHEDULED:
@@ -379,7 +380,7 @@ def _start_children(
                 _create_run(
                     workflow_id=spec["workflow_id"],
                     workflow_name=event.name,
-                    queue=spec.get("queue") or parent["queue"],
+                    queue=spec.get("queue") or parent.queue,
                     args=spec["args"],
                     kwargs=spec["kwargs"],
                     now=now,
@@ -412,23 +413,23 @@ def _start_children(
 
 
 def _notify_parent(
-    child: dict[str, Any], status: str, result: Any, error: dict[str, Any] | None, now: datetime.datetime
+    child: LockedRun, status: str, result: Any, error: dict[str, Any] | None, now: datetime.datetime
 ) -> None:
     """A child closed: tell its parent run, if that is still open. Locks child, then parent."""
-    if child["parent_id"] is None:
+    if child.parent_id is None:
         return
-    parent = _lock_instance(child["parent_id"])
-    if parent is None or parent["status"] not in OPEN_STATUSES:
+    parent = _lock_instance(child.parent_id)
+    if parent is None or parent.status not in OPEN_STATUSES:
         return
-    ids = {"workflow_id": child["workflow_id"], "run_id": str(child["run_id"])}
+    ids = {"workflow_id": child.workflow_id, "run_id": str(child.run_id)}
     if status == WorkflowStatus.COMPLETED:
         event = Event(
-            kind=EventKind.CHILD_WORKFLOW_COMPLETED, timestamp=now, name=child["workflow_name"],
-            task_id=child["parent_task_id"], payload={"result": result, **ids},
+            kind=EventKind.CHILD_WORKFLOW_COMPLETED, timestamp=now, name=child.workflow_name,
+            task_id=child.parent_task_id, payload={"result": result, **ids},
         )
     else:
         event = Event(
-            kind=EventKind.CHILD_WORKFLOW_FAILED, timestamp=now, name=child["workflow_name"],
-            task_id=child["parent_task_id"], payload={"error": error, "status": status, **ids},
+            kind=EventKind.CHILD_WORKFLOW_FAILED, timestamp=now, name=child.workflow_name,
+            task_id=child.parent_task_id, payload={"error": error, "status": status, **ids},
         )
-    _deliver(child["parent_id"], parent, event)
+    _deliver(child.parent_id, parent, event)

@@ -29,7 +29,9 @@ from .records import (
     CLOSING_STATUSES,
     Claim,
     Eager,
+    FinishedTask,
     LeaseLost,
+    LockedRun,
     StoredTask,
     TaskCompletion,
     TaskDecisions,
@@ -114,7 +116,10 @@ def complete_workflow_task(
     Returns False, having written nothing but the task's release, when the run would
     close while an event it has not seen arrived: the task runs again with it.
     """
-    task = TaskCompletion(item, TaskDecisions(new_events, status, vars, result, error, waiting_on), inbox_ids)
+    decisions = TaskDecisions(
+        new_events=new_events, status=status, vars=vars, result=result, error=error, waiting_on=waiting_on
+    )
+    task = TaskCompletion(item, decisions, inbox_ids)
     complete_workflow_tasks([task], eager=eager)
     if task.lost:
         raise lease_lost(item)
@@ -137,7 +142,7 @@ def complete_workflow_tasks(tasks: Sequence[TaskCompletion], *, eager: Eager | N
             if instance is None:
                 task.lost = True  # the run is gone (purged)
                 continue
-            item, decisions, now = task.item, task.decisions, instance.pop("now")
+            item, decisions, now = task.item, task.decisions, instance.now
             closing = decisions.status in CLOSING_STATUSES
             # A run that would close while a signal it has not seen waits gets its task again.
             check_signals = closing and decisions.status != WorkflowStatus.CONTINUED_AS_NEW
@@ -167,7 +172,7 @@ def _parent_ids(instance_ids: Sequence[int]) -> list[int]:
 
 def _finish_workflow_task(
     item: Claim, inbox_ids: Sequence[int], closing: bool, check_signals: bool
-) -> tuple[bool, bool, bool]:
+) -> FinishedTask:
     """Under the run's lock: whether inbox events arrived that the task did not see, and
     (with ``check_signals``) whether a signal is among them. Unless one is, the task's
     inbox events are deleted, and its item too (and reported) when it is closing or saw
@@ -179,20 +184,20 @@ def _finish_workflow_task(
     if finished is not None:
         return finished
     if not _fence(item).exists():
-        return False, False, False
+        return FinishedTask(False, False, False)
     unseen = InboxEvent.objects.filter(instance_id=item.instance_id).exclude(id__in=inbox_ids)
     if check_signals and unseen.filter(kind=EventKind.EVENT_RAISED).exists():
-        return True, True, False
+        return FinishedTask(True, True, False)
     more = unseen.exists()
     if inbox_ids:
         InboxEvent.objects.filter(id__in=inbox_ids).delete()
     deleted = _fence(item).delete()[0] if closing or not more else 0
-    return more, False, bool(deleted)
+    return FinishedTask(more, False, bool(deleted))
 
 
 def _commit_task(
     instance_id: int,
-    instance: dict[str, Any],
+    instance: LockedRun,
     decisions: TaskDecisions,
     now: datetime.datetime,
     *,
@@ -206,18 +211,18 @@ def _commit_task(
     it instead, for ``_write_batch`` to write with the other runs' in one statement."""
     new_events, status = decisions.new_events, decisions.status
     closing = status in CLOSING_STATUSES
-    first_seq = instance["history_length"] + 1
+    first_seq = instance.history_length + 1
     history = _history_rows(instance_id, first_seq, new_events)
     updates: dict[str, Any] = {
         "history_length": first_seq + len(new_events) - 1,
         "vars": decisions.vars,
         # A run suspended while this task ran stays suspended.
-        "status": WorkflowStatus.SUSPENDED if instance["status"] == WorkflowStatus.SUSPENDED and not closing else status,
+        "status": WorkflowStatus.SUSPENDED if instance.status == WorkflowStatus.SUSPENDED and not closing else status,
         "waiting_on": (decisions.waiting_on or "")[:500],
         "task_error": None,
         "updated_at": now,
     }
-    if instance["started_at"] is None:
+    if instance.started_at is None:
         updates["started_at"] = new_events[0].timestamp
     if closing:
         updates.update(result=decisions.result, error=decisions.error, closed_at=now)
@@ -240,7 +245,7 @@ def _commit_task(
         # Children called in the closing task still start; their parent-close policy
         # applies right after (an abandoned child is how to fire and forget).
         _start_children(instance_id, instance, new_events, now, parent_open=False)
-        notify.notify_closed(str(instance["run_id"]))
+        notify.notify_closed(str(instance.run_id))
     else:
         canceled_timers = {e.task_id for e in new_events if e.kind == EventKind.TIMER_CANCELED}
         if canceled_timers:
@@ -269,7 +274,7 @@ class _TaskWrite:
     """A workflow task's writes that ``_commit_task`` left to ``_write_batch``."""
 
     instance_id: int
-    instance: dict[str, Any]
+    instance: LockedRun
     now: datetime.datetime
     updates: dict[str, Any]
     history: list[HistoryEvent]
@@ -325,7 +330,7 @@ def _attempt_clock_runs(options: dict[str, Any]) -> bool:
 
 
 def _announce_work_items(
-    items: list[WorkItem], leased: list[WorkItem], instance: dict[str, Any], now: datetime.datetime,
+    items: list[WorkItem], leased: list[WorkItem], instance: LockedRun, now: datetime.datetime,
     eager: Eager | None,
 ) -> None:
     """Wake workers for the inserted unleased work, and hand the leased activities to ``eager``."""
@@ -338,7 +343,7 @@ def _queues_to_wake(items: Iterable[WorkItem]) -> set[str]:
     return {item.queue for item in items if item.lease_owner is None and item.kind != WorkItemKind.TIMER}
 
 
-def _hand_over(leased: list[WorkItem], instance: dict[str, Any], now: datetime.datetime, eager: Eager | None) -> None:
+def _hand_over(leased: list[WorkItem], instance: LockedRun, now: datetime.datetime, eager: Eager | None) -> None:
     """Give the activities leased as they were inserted to ``eager``, once committed."""
     if not leased or eager is None:
         return
@@ -347,7 +352,7 @@ def _hand_over(leased: list[WorkItem], instance: dict[str, Any], now: datetime.d
             id=item.pk, kind=item.kind, instance_id=item.instance_id, queue=item.queue, name=item.name,
             task_id=item.task_id, payload=item.payload, attempt=1, owner=eager.owner,
             claimed_at=now, lease_expires_at=item.lease_expires_at, created_at=now,
-            workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]),
+            workflow_id=instance.workflow_id, run_id=str(instance.run_id),
         )
         for item in leased
     ]
@@ -357,7 +362,7 @@ def _hand_over(leased: list[WorkItem], instance: dict[str, Any], now: datetime.d
     transaction.on_commit(lambda: eager.claims.extend(claims))
 
 
-def _release_workflow_task(item: Claim, instance: dict[str, Any], now: datetime.datetime) -> int:
+def _release_workflow_task(item: Claim, instance: LockedRun, now: datetime.datetime) -> int:
     """Hand a claimed workflow task back, claimable at once (or parked if the run is suspended)."""
     notify.notify_work(item.queue)
     return _fence(item).update(
@@ -368,23 +373,23 @@ def _release_workflow_task(item: Claim, instance: dict[str, Any], now: datetime.
 
 def _continue_as_new(
     instance_id: int,
-    instance: dict[str, Any],
+    instance: LockedRun,
     request: dict[str, Any],
     late: Sequence[dict[str, Any]],
     now: datetime.datetime,
 ) -> None:
     """Start the next run of a run that continued as new (same transaction, same workflow id)."""
     successor = _create_run(
-        workflow_id=instance["workflow_id"],
-        workflow_name=instance["workflow_name"],
-        queue=instance["queue"],
+        workflow_id=instance.workflow_id,
+        workflow_name=instance.workflow_name,
+        queue=instance.queue,
         args=request["args"],
         kwargs=request["kwargs"],
         now=now,
         continued_from_id=instance_id,
-        parent_id=instance["parent_id"],
-        parent_task_id=instance["parent_task_id"],
-        parent_close_policy=instance["parent_close_policy"],
+        parent_id=instance.parent_id,
+        parent_task_id=instance.parent_task_id,
+        parent_close_policy=instance.parent_close_policy,
     )
     carried = [
         {"kind": EventKind.EVENT_RAISED, "name": event["name"], "payload": event["payload"]}
@@ -431,7 +436,7 @@ def fail_workflow_task(
             raise lease_lost(item)
         WorkflowInstance.objects.filter(pk=item.instance_id).update(task_error=error, updated_at=now)
         state_change(
-            "task_failed", workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]), item=item.id,
+            "task_failed", workflow_id=instance.workflow_id, run_id=str(instance.run_id), item=item.id,
             failures=failures, parked=parked, retry_at=None if parked else now + _seconds(delay),
             error_type=error.get("type"), error=error.get("message"),
         )
@@ -442,13 +447,13 @@ def unpark_workflow_task(instance_id: int) -> bool:
     """Make a parked (or backing-off) workflow task claimable now, e.g. after a code fix."""
     with transaction.atomic():
         instance = _lock_instance(instance_id)
-        if instance is None or instance["status"] == WorkflowStatus.SUSPENDED:
+        if instance is None or instance.status == WorkflowStatus.SUSPENDED:
             return False  # resume() releases a suspended run's work
-        notify.notify_work(instance["queue"])
+        notify.notify_work(instance.queue)
         unparked = bool(
             WorkItem.objects.filter(instance_id=instance_id, kind=WorkItemKind.WORKFLOW, lease_owner__isnull=True)
             .update(parked_at=None, failures=0, due_at=db_now(), dispatched_at=None)
         )
         if unparked:
-            state_change("task_unparked", workflow_id=instance["workflow_id"], run_id=str(instance["run_id"]))
+            state_change("task_unparked", workflow_id=instance.workflow_id, run_id=str(instance.run_id))
         return unparked

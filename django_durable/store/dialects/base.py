@@ -17,7 +17,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 from ...engine.events import Event
 from ...models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem
 from .. import testclock
-from ..records import EVENT_FIELDS, LOCKED_FIELDS, Claim, StoredTask
+from ..records import EVENT_FIELDS, LOCKED_FIELDS, Claim, FinishedTask, LockedRun, StoredTask
 
 
 class SqlNow(NamedTuple):
@@ -56,14 +56,15 @@ class Dialect:
             (now,) = cursor.fetchone()
         return now
 
-    def lock_run(self, instance_id: int, *, skip_locked: bool = False) -> dict[str, Any] | None:
+    def lock_run(self, instance_id: int, *, skip_locked: bool = False) -> LockedRun | None:
         """Lock the run's row and read LOCKED_FIELDS (and, where the statement can, ``now``)."""
         skip_locked = skip_locked and connection.features.has_select_for_update_skip_locked
         no_key = connection.features.has_select_for_no_key_update
         runs = WorkflowInstance.objects.select_for_update(skip_locked=skip_locked, no_key=no_key).filter(pk=instance_id)
-        return runs.values(*LOCKED_FIELDS).first()
+        row = runs.values(*LOCKED_FIELDS).first()
+        return None if row is None else LockedRun(**row)
 
-    def lock_runs(self, ids: Sequence[int]) -> dict[int, dict[str, Any]] | None:
+    def lock_runs(self, ids: Sequence[int]) -> dict[int, LockedRun] | None:
         """``lock_run`` for the runs ``ids`` (sorted), each with its ``now``, in one statement."""
         return None
 
@@ -121,12 +122,12 @@ class Dialect:
 
     def finish_workflow_task(
         self, item: Claim, inbox_ids: Sequence[int], *, closing: bool, check_signals: bool
-    ) -> tuple[bool, bool, bool] | None:
+    ) -> FinishedTask | None:
         """``_finish_workflow_task`` in one statement."""
         return None
 
     def finish_attempts(
-        self, items: Sequence[Claim], runs: dict[int, dict[str, Any]], *, live_only: bool
+        self, items: Sequence[Claim], runs: dict[int, LockedRun], *, live_only: bool
     ) -> set[int] | None:
         """``_finish_attempts`` in one statement."""
         return None

@@ -14,7 +14,7 @@ from django.utils.dateparse import parse_datetime
 
 from ...engine.events import Event, EventKind
 from ...models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem, WorkItemKind
-from ..records import CLAIM_FIELDS, LOCKED_FIELDS, Claim, StoredTask
+from ..records import CLAIM_FIELDS, LOCKED_FIELDS, Claim, FinishedTask, LockedRun, StoredTask
 from .base import Dialect
 
 
@@ -31,7 +31,7 @@ class PostgreSQLDialect(Dialect):
 
         return bool(is_psycopg3)
 
-    def lock_run(self, instance_id: int, *, skip_locked: bool = False) -> dict[str, Any] | None:
+    def lock_run(self, instance_id: int, *, skip_locked: bool = False) -> LockedRun | None:
         # Hand-written: on every step's path, and the ORM's query building costs more
         # client CPU than the query. NO KEY: the row's key never changes, and a plain
         # FOR UPDATE would conflict with the FOR KEY SHARE that PostgreSQL's deferred
@@ -40,13 +40,13 @@ class PostgreSQLDialect(Dialect):
         with connection.cursor() as cursor:
             cursor.execute(_lock_sql(now.sql, skip_locked=skip_locked), [*now.params, instance_id])
             row = cursor.fetchone()
-        return None if row is None else dict(zip((*LOCKED_FIELDS, "now"), row))
+        return None if row is None else LockedRun(*row)
 
-    def lock_runs(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    def lock_runs(self, ids: Sequence[int]) -> dict[int, LockedRun]:
         now = self.now()
         with connection.cursor() as cursor:
             cursor.execute(_lock_many_sql(now.sql), [*now.params, _int_array(ids)])
-            return {row[0]: dict(zip((*LOCKED_FIELDS, "now"), row[1:])) for row in cursor.fetchall()}
+            return {row[0]: LockedRun(*row[1:]) for row in cursor.fetchall()}
 
     def write_tasks(
         self, runs: Sequence[tuple[int, dict[str, Any]]], history: list[HistoryEvent], items: Sequence[WorkItem]
@@ -119,7 +119,7 @@ class PostgreSQLDialect(Dialect):
 
     def finish_workflow_task(
         self, item: Claim, inbox_ids: Sequence[int], *, closing: bool, check_signals: bool
-    ) -> tuple[bool, bool, bool]:
+    ) -> FinishedTask:
         with connection.cursor() as cursor:
             cursor.execute(_FINISH_TASK_SQL, {
                 "run": item.instance_id, "ids": list(inbox_ids), "check_signals": check_signals,
@@ -127,10 +127,10 @@ class PostgreSQLDialect(Dialect):
                 "item": item.id, "owner": item.owner, "attempt": item.attempt,
             })
             more, unseen_signal, deleted = cursor.fetchone()
-        return more, unseen_signal, bool(deleted)
+        return FinishedTask(more, unseen_signal, bool(deleted))
 
     def finish_attempts(
-        self, items: Sequence[Claim], runs: dict[int, dict[str, Any]], *, live_only: bool
+        self, items: Sequence[Claim], runs: dict[int, LockedRun], *, live_only: bool
     ) -> set[int]:
         now = self.now()
         live = f" AND (w.lease_expires_at IS NULL OR w.lease_expires_at > {now.sql})" if live_only else ""
@@ -149,7 +149,7 @@ class PostgreSQLDialect(Dialect):
             )
             finished = set()
             for item_id, instance_id, has_workflow_task, has_inbox in cursor.fetchall():
-                runs[instance_id].update(has_workflow_task=has_workflow_task, has_inbox=has_inbox)
+                runs[instance_id].has_workflow_task, runs[instance_id].has_inbox = has_workflow_task, has_inbox
                 finished.add(item_id)
         return finished
 
