@@ -38,8 +38,9 @@ class LeaseLost(Exception):
 
 @dataclasses.dataclass(slots=True)
 class LockedRun:
-    """A run's row as read under its lock (LOCKED_FIELDS), with the database's clock
-    when the lock was granted, and whether the run is busy once an attempt of it finished."""
+    """A run's row as read under its lock (LOCKED_FIELDS); ``now``, the database's clock as
+    ``db_now()`` reads it, where the lock read it too; and, once an attempt of the run finished
+    (``_finish_attempts``), whether the run has a workflow task and inbox events."""
 
     status: str
     history_length: int

@@ -21,7 +21,7 @@ from ..records import EVENT_FIELDS, LOCKED_FIELDS, Claim, FinishedTask, LockedRu
 
 
 class SqlNow(NamedTuple):
-    """"Now" as a statement writes it: ``sql``, taking ``params``."""
+    """The current time as a statement writes it: ``sql``, which takes ``params``."""
 
     sql: str
     params: list[Any]
@@ -43,8 +43,9 @@ class Dialect:
         return False
 
     def now(self, placeholder: str = "%s") -> SqlNow:
-        """"Now" in a statement: the transaction's clock, as ``db_now()`` reads it; under the
-        test clock its value, bound to ``placeholder``, so that tests run the same statements."""
+        """The current time in a statement: the transaction's clock, as ``db_now()`` reads it;
+        under the test clock its value, bound to ``placeholder``, so that tests run the same
+        statements as production."""
         if testclock.clock_override is None:
             return SqlNow("CURRENT_TIMESTAMP", [])
         return SqlNow(placeholder, [testclock.clock_override()])
