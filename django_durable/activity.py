@@ -22,7 +22,8 @@ class ActivityInfo:
     activity_id: str
     activity_name: str
     attempt: int  # 1 for the first
-    task_token: str
+    # A capability: kept out of the repr, which logs and tracebacks show.
+    task_token: str = dataclasses.field(repr=False)
     # What the previous attempt last reported with heartbeat(), or None.
     heartbeat_details: Any = None
 

@@ -57,7 +57,7 @@ def _is_limit(value: Any) -> bool:
 def _check_limits(user: dict[str, Any]) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
     for key in ("HISTORY_WARN_EVENTS", "HISTORY_MAX_EVENTS", "HISTORY_WARN_BYTES", "HISTORY_MAX_BYTES",
-                "API_MAX_BODY_SIZE"):
+                "TIME_TRAVEL_MAX_EVENTS", "TIME_TRAVEL_MAX_BYTES", "API_MAX_BODY_SIZE"):
         value = user.get(key, DEFAULTS[key])
         if not _is_limit(value) or (value is None and key == "API_MAX_BODY_SIZE"):
             errors.append(checks.Error(
@@ -101,23 +101,34 @@ def _check_limits(user: dict[str, Any]) -> list[checks.CheckMessage]:
 
 @checks.register(checks.Tags.database)
 def check_sqlite(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    warnings: list[checks.CheckMessage] = []
+    """The store takes SQLite's write lock at the start of each transaction itself (see
+    ``store.write_transaction``), whatever ``transaction_mode`` says; it cannot when Django
+    leaves transactions to the sqlite3 module (AUTOCOMMIT off). WAL and a busy timeout
+    are for throughput: without WAL every reader waits for the writer, and the writer
+    for every reader."""
+    messages: list[checks.CheckMessage] = []
     for alias in databases or []:
         connection = connections[alias]
-        if not dialect_for(connection).needs_immediate_transactions:
-            continue
+        dialect = dialect_for(connection)
+        if dialect.needs_autocommit and not connection.settings_dict.get("AUTOCOMMIT", True):
+            messages.append(checks.Error(
+                f"SQLite database {alias!r} has AUTOCOMMIT off: its transactions begin as the sqlite3 module "
+                "decides, not with the write lock django-durable takes, and concurrent workers could run an "
+                "activity twice. durable_worker refuses to start.",
+                hint=f"Remove DATABASES[{alias!r}]['AUTOCOMMIT'] (Django's default is True).",
+                id="django_durable.E009",
+            ))
         options = connection.settings_dict.get("OPTIONS", {})
-        if str(options.get("transaction_mode", "")).upper() != "IMMEDIATE":
-            warnings.append(
-                checks.Warning(
-                    f"SQLite database {alias!r} does not use IMMEDIATE transactions: concurrent "
-                    "durable workers will hit 'database is locked' errors.",
-                    hint='Set OPTIONS = {"transaction_mode": "IMMEDIATE", "timeout": 20, '
-                    '"init_command": "PRAGMA journal_mode=WAL;"} on that database.',
-                    id="django_durable.W001",
-                )
-            )
-    return warnings
+        init_command = str(options.get("init_command", "")).lower().replace(" ", "")
+        if dialect.wants_wal and "journal_mode=wal" not in init_command:
+            messages.append(checks.Warning(
+                f"SQLite database {alias!r} does not ask for WAL mode: without it readers and the writer "
+                "block each other, and workers and web requests spend their time waiting for the lock.",
+                hint='Add OPTIONS = {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; '
+                'PRAGMA synchronous=NORMAL;"} to that database.',
+                id="django_durable.W001",
+            ))
+    return messages
 
 
 @checks.register(checks.Tags.database)
@@ -174,3 +185,31 @@ def check_activity_executor(app_configs: Any = None, **kwargs: Any) -> list[chec
                 )
             )
     return errors
+
+
+@checks.register()
+def check_task_token_max_age(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    user = getattr(settings, "DURABLE", {})
+    value = user.get("TASK_TOKEN_MAX_AGE", DEFAULTS["TASK_TOKEN_MAX_AGE"]) if isinstance(user, dict) else None
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+        return []
+    return [checks.Error(
+        f"DURABLE['TASK_TOKEN_MAX_AGE'] must be None or a positive number of seconds, not {value!r}.",
+        hint="None keeps a token valid for as long as its attempt is pending; otherwise set it longer "
+        "than the wait you expect for an outside answer.",
+        id="django_durable.E040",
+    )]
+
+
+@checks.register()
+def check_api_startable_workflows(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    user = getattr(settings, "DURABLE", {})
+    value = user.get("API_STARTABLE_WORKFLOWS") if isinstance(user, dict) else None
+    if value is None or (isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value)):
+        return []
+    return [checks.Error(
+        f"DURABLE['API_STARTABLE_WORKFLOWS'] must be None or a list of workflow names, not {value!r}.",
+        hint="None lets POST workflows/ start every workflow the project registered (never the internal "
+        "django_durable.* ones); a list limits it to the names listed.",
+        id="django_durable.E008",
+    )]

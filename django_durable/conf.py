@@ -63,13 +63,18 @@ DEFAULTS: dict[str, Any] = {
     # is what Django's request-scoped default of 0 would do in a long-lived worker.
     # A number applies Django's usual CONN_MAX_AGE semantics instead.
     "WORKER_CONN_MAX_AGE": None,
-    # The HTTP API (django_durable.api). Workflow management defaults to staff;
-    # the activity endpoints are authorised by the task token alone.
+    # The HTTP API (django_durable.api). Workflow management needs the Django model
+    # permissions of WorkflowInstance that the admin needs (view_, add_, operate_,
+    # delete_; see django_durable.api.permissions); the activity endpoints are
+    # authorised by the task token alone.
     "API_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.BasicAuthentication",
     ],
-    "API_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "API_PERMISSION_CLASSES": ["django_durable.api.permissions.WorkflowPermissions"],
+    # The workflows ``POST workflows/`` may start (registered names); None: every workflow
+    # the project registered. Internal ``django_durable.*`` workflows are never startable there.
+    "API_STARTABLE_WORKFLOWS": None,
     "ACTIVITY_API_AUTHENTICATION_CLASSES": [],
     "ACTIVITY_API_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "API_PAGE_SIZE": 50,
@@ -92,6 +97,15 @@ DEFAULTS: dict[str, Any] = {
     "CELERY_WORKFLOW_TASKS": False,
     # Salt of the signed task tokens (django.core.signing, keyed by SECRET_KEY).
     "TASK_TOKEN_SALT": "django_durable.task_token",
+    # Seconds a task token stays valid after it was made (None: as long as its attempt is
+    # pending). An older token is refused with InvalidTaskToken (400 invalid_token).
+    "TASK_TOKEN_MAX_AGE": None,
+    # The admin's time-travel page replays the run's code in the web process (under the
+    # worker's guards): it refuses runs whose history is longer than this many events, or
+    # whose payloads are larger than this many bytes of JSON as the database stores them.
+    # None: no limit.
+    "TIME_TRAVEL_MAX_EVENTS": 2_000,
+    "TIME_TRAVEL_MAX_BYTES": 2 * 1024 * 1024,
     # The longest ``GET workflows/<id>/?wait=<seconds>`` may hold a request open
     # waiting for the run to close; a larger ``wait`` is refused with 400.
     "API_MAX_WAIT": 60.0,

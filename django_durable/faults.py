@@ -20,7 +20,10 @@ Each comma-separated entry is ``point[:detail][@N | %P][=action]``:
   freezes right there, e.g. inside an open transaction) until a SIGCONT;
   ``hold``: park only the calling thread there (the rest of the process goes on,
   e.g. renewing leases) until the file ``held-<point>-<pid>`` it creates in
-  ``DURABLE_CRASH_DIR`` (default: the temporary directory) is deleted.
+  ``DURABLE_CRASH_DIR`` (default: the temporary directory) is deleted;
+  ``error``: raise a transient ``django.db.OperationalError`` there, as a deadlock,
+  a lock timeout or a lost connection would (at a "before ... commit" point the
+  transaction rolls back); the process goes on.
 
 Every action first writes one line to stderr: ``django-durable crash point
 <point>[:<detail>] reached (hit N, pid P): <action>``.
@@ -73,7 +76,7 @@ POINTS = frozenset({
     "before_timer_commit",
     "before_heartbeat",
 })
-ACTIONS = ("exit", "kill", "stop", "hold")
+ACTIONS = ("exit", "kill", "stop", "hold", "error")
 ENV = "DURABLE_CRASH_POINTS"
 DEFAULT_EXIT_CODE = 86
 
@@ -105,7 +108,7 @@ def parse(spec: str) -> list[Entry]:
             continue
         match = _ENTRY.match(raw)
         if match is None:
-            raise ValueError(f"{ENV}: cannot read {raw!r}; expected point[:detail][@N|%P][=exit|kill|stop|hold]")
+            raise ValueError(f"{ENV}: cannot read {raw!r}; expected point[:detail][@N|%P][=exit|kill|stop|hold|error]")
         if match["point"] not in POINTS:
             raise ValueError(f"{ENV}: unknown crash point {match['point']!r}; known: {', '.join(sorted(POINTS))}")
         action = match["action"] or "exit"
@@ -177,6 +180,10 @@ def _act(entry: Entry, point: str, detail: str) -> None:
             _never.wait(0.01)  # not time.sleep(): under libfaketime it fails (EINVAL) or hangs
         os.write(2, f"django-durable crash point {where}: released (pid {os.getpid()})\n".encode())
         return
+    if entry.action == "error":
+        from django.db import OperationalError  # importable before Django is configured
+
+        raise OperationalError(f"django-durable crash point {where}: injected transient database error")
     if entry.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     os._exit(int(os.environ.get("DURABLE_CRASH_EXIT_CODE", DEFAULT_EXIT_CODE)))

@@ -24,6 +24,8 @@ class WorkflowStatus(models.TextChoices):
 
 
 OPEN_STATUSES = (WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.SUSPENDED)
+# A run's JSON columns, each up to PAYLOAD_MAX_BYTES: lists of runs defer them.
+PAYLOAD_COLUMNS = ("input", "result", "error", "vars", "task_error")
 
 
 class IdReusePolicy(models.TextChoices):
@@ -93,8 +95,8 @@ class WorkflowInstance(models.Model):
         permissions = [
             (
                 "operate_workflowinstance",
-                "Can act on workflows (signal, cancel, terminate, suspend, resume, retry, rerun, purge, "
-                "complete activities)",
+                "Can signal, cancel, terminate, suspend, resume and retry workflow runs, and complete "
+                "or fail their activities",
             )
         ]
 

@@ -35,6 +35,21 @@ class ActivityDefinition:
 _workflows: dict[str, WorkflowDefinition] = {}
 _activities: dict[str, ActivityDefinition] = {}
 
+# Workflows and activities of the app itself (the Tasks backend's django_durable.run_task):
+# the HTTP API and the admin never start them.
+INTERNAL_PREFIX = "django_durable."
+
+
+@dataclasses.dataclass(frozen=True)
+class _Condition:
+    holds: Callable[[], bool]
+    hint: str
+
+
+# (kind, name) -> when the definition exists. Asked at every lookup, not once at start-up,
+# so that it follows the settings of the moment (a test's override_settings included).
+_conditions: dict[tuple[str, str], _Condition] = {}
+
 
 def _register(table: dict[str, Any], kind: str, definition: Any) -> None:
     existing = table.get(definition.name)
@@ -132,28 +147,52 @@ def activity_name(fn_or_name: Any) -> str:
     return definition.name
 
 
+def is_internal(name: str) -> bool:
+    return name.startswith(INTERNAL_PREFIX)
+
+
+def not_registered(kind: str, name: str, hint: str = "") -> NotRegistered:
+    """The one answer for a name that cannot be used, whatever the reason."""
+    return NotRegistered(f"No {kind} is registered as {name!r}.{f' {hint}' if hint else ''}")
+
+
+def exists_only_when(kind: str, name: str, condition: Callable[[], bool], *, hint: str) -> None:
+    """Make the registered ``kind`` ("workflow" or "activity") ``name`` unknown to lookups
+    while ``condition()`` is false; ``hint`` tells a Python caller what makes it exist."""
+    _conditions[(kind, name)] = _Condition(condition, hint)
+
+
+def _unavailable(kind: str, name: str) -> _Condition | None:
+    condition = _conditions.get((kind, name))
+    return condition if condition is not None and not condition.holds() else None
+
+
+def _lookup(table: dict[str, Any], kind: str, name: str) -> Any:
+    definition = table.get(name)
+    if definition is None:
+        raise not_registered(kind, name)
+    unavailable = _unavailable(kind, name)
+    if unavailable is not None:
+        raise not_registered(kind, name, unavailable.hint)
+    return definition
+
+
 def get_workflow_definition(fn_or_name: Any) -> WorkflowDefinition:
-    name = workflow_name(fn_or_name)
-    try:
-        return _workflows[name]
-    except KeyError:
-        raise NotRegistered(f"No workflow is registered as {name!r}.") from None
+    definition: WorkflowDefinition = _lookup(_workflows, "workflow", workflow_name(fn_or_name))
+    return definition
 
 
 def get_activity_definition(fn_or_name: Any) -> ActivityDefinition:
-    name = activity_name(fn_or_name)
-    try:
-        return _activities[name]
-    except KeyError:
-        raise NotRegistered(f"No activity is registered as {name!r}.") from None
+    definition: ActivityDefinition = _lookup(_activities, "activity", activity_name(fn_or_name))
+    return definition
 
 
 def registered_workflows() -> dict[str, WorkflowDefinition]:
-    return dict(_workflows)
+    return {name: item for name, item in _workflows.items() if _unavailable("workflow", name) is None}
 
 
 def registered_activities() -> dict[str, ActivityDefinition]:
-    return dict(_activities)
+    return {name: item for name, item in _activities.items() if _unavailable("activity", name) is None}
 
 
 def activity_call_options(fn_or_name: Any) -> tuple[str, dict[str, Any]]:

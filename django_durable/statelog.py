@@ -49,7 +49,10 @@ def _text(value: Any) -> str:
     if isinstance(value, datetime.datetime):
         return value.isoformat()
     text = str(value)
-    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
+    # Quoted as JSON, which escapes control characters: a value (an error message a token
+    # holder wrote, say) must not carry terminal escapes or line breaks into a log file.
+    plain = text.isprintable() and not any(c.isspace() or c in '"=' for c in text)
+    return text if text and plain else json.dumps(text)
 
 
 class JSONFormatter(logging.Formatter):

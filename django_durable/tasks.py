@@ -3,8 +3,9 @@
     TASKS = {"default": {"BACKEND": "django_durable.tasks.DurableTaskBackend"}}
 
 Uses ``django.tasks`` (Django 6+) or, on Django 5.2, the ``django-tasks`` backport.
-Importing this module also registers the ``django_durable.run_task`` workflow and
-its activity, which need neither: workers run tasks from their import path.
+Importing this module also registers the ``django_durable.run_task`` workflow and its
+activity, which exist only while ``TASKS`` configures this backend (``tasks_backend_configured``)
+and run nothing but the Task objects of such a backend (``runnable_task``).
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from django.utils.module_loading import import_string
 
 import django_durable as durable
 
+from . import registry
 from .engine.failures import qualified_name
-from .exceptions import ActivityError, SerializationError, WorkflowNotFound
+from .exceptions import ActivityError, DurableError, SerializationError, WorkflowNotFound
 from .retry import RetryPolicy
 
 try:
     from django.tasks import TaskResult, TaskResultStatus  # type: ignore[import-not-found]
     from django.tasks.backends.base import BaseTaskBackend  # type: ignore[import-not-found]
-    from django.tasks.base import TaskContext, TaskError  # type: ignore[import-not-found]
+    from django.tasks.base import Task, TaskContext, TaskError  # type: ignore[import-not-found]
     from django.tasks.exceptions import TaskResultDoesNotExist  # type: ignore[import-not-found]
     from django.tasks.signals import task_enqueued  # type: ignore[import-not-found]
 
@@ -37,7 +39,7 @@ except ImportError:
     try:
         from django_tasks import TaskResult, TaskResultStatus  # type: ignore[no-redef]
         from django_tasks.backends.base import BaseTaskBackend  # type: ignore[no-redef]
-        from django_tasks.base import TaskContext, TaskError  # type: ignore[no-redef]
+        from django_tasks.base import Task, TaskContext, TaskError  # type: ignore[no-redef]
         from django_tasks.exceptions import TaskResultDoesNotExist  # type: ignore[no-redef]
         from django_tasks.signals import task_enqueued  # type: ignore[no-redef]
 
@@ -55,11 +57,76 @@ DEFAULT_RETRY = RetryPolicy(initial_interval=1.0, maximum_attempts=3)
 _SINGLE_ATTEMPT = RetryPolicy(maximum_attempts=1)
 
 
-@durable.activity(name=ACTIVITY_NAME, retry=_SINGLE_ATTEMPT)
-def call_task(module_path: str, args: list[Any], kwargs: dict[str, Any], attempt: int = 1) -> Any:
+class TaskRefused(DurableError):
+    """What a run of ``django_durable.run_task`` names is not a task a DurableTaskBackend of
+    ``TASKS`` runs: it is not called, and the run fails without a retry."""
+
+    status_code = 400
+    default_detail = "Not a task of a configured DurableTaskBackend."
+    default_code = "task_refused"
+
+
+def durable_backend_aliases() -> list[str]:
+    """The aliases of ``settings.TASKS`` whose backend is a DurableTaskBackend (or a subclass),
+    read from the settings of the moment."""
+    configured = getattr(settings, "TASKS", None)
+    if not isinstance(configured, dict):
+        return []
+    return sorted(
+        alias for alias, params in configured.items()
+        if isinstance(params, dict) and _is_durable_backend(params.get("BACKEND"))
+    )
+
+
+def _is_durable_backend(path: Any) -> bool:
+    if path == BACKEND_PATH:
+        return True
+    if not isinstance(path, str):
+        return False
+    try:
+        backend = import_string(path)
+    except ImportError:
+        return False
+    return isinstance(backend, type) and issubclass(backend, DurableTaskBackend)
+
+
+def tasks_backend_configured() -> bool:
+    """Whether ``django_durable.run_task`` and its activity exist now: the Tasks API is
+    importable and ``TASKS`` configures a DurableTaskBackend."""
+    return TASKS_API is not None and bool(durable_backend_aliases())
+
+
+def runnable_task(module_path: Any, backend: Any = None) -> Any:
+    """The Task object ``module_path`` names, if a DurableTaskBackend of ``TASKS`` runs it
+    (``backend``: the alias it was enqueued with; by default the task's own). Anything else
+    raises TaskRefused, before it is called."""
+    if not isinstance(module_path, str):
+        raise TaskRefused(f"A task is named by its dotted path, not by {module_path!r}.")
+    aliases = durable_backend_aliases()
+    if TASKS_API is None or not aliases:
+        raise TaskRefused(f"Refused to call {module_path!r}: TASKS configures no DurableTaskBackend.")
     target = import_string(module_path)
-    func = getattr(target, "func", target)
-    if getattr(target, "takes_context", False):
+    if not isinstance(target, Task):
+        raise TaskRefused(
+            f"Refused to call {module_path!r}: it is not a task of Django's Tasks API (a function "
+            "decorated with @task), and django_durable.run_task runs nothing else."
+        )
+    alias = target.backend if backend is None else backend
+    if alias not in aliases:
+        raise TaskRefused(
+            f"Refused to call task {module_path!r}: its backend {alias!r} is not a DurableTaskBackend "
+            f"in TASKS (those are: {', '.join(map(repr, aliases)) or 'none'})."
+        )
+    return target
+
+
+@durable.activity(name=ACTIVITY_NAME, retry=_SINGLE_ATTEMPT)
+def call_task(
+    module_path: str, args: list[Any], kwargs: dict[str, Any], attempt: int = 1, backend: str | None = None
+) -> Any:
+    target = runnable_task(module_path, backend)
+    func = target.func
+    if target.takes_context:
         info = durable.activity_info()
         result = TaskResult(
             task=target,
@@ -71,7 +138,7 @@ def call_task(module_path: str, args: list[Any], kwargs: dict[str, Any], attempt
             last_attempted_at=None,
             args=args,
             kwargs=kwargs,
-            backend=target.backend,
+            backend=target.backend if backend is None else backend,
             errors=[],
             worker_ids=[_worker_id(n) for n in range(1, attempt + 1)],
         )
@@ -91,15 +158,23 @@ def run_task(ctx: durable.WorkflowContext, module_path: str, args: list[Any], kw
         ctx.set_var("attempts", attempt)
         ctx.set_var("last_attempted_at", ctx.now().isoformat())
         try:
-            return ctx.call_activity(ACTIVITY_NAME, module_path, args, kwargs, attempt=attempt).result()
+            return ctx.call_activity(
+                ACTIVITY_NAME, module_path, args, kwargs, attempt=attempt, backend=task.get("backend")
+            ).result()
         except ActivityError as error:
             errors.append({"exception_class_path": _exception_path(error.type), "traceback": error.traceback})
             ctx.set_var("errors", errors)
-            # A result that cannot be stored would fail the same way again: no retry.
-            if error.type == qualified_name(SerializationError) or not policy.allows_retry(attempt, error.type):
+            # A result that cannot be stored, or a refused target, would fail the same way again.
+            if error.type in _FINAL_ERRORS or not policy.allows_retry(attempt, error.type):
                 raise
             ctx.sleep(policy.delay(attempt))
             attempt += 1
+
+
+_FINAL_ERRORS = {qualified_name(SerializationError), qualified_name(TaskRefused)}
+_NOT_CONFIGURED = f"It exists only while TASKS configures {BACKEND_PATH}."
+registry.exists_only_when("workflow", WORKFLOW_NAME, tasks_backend_configured, hint=_NOT_CONFIGURED)
+registry.exists_only_when("activity", ACTIVITY_NAME, tasks_backend_configured, hint=_NOT_CONFIGURED)
 
 
 def _exception_path(error_type: str) -> str:
@@ -160,6 +235,7 @@ if TASKS_API is not None:
 
         def enqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
             self.validate_task(task)
+            runnable_task(task.module_path, self.alias)
             _check_arguments(task, args, kwargs)
             handle = durable.start_workflow(
                 WORKFLOW_NAME,
@@ -250,13 +326,9 @@ def _check_arguments(task: Any, args: Any, kwargs: Any) -> None:
 # The system check lives here so that registering it needs only this module imported.
 @checks.register()
 def check_tasks_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    configured = getattr(settings, "TASKS", None)
-    if not isinstance(configured, dict) or TASKS_API is not None:
+    if TASKS_API is not None:
         return []
-    aliases = sorted(
-        alias for alias, params in configured.items()
-        if isinstance(params, dict) and params.get("BACKEND") == BACKEND_PATH
-    )
+    aliases = durable_backend_aliases()
     if not aliases:
         return []
     return [

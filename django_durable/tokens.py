@@ -2,7 +2,8 @@
 
 A token is signed with Django's signing machinery (keyed by ``SECRET_KEY``) and
 names the work item, the run, the activity and the attempt. It carries no
-input. A forged or garbled token is rejected here, before any database access.
+input. A forged or garbled token is rejected here, before any database access, and so
+is one made longer ago than ``TASK_TOKEN_MAX_AGE`` seconds (the signature's timestamp).
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ def make_task_token(*, item_id: int, run_id: str, task_id: int, attempt: int) ->
 def read_task_token(token: object) -> TaskToken:
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
         raise InvalidTaskToken("The task token is missing, not a string, or too long.")
+    max_age = durable_settings.TASK_TOKEN_MAX_AGE
     try:
-        data = signing.loads(token, salt=durable_settings.TASK_TOKEN_SALT)
+        data = signing.loads(token, salt=durable_settings.TASK_TOKEN_SALT, max_age=max_age)
+    except signing.SignatureExpired:
+        raise InvalidTaskToken(
+            f"The task token expired: it was made more than TASK_TOKEN_MAX_AGE ({max_age}) seconds ago."
+        ) from None
     except (signing.BadSignature, ValueError, UnicodeError):
         raise InvalidTaskToken("The task token is garbled or its signature does not match.") from None
     if not isinstance(data, dict) or not isinstance(data.get("r"), str):

@@ -9,6 +9,7 @@ leases of running work and reaps work whose claimer died.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from . import notify, store
 from .conf import durable_settings
 from .executors import load_executor
 from .executors.cache import RunCache
+from .executors.outcomes import record_outcome
 from .executors.run import (
     RunningActivity,
     commit_activities,
@@ -328,14 +330,17 @@ class Worker:
 
     def _renew_leases(self) -> None:
         with self._lock:
+            renewing = [running for running in self._running.values() if self._is_current(running.item)]
             leases = [
-                store.Lease(running.item.id, running.item.attempt,
-                            store.attempt_deadline(running.item, running.heartbeat_at))
-                for running in self._running.values()
-                if self._is_current(running.item)
+                store.LeaseRenewal(running.item.id, running.item.attempt,
+                                   store.attempt_deadline(running.item, running.heartbeat_at))
+                for running in renewing
             ]
-            leases += [store.Lease(task.id, task.attempt, None) for task in self._workflow_tasks]
+            leases += [store.LeaseRenewal(task.id, task.attempt, None) for task in self._workflow_tasks]
+        asked_at = time.monotonic()
         lost = store.renew_leases(owner=self.name, leases=leases, lease_seconds=self.lease_seconds)
+        for running in renewing:  # a result waiting to be recorded is tried again while its lease holds
+            running.lease.renewed(asked_at=asked_at, lost=running.item.id in lost)
         with self._lock:  # what finished meanwhile was not lost
             still_here = {running.item.id for running in self._running.values()}
             still_here.update(task.id for task in self._workflow_tasks)
@@ -494,7 +499,36 @@ class Worker:
                 batch.append(self._to_commit.popleft())
             return batch
 
-    def _commit(self, batch: list[store.Completion], *, again: bool = False) -> None:
+    def _commit(self, batch: list[store.Completion]) -> None:
+        """Record the batch in one transaction; should a database error stop it, each
+        result on its own, a transient error tried again for as long as its lease holds
+        (a deadlock with a parent or child run, a lost connection: see ``record_outcome``)."""
+        try:
+            self._commit_once(batch)
+            return
+        except DatabaseError:
+            logger.warning("Database error recording %d activities (%s); recording them again, one by one.",
+                           len(batch), ", ".join(c.item.name for c in batch), exc_info=True)
+        close_old_connections()
+        for completion in batch:
+            item = completion.item
+            with self._lock:
+                running = self._running[(item.id, item.attempt)]  # held until recorded or dropped here
+            try:
+                record_outcome(functools.partial(self._commit_alone, completion), lease=running.lease,
+                               what=f"activity {item.name!r} attempt {item.attempt}")
+            except DatabaseError:
+                logger.exception("Could not record activity %s attempt %d; its lease will expire and it will be "
+                                 "retried.", item.name, item.attempt)
+                self._finished([running], refilled=0)
+
+    def _commit_alone(self, completion: store.Completion) -> None:
+        # A fresh Completion: a failed try's flags (lost, ran) do not carry over.
+        self._commit_once([store.Completion(completion.item, completion.result)], again=True)
+
+    def _commit_once(self, batch: list[store.Completion], *, again: bool = False) -> None:
+        """One transaction recording the batch; a database error is raised, the batch still
+        held (in ``_running``, its leases renewed), anything else ends it."""
         with self._lock:
             done = [self._running[key] for c in batch if (key := (c.item.id, c.item.attempt)) in self._running]
         eager = self._eager(leaving=len(batch))
@@ -504,12 +538,7 @@ class Worker:
             commit_activities(batch, cache=self.cache, eager=eager)
         except DatabaseError:
             failed = True
-            if again:
-                logger.exception("Database error recording activity %s; its lease will expire and it will be "
-                                 "retried.", batch[0].item.name)
-            else:
-                logger.warning("Database error recording %d activities (%s); recording them again, one by one.",
-                               len(batch), ", ".join(c.item.name for c in batch), exc_info=True)
+            raise
         except Exception:
             logger.exception("Unexpected error recording activities %s", [c.item.name for c in batch])
         else:
@@ -518,16 +547,9 @@ class Worker:
             for completion in batch:
                 if completion.lost:
                     logger.warning("Activity outcome discarded: %s%s", store.lease_lost(completion.item),
-                                   " (or the failed commit went through)" if again else "")
+                                   " (or a try that failed went through)" if again else "")
         finally:
             # Before these leave _running: a stopping worker waits for them too.
             self._start_eager(eager)
-            if not (failed and not again):
+            if not failed:
                 self._finished(done, refilled=len(eager.claims) if eager is not None else 0)
-        if failed and not again:
-            # A lost connection, or a deadlock with a parent or child run: each on its own,
-            # once. The attempts' fences make this safe should the commit have gone through
-            # after all: those come back lost.
-            close_old_connections()
-            for completion in batch:
-                self._commit([store.Completion(completion.item, completion.result)], again=True)

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -108,6 +109,21 @@ def start_worker(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..
 @pytest.fixture
 def db_vendor() -> str:
     return connection.vendor
+
+
+# The model permissions of WorkflowInstance that the API and the admin's actions check.
+WORKFLOW_PERMISSIONS = (
+    "view_workflowinstance", "add_workflowinstance", "operate_workflowinstance", "delete_workflowinstance",
+)
+
+
+def grant(user: Any, *codenames: str) -> Any:
+    """Give ``user`` these permissions of django_durable (all of ``WORKFLOW_PERMISSIONS`` if none)."""
+    from django.contrib.auth.models import Permission
+
+    wanted = codenames or WORKFLOW_PERMISSIONS
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="django_durable", codename__in=wanted))
+    return user
 
 
 def pytest_report_header(config: pytest.Config) -> str:

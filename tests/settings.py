@@ -4,6 +4,7 @@ Worker subprocesses started by the tests use these settings too, with
 ``DURABLE_DB_NAME`` naming the test database the suite created.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -79,6 +80,10 @@ else:
         }
     }
 
+# A worker started with start_worker(env={"DURABLE_TEST_DB_SETTINGS": json}) runs with these keys of
+# DATABASES["default"] replaced: e.g. OPTIONS as a new project's startproject writes them.
+DATABASES["default"].update(json.loads(os.environ.get("DURABLE_TEST_DB_SETTINGS", "{}")))
+
 # Short leases and polls so crash recovery happens in seconds, not minutes.
 DURABLE = {
     "LEASE_SECONDS": float(os.environ.get("DURABLE_TEST_LEASE_SECONDS", "2.0")),
@@ -109,4 +114,14 @@ if os.environ.get("DURABLE_TEST_ACTIVITY_EXECUTOR"):
     DURABLE["CELERY_APP"] = "tests.celery_app.app"
     DURABLE["CELERY_WORKFLOW_TASKS"] = os.environ.get("DURABLE_TEST_CELERY_WORKFLOW_TASKS") == "1"
 CELERY_BROKER_URL = os.environ.get("DURABLE_TEST_CELERY_BROKER", "redis://127.0.0.1:6379/15")
+
+# Django's Tasks API (tests/test_django_tasks.py): the suite configures TASKS with
+# override_settings; its worker subprocesses, started with DURABLE_TEST_TASKS=1, with this.
+if os.environ.get("DURABLE_TEST_TASKS") == "1":
+    TASKS = {
+        "default": {
+            "BACKEND": "django_durable.tasks.DurableTaskBackend",
+            "QUEUES": ["default", "reports", "elsewhere"],
+        }
+    }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

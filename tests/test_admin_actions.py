@@ -17,11 +17,12 @@ from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 
 import django_durable as durable
-from django_durable.admin import actions
+from django_durable.admin import forms as action_forms
 from django_durable.admin.actions import object_actions
 from django_durable.client import WorkflowHandle
 from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem
 from django_durable.testing import WorkflowEnvironment
+from tests.conftest import WORKFLOW_PERMISSIONS
 from tests.testapp import actions_workflows as aw
 
 pytestmark = pytest.mark.django_db
@@ -45,7 +46,7 @@ def _staff_client(username: str, *codenames: str, is_staff: bool = True) -> Clie
 
 @pytest.fixture
 def operator_client(db: None) -> Client:
-    return _staff_client("operator", "view_workflowinstance", "operate_workflowinstance")
+    return _staff_client("operator", *WORKFLOW_PERMISSIONS)
 
 
 @pytest.fixture
@@ -55,12 +56,13 @@ def viewer_client(db: None) -> Client:
 
 @pytest.fixture
 def nonstaff_client(db: None) -> Client:
-    return _staff_client("outsider", "view_workflowinstance", "operate_workflowinstance", is_staff=False)
+    return _staff_client("outsider", *WORKFLOW_PERMISSIONS, is_staff=False)
 
 
 @pytest.fixture(params=["superuser", "operator"])
 def actor(request: pytest.FixtureRequest) -> Client:
-    """Each action works for a superuser and for staff with the view and operate permissions."""
+    """Each action works for a superuser and for staff with the view permission and those the
+    actions need (add_ for rerun, delete_ for purge, operate_ for the rest)."""
     return request.getfixturevalue("admin_client" if request.param == "superuser" else "operator_client")
 
 
@@ -325,6 +327,28 @@ def test_malformed_json_in_a_signal_is_rejected_and_the_form_shown_again(
     assert notes(response) == []
 
 
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than 100 levels"),
+        ("[" * 101 + "]" * 101, "nested deeper than 100 levels"),
+        ('{"a": "\\ud800"}', "a string contains an unpaired surrogate (\\ud800-\\udfff)"),
+        ("[1e999]", "number 1e999 is out of range"),
+    ],
+    ids=["recursion-bomb", "too-deep", "lone-surrogate", "overflow"],
+)
+def test_json_the_api_would_refuse_is_a_form_error_too(
+    env: WorkflowEnvironment, admin_client: Client, payload: str, error: str
+) -> None:
+    handle = waiting(env)
+    before = snapshot(handle)
+    response = admin_client.post(action_url(handle, "signal"), {"name": "go", "payload": payload})
+    assert response.status_code == 200
+    assert response.context["form"].errors["payload"] == [f"Not valid JSON: {error}."]
+    assert snapshot(handle) == before
+    assert notes(response) == []
+
+
 def test_a_signal_needs_an_event_name(env: WorkflowEnvironment, admin_client: Client) -> None:
     handle = waiting(env)
     before = snapshot(handle)
@@ -474,7 +498,7 @@ def test_a_run_failed_by_an_activity_is_rerun_from_that_failure(env: WorkflowEnv
 def test_a_long_history_is_rerun_from_an_event_number(
     env: WorkflowEnvironment, admin_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(actions, "RERUN_CHOICES_MAX", 3)
+    monkeypatch.setattr(action_forms, "RERUN_CHOICES_MAX", 3)
     handle = completed(env)
     length = handle.describe().history_length
     url = action_url(handle, "rerun")

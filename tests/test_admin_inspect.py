@@ -23,8 +23,8 @@ from django.utils import timezone
 import django_durable as durable
 from django_durable import store
 from django_durable.admin import actions
-from django_durable.admin.instances import BIG_COLUMNS, HISTORY_EDGE, HISTORY_PAGE, STATUS_COLOURS
-from django_durable.models import WorkflowInstance, WorkItem
+from django_durable.admin.instances import HISTORY_EDGE, HISTORY_PAGE, STATUS_COLOURS
+from django_durable.models import PAYLOAD_COLUMNS, WorkflowInstance, WorkItem
 from django_durable.testing import WorkflowEnvironment
 from django_durable.tokens import make_task_token
 from tests.testapp import inspect_workflows as iw
@@ -180,7 +180,7 @@ def test_the_list_reads_the_same_queries_for_5_and_50_runs_and_never_the_big_jso
 
     (rows,) = [q["sql"] for q in five.captured_queries if '"task_failing"' in q["sql"]]
     selected = rows.split(" FROM ")[0]
-    for column in set(BIG_COLUMNS) - {"task_error"}:
+    for column in set(PAYLOAD_COLUMNS) - {"task_error"}:
         assert f'."{column}"' not in selected, column
     assert selected.count('."task_error"') == selected.count('."task_error" IS NOT NULL') == 1
 

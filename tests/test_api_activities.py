@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 
 import django_durable as durable
 from django_durable.models import HistoryEvent, WorkItem
-from tests.conftest import wait_for
+from tests.conftest import grant, wait_for
 from tests.test_api import COMPLETE, FAIL, HEARTBEAT, assert_error, detail, post_json, snapshot
 from tests.testapp.async_workflows import ac_approval
 from tests.testapp.workflows import api_greet
@@ -43,7 +43,7 @@ def history_kinds(handle: durable.WorkflowHandle) -> list[str]:
 @pytest.fixture
 def staff_api(transactional_db, django_user_model) -> APIClient:
     client = APIClient()
-    client.force_authenticate(django_user_model.objects.create_user("staff", is_staff=True))
+    client.force_authenticate(grant(django_user_model.objects.create_user("staff", is_staff=True)))
     return client
 
 

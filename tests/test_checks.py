@@ -37,7 +37,7 @@ def test_lease_must_be_positive():
     assert ids(check_settings()) == ["django_durable.E004"]
 
 
-def test_sqlite_without_immediate_transactions_is_warned_about(settings):
+def test_sqlite_without_wal_is_warned_about_and_transaction_mode_is_not_needed():
     from django.db import connections
 
     connection = connections["default"]
@@ -46,14 +46,33 @@ def test_sqlite_without_immediate_transactions_is_warned_about(settings):
         return
     assert check_sqlite(databases=["default"]) == []
     original = connection.settings_dict["OPTIONS"]
-    connection.settings_dict["OPTIONS"] = {}
     try:
+        # The store takes the write lock itself: WAL and a timeout suffice.
+        connection.settings_dict["OPTIONS"] = {"timeout": 20, "init_command": "PRAGMA journal_mode = wal"}
+        assert check_sqlite(databases=["default"]) == []
+        connection.settings_dict["OPTIONS"] = {}  # as startproject writes it
         (warning,) = check_sqlite(databases=["default"])
     finally:
         connection.settings_dict["OPTIONS"] = original
     assert warning.id == "django_durable.W001"
     assert warning.level == checks.WARNING
-    assert "IMMEDIATE" in warning.hint
+    assert "WAL" in warning.msg and "journal_mode=WAL" in warning.hint
+
+
+def test_sqlite_with_autocommit_off_is_an_error():
+    from django.db import connections
+
+    connection = connections["default"]
+    if connection.vendor != "sqlite":
+        return
+    connection.settings_dict["AUTOCOMMIT"] = False
+    try:
+        (error,) = check_sqlite(databases=["default"])
+    finally:
+        connection.settings_dict["AUTOCOMMIT"] = True
+    assert error.id == "django_durable.E009"
+    assert error.level == checks.ERROR
+    assert "AUTOCOMMIT" in error.msg and "AUTOCOMMIT" in error.hint
 
 
 def test_postgres_isolation_level_other_than_read_committed_is_an_error():

@@ -57,11 +57,14 @@ def leased_by(item: WorkItem, worker: object) -> bool:
 
 
 def test_the_spec_is_read_strictly():
-    entries = faults.parse(" after_claim:workflow , before_task_commit@3, after_activity_commit%0.5=stop,")
+    entries = faults.parse(
+        " after_claim:workflow , before_task_commit@3, after_activity_commit%0.5=stop,before_activity_commit@2=error"
+    )
     assert [(e.point, e.detail, e.nth, e.probability, e.action) for e in entries] == [
         ("after_claim", "workflow", 1, None, "exit"),
         ("before_task_commit", "", 3, None, "exit"),
         ("after_activity_commit", "", 1, 0.5, "stop"),
+        ("before_activity_commit", "", 2, None, "error"),
     ]
     assert entries[0].matches("after_claim", "workflow") and not entries[0].matches("after_claim", "activity")
     assert faults.parse("after_claim")[0].matches("after_claim", "activity")

@@ -51,6 +51,16 @@ def durable_tasks_backend():
         yield task_backends["default"]
 
 
+@pytest.fixture
+def start_worker(start_worker):
+    """Workers with a DurableTaskBackend in TASKS (tests/settings.py), without which they run no task."""
+
+    def start(**kwargs):
+        return start_worker(**{**kwargs, "env": {**kwargs.get("env", {}), "DURABLE_TEST_TASKS": "1"}})
+
+    return start
+
+
 def finished(result) -> bool:
     result.refresh()
     return result.is_finished

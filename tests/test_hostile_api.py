@@ -38,7 +38,7 @@ from schemathesis.specs.openapi import checks as openapi_checks
 import django_durable as durable
 from django_durable.converter import from_json
 from django_durable.models import InboxEvent, WorkItem
-from tests.conftest import wait_for
+from tests.conftest import grant, wait_for
 from tests.testapp.models import ActivityRun
 from tests.testapp.workflows import ac_approval, api_greet
 
@@ -114,7 +114,7 @@ def live(live_server, settings, django_user_model) -> Live:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # Long polls (``?wait=``) of open runs are answered within this many seconds.
     settings.DURABLE = {**settings.DURABLE, "API_MAX_WAIT": 0.05}
-    django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    grant(django_user_model.objects.create_user("staff", password="pw", is_staff=True))
     durable.start_workflow(api_greet, "ada", workflow_id="greet-open")
     durable.start_workflow(api_greet, "bob", workflow_id="greet-closed").terminate("closed for the fuzzer")
     durable.start_workflow(api_greet, "eve", workflow_id="greet-suspended").suspend("for the fuzzer")

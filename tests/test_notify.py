@@ -25,7 +25,7 @@ import django_durable as durable
 from django_durable import notify, store
 from django_durable.conf import durable_settings
 from django_durable.models import WorkflowStatus
-from tests.conftest import wait_for
+from tests.conftest import grant, wait_for
 from tests.test_api import SCHEMA, assert_error, detail, snapshot
 from tests.testapp.workflows import api_greet
 
@@ -246,7 +246,7 @@ def test_result_of_a_closed_run_needs_no_listener(db, django_assert_num_queries)
 @pytest.fixture
 def admin_api(transactional_db: None, django_user_model: Any) -> APIClient:
     client = APIClient()
-    client.force_authenticate(django_user_model.objects.create_user("staff", is_staff=True))
+    client.force_authenticate(grant(django_user_model.objects.create_user("staff", is_staff=True)))
     return client
 
 

@@ -25,6 +25,7 @@ from django_durable.engine.events import PAYLOAD_KINDS
 from django_durable.exceptions import HistoryTooLarge, PayloadTooLarge, SerializationError
 from django_durable.models import HistoryEvent, WorkflowInstance, WorkItem
 from django_durable.testing import WorkflowEnvironment
+from tests.conftest import grant
 from tests.testapp.models import ActivityRun
 from tests.testapp.workflows import ac_approval, add, api_greet, sequence
 
@@ -297,7 +298,7 @@ def test_a_history_over_its_byte_limit_fails_the_run(db, settings, caplog):
 @pytest.fixture
 def staff_api(db, django_user_model) -> APIClient:
     client = APIClient()
-    client.force_authenticate(django_user_model.objects.create_user("staff", password="pw", is_staff=True))
+    client.force_authenticate(grant(django_user_model.objects.create_user("staff", password="pw", is_staff=True)))
     return client
 
 

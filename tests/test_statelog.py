@@ -6,16 +6,22 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
+import unicodedata
 import uuid
 
 import pytest
 from django.db import transaction
+from rest_framework.test import APIClient
 
 import django_durable as durable
 from django_durable import store
-from django_durable.statelog import JSONFormatter
+from django_durable.statelog import JSONFormatter, state_change
 from django_durable.testing import WorkflowEnvironment
+from tests.test_api import FAIL, post_json
+from tests.test_api_activities import awaiting, handed_out
 from tests.testapp import testing_workflows as tw
+from tests.testapp.async_workflows import ac_approval
 
 START = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -88,3 +94,50 @@ def test_the_json_formatter_puts_the_fields_at_the_top_level() -> None:
     assert entry["message"] == "claimed x=1" and entry["level"] == "INFO" and entry["logger"] == "django_durable.state"
     plain = json.loads(JSONFormatter().format(logging.LogRecord("x", logging.WARNING, __file__, 1, "hi", (), None)))
     assert plain["message"] == "hi" and "change" not in plain
+
+
+def control_characters(text: str) -> list[str]:
+    return [c for c in text if unicodedata.category(c) == "Cc"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_values_that_are_not_printable_are_quoted_with_their_control_characters_escaped(
+    state_log: pytest.LogCaptureFixture,
+) -> None:
+    hostile = {"ansi": "\x1b[31mred\x1b[0m", "lines": "one\ntwo\rthree", "bell": "a\x07b", "delete": "a\x7fb",
+               "bidi": "file\u202etxt.exe", "nul": "a\x00b"}
+    state_change("claimed", plain="ok", spaced="a b", **hostile)
+    [record] = [r for r in state_log.records if getattr(r, "durable", {}).get("change") == "claimed"]
+    message = record.getMessage()
+    assert control_characters(message) == [] and "\u202e" not in message
+    assert message.startswith("claimed plain=ok spaced=\"a b\" ")
+    assert 'ansi="\\u001b[31mred\\u001b[0m"' in message and 'lines="one\\ntwo\\rthree"' in message
+    assert 'delete="a\\u007fb"' in message and 'bidi="file\\u202etxt.exe"' in message
+    shown = dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', message))
+    assert {key: json.loads(shown[key]) for key in hostile} == hostile  # escaped, not lost
+    formatted = JSONFormatter().format(record)
+    assert control_characters(formatted) == [] and json.loads(formatted)["ansi"] == hostile["ansi"]
+
+
+def test_error_messages_sent_over_http_reach_the_log_escaped(
+    start_worker, tmp_path, state_log: pytest.LogCaptureFixture,
+) -> None:
+    handle = durable.start_workflow(ac_approval, str(tmp_path))
+    start_worker()
+    api = APIClient()
+    messages = ["\x1b[31mdeclined\x1b[0m", "\x1b[31mcard declined\x1b[0m\n2030-01-01 INFO forged line"]
+    for attempt, message in enumerate(messages, start=1):  # the policy allows three attempts
+        token = handed_out(tmp_path, attempt)["token"]
+        awaiting(handle, attempt)
+        response = post_json(api, FAIL, {"task_token": token, "error": {"message": message, "type": "Declined"}})
+        assert response.status_code == 200, response.content
+
+    records = [r for r in state_log.records if getattr(r, "durable", {}).get("change") == "retry_scheduled"]
+    assert [record.durable["error"] for record in records] == messages
+    for record in records:
+        for formatted in (logging.Formatter("%(levelname)s %(name)s %(message)s").format(record),
+                          JSONFormatter().format(record)):
+            assert control_characters(formatted) == [], formatted
+            assert "\\u001b[31m" in formatted and "declined\\u001b[0m" in formatted
+    assert 'error="\\u001b[31mdeclined\\u001b[0m"' in records[0].getMessage()
+    assert 'error="\\u001b[31mcard declined\\u001b[0m\\n2030-01-01 INFO forged line"' in records[1].getMessage()

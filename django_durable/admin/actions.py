@@ -3,17 +3,17 @@ retry a failed workflow task, rerun from an event, purge, and complete or fail a
 activity that awaits completion by task token.
 
 Each is offered only where the run's state allows it, and only to users with the
-``django_durable.operate_workflowinstance`` permission. A GET shows a confirmation
-form; the POST acts through ``django_durable.client`` (history rows are never
-touched here) and reports with ``message_user``. ``BulkActionsMixin`` adds the
-changelist's bulk cancel, terminate and purge.
+model permission the HTTP API needs for it (``django_durable.permissions``: rerun
+needs ``add_``, purge ``delete_``, the others ``operate_workflowinstance``), checked
+again when it is posted. A GET shows a confirmation form (``forms``); the POST acts
+through ``django_durable.client`` (history rows are never touched here) and reports
+with ``message_user``. ``BulkActionsMixin`` adds the changelist's bulk cancel,
+terminate and purge.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -21,153 +21,31 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils.timezone import localtime
 
-from .. import store
+from .. import registry, store
 from ..client import WorkflowHandle, complete_activity_by_id, fail_activity_by_id
-from ..engine.events import EventKind
 from ..exceptions import DurableError
 from ..models import OPEN_STATUSES, WorkflowInstance, WorkflowStatus, WorkItem, WorkItemKind
-
-OPERATE_PERMISSION = "django_durable.operate_workflowinstance"
+from ..permissions import OPERATE, may
+from .forms import (
+    ActionForm,
+    BulkTerminateForm,
+    CompleteActivityForm,
+    FailActivityForm,
+    RerunForm,
+    SignalForm,
+    SuspendForm,
+    TerminateForm,
+)
 
 
 def can_operate(request: HttpRequest) -> bool:
-    return request.user.has_perm(OPERATE_PERMISSION)
-
-
-# -- forms ---------------------------------------------------------------------------
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-class JSONTextField(forms.CharField):
-    """JSON typed into a textarea; empty means ``null``. Malformed JSON is a form error
-    that says where it broke, so nothing is sent."""
-
-    widget = forms.Textarea(attrs={"rows": 6, "cols": 60, "class": "vLargeTextField", "spellcheck": "false"})
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("required", False)
-        super().__init__(**kwargs)
-
-    def to_python(self, value: Any) -> Any:
-        text = super().to_python(value)
-        if not text:
-            return None
-        try:
-            return json.loads(text, parse_constant=_reject_constant)
-        except json.JSONDecodeError as exc:
-            raise ValidationError(
-                "Not valid JSON: %(error)s (line %(line)s, column %(column)s).",
-                code="invalid_json", params={"error": exc.msg, "line": exc.lineno, "column": exc.colno},
-            ) from None
-        except ValueError as exc:
-            raise ValidationError(
-                "Not valid JSON: %(error)s.", code="invalid_json", params={"error": exc}
-            ) from None
-
-
-class ActionForm(forms.Form):
-    """A bare confirmation; subclasses add the action's inputs."""
-
-    required_css_class = "required"  # bold labels, as on the admin's own forms
-
-    def __init__(self, *args: Any, instance: WorkflowInstance, user: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.instance = instance
-        self.user = user
-
-
-class SignalForm(ActionForm):
-    name = forms.CharField(
-        max_length=255, help_text="The event name the workflow waits for (ctx.wait_for_event)."
-    )
-    payload = JSONTextField(label="Payload (JSON)", help_text="Any JSON value; empty sends null.")
-
-
-class TerminateForm(ActionForm):
-    reason = forms.CharField(max_length=1000, help_text="Recorded in the run's history and as its error.")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["reason"].initial = f"Terminated from the admin by {self.user.get_username()}"
-
-
-class SuspendForm(ActionForm):
-    reason = forms.CharField(
-        max_length=1000, required=False, help_text="Optional; recorded in the run's history."
-    )
-
-
-_FAILED_CALLS = [EventKind.ACTIVITY_FAILED.value, EventKind.CHILD_WORKFLOW_FAILED.value]
-RERUN_CHOICES_MAX = 1000  # longer histories get a number input instead of a list of every event
-
-
-class RerunForm(ActionForm):
-    from_event = forms.IntegerField(
-        label="Rerun from event",
-        help_text="The new run keeps the events before this one; the current code goes on from there.",
-    )
-    workflow_id = forms.CharField(
-        max_length=255, required=False, label="New workflow id",
-        help_text="Optional; by default the rerun takes this run's workflow id.",
-    )
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        history = self.instance.history
-        length = self.instance.history_length
-        field = self.fields["from_event"]
-        if length <= RERUN_CHOICES_MAX:
-            events = history.filter(seq__gte=2).values_list("seq", "kind", "name", "task_id", "timestamp")
-            self.fields["from_event"] = field = forms.TypedChoiceField(
-                coerce=int, label=field.label, help_text=field.help_text,
-                choices=[(event[0], _event_label(*event)) for event in events],
-            )
-        else:
-            self.fields["from_event"] = field = forms.IntegerField(
-                min_value=2, max_value=length, label=field.label,
-                help_text=f"{field.help_text} A history event number from 2 to {length}.",
-            )
-        # A failed run is rerun from its last failed activity or child (that call is made
-        # again); any other run from its closing event (its code goes on from its last step).
-        failure = None
-        if self.instance.status == WorkflowStatus.FAILED:
-            failure = (
-                history.filter(kind__in=_FAILED_CALLS).order_by("-seq").values_list("seq", flat=True).first()
-            )
-        field.initial = failure or length
-
-
-def _event_label(seq: int, kind: str, name: str, task_id: int | None, timestamp: datetime.datetime) -> str:
-    call = f" {name}" if name else ""
-    task = f" (task {task_id})" if task_id else ""
-    return f"#{seq} {kind}{call}{task} at {localtime(timestamp):%Y-%m-%d %H:%M:%S}"
-
-
-class CompleteActivityForm(ActionForm):
-    result = JSONTextField(
-        label="Result (JSON)", help_text="What the activity returns to the workflow; empty is null."
-    )
-
-
-class FailActivityForm(ActionForm):
-    message = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}))
-    type = forms.CharField(
-        max_length=255, required=False, initial="ActivityFailure",
-        help_text="The error's type name; the retry policy's non_retryable_errors match it.",
-    )
-    details = JSONTextField(
-        label="Details (JSON)", help_text="Optional; the workflow sees them on ActivityError.details."
-    )
+    return request.user.has_perm(OPERATE)
 
 
 # -- what a run allows now --------------------------------------------------------------
@@ -260,6 +138,8 @@ def _retryable(instance: WorkflowInstance, work: RunWork, activity: str | None) 
 
 
 def _rerunnable(instance: WorkflowInstance, work: RunWork, activity: str | None) -> str | None:
+    if registry.is_internal(instance.workflow_name):  # never started from here, by anyone
+        return f"no workflow is registered as {instance.workflow_name!r}"
     if not instance.is_open and instance.history_length < 2:
         return "its history is too short"
     return _closed(instance, work, activity)
@@ -448,12 +328,13 @@ def action_url(pk: Any, verb: str, *, activity: int | None = None, current_app: 
 
 def object_actions(request: HttpRequest, instance: Any) -> list[dict[str, str]]:
     """The actions ``request.user`` may take on ``instance`` now: ``{"verb", "label", "url"}``."""
-    if not can_operate(request):
+    permitted = {verb: spec for verb, spec in VERBS.items() if may(request.user, verb)}
+    if not permitted:
         return []
     work = run_work(instance)
     current_app = getattr(request, "current_app", None)
     found = []
-    for verb, spec in VERBS.items():
+    for verb, spec in permitted.items():
         if spec.per_activity:
             for task_id, item in sorted(work.awaiting.items()):
                 found.append({
@@ -471,7 +352,7 @@ def action_view(model_admin: Any, request: HttpRequest, object_id: str, verb: st
     spec = VERBS.get(verb)
     if spec is None:
         raise Http404(f"No admin action {verb!r}.")
-    if not (model_admin.has_view_permission(request) and can_operate(request)):
+    if not (model_admin.has_view_permission(request) and may(request.user, verb)):
         raise PermissionDenied
     request.current_app = model_admin.admin_site.name
     instance = model_admin.get_object(request, unquote(object_id))
@@ -540,12 +421,9 @@ def action_view(model_admin: Any, request: HttpRequest, object_id: str, verb: st
 # -- changelist bulk actions ----------------------------------------------------------------
 
 
-class BulkTerminateForm(forms.Form):
-    reason = forms.CharField(max_length=1000, help_text="Recorded in each run's history and as its error.")
-
-
 @dataclasses.dataclass(frozen=True)
 class Bulk:
+    verb: str  # its name in django_durable.permissions
     label: str
     done: str  # "Terminated %(count)s run(s)."
     legal: Q  # the rows this action may touch; the rest are skipped
@@ -557,18 +435,18 @@ class Bulk:
 
 BULK: dict[str, Bulk] = {
     "cancel_selected": Bulk(
-        "Request cancel", "Asked %(count)s run(s) to cancel.",
+        "cancel", "Request cancel", "Asked %(count)s run(s) to cancel.",
         Q(status__in=OPEN_STATUSES, cancel_requested_at__isnull=True), "closed or already asked to cancel",
         "Each run's code sees CancelledError at its next durable call and may clean up first.",
         lambda handle, data: handle.cancel(),
     ),
     "terminate_selected": Bulk(
-        "Terminate", "Terminated %(count)s run(s).", Q(status__in=OPEN_STATUSES), "already closed",
+        "terminate", "Terminate", "Terminated %(count)s run(s).", Q(status__in=OPEN_STATUSES), "already closed",
         "Each run closes now: no more workflow code runs, pending activities and timers are dropped.",
         lambda handle, data: handle.terminate(data["reason"]), BulkTerminateForm,
     ),
     "purge_selected": Bulk(
-        "Purge", "Purged %(count)s run(s) with their history.", ~Q(status__in=OPEN_STATUSES),
+        "purge", "Purge", "Purged %(count)s run(s) with their history.", ~Q(status__in=OPEN_STATUSES),
         "still open", "Each closed run is deleted with its whole history. This cannot be undone.",
         lambda handle, data: handle.purge(),
     ),
@@ -580,6 +458,9 @@ def _bulk(action: str, model_admin: Any, request: HttpRequest, queryset: QuerySe
     """Confirm (Django's intermediate page), then act on the selected rows in a legal
     state through the client API; the others are skipped and counted."""
     bulk = BULK[action]
+    # Django offers the action only with its permission; a forged POST meets this check.
+    if not may(request.user, bulk.verb):
+        raise PermissionDenied
     rows = list(
         queryset.annotate(legal=ExpressionWrapper(bulk.legal, output_field=BooleanField()))
         .values("pk", "workflow_id", "run_id", "workflow_name", "status", "legal")
@@ -647,15 +528,20 @@ def terminate_selected(model_admin: Any, request: HttpRequest, queryset: QuerySe
     return _bulk("terminate_selected", model_admin, request, queryset)
 
 
-@admin.action(description="Purge selected closed runs", permissions=["operate"])
+@admin.action(description="Purge selected closed runs", permissions=["purge"])
 def purge_selected(model_admin: Any, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
     return _bulk("purge_selected", model_admin, request, queryset)
 
 
 class BulkActionsMixin:
-    """For ``WorkflowInstanceAdmin``: the changelist's bulk actions, offered to operators only."""
+    """For ``WorkflowInstanceAdmin``: the changelist's bulk actions, offered to users with
+    their permissions only (``has_delete_permission`` stays False: Django's own "Delete
+    selected" would bypass the store)."""
 
     actions: ClassVar[list[Any]] = [cancel_selected, terminate_selected, purge_selected]
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return can_operate(request)
+
+    def has_purge_permission(self, request: HttpRequest) -> bool:
+        return may(request.user, "purge")

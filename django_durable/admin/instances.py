@@ -14,18 +14,18 @@ from django.contrib.admin.views.main import ChangeList
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.db.models.fields.json import KT
 from django.http import HttpRequest, HttpResponse, QueryDict
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
+from django.views.decorators.clickjacking import xframe_options_deny
 
 from ..engine.events import FAILURE_KINDS, EventKind
-from ..models import WorkflowInstance, WorkflowStatus, WorkItem, WorkItemKind
+from ..models import PAYLOAD_COLUMNS, WorkflowInstance, WorkflowStatus, WorkItem, WorkItemKind
 from ..tokens import make_task_token
 from . import actions, dashboard, timeline, timetravel
 
 # Columns the list never shows: they can be large, and a page of 100 runs would read them all.
-BIG_COLUMNS = ("input", "result", "error", "vars", "task_error")
 STATUS_COLOURS = {
     WorkflowStatus.PENDING: "#6c757d",
     WorkflowStatus.RUNNING: "#1f6fb2",
@@ -104,7 +104,7 @@ class InstanceChangeList(ChangeList):
         return (
             super()
             .get_queryset(request, *args, **kwargs)
-            .defer(*BIG_COLUMNS)
+            .defer(*PAYLOAD_COLUMNS)
             .annotate(task_failing=ExpressionWrapper(Q(task_error__isnull=False), output_field=BooleanField()))
         )
 
@@ -233,11 +233,18 @@ class WorkflowInstanceAdmin(ReadOnlyMixin, actions.BulkActionsMixin, admin.Model
             return self.admin_site.admin_view(lambda request, *args, **kwargs: fn(self, request, *args, **kwargs))
 
         prefix = f"{self.opts.app_label}_{self.opts.model_name}"
-        return [
+        patterns = [
             path("dashboard/", view(dashboard.dashboard_view), name=f"{prefix}_dashboard"),
             path("<path:object_id>/at/<int:seq>/", view(timetravel.vars_at_view), name=f"{prefix}_at"),
             path("<path:object_id>/actions/<str:verb>/", view(actions.action_view), name=f"{prefix}_action"),
             *super().get_urls(),
+        ]
+        # Every debugger page refuses to be framed (clickjacking on its action buttons),
+        # whether or not the project installs XFrameOptionsMiddleware.
+        return [
+            URLPattern(p.pattern, xframe_options_deny(p.callback), p.default_args, p.name)
+            if isinstance(p, URLPattern) else p
+            for p in patterns
         ]
 
 

@@ -1,4 +1,8 @@
-"""The run's variables as of any history event, replayed from history (read-only)."""
+"""The run's variables as of any history event, replayed from history (read-only).
+
+The run's workflow code runs here, in the web process, as a worker would run it (see
+``executors.replayer``): once per page, under the worker's guards, and only for histories
+within ``TIME_TRAVEL_MAX_EVENTS`` and ``TIME_TRAVEL_MAX_BYTES``."""
 
 from __future__ import annotations
 
@@ -13,11 +17,11 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from .. import registry, store
-from ..converter import get_converter
+from ..conf import durable_settings
 from ..engine.events import Event
 from ..engine.failures import qualified_name
-from ..engine.replay import VarsAt, vars_at
-from ..exceptions import NotRegistered
+from ..exceptions import NonDeterminismError, NotRegistered
+from ..executors.replayer import replay_vars_at
 
 TEMPLATE = "admin/django_durable/workflowinstance/timetravel.html"
 AROUND = 12  # events listed on each side of the chosen one
@@ -38,8 +42,10 @@ def vars_at_view(model_admin: Any, request: HttpRequest, object_id: str, seq: in
     def url_at(n: int) -> str:
         return reverse(url_name, args=[object_id, n])
 
-    history = store.get_history(instance.pk)
-    last = len(history)
+    size = store.history_size(instance.pk)
+    refused = _refusal(size)
+    history = [] if refused else store.get_history(instance.pk)
+    last = size.events if refused else len(history)
     jump = request.GET.get("seq")
     if jump is not None:
         # The jump form is a plain GET form: send it on to the event's own address.
@@ -51,40 +57,34 @@ def vars_at_view(model_admin: Any, request: HttpRequest, object_id: str, seq: in
             return HttpResponseRedirect(url_at(target))
     if not 1 <= seq <= last:
         raise Http404(f"This run has no event {seq} (its history has {last} events).")
+    start = max(seq - 1 - AROUND, 0)
+    if refused:
+        shown = store.history_window(instance.pk, start + 1, seq + AROUND)
+    else:
+        shown = history[start:seq + AROUND]
+    if len(shown) < seq - start:
+        raise Http404(f"This run has no event {seq}.")  # purged or pruned meanwhile
+    event = shown[seq - 1 - start]
 
     unregistered = None
-    at = before = None
-    try:
-        fn = registry.get_workflow_definition(instance.workflow_name).fn
-    except NotRegistered as exc:
-        unregistered = str(exc)
-    else:
-        def replay(n: int) -> VarsAt:
-            return vars_at(
-                fn,
-                history=history,
-                seq=n,
-                workflow_id=instance.workflow_id,
-                run_id=str(instance.run_id),
-                workflow_name=instance.workflow_name,
-                queue=instance.queue,
-                converter=get_converter(),
-                activity_options=registry.activity_call_options,
-                workflow_options=registry.workflow_call_options,
+    at = None
+    if not refused:
+        try:
+            fn = registry.get_workflow_definition(instance.workflow_name).fn
+        except NotRegistered as exc:
+            unregistered = str(exc)
+        else:
+            at = replay_vars_at(
+                fn, workflow_id=instance.workflow_id, run_id=str(instance.run_id),
+                workflow_name=instance.workflow_name, queue=instance.queue, history=history, seq=seq,
             )
-
-        at = replay(seq)
-        before = replay(seq - 1) if seq > 1 and at.error is None else None
-
-    event = history[seq - 1]
     variables = []
     if at is not None and at.error is None:
-        earlier = before.raw_vars if before is not None and before.error is None else {}
         variables = [
-            {"name": name, "json": _json(value, indent=None), "changed": earlier.get(name, _MISSING) != value}
+            {"name": name, "json": _json(value, indent=None),
+             "changed": at.raw_vars_before.get(name, _MISSING) != value}
             for name, value in sorted(at.raw_vars.items())
         ]
-    start = max(seq - 1 - AROUND, 0)
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": opts,
@@ -99,7 +99,13 @@ def vars_at_view(model_admin: Any, request: HttpRequest, object_id: str, seq: in
         "event_payload": _json(event.payload),
         "at": at,
         "unregistered": unregistered,
+        "refused": refused,
         "error_type": qualified_name(type(at.error)) if at is not None and at.error is not None else "",
+        # Stopped by a guard or a crash, rather than found not to match its history.
+        "replay_stopped": (
+            at is not None and at.error is not None and not isinstance(at.error, NonDeterminismError)
+        ),
+        "task_timeout": durable_settings.WORKFLOW_TASK_TIMEOUT,
         "variables": variables,
         "vars_json": _json(at.raw_vars) if at is not None and at.error is None else "",
         "result_json": _json(at.result) if at is not None and at.status == "completed" else "",
@@ -108,15 +114,28 @@ def vars_at_view(model_admin: Any, request: HttpRequest, object_id: str, seq: in
         "next_url": url_at(seq + 1) if seq < last else None,
         "last_url": url_at(last) if seq < last else None,
         "jump_url": url_at(seq),
-        "events": [
-            _row(e, n, url_at(n), n == seq)
-            for n, e in enumerate(history[start:seq + AROUND], start=start + 1)
-        ],
+        "events": [_row(e, n, url_at(n), n == seq) for n, e in enumerate(shown, start=start + 1)],
         "more_before": start > 0,
         "more_after": seq + AROUND < last,
     }
     request.current_app = model_admin.admin_site.name
     return TemplateResponse(request, TEMPLATE, context)
+
+
+def _refusal(size: store.HistorySize) -> str | None:
+    """Why the page does not replay a run of this size, or None if it may."""
+    max_events = durable_settings.TIME_TRAVEL_MAX_EVENTS
+    max_bytes = durable_settings.TIME_TRAVEL_MAX_BYTES
+    if max_events is not None and size.events > max_events:
+        over = (f"{size.events:,} events, more than the {max_events:,} that this page replays "
+                "(DURABLE[\"TIME_TRAVEL_MAX_EVENTS\"])")
+    elif max_bytes is not None and size.bytes > max_bytes:
+        over = (f"{size.bytes:,} bytes of JSON, more than the {max_bytes:,} that this page replays "
+                "(DURABLE[\"TIME_TRAVEL_MAX_BYTES\"])")
+    else:
+        return None
+    return (f"Not replayed: this run's history has {over}. Its workflow code would run in the web "
+            "process; raise the setting to replay runs this long here.")
 
 
 def _row(event: Event, seq: int, url: str, current: bool) -> dict[str, Any]:

@@ -7,7 +7,8 @@ Mount it with ``path("durable/api/", include("django_durable.api.urls"))`` and a
   report on an activity attempt by task token (authorised by the token alone).
 - ``workflows/``: list and start workflows; ``workflows/<id>/`` describe (GET) and
   purge (DELETE), ``workflows/<id>/history/``, and the verbs ``signal/``, ``cancel/``,
-  ``suspend/``, ``resume/``, ``terminate/`` and ``rerun/`` (staff by default).
+  ``suspend/``, ``resume/``, ``terminate/`` and ``rerun/`` (each needs the model
+  permission of ``WorkflowInstance`` the admin needs for it: ``api.permissions``).
 - ``schema/``: the OpenAPI document.
 
 Importing this package does not import Django REST framework; its system checks

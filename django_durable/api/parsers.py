@@ -3,14 +3,13 @@
 It never reads more than the limit plus one byte: a declared ``Content-Length``
 over the limit is refused before anything is read, and a body without one
 (chunked, or ASGI) is read up to one byte past the limit and refused there.
-It also refuses what the database could not store faithfully: NaN and
-Infinity, unpaired surrogates, and nesting deeper than ``MAX_JSON_DEPTH``.
+It also refuses what the database could not store faithfully, by the rules of
+``django_durable.jsontext`` (shared with the admin's forms): NaN and Infinity,
+unpaired surrogates, and nesting deeper than ``MAX_JSON_DEPTH``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
 from django.conf import settings
@@ -19,11 +18,8 @@ from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
 
+from .. import jsontext
 from ..conf import durable_settings
-
-# Deeper JSON is refused: it would exhaust the recursion limit somewhere on its way
-# into the database (encoders, converters and JSON columns all recurse).
-MAX_JSON_DEPTH = 100
 
 _READ_CHUNK = 64 * 1024
 
@@ -74,42 +70,6 @@ def read_limited(stream: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text} is out of range")
-    return value
-
-
-def check_json_value(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
-    """Raise ValueError for nesting deeper than ``max_depth`` or a string that is not valid Unicode."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            _check_text(item)
-        elif isinstance(item, (list, dict)):
-            if depth > max_depth:
-                raise ValueError(f"nested deeper than {max_depth} levels")
-            if isinstance(item, dict):
-                for key, child in item.items():
-                    _check_text(key)
-                    stack.append((child, depth + 1))
-            else:
-                stack.extend((child, depth + 1) for child in item)
-
-
-def _check_text(text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("a string contains an unpaired surrogate (\\ud800-\\udfff)") from None
-
-
 class JSONParser(BaseParser):
     """``application/json``, size-limited and strict (see the module docstring)."""
 
@@ -131,10 +91,8 @@ class JSONParser(BaseParser):
             return {}
         encoding = parser_context.get("encoding") or settings.DEFAULT_CHARSET
         try:
-            text = body.decode(encoding)
-            data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-            check_json_value(data)
-        except (ValueError, LookupError, RecursionError) as exc:
+            data = jsontext.loads(body.decode(encoding))
+        except (ValueError, LookupError) as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
         return data
 

@@ -12,8 +12,8 @@ from rest_framework.exceptions import ErrorDetail
 
 from .. import registry, store
 from ..conf import durable_settings
+from ..jsontext import MAX_JSON_DEPTH
 from ..models import HistoryEvent, IdReusePolicy, WorkflowInstance, WorkflowStatus
-from .parsers import MAX_JSON_DEPTH
 
 MAX_NAME_LENGTH = 255  # workflow names, ids, queues, error types: the model columns' length
 MAX_MESSAGE_LENGTH = 10_000
@@ -177,6 +177,22 @@ def _addressable(value: str) -> None:
         raise serializers.ValidationError("A workflow id used over HTTP cannot contain '/'.")
 
 
+def refuse_internal(workflow_name: str) -> None:
+    """An internal workflow (``django_durable.*``) is never started over HTTP, by anyone:
+    the answer is the one for a name that is not registered."""
+    if registry.is_internal(workflow_name):
+        raise registry.not_registered("workflow", workflow_name)
+
+
+def refuse_unstartable(workflow_name: str) -> None:
+    """What ``POST workflows/`` may not start: internal workflows, and those left out of
+    ``API_STARTABLE_WORKFLOWS`` when it is set."""
+    refuse_internal(workflow_name)
+    allowed = durable_settings.API_STARTABLE_WORKFLOWS
+    if allowed is not None and workflow_name not in allowed:
+        raise registry.not_registered("workflow", workflow_name)
+
+
 class StartWorkflowSerializer(serializers.Serializer):
     workflow = _name_field(help_text="The registered name of the workflow.")
     args = JSONValueField(kind="array", required=False, default=list)
@@ -201,7 +217,8 @@ class StartWorkflowSerializer(serializers.Serializer):
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        # An unknown name is NotRegistered (400 not_registered), raised here.
+        # An unknown or unstartable name is NotRegistered (400 not_registered), raised here.
+        refuse_unstartable(attrs["workflow"])
         definition = registry.get_workflow_definition(attrs["workflow"])
         try:
             signature = inspect.signature(definition.fn)

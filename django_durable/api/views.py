@@ -5,7 +5,8 @@ Two groups, each with its own authentication and permission classes from
 
 - the activity endpoints (``ACTIVITY_API_*``; default: no authentication, so no
   CSRF, and ``AllowAny``: the task token is the capability);
-- the workflow endpoints (``API_*``; default: session or basic auth, staff only).
+- the workflow endpoints (``API_*``; default: session or basic auth, and the model permission
+  of ``WorkflowInstance`` each action needs: ``permissions.WorkflowPermissions``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from rest_framework.views import APIView
 from .. import client, store
 from ..conf import durable_settings
 from ..exceptions import WorkflowNotFound
-from ..models import HistoryEvent, WorkflowInstance, WorkflowStatus
+from ..models import PAYLOAD_COLUMNS, HistoryEvent, WorkflowInstance, WorkflowStatus
 from ..tokens import MAX_TOKEN_LENGTH
 from . import serializers as s
 from .exceptions import exception_handler
@@ -300,7 +301,7 @@ class HeartbeatActivityView(ActivityView):
         return Response({"cancel_requested": bool(cancel_requested)})
 
 
-# -- workflows: staff by default --------------------------------------------------------
+# -- workflows: Django's model permissions by default -------------------------------------
 
 
 class WorkflowPagination(LimitOffsetPagination):
@@ -410,6 +411,10 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
             "resume": s.NoBodySerializer,
             "rerun": s.RerunWorkflowSerializer,
         }.get(action, s.WorkflowSummarySerializer)
+
+    def get_queryset(self) -> Any:
+        queryset = super().get_queryset()
+        return queryset.defer(*PAYLOAD_COLUMNS) if self.action == "list" else queryset
 
     def requested_run_id(self) -> str | None:
         """The run ``?run_id=`` names (400 if it is not a UUID), or None for the latest."""
@@ -549,7 +554,9 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
         current code goes on from there. 409 if the run is open, if from_event is past its history,
         or if the new run's workflow id has an open run."""
         data = self.validated(request)
-        source = self.handle_of(self.get_object())
+        instance = self.get_object()
+        s.refuse_internal(instance.workflow_name)
+        source = self.handle_of(instance)
         return self.created(source.rerun(data["from_event"], workflow_id=data.get("workflow_id") or None))
 
 

@@ -105,6 +105,7 @@ class WorkflowContext:
         lookahead: Sequence[Event] = (),
         payload_limits: PayloadLimits | None = None,
         measure_history: bool = False,
+        vars_before_index: int | None = None,
     ) -> None:
         self.workflow_id = workflow_id
         self.run_id = run_id
@@ -158,6 +159,13 @@ class WorkflowContext:
         self.continue_request: ContinueAsNew | None = None
         # Set by a ResidentRun: waits park the code's thread instead of unwinding it.
         self._park: Callable[[], None] | None = None
+        # The admin's time travel: with ``vars_before_index`` (a history event's index),
+        # ``vars_before`` is the variables as the code had them when it first went on with
+        # that event or a later one, where a replay of the events before it would have
+        # stopped; so one replay tells what an event changed. None until then.
+        self._vars_boundary = vars_before_index
+        self.vars_before: dict[str, Any] | None = None
+        self.vars_before_unknown = False
 
     def _index(self, events: Iterable[Event]) -> None:
         """Take ``events``, the next ones of the run's history, into account."""
@@ -392,6 +400,7 @@ class WorkflowContext:
             failures = [entry for entry in done if entry[1].kind in FAILURE_KINDS]
             if failures:
                 first = min(failures, key=lambda entry: entry[0])
+                self._learns(first[0])
                 self._check_cancel(first[0])
                 return self._consume_entry(first)  # raises
             if len(done) == len(tasks):
@@ -399,6 +408,7 @@ class WorkflowContext:
             self._check_cancel(None)
             pending = next(t for t, entry in zip(tasks, entries) if entry is None)
             self._suspend(pending.description)
+        self._learns(max((entry[0] for entry in done), default=None))
         self._check_cancel(max((entry[0] for entry in done), default=None) if done else 0)
         return [self._take(t, entry) for t, entry in zip(tasks, done)]
 
@@ -415,6 +425,7 @@ class WorkflowContext:
             self._check_cancel(None)
             self._suspend(" or ".join(t.description for t in tasks))
         entry, winner = min(done, key=lambda pair: pair[0][0])
+        self._learns(entry[0])
         self._check_cancel(entry[0])
         if isinstance(winner, EventTask):
             self._bind(winner, entry)
@@ -436,7 +447,7 @@ class WorkflowContext:
             raise Suspend()
 
     def _next_call(self, kind: EventKind, name: str) -> int:
-        self._check_cancel(self._recorded_index.get(self._next_task_id + 1))
+        self._check_cancel(self._recorded_index.get(self._next_task_id + 1), waiting=False)
         self._next_task_id += 1
         task_id = self._next_task_id
         recorded = self._recorded.get(task_id)
@@ -461,6 +472,8 @@ class WorkflowContext:
             entry = self._lookup(task)
             if entry is None and task.task_id in self._canceled_timers:
                 raise CancelledError(f"{task.description} was canceled with cancel_timer().")
+            if entry is not None:
+                self._learns(entry[0])
             self._check_cancel(entry[0] if entry is not None else None)
             if entry is not None:
                 return self._take(task, entry)
@@ -500,14 +513,28 @@ class WorkflowContext:
             self._bind(task, entry)
         return self._consume_entry(entry)
 
-    def _check_cancel(self, answered_at: int | None) -> None:
+    def _check_cancel(self, answered_at: int | None, *, waiting: bool = True) -> None:
         """Raise ``CancelledError`` once, at the first durable call that history does not
         answer from before the cancellation request (deterministic on replay)."""
         if self._cancel_index is None or self._cancel_raised:
             return
         if answered_at is None or answered_at > self._cancel_index:
+            self._learns(self._cancel_index, waiting=waiting)
             self._cancel_raised = True
             raise CancelledError("The workflow was asked to cancel.")
+
+    def _learns(self, index: int | None, *, waiting: bool = True) -> None:
+        """The code goes on with what history event ``index`` told it (see ``vars_before``),
+        at a wait, or (``waiting=False``) at a new call, which a replay of the events before
+        ``index`` would have made and gone on from: what it then set is not known here."""
+        if (
+            self._vars_boundary is not None and index is not None and index >= self._vars_boundary
+            and self.vars_before is None and not self.vars_before_unknown
+        ):
+            if waiting:
+                self.vars_before = dict(self.vars)
+            else:
+                self.vars_before_unknown = True
 
     def _consume_entry(self, entry: Entry) -> Any:
         self._advance_time(entry)

@@ -180,9 +180,12 @@ def check_history(
     converter: DataConverter,
     activity_options: Callable[[Any], tuple[str, dict[str, Any]]],
     workflow_options: Callable[[Any], tuple[str, str | None]] | None = None,
+    task_timeout: float | None = None,
+    code_guard: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> WorkflowTaskError | None:
     """Replay a stored history against ``fn`` without running anything; the error the
-    next workflow task would hit (e.g. ``NonDeterminismError``), or None if it replays."""
+    next workflow task would hit (e.g. ``NonDeterminismError``), or None if it replays.
+    ``task_timeout`` and ``code_guard`` are ``run_workflow_task``'s; what they stop is raised."""
     if not any(event.kind == EventKind.WORKFLOW_TASK_STARTED for event in history):
         return None  # no workflow code has run yet: nothing to compare
     ctx, status, _, _ = _execute(
@@ -195,10 +198,15 @@ def check_history(
         converter=converter,
         activity_options=activity_options,
         workflow_options=workflow_options,
+        timeout=task_timeout,
+        code_guard=code_guard,
     )
-    task_error = _task_error(ctx, status)
-    if task_error is not None:
-        return task_error
+    return _task_error(ctx, status) or _close_error(ctx, status, history)
+
+
+def _close_error(ctx: WorkflowContext, status: str, history: Sequence[Event]) -> NonDeterminismError | None:
+    """Whether the code, having run over ``history`` to ``status``, would write the close event
+    history holds (a run terminated or failed by the history limit was closed from outside)."""
     close = next((event for event in reversed(history) if event.kind in CLOSE_KINDS), None)
     closed = close.kind if close is not None else None
     # Terminated runs and runs failed by the history limit were closed from outside their code.
@@ -241,10 +249,12 @@ def _execute(
         status, result, error = resident.start()
         # What the code did until it waited, before unwinding it runs its finally blocks.
         ctx = resident.ctx
+        before = (ctx.vars_before, ctx.vars_before_unknown)
         snapshot = (dict(ctx.vars), ctx.suspended_on, list(ctx.new_events), ctx.swallowed)
     finally:
         resident.close()
     ctx.vars, ctx.suspended_on, ctx.new_events, ctx.swallowed = snapshot
+    ctx.vars_before, ctx.vars_before_unknown = before
     return ctx, status, result, error
 
 
@@ -278,8 +288,11 @@ class VarsAt:
     waiting_on: str | None = None
     result: Any = None  # as stored, when the code had completed
     failure: dict[str, Any] | None = None  # the workflow's own error, when it had failed or was canceled
-    # Why the code no longer replays this history (e.g. NonDeterminismError); nothing else is known then.
+    # Why the code no longer replays this history (e.g. NonDeterminismError, or what the
+    # replay's guards stopped); nothing else is known then.
     error: BaseException | None = None
+    # The variables (as stored) as of the event before, from the same replay: what this event changed.
+    raw_vars_before: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def vars_at(
@@ -294,15 +307,31 @@ def vars_at(
     converter: DataConverter,
     activity_options: Callable[[Any], tuple[str, dict[str, Any]]],
     workflow_options: Callable[[Any], tuple[str, str | None]] | None = None,
+    task_timeout: float | None = None,
+    code_guard: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> VarsAt:
     """Replay ``fn`` over events ``1 .. seq`` of ``history`` (a whole run, in order) and
-    return the variables its code had set where it then suspended or finished.
+    return the variables its code had set where it then suspended or finished, and
+    those as of event ``seq - 1``. The code runs once (twice only when event ``seq`` is a
+    cancellation request that met the code at a new durable call rather than at a wait).
 
     Nothing runs but the workflow code: its durable calls are matched against history
     or dropped, never scheduled. ``seq`` counts from 1, like ``HistoryEvent.seq``.
+    ``task_timeout`` and ``code_guard`` are ``run_workflow_task``'s; what they stop is ``error``.
     """
     if not 1 <= seq <= len(history):
         raise ValueError(f"seq must be between 1 and {len(history)}, not {seq}.")
+    return _vars_at(
+        fn, history, seq, with_before=True, workflow_id=workflow_id, run_id=run_id,
+        workflow_name=workflow_name, queue=queue, converter=converter, activity_options=activity_options,
+        workflow_options=workflow_options, timeout=task_timeout, code_guard=code_guard,
+    )
+
+
+def _vars_at(
+    fn: Callable[..., Any], history: Sequence[Event], seq: int, *, with_before: bool,
+    converter: DataConverter, **context: Any,
+) -> VarsAt:
     prefix = list(history[:seq])
     at = VarsAt(seq=seq, event=prefix[-1], vars={}, raw_vars={}, status="pending")
     closed_by = next((event for event in reversed(prefix) if event.kind in CLOSE_KINDS), None)
@@ -310,23 +339,23 @@ def vars_at(
         if closed_by is not None and closed_by.kind == EventKind.WORKFLOW_TERMINATED:
             at.status = "terminated"
         return at  # no workflow code had run yet
-    context: dict[str, Any] = {
-        "workflow_id": workflow_id,
-        "run_id": run_id,
-        "workflow_name": workflow_name,
-        "queue": queue,
-        "converter": converter,
-        "activity_options": activity_options,
-        "workflow_options": workflow_options,
-    }
+    before = with_before and any(event.kind == EventKind.WORKFLOW_TASK_STARTED for event in prefix[:-1])
     try:
-        ctx, status, result, failure = _execute(fn, prefix, lookahead=history[seq:], **context)
+        ctx, status, result, failure = _execute(
+            fn, prefix, lookahead=history[seq:], vars_before_index=seq - 1 if before else None,
+            converter=converter, **context,
+        )
         error: BaseException | None = _task_error(ctx, status)
         if error is None and closed_by is not None:
-            error = check_history(fn, history=prefix, **context)  # the close must be the code's own
+            error = _close_error(ctx, status, prefix)  # the close must be the code's own
         if error is None:
             at.raw_vars = dict(ctx.vars)
             at.vars = {name: converter.from_json(value) for name, value in ctx.vars.items()}
+            if ctx.vars_before_unknown:
+                earlier = _vars_at(fn, history, seq - 1, with_before=False, converter=converter, **context)
+                at.raw_vars_before = earlier.raw_vars
+            elif before:
+                at.raw_vars_before = ctx.vars_before if ctx.vars_before is not None else dict(ctx.vars)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - a workflow task would fail the same way (sys.exit() too); the page says so

@@ -61,6 +61,7 @@ class ResidentRun:
         self._turn = threading.Condition()
         self._code_turn = False
         self._closing = False
+        self._abandoned = False  # timed out: never driven again, nor waited for
         self._progress: Progress = (RUNNING, None, None)
         self._crash: BaseException | None = None
         self.finished = False
@@ -91,7 +92,7 @@ class ResidentRun:
 
     def close(self) -> None:
         """Unwind parked code (its ``finally`` blocks run) and end its thread."""
-        if not self._thread.is_alive():
+        if self._abandoned or not self._thread.is_alive():
             return
         if not self.finished:
             self._closing = True
@@ -113,7 +114,9 @@ class ResidentRun:
             self._code_turn = True
             self._turn.notify_all()
             if not self._turn.wait_for(lambda: not self._code_turn, timeout=self.timeout):
-                self.finished = True  # never to be driven again; its thread is left behind
+                # Never to be driven again: its thread is left behind, and unwinds at its next
+                # durable call instead of parking there for good.
+                self.finished = self._abandoned = True
                 frame = sys._current_frames().get(self._thread.ident or 0)
                 where = "".join(traceback.format_stack(frame)) if frame is not None else "(unknown)"
                 raise WorkflowTaskError(
@@ -132,8 +135,8 @@ class ResidentRun:
         with self._turn:
             self._code_turn = False
             self._turn.notify_all()
-            self._turn.wait_for(lambda: self._code_turn)
-        if self._closing:
+            self._turn.wait_for(lambda: self._code_turn or self._abandoned)
+        if self._closing or self._abandoned:
             raise Suspend()
 
     def _body(self) -> None:

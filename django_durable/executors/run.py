@@ -7,23 +7,23 @@ import dataclasses
 import datetime
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
-from django.db import DatabaseError, close_old_connections, connections
+from django.db import DatabaseError, close_old_connections
 
 from .. import registry, store
 from ..activity import ActivityInfo, ResultPending, _current, _Scope
 from ..conf import durable_settings
-from ..converter import from_json, get_converter, payload_limits, to_json
-from ..engine import TaskOutcome, run_workflow_task
+from ..converter import from_json, to_json
+from ..engine import TaskOutcome
 from ..engine.events import EventKind
 from ..engine.failures import failure_from_exception
 from ..engine.resident import ResidentRun
 from ..exceptions import (
     ActivityNotPending,
-    DatabaseAccessInWorkflow,
     NotRegistered,
     SerializationError,
 )
@@ -31,16 +31,19 @@ from ..faults import crash_point
 from ..models import OPEN_STATUSES
 from ..tokens import make_task_token
 from .cache import RunCache
+from .outcomes import Lease, record_outcome
+from .replayer import run_task
 
 logger = logging.getLogger("django_durable.worker")
 
 
 class RunningActivity:
-    """An activity attempt running in this process, and its latest heartbeat."""
+    """An activity attempt running in this process, its latest heartbeat and its lease."""
 
     def __init__(self, item: store.Claim) -> None:
         self.item = item
         self.heartbeat_at: datetime.datetime | None = None
+        self.lease = Lease(durable_settings.LEASE_SECONDS)
 
     def heartbeat(self, details: Any) -> bool:
         crash_point("before_heartbeat")
@@ -64,12 +67,19 @@ def execute_activity(
     With a ``cache`` holding the run's code, the run's next workflow task runs within the
     result's commit (see ``InlineTask``); activities it schedules may go to ``eager``.
     """
-    completion = run_activity_function(running)
-    if completion is None:
+    finished = run_activity_function(running)
+    if finished is None:
         return
-    commit_activities([completion], cache=cache, eager=eager)
+    item = finished.item
+
+    def commit() -> store.Completion:
+        completion = store.Completion(item, finished.result)  # a failed try's flags do not carry over
+        commit_activities([completion], cache=cache, eager=eager)
+        return completion
+
+    completion = record_outcome(commit, lease=running.lease, what=f"activity {item.name!r} attempt {item.attempt}")
     if completion.lost:
-        raise store.lease_lost(completion.item)
+        raise store.lease_lost(item)
 
 
 def run_activity_function(running: RunningActivity) -> store.Completion | None:
@@ -85,7 +95,9 @@ def run_activity_function(running: RunningActivity) -> store.Completion | None:
         args = from_json(item.payload.get("args", []))
         kwargs = from_json(item.payload.get("kwargs", {}))
     except NotRegistered as exc:
-        record_failure(item, exc, retryable=True)
+        # A deploy may yet register a project's activity; an internal one missing here (the
+        # Tasks backend's, without that backend in TASKS) stays missing: fail it for good.
+        record_failure(running, exc, retryable=not registry.is_internal(item.name))
         return None
     info = ActivityInfo(
         workflow_id=item.workflow_id,
@@ -103,19 +115,20 @@ def run_activity_function(running: RunningActivity) -> store.Completion | None:
     try:
         value = definition.fn(*args, **kwargs)
     except ResultPending:
-        store.await_completion(item, running.heartbeat_at)
+        record_outcome(lambda: store.await_completion(item, running.heartbeat_at), lease=running.lease,
+                       what=f"that activity {item.name!r} attempt {item.attempt} awaits its task token")
         logger.info("Activity %s of %s (attempt %d) awaits completion by task token",
                     item.name, item.workflow_id, item.attempt)
         return None
     except Exception as exc:  # noqa: BLE001 - whatever an activity raises is its failure
-        record_failure(item, exc, retryable=True)
+        record_failure(running, exc, retryable=True)
         return None
     finally:
         _current.reset(scope)
     try:
         result = to_json(value, f"the result of activity {item.name!r}", kind="activity_result")
     except SerializationError as exc:
-        record_failure(item, exc, retryable=False)
+        record_failure(running, exc, retryable=False)
         return None
     crash_point("before_activity_completion")
     return store.Completion(item, result)
@@ -149,47 +162,6 @@ def commit_activities(
             continue
         crash_point("after_activity_commit")
         logger.debug("Activity %s of %s completed (attempt %d)", item.name, item.workflow_id, item.attempt)
-
-
-def run_task(*, workflow_name: str, resident: ResidentRun | None, **task: Any) -> TaskOutcome:
-    """``run_workflow_task`` for a registered workflow, with the project's converter,
-    registry and limits (``task``: ids, queue, history, inbox, now)."""
-    return run_workflow_task(
-        registry.get_workflow_definition(workflow_name).fn,
-        workflow_name=workflow_name,
-        converter=get_converter(),
-        activity_options=registry.activity_call_options,
-        workflow_options=registry.workflow_call_options,
-        history_warn_events=durable_settings.HISTORY_WARN_EVENTS,
-        history_max_events=durable_settings.HISTORY_MAX_EVENTS,
-        history_warn_bytes=durable_settings.HISTORY_WARN_BYTES,
-        history_max_bytes=durable_settings.HISTORY_MAX_BYTES,
-        payload_limits=payload_limits(),
-        resident=resident,
-        task_timeout=durable_settings.WORKFLOW_TASK_TIMEOUT,
-        code_guard=no_database_access,
-        **task,
-    )
-
-
-@contextmanager
-def no_database_access() -> Iterator[None]:
-    """Workflow code's thread: a query on any database raises ``DatabaseAccessInWorkflow``
-    (the workflow task fails), and the thread's connections are closed when it ends."""
-    with ExitStack() as stack:
-        for alias in connections:
-            stack.enter_context(connections[alias].execute_wrapper(_refuse_query))
-        try:
-            yield
-        finally:
-            connections.close_all()  # this thread's own, should the code have connected
-
-
-def _refuse_query(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-    raise DatabaseAccessInWorkflow(
-        f"Workflow code ran a database query ({' '.join(str(sql).split())[:120]}). Workflow code is "
-        "replayed and must be deterministic: query the database in an activity."
-    )
 
 
 class InlineTask:
@@ -269,8 +241,10 @@ def after_workflow_task(outcome: TaskOutcome, instance_id: int, workflow_id: str
         store.apply_parent_close_policies(parent_id=instance_id)
 
 
-def record_failure(item: store.Claim, exc: Exception, *, retryable: bool) -> None:
-    retry_at = store.fail_activity(item, failure_from_exception(exc), retryable=retryable)
+def record_failure(running: RunningActivity, exc: Exception, *, retryable: bool) -> None:
+    item, failure = running.item, failure_from_exception(exc)
+    retry_at = record_outcome(lambda: store.fail_activity(item, failure, retryable=retryable), lease=running.lease,
+                              what=f"the failure of activity {item.name!r} attempt {item.attempt}")
     if retry_at is not None:
         logger.info("Activity %s attempt %d failed (%s: %s); retry at %s", item.name, item.attempt,
                     type(exc).__name__, exc, retry_at.isoformat())
@@ -281,18 +255,26 @@ def record_failure(item: store.Claim, exc: Exception, *, retryable: bool) -> Non
 
 @contextmanager
 def renewing_lease(
-    item: store.Claim, *, lease_seconds: float, deadline: Callable[[], datetime.datetime | None]
+    item: store.Claim,
+    *,
+    lease_seconds: float,
+    deadline: Callable[[], datetime.datetime | None],
+    lease: Lease | None = None,
 ) -> Iterator[None]:
     """Renew ``item``'s lease from a thread of its own while the block runs outside
-    durable_worker (whose renewer does not know about it)."""
+    durable_worker (whose renewer does not know about it), keeping ``lease`` up to date."""
     done = threading.Event()
 
     def renew() -> None:
         while not done.wait(lease_seconds / 3):
             try:
                 close_old_connections()
-                lost = store.renew_leases(owner=item.owner, leases=[store.Lease(item.id, item.attempt, deadline())],
+                asked_at = time.monotonic()
+                lost = store.renew_leases(owner=item.owner,
+                                          leases=[store.LeaseRenewal(item.id, item.attempt, deadline())],
                                           lease_seconds=lease_seconds)
+                if lease is not None:
+                    lease.renewed(asked_at=asked_at, lost=bool(lost))
                 if lost and not done.is_set():
                     logger.warning("Lost the lease of work item %s; its outcome will be discarded.", item.id)
             except DatabaseError as exc:
@@ -311,7 +293,7 @@ def renewing_lease(
 def run_activity_item(item: store.Claim, *, lease_seconds: float) -> None:
     """Run a claimed attempt outside durable_worker, renewing its lease meanwhile."""
     running = RunningActivity(item)
-    with renewing_lease(item, lease_seconds=lease_seconds,
+    with renewing_lease(item, lease_seconds=lease_seconds, lease=running.lease,
                         deadline=lambda: store.attempt_deadline(item, running.heartbeat_at)):
         try:
             execute_activity(running)

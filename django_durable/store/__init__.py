@@ -9,7 +9,8 @@ applies while the item still carries the claimer's lease and attempt.
 One module per concern, each importing only those before it in this list:
 ``records`` (what the store returns and takes) and ``testclock``; ``dialects/``
 (the SQL that differs by database, over the portable ORM base); ``clock``
-(``db_now``); ``runs`` (locking, creating, history, delivering events, id reuse,
+(``db_now``) and ``transactions`` (``write_transaction``, which every transaction
+that writes begins with: on SQLite it takes the write lock at BEGIN); ``runs`` (locking, creating, history, delivering events, id reuse,
 terminating, starting children, telling parents); ``claims`` (claims, dispatch,
 leases, fencing); ``workflow_tasks``; ``activities``; ``control`` (the verbs);
 ``maintenance`` (timers, reaping, the next wake-up); ``operations`` (workers,
@@ -92,8 +93,9 @@ from .records import (
     Continuation,
     Eager,
     FinishedTask,
-    Lease,
+    HistorySize,
     LeaseLost,
+    LeaseRenewal,
     LockedRun,
     StoredTask,
     TaskCompletion,
@@ -106,10 +108,13 @@ from .runs import (
     create_instance,
     get_history,
     get_instance,
+    history_size,
+    history_window,
     last_of_chain,
     pending_work,
     runs_to_replay,
 )
+from .transactions import write_transaction
 from .workflow_tasks import (
     complete_workflow_task,
     complete_workflow_tasks,
@@ -122,19 +127,19 @@ from .workflow_tasks import (
 __all__ = [
     "CLAIM_FIELDS", "CLOSING_STATUSES", "EVENT_FIELDS", "LOCKED_FIELDS", "OVERDUE_AFTER", "PRUNE_COUNT_KEYS",
     "RECENT_WINDOW", "WORKER_ROW_RETENTION", "Claim", "Completion", "Continuation", "Eager", "FinishedTask",
-    "Lease", "LeaseLost", "LockedRun", "StoredTask", "TaskCompletion", "TaskDecisions", "TransactionNow",
-    "WorkflowTaskInput", "_apply_id_reuse_policy", "apply_parent_close_policies", "attempt_deadline",
-    "await_completion", "cancel_requested", "check_database", "claim", "claim_item", "clock_override",
-    "complete_activities", "complete_activity", "complete_workflow_task", "complete_workflow_tasks",
-    "continuation_of", "count_kept", "count_prunable", "create_instance", "current_attempt_token",
-    "dashboard_stats", "db_now", "discard", "dispatch", "dispatch_activities", "fail_activity",
-    "fail_late_attempt", "fail_workflow_task", "fire_due_timers", "get_history", "get_instance",
-    "last_of_chain", "lease_lost", "load_workflow_task", "load_workflow_tasks", "next_wakeup", "overdue_work",
-    "pending_attempt", "pending_work", "prune_batch", "prune_batch_size", "purge", "queues_with_work",
-    "reap_expired_leases", "record_heartbeat", "record_worker_heartbeat", "renew_leases", "request_cancel",
-    "rerun", "resume", "runs_to_replay", "seconds_until_due", "signal", "suspend", "terminate",
+    "HistorySize", "LeaseLost", "LeaseRenewal", "LockedRun", "StoredTask", "TaskCompletion", "TaskDecisions",
+    "TransactionNow", "WorkflowTaskInput", "_apply_id_reuse_policy", "apply_parent_close_policies",
+    "attempt_deadline", "await_completion", "cancel_requested", "check_database", "claim", "claim_item",
+    "clock_override", "complete_activities", "complete_activity", "complete_workflow_task",
+    "complete_workflow_tasks", "continuation_of", "count_kept", "count_prunable", "create_instance",
+    "current_attempt_token", "dashboard_stats", "db_now", "discard", "dispatch", "dispatch_activities",
+    "fail_activity", "fail_late_attempt", "fail_workflow_task", "fire_due_timers", "get_history", "get_instance",
+    "history_size", "history_window", "last_of_chain", "lease_lost", "load_workflow_task", "load_workflow_tasks",
+    "next_wakeup", "overdue_work", "pending_attempt", "pending_work", "prune_batch", "prune_batch_size", "purge",
+    "queues_with_work", "reap_expired_leases", "record_heartbeat", "record_worker_heartbeat", "renew_leases",
+    "request_cancel", "rerun", "resume", "runs_to_replay", "seconds_until_due", "signal", "suspend", "terminate",
     "unapplied_migrations", "unpark_workflow_task", "worker_heartbeat_interval", "worker_rows",
-    "worker_stale_after", "worker_stopped",
+    "worker_stale_after", "worker_stopped", "write_transaction",
 ]
 
 

@@ -8,7 +8,7 @@ import datetime
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Q
 
 from ..engine.events import Event, EventKind
@@ -23,6 +23,7 @@ from .clock import _seconds, db_now
 from .dialects import dialect_for
 from .records import Claim, Completion, Continuation, Eager, LockedRun, TaskDecisions
 from .runs import _deliver, _lock_instance, _lock_instances, _parked_at, get_instance
+from .transactions import write_transaction
 from .workflow_tasks import _commit_task, _TaskWrite, _write_batch
 
 
@@ -90,7 +91,7 @@ def complete_activities(
     with one statement each, whatever their number. Results of one run make one step
     (the first completion's ``continue_run`` gets them all, in order). An attempt that
     is no longer ours is marked ``lost`` and the others still commit."""
-    with transaction.atomic():
+    with write_transaction():
         runs = _lock_instances(completion.item.instance_id for completion in completions)
         finished = _finish_attempts(
             [completion.item for completion in completions if completion.item.instance_id in runs],
@@ -156,7 +157,7 @@ def record_heartbeat(
     item: Claim, details: Any, *, lease_seconds: float, live_only: bool = False
 ) -> datetime.datetime:
     """Keep ``details`` for the next attempt and push out the attempt's heartbeat deadline."""
-    with transaction.atomic():
+    with write_transaction():
         now = db_now()
         fence = _attempt_fence(item, now, live_only=live_only)
         # A heartbeat without details keeps what an earlier one reported.
@@ -208,7 +209,7 @@ def fail_activity(
 ) -> datetime.datetime | None:
     """Record a failed attempt: schedule the next one by the retry policy, or fail the
     activity for good. Returns when the retry is due, or None when it gave up."""
-    with transaction.atomic():
+    with write_transaction():
         instance = _lock_instance(item.instance_id)
         if instance is None:
             raise lease_lost(item)
@@ -225,7 +226,7 @@ def fail_late_attempt(item: Claim) -> bool:
     limit = (item.payload.get("options") or {}).get("schedule_to_close_timeout")
     if limit is None or item.claimed_at < item.created_at + _seconds(limit):
         return False
-    with transaction.atomic():
+    with write_transaction():
         instance = _lock_instance(item.instance_id)
         if instance is None:
             raise lease_lost(item)

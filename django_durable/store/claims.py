@@ -7,7 +7,7 @@ import datetime
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import F, Q, Value
 from django.db.models.functions import Greatest
 
@@ -15,7 +15,8 @@ from ..models import WorkItem, WorkItemKind
 from ..statelog import state_change
 from .clock import TransactionNow, _seconds, db_now
 from .dialects import dialect_for
-from .records import CLAIM_FIELDS, Claim, Lease, LeaseLost
+from .records import CLAIM_FIELDS, Claim, LeaseLost, LeaseRenewal
+from .transactions import write_transaction
 
 
 def _claim_rows(items: Any, *extra: str) -> Any:
@@ -36,7 +37,7 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
     if claims is not None:
         _cap_leases(claims)
     else:
-        with transaction.atomic():
+        with write_transaction():
             now = db_now()
             candidates = _claimable(now, kind=kind, queue__in=list(queues)).order_by("due_at")
             if connection.features.has_select_for_update_skip_locked:
@@ -91,7 +92,7 @@ def dispatch(
     sent more than ``dispatch_timeout`` seconds ago and still unclaimed (the message was lost)."""
     if limit <= 0:
         return []
-    with transaction.atomic():
+    with write_transaction():
         now = db_now()
         candidates = (
             _claimable(now, kind=kind, queue__in=list(queues))
@@ -115,7 +116,7 @@ def claim_item(
 ) -> Claim | None:
     """Claim the item ``item_id`` of ``kind`` by the rules of ``claim()`` (unleased, unparked,
     due); None when it is not claimable (a duplicate message, or already finished)."""
-    with transaction.atomic():
+    with write_transaction():
         now = db_now()
         claimable = _claimable(now, id=item_id, kind=kind)
         if connection.features.has_select_for_update_skip_locked:
@@ -131,13 +132,13 @@ def claim_item(
         return claims[0] if claims else None
 
 
-def renew_leases(*, owner: str, leases: Sequence[Lease], lease_seconds: float) -> set[int]:
+def renew_leases(*, owner: str, leases: Sequence[LeaseRenewal], lease_seconds: float) -> set[int]:
     """Extend the leases still ours; a cap (the attempt's timeout) bounds the extension.
     Returns the ids whose lease was lost."""
     if not leases:
         return set()
     wanted = {(lease.item_id, lease.attempt): lease.cap for lease in leases}
-    with transaction.atomic():
+    with write_transaction():
         now = db_now()
         candidates = WorkItem.objects.filter(
             id__in=[lease.item_id for lease in leases],

@@ -7,7 +7,7 @@ import datetime
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection
 from django.db.models import Q
 
 from .. import notify
@@ -41,11 +41,12 @@ from .runs import (
     _work_items_for,
     get_instance,
 )
+from .transactions import write_transaction
 
 
 def signal(workflow_id: str, run_id: str | None, name: str, payload: Any) -> None:
     """Put an external event in the run's inbox; waits consume them in arrival order."""
-    with transaction.atomic():
+    with write_transaction():
         instance_id, instance = _lock_open_run(workflow_id, run_id)
         _deliver(
             instance_id, instance,
@@ -55,7 +56,7 @@ def signal(workflow_id: str, run_id: str | None, name: str, payload: Any) -> Non
 
 def request_cancel(workflow_id: str, run_id: str | None) -> None:
     """Ask the run to cancel: its code sees ``CancelledError`` at its next durable call."""
-    with transaction.atomic():
+    with write_transaction():
         instance_id, instance = _lock_open_run(workflow_id, run_id)
         _request_cancel_locked(instance_id, instance, db_now())
 
@@ -74,7 +75,7 @@ def cancel_requested(instance_id: int) -> bool:
 def suspend(workflow_id: str, run_id: str | None, reason: str = "") -> None:
     """Stop the run's progress: its workflow tasks and activities not yet started wait
     (parked) until ``resume``; events that arrive meanwhile are kept."""
-    with transaction.atomic():
+    with write_transaction():
         instance_id, instance = _lock_open_run(workflow_id, run_id)
         if instance.status == WorkflowStatus.SUSPENDED:
             raise WorkflowStateError(f"Workflow {workflow_id!r} is already suspended.")
@@ -94,7 +95,7 @@ def suspend(workflow_id: str, run_id: str | None, reason: str = "") -> None:
 
 def resume(workflow_id: str, run_id: str | None) -> None:
     """Let a suspended run go on from where it stood."""
-    with transaction.atomic():
+    with write_transaction():
         instance_id, instance = _lock_open_run(workflow_id, run_id)
         if instance.status != WorkflowStatus.SUSPENDED:
             raise WorkflowStateError(f"Workflow {workflow_id!r} is not suspended (it is {instance.status}).")
@@ -111,7 +112,7 @@ def resume(workflow_id: str, run_id: str | None) -> None:
 
 def terminate(workflow_id: str, run_id: str | None, reason: str) -> None:
     """Close an open run at once: no workflow code runs; outstanding work is dropped."""
-    with transaction.atomic():
+    with write_transaction():
         instance_id, instance = _lock_open_run(workflow_id, run_id)
         _terminate_locked(instance_id, instance, reason, db_now())
 
@@ -127,10 +128,10 @@ def purge(workflow_id: str, run_id: str | None) -> int:
         # the delete's SET_NULL would lock them after their parent, against the lock order.
         apply_parent_close_policies(parent_id=parent_id)
         for child_id in WorkflowInstance.objects.filter(parent_id=parent_id).values_list("pk", flat=True):
-            with transaction.atomic():
+            with write_transaction():
                 _lock_instance(child_id)
                 WorkflowInstance.objects.filter(pk=child_id).update(parent=None)
-    with transaction.atomic():
+    with write_transaction():
         ids = list(runs.select_for_update().values_list("pk", "status"))
         if not ids:
             raise WorkflowNotFound(f"No workflow with id {workflow_id!r}" + (f" and run {run_id}." if run_id else "."))
@@ -154,7 +155,7 @@ def rerun(workflow_id: str, run_id: str | None, from_seq: int, new_workflow_id: 
     prefix = [Event(**row) for row in source.history.filter(seq__lt=from_seq).values(*EVENT_FIELDS)]
     target_id = new_workflow_id or workflow_id
     try:
-        with transaction.atomic():
+        with write_transaction():
             now = db_now()
             _apply_id_reuse_policy(target_id, IdReusePolicy.ALLOW_DUPLICATE, now)
             instance = _create_run(
@@ -219,7 +220,7 @@ def apply_parent_close_policies(*, parent_id: int | None = None, limit: int = 10
         orphans = orphans.filter(parent_id=parent_id)
     handled = 0
     for child_id in list(orphans.values_list("pk", flat=True)[:limit]):
-        with transaction.atomic():
+        with write_transaction():
             # The periodic sweep (every worker's loop) skips a busy child; the next sweep settles it.
             child = _lock_instance(child_id, skip_locked=parent_id is None)
             if child is None or child.status not in OPEN_STATUSES:

@@ -7,7 +7,7 @@ import datetime
 import logging
 from collections.abc import Sequence
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Min, Q
 
 from ..engine.events import Event, EventKind
@@ -20,6 +20,7 @@ from .clock import _seconds, db_now
 from .dialects import dialect_for
 from .records import Claim, LeaseLost
 from .runs import _deliver, _lock_instance
+from .transactions import write_transaction
 from .workflow_tasks import fail_workflow_task
 
 logger = logging.getLogger("django_durable.store")
@@ -36,7 +37,7 @@ def fire_due_timers(*, queues: Sequence[str], limit: int) -> int:
         )
     fired = 0
     for item_id, instance_id, task_id, due_at in due:
-        with transaction.atomic():
+        with write_transaction():
             # A run locked by someone else is skipped: they may be firing this very timer.
             instance = _lock_instance(instance_id, skip_locked=True)
             now = (instance.now if instance else None) or db_now()
@@ -100,7 +101,7 @@ def reap_expired_leases(*, limit: int, workflow_backoff: float, workflow_backoff
 
 
 def _reap_activity(item: Claim) -> None:
-    with transaction.atomic():
+    with write_transaction():
         # A run locked by someone else (a worker frozen mid-commit) is skipped, not waited
         # for: the reaper runs in every worker's loop and must not stall it.
         instance = _lock_instance(item.instance_id, skip_locked=True)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection
 from django.db.models import Count, Exists, F, OuterRef, Q
 
 from ..conf import durable_settings
@@ -24,6 +24,7 @@ from ..models import (
 from ..statelog import state_change
 from .clock import db_now
 from .dialects import dialect_for
+from .transactions import write_transaction
 
 logger = logging.getLogger("django_durable.store")
 
@@ -63,7 +64,7 @@ def record_worker_heartbeat(
     if WorkerHeartbeat.objects.filter(name=name).update(**fields):
         return
     try:
-        with transaction.atomic():
+        with write_transaction():
             WorkerHeartbeat.objects.create(name=name, **{"started_at": now, **fields})
     except IntegrityError:
         # Another process with the same --name inserted it first.
@@ -234,7 +235,7 @@ def prune_batch(
     no open run refers to, with their history, inbox events and work items: one short
     transaction, one statement per table. Runs another transaction holds (a purge, a rerun
     being started from one) are skipped, not waited for."""
-    with transaction.atomic():
+    with write_transaction():
         # A plain FOR UPDATE (not NO KEY): it conflicts with the key-share lock of a foreign
         # key being inserted to the run, so a rerun starting from it is never orphaned.
         ids = list(

@@ -61,13 +61,21 @@ class LockedRun:
 assert LOCKED_FIELDS == tuple(field.name for field in dataclasses.fields(LockedRun))[: len(LOCKED_FIELDS)]
 
 
-class Lease(NamedTuple):
+class LeaseRenewal(NamedTuple):
     """A lease to renew: its item, the attempt holding it, and the attempt's deadline (its
     timeout), past which it is not extended; None: no deadline."""
 
     item_id: int
     attempt: int
     cap: datetime.datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class HistorySize:
+    """How long and how large a run's history is (``history_size``)."""
+
+    events: int
+    bytes: int  # of the payloads' JSON, as the database renders it (about what the engine counts)
 
 
 class FinishedTask(NamedTuple):

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Sum, TextField
+from django.db.models.functions import Cast, Length
 
 from .. import notify
 from ..engine.events import Event, EventKind, ParentClosePolicy
@@ -25,7 +27,8 @@ from ..models import (
 from ..statelog import state_change
 from .clock import db_now
 from .dialects import dialect_for
-from .records import LockedRun
+from .records import EVENT_FIELDS, HistorySize, LockedRun
+from .transactions import write_transaction
 
 
 def _lock_instance(instance_id: int, *, skip_locked: bool = False) -> LockedRun | None:
@@ -91,7 +94,7 @@ def create_instance(
 ) -> WorkflowInstance:
     """A new run: the instance, its ``ExecutionStarted`` event and its first workflow task."""
     try:
-        with transaction.atomic():
+        with write_transaction():
             now = db_now()
             _apply_id_reuse_policy(workflow_id, IdReusePolicy(id_reuse_policy), now)
             return _create_run(
@@ -220,6 +223,20 @@ def get_instance(workflow_id: str, run_id: str | None = None) -> WorkflowInstanc
 
 def get_history(instance_id: int, *, after: int = 0) -> list[Event]:
     return dialect_for(connection).history(instance_id, after=after)
+
+
+def history_size(instance_id: int) -> HistorySize:
+    """How long and how large a run's history is, measured by the database without reading it."""
+    totals = HistoryEvent.objects.filter(instance_id=instance_id).aggregate(
+        events=Count("pk"), bytes=Sum(Length(Cast("payload", TextField())))
+    )
+    return HistorySize(events=totals["events"], bytes=totals["bytes"] or 0)
+
+
+def history_window(instance_id: int, first: int, last: int) -> list[Event]:
+    """Events ``first .. last`` (by ``seq``) of a run's history."""
+    events = HistoryEvent.objects.filter(instance_id=instance_id, seq__gte=first, seq__lte=last)
+    return [Event(**row) for row in events.order_by("seq").values(*EVENT_FIELDS)]
 
 
 def runs_to_replay(

@@ -51,6 +51,7 @@ from .runs import (
     _write_tasks,
     get_history,
 )
+from .transactions import write_transaction
 
 
 def load_workflow_tasks(
@@ -132,7 +133,7 @@ def complete_workflow_tasks(tasks: Sequence[TaskCompletion], *, eager: Eager | N
     each, whatever their number. A task that is no longer ours is marked ``lost`` and
     the others still commit."""
     closing_runs = [task.item.instance_id for task in tasks if task.decisions.status in CLOSING_STATUSES]
-    with transaction.atomic():
+    with write_transaction():
         # A closing run tells its parent: the parents are locked with the runs, in id order,
         # not after them (a parent's id is lower: against another batch that would deadlock).
         runs = _lock_instances([*(task.item.instance_id for task in tasks), *_parent_ids(closing_runs)])
@@ -414,7 +415,7 @@ def fail_workflow_task(
 ) -> bool:
     """Record an engine-level failure; back off, or park after ``max_failures``. Returns parked.
     With ``expired_only`` (the reaper), a run locked by someone else is skipped (``LeaseLost``)."""
-    with transaction.atomic():
+    with write_transaction():
         instance = _lock_instance(item.instance_id, skip_locked=expired_only)
         if instance is None:
             raise LeaseLost(f"run of work item {item.id} no longer exists")
@@ -445,7 +446,7 @@ def fail_workflow_task(
 
 def unpark_workflow_task(instance_id: int) -> bool:
     """Make a parked (or backing-off) workflow task claimable now, e.g. after a code fix."""
-    with transaction.atomic():
+    with write_transaction():
         instance = _lock_instance(instance_id)
         if instance is None or instance.status == WorkflowStatus.SUSPENDED:
             return False  # resume() releases a suspended run's work

@@ -39,3 +39,13 @@ def reports_attempt(context, key: str) -> int:
     if context.attempt < 2:
         raise ConnectionError("first attempt fails")
     return context.attempt
+
+
+def plain_record(key: str) -> str:
+    """Not a task: django_durable.run_task must refuse to call it (a row would show it was)."""
+    ActivityRun.objects.create(key=key, attempt=1, pid=0)
+    return key
+
+
+# A real Task whose dotted path (that of its function) names the plain function above.
+plain_record_task = task(plain_record)

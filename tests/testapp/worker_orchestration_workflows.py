@@ -229,6 +229,12 @@ def wo_failing_child(ctx: durable.WorkflowContext, message: str) -> None:
 
 
 @durable.workflow
+def wo_fan_out_records(ctx: durable.WorkflowContext, key: str, n: int) -> list[str]:
+    """``n`` recording activities at once: an activity that ran twice shows as two rows."""
+    return ctx.wait_all([ctx.call_activity(wo_record, f"{key}:{i}") for i in range(n)])
+
+
+@durable.workflow
 def wo_parent_fan_out(ctx: durable.WorkflowContext, n: int) -> list[int]:
     return ctx.wait_all([ctx.call_workflow(wo_child, i) for i in range(n)])
 

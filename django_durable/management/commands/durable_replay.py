@@ -9,9 +9,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_durable import registry, store
-from django_durable.converter import get_converter
 from django_durable.engine.failures import qualified_name
-from django_durable.engine.replay import check_history
+from django_durable.executors.replayer import replay_error
 
 
 class Command(BaseCommand):
@@ -66,9 +65,13 @@ class Command(BaseCommand):
                 skipped[run["workflow_name"]] = skipped.get(run["workflow_name"], 0) + 1
                 continue
             checked += 1
-            error = replay_error(definition.fn, run)
+            error = replay_error(
+                definition.fn, workflow_id=run["workflow_id"], run_id=str(run["run_id"]),
+                workflow_name=run["workflow_name"], queue=run["queue"], history=store.get_history(run["id"]),
+            )
             if error is not None:
-                broken.append({**report_fields(run), "error": error})
+                failure = {"type": qualified_name(type(error)), "message": str(error)}
+                broken.append({**report_fields(run), "error": failure})
             elif options["verbosity"] >= 2 and not options["json"]:
                 self.stdout.write(f"{describe_run(run)}: replays")
 
@@ -93,24 +96,6 @@ class Command(BaseCommand):
             self.stdout.write(self.style.ERROR(summary) if broken else self.style.SUCCESS(summary))
         if broken:
             sys.exit(1)  # like makemigrations --check: the report is the output, the status the verdict
-
-
-def replay_error(fn: Any, run: dict[str, Any]) -> dict[str, str] | None:
-    try:
-        error: BaseException | None = check_history(
-            fn,
-            workflow_id=run["workflow_id"],
-            run_id=str(run["run_id"]),
-            workflow_name=run["workflow_name"],
-            queue=run["queue"],
-            history=store.get_history(run["id"]),
-            converter=get_converter(),
-            activity_options=registry.activity_call_options,
-            workflow_options=registry.workflow_call_options,
-        )
-    except Exception as exc:  # noqa: BLE001 - the worker would fail the workflow task the same way
-        error = exc
-    return None if error is None else {"type": qualified_name(type(error)), "message": str(error)}
 
 
 def report_fields(run: dict[str, Any]) -> dict[str, str]:

@@ -1,6 +1,8 @@
 import logging
 
+from django.core import checks
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import DEFAULT_DB_ALIAS
 
 from django_durable.worker import Worker
 
@@ -22,6 +24,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         self._configure_logging(int(options["verbosity"]))  # type: ignore[arg-type]
+        # Django runs the database checks only under migrate and check --database; a setting
+        # that would let workers run an activity twice must stop this one before it claims
+        # anything (SystemCheckError: the messages, exit status 1). The store's database.
+        self.check(tags=[checks.Tags.database], databases=[DEFAULT_DB_ALIAS])
         queues = [q.strip() for q in str(options["queues"]).split(",") if q.strip()] if options["queues"] else None
         Worker(
             queues=queues,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime
 import functools
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 
 from ...engine.events import Event
 from ...models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem
@@ -30,8 +31,11 @@ class SqlNow(NamedTuple):
 class Dialect:
     """The ORM's way, which every database understands."""
 
-    # What the engine needs of the database's configuration (see ``checks``).
-    needs_immediate_transactions = False
+    # What the engine needs of the database's configuration (see ``checks``): Django's own
+    # transaction management (``write_transaction`` begins the transactions itself), WAL
+    # (readers and the writer not blocking each other), READ COMMITTED.
+    needs_autocommit = False
+    wants_wal = False
     needs_read_committed = False
 
     def __init__(self, vendor: str) -> None:
@@ -41,6 +45,10 @@ class Dialect:
     def has_listen_notify(self) -> bool:
         """Whether workers can be woken by notifications (see ``notify``)."""
         return False
+
+    def write_transaction(self) -> AbstractContextManager[Any]:
+        """``transaction.atomic()`` for a transaction that writes (see ``store.write_transaction``)."""
+        return transaction.atomic()
 
     def now(self, placeholder: str = "%s") -> SqlNow:
         """The current time in a statement: the transaction's clock, as ``db_now()`` reads it;
