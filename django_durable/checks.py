@@ -11,6 +11,7 @@ from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS
 from .engine.events import PAYLOAD_KINDS
+from .store.dialects import dialect_for
 
 
 @checks.register()
@@ -108,9 +109,8 @@ def check_sqlite(app_configs: Any = None, databases: Any = None, **kwargs: Any) 
     messages: list[checks.CheckMessage] = []
     for alias in databases or []:
         connection = connections[alias]
-        if connection.vendor != "sqlite":
-            continue
-        if not connection.settings_dict.get("AUTOCOMMIT", True):
+        dialect = dialect_for(connection)
+        if dialect.needs_autocommit and not connection.settings_dict.get("AUTOCOMMIT", True):
             messages.append(checks.Error(
                 f"SQLite database {alias!r} has AUTOCOMMIT off: its transactions begin as the sqlite3 module "
                 "decides, not with the write lock django-durable takes, and concurrent workers could run an "
@@ -120,7 +120,7 @@ def check_sqlite(app_configs: Any = None, databases: Any = None, **kwargs: Any) 
             ))
         options = connection.settings_dict.get("OPTIONS", {})
         init_command = str(options.get("init_command", "")).lower().replace(" ", "")
-        if "journal_mode=wal" not in init_command:
+        if dialect.wants_wal and "journal_mode=wal" not in init_command:
             messages.append(checks.Warning(
                 f"SQLite database {alias!r} does not ask for WAL mode: without it readers and the writer "
                 "block each other, and workers and web requests spend their time waiting for the lock.",
@@ -136,7 +136,7 @@ def check_isolation_level(app_configs: Any = None, databases: Any = None, **kwar
     errors: list[checks.CheckMessage] = []
     for alias in databases or []:
         connection = connections[alias]
-        if connection.vendor != "postgresql":
+        if not dialect_for(connection).needs_read_committed:
             continue
         level = connection.settings_dict.get("OPTIONS", {}).get("isolation_level")
         if level is not None and getattr(level, "name", str(level)).upper().replace(" ", "_") != "READ_COMMITTED":

@@ -35,7 +35,7 @@ the commit never happens; an "after" point fires right after the commit returned
     worker.py: a claim (or an activity leased at once by the commit that scheduled
     it) is committed; the work has not started.
 ``before_task_commit``
-    store.py: a workflow task's decisions (history, work items, the run's row) are
+    store/workflow_tasks.py: a workflow task's decisions (history, work items, the run's row) are
     written, its transaction is not committed. Also a task run inline within an
     activity's completion.
 ``after_task_commit``
@@ -45,12 +45,12 @@ the commit never happens; an "after" point fires right after the commit returned
     executors/run.py: an activity's function returned (its side effects happened);
     nothing about its outcome is written yet.
 ``before_activity_commit``
-    store.py: the attempt's work item is deleted under the run's lock and its result
+    store/activities.py: the attempt's work item is deleted under the run's lock and its result
     is about to be recorded; the transaction is not committed.
 ``after_activity_commit``
     executors/run.py: an activity's result (and an inline workflow task) committed.
 ``before_timer_commit``
-    store.py: a due timer's ``TimerFired`` is delivered, its transaction not committed.
+    store/maintenance.py: a due timer's ``TimerFired`` is delivered, its transaction not committed.
 ``before_heartbeat``
     executors/run.py: an activity called ``heartbeat()``; nothing is written yet.
 """

@@ -50,11 +50,9 @@ RECONNECT_MAXIMUM = 5.0
 
 def supported(using: str = "default") -> bool:
     """Whether ``using`` is PostgreSQL through psycopg 3 (Django's "postgresql" backend)."""
-    if connections[using].vendor != "postgresql":
-        return False
-    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+    from .store.dialects import dialect_for  # the store imports this module: at the top, a cycle
 
-    return bool(is_psycopg3)
+    return dialect_for(connections[using]).has_listen_notify
 
 
 def notify_work(queue: str, *, using: str = "default") -> None:

@@ -332,10 +332,11 @@ class Worker:
         with self._lock:
             renewing = [running for running in self._running.values() if self._is_current(running.item)]
             leases = [
-                (running.item.id, running.item.attempt, store.attempt_deadline(running.item, running.heartbeat_at))
+                store.LeaseRenewal(running.item.id, running.item.attempt,
+                                   store.attempt_deadline(running.item, running.heartbeat_at))
                 for running in renewing
             ]
-            leases += [(task.id, task.attempt, None) for task in self._workflow_tasks]
+            leases += [store.LeaseRenewal(task.id, task.attempt, None) for task in self._workflow_tasks]
         asked_at = time.monotonic()
         lost = store.renew_leases(owner=self.name, leases=leases, lease_seconds=self.lease_seconds)
         for running in renewing:  # a result waiting to be recorded is tried again while its lease holds

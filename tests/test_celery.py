@@ -316,7 +316,7 @@ def test_a_workflow_task_is_dispatched_again_whenever_it_becomes_claimable_again
         handle.signal("late")
         return task
 
-    monkeypatch.setattr(store, "load_workflow_task", load_then_signal)
+    monkeypatch.setattr(store.workflow_tasks, "load_workflow_task", load_then_signal)  # where load_workflow_tasks looks it up
     execute_workflow_task(claim(item_id))
     assert dispatch() == [item_id]
     assert handle.status() == "running"

@@ -152,7 +152,7 @@ def test_a_rerun_whose_source_is_purged_meanwhile_says_so_and_writes_nothing(mon
     handle.terminate("for the test")
     source = WorkflowInstance.objects.get(run_id=handle.run_id)
     assert source.history_length >= 2
-    apply_id_reuse_policy = store._apply_id_reuse_policy
+    apply_id_reuse_policy = store.control._apply_id_reuse_policy
 
     def purged_meanwhile(*args, **kwargs):
         # Another connection purges the source and commits, inside the rerun's transaction.
@@ -161,7 +161,7 @@ def test_a_rerun_whose_source_is_purged_meanwhile_says_so_and_writes_nothing(mon
         purge.join()
         return apply_id_reuse_policy(*args, **kwargs)
 
-    monkeypatch.setattr(store, "_apply_id_reuse_policy", purged_meanwhile)
+    monkeypatch.setattr(store.control, "_apply_id_reuse_policy", purged_meanwhile)  # where rerun looks it up
     with pytest.raises(durable.WorkflowNotFound, match="was purged while it was being rerun"):
         handle.rerun(2)
     assert not WorkflowInstance.objects.filter(workflow_id=handle.workflow_id).exists()  # nor a new run

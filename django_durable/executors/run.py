@@ -203,9 +203,7 @@ class InlineTask:
         if outcome.task_error is not None:
             return None
         self._continuation, self._outcome = continuation, outcome
-        return store.TaskDecisions(
-            outcome.new_events, outcome.status, outcome.vars, outcome.result, outcome.error, outcome.waiting_on
-        )
+        return store.TaskDecisions.from_outcome(outcome)
 
     def add_result(self, *, ran: bool) -> None:
         """After the transaction: one of the run's results, and whether this task took it."""
@@ -272,7 +270,8 @@ def renewing_lease(
             try:
                 close_old_connections()
                 asked_at = time.monotonic()
-                lost = store.renew_leases(owner=item.owner, leases=[(item.id, item.attempt, deadline())],
+                lost = store.renew_leases(owner=item.owner,
+                                          leases=[store.LeaseRenewal(item.id, item.attempt, deadline())],
                                           lease_seconds=lease_seconds)
                 if lease is not None:
                     lease.renewed(asked_at=asked_at, lost=bool(lost))
@@ -429,9 +428,7 @@ def _run_one(
             outcome.resident.close()
         record_workflow_task_failure(item, task.workflow_id, outcome.task_error)
         return None
-    decisions = store.TaskDecisions(
-        outcome.new_events, outcome.status, outcome.vars, outcome.result, outcome.error, outcome.waiting_on
-    )
+    decisions = store.TaskDecisions.from_outcome(outcome)
     return _RanTask(task, outcome, store.TaskCompletion(item, decisions, task.inbox_ids))
 
 
