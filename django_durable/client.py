@@ -15,7 +15,7 @@ from .engine.events import Event
 from .engine.failures import failure_from_exception
 from .exceptions import ActivityNotPending, TimeoutError, WorkflowFailed
 from .models import OPEN_STATUSES, IdReusePolicy, WorkflowInstance, WorkflowStatus
-from .tokens import TaskToken, make_task_token, read_task_token
+from .tokens import TaskToken, read_task_token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,21 +263,50 @@ def get_workflow(workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
 
 def complete_activity(task_token: str, result: Any = None) -> None:
     """Complete the activity attempt named by ``task_token`` with ``result``."""
-    token = read_task_token(task_token)
-    encoded = to_json(result, "the activity result", kind="activity_result")
-    _finish(token, lambda item: store.complete_activity(item, encoded, live_only=True))
+    _complete(read_task_token(task_token), result)
 
 
 def fail_activity(task_token: str, error: BaseException | dict[str, Any] | str) -> None:
     """Fail the attempt; its retry policy decides whether another attempt follows."""
-    token = read_task_token(task_token)
-    failure = _failure(error)
-    _finish(token, lambda item: store.fail_activity(item, failure, live_only=True))
+    _fail(read_task_token(task_token), error)
 
 
 def heartbeat_activity(task_token: str, details: Any = None) -> bool:
     """Record progress for the attempt; returns whether cancellation was requested."""
-    token = read_task_token(task_token)
+    return _heartbeat(read_task_token(task_token), details)
+
+
+# By id, the attempt is looked up, not named by a signed token: TASK_TOKEN_MAX_AGE does not apply.
+def complete_activity_by_id(
+    workflow_id: str, activity_id: str, result: Any = None, *, run_id: str | None = None
+) -> None:
+    """Like ``complete_activity``, naming the activity by workflow id and activity id."""
+    _complete(store.current_attempt_token(workflow_id, str(activity_id), run_id), result)
+
+
+def fail_activity_by_id(
+    workflow_id: str, activity_id: str, error: BaseException | dict[str, Any] | str, *, run_id: str | None = None
+) -> None:
+    _fail(store.current_attempt_token(workflow_id, str(activity_id), run_id), error)
+
+
+def heartbeat_activity_by_id(
+    workflow_id: str, activity_id: str, details: Any = None, *, run_id: str | None = None
+) -> bool:
+    return _heartbeat(store.current_attempt_token(workflow_id, str(activity_id), run_id), details)
+
+
+def _complete(token: TaskToken, result: Any) -> None:
+    encoded = to_json(result, "the activity result", kind="activity_result")
+    _finish(token, lambda item: store.complete_activity(item, encoded, live_only=True))
+
+
+def _fail(token: TaskToken, error: BaseException | dict[str, Any] | str) -> None:
+    failure = _failure(error)
+    _finish(token, lambda item: store.fail_activity(item, failure, live_only=True))
+
+
+def _heartbeat(token: TaskToken, details: Any) -> bool:
     encoded = to_json(details, "the heartbeat details", kind="heartbeat")
     item = _finish(
         token,
@@ -286,30 +315,6 @@ def heartbeat_activity(task_token: str, details: Any = None) -> bool:
         ),
     )
     return store.cancel_requested(item.instance_id)
-
-
-def complete_activity_by_id(
-    workflow_id: str, activity_id: str, result: Any = None, *, run_id: str | None = None
-) -> None:
-    """Like ``complete_activity``, naming the activity by workflow id and activity id."""
-    complete_activity(_token_for(workflow_id, activity_id, run_id), result)
-
-
-def fail_activity_by_id(
-    workflow_id: str, activity_id: str, error: BaseException | dict[str, Any] | str, *, run_id: str | None = None
-) -> None:
-    fail_activity(_token_for(workflow_id, activity_id, run_id), error)
-
-
-def heartbeat_activity_by_id(
-    workflow_id: str, activity_id: str, details: Any = None, *, run_id: str | None = None
-) -> bool:
-    return heartbeat_activity(_token_for(workflow_id, activity_id, run_id), details)
-
-
-def _token_for(workflow_id: str, activity_id: str, run_id: str | None) -> str:
-    token = store.current_attempt_token(workflow_id, str(activity_id), run_id)
-    return make_task_token(item_id=token.item_id, run_id=token.run_id, task_id=token.task_id, attempt=token.attempt)
 
 
 def _finish(token: TaskToken, action: Any) -> store.Claim:

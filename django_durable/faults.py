@@ -39,20 +39,20 @@ the commit never happens; an "after" point fires right after the commit returned
     written, its transaction is not committed. Also a task run inline within an
     activity's completion.
 ``after_task_commit``
-    executors/run.py: a workflow task committed; the worker has not acted on it
+    executors/workflow_tasks.py: a workflow task committed; the worker has not acted on it
     (no eager activity started, no parent-close policy applied).
 ``before_activity_completion``
-    executors/run.py: an activity's function returned (its side effects happened);
+    executors/activities.py: an activity's function returned (its side effects happened);
     nothing about its outcome is written yet.
 ``before_activity_commit``
     store/activities.py: the attempt's work item is deleted under the run's lock and its result
     is about to be recorded; the transaction is not committed.
 ``after_activity_commit``
-    executors/run.py: an activity's result (and an inline workflow task) committed.
+    executors/activities.py: an activity's result (and an inline workflow task) committed.
 ``before_timer_commit``
     store/maintenance.py: a due timer's ``TimerFired`` is delivered, its transaction not committed.
 ``before_heartbeat``
-    executors/run.py: an activity called ``heartbeat()``; nothing is written yet.
+    executors/activities.py: an activity called ``heartbeat()``; nothing is written yet.
 """
 
 from __future__ import annotations

@@ -26,12 +26,10 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-
 from . import registry, store
 from .client import WorkflowHandle, start_workflow
 from .exceptions import DurableError, NotRegistered, TimeoutError
 from .models import OPEN_STATUSES, WorkflowInstance, WorkflowStatus, WorkItemKind
-from .executors.cache import RunCache
 from .worker import Worker
 
 __all__ = ["StepLimitExceeded", "WorkflowEnvironment", "WorkflowStuck"]
@@ -100,7 +98,7 @@ class WorkflowEnvironment:
         self._worker = Worker(queues=self._queues, concurrency=1, name="durable-testing")
         # Replay every workflow task from the top, as after a worker restart: code that
         # does not replay deterministically (or that changed under a run) fails in tests.
-        self._worker.cache = RunCache(0)
+        self._worker.cache.size = 0  # the worker's committer shares this cache
         self._originals = originals
         registry._activities.update(replacements)
         store.clock_override = self._clock

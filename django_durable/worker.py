@@ -3,13 +3,13 @@
 Workflow tasks run in the worker's main thread (replay is short and must not
 race with itself); activities run in a thread pool, or are sent to a remote
 executor (Celery) that claims and runs them, and with CELERY_WORKFLOW_TASKS so
-are workflow tasks. One loop also renews the
-leases of running work and reaps work whose claimer died.
+are workflow tasks. The loop also reaps work whose claimer died. Two threads of
+their own serve it: the ``Committer`` records the activities' results, the
+``LeaseRenewer`` renews the leases of the work it holds.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
@@ -17,7 +17,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
@@ -25,48 +24,28 @@ from types import FrameType
 from django.db import DatabaseError, close_old_connections, connections
 
 from . import notify, store
+from .committer import Committer
 from .conf import durable_settings
+from .connections import refresh_connections
 from .executors import load_executor
-from .executors.cache import RunCache
-from .executors.outcomes import record_outcome
-from .executors.run import (
+from .executors.activities import (
     RunningActivity,
-    commit_activities,
     execute_activity,
-    execute_workflow_task,
-    execute_workflow_tasks,
     run_activity_function,
 )
+from .executors.cache import RunCache
+from .executors.workflow_tasks import execute_workflow_task, execute_workflow_tasks
 from .faults import crash_point
+from .lease_renewer import Held, LeaseRenewer
 from .models import WorkItemKind
 
 logger = logging.getLogger("django_durable.worker")
 
-_last_connection_check = threading.local()
-
-
-def refresh_connections(*, at_most_every: float = 1.0) -> None:
-    """``close_old_connections()``, skipped when this thread ran it less than
-    ``at_most_every`` seconds ago and its connections saw no error since. With the
-    worker's health-checked persistent connections each run costs a query on the
-    next use: once per step under load, where a connection just used is known good."""
-    checked = getattr(_last_connection_check, "at", None)
-    now = time.monotonic()
-    if (
-        checked is not None
-        and now - checked < at_most_every
-        and not any(conn.errors_occurred for conn in connections.all(initialized_only=True))
-    ):
-        return
-    _last_connection_check.at = now
-    close_old_connections()
-
 
 class Worker:
     # Attempts a worker holds at most per activity thread, finished ones waiting to be
-    # recorded included (see ``_room``), and the most results one commit records.
+    # recorded included (see ``_room``).
     held_per_thread = 4
-    commit_batch_size = 100
 
     def __init__(
         self,
@@ -95,19 +74,10 @@ class Worker:
         self._workflow_tasks: list[store.Claim] = []  # claimed, being run by the main loop
         self._listener: notify.Listener | None = None
         self.cache = RunCache(durable_settings.WORKFLOW_CACHE_SIZE)
-        # Leases are renewed from a thread of their own so that a long run of
-        # workflow tasks in the main loop cannot starve renewal.
-        self._renewer_stop = threading.Event()
-        self._renewer = threading.Thread(target=self._renew_forever, name="durable-lease-renewer", daemon=True)
-        # Activity threads hand their results to one committer, which records what has
-        # gathered in one transaction (group commit); they are free for the next attempt.
-        self._to_commit: deque[store.Completion] = deque()
-        self._commit_ready = threading.Condition()
-        self._committer_stop = False
-        self._commits = self._results_committed = 0
-        self._committer = threading.Thread(target=self._commit_forever, name="durable-committer", daemon=True)
-        self._last_beat = -float("inf")
-        self._beat_started = False
+        self._renewer = LeaseRenewer(name=self.name, queues=self.queues, concurrency=self.concurrency,
+                                     lease_seconds=self.lease_seconds, held=self._held)
+        self._committer = Committer(cache=self.cache, eager=self._eager, start_eager=self._start_eager,
+                                    finished=self._finished)
         # None: activities run in self._pool; else they are sent to this executor.
         self.executor = load_executor(durable_settings.ACTIVITY_EXECUTOR)
         # With CELERY_WORKFLOW_TASKS, due workflow tasks are sent to the executor too.
@@ -148,8 +118,8 @@ class Worker:
         logger.info(
             "Worker %s stopped. Activity results: %d in %d commits, %d taken by their run's next step in the "
             "same commit (%d could not be). Workflow tasks: %d resumed held code; %d steps replayed history.",
-            self.name, self._results_committed, self._commits, stats["inline"], stats["declined"],
-            stats["resumed"], stats["replayed"],
+            self.name, self._committer.results_committed, self._committer.commits, stats["inline"],
+            stats["declined"], stats["resumed"], stats["replayed"],
         )
 
     def _first_idle_wait(self) -> float:
@@ -207,14 +177,9 @@ class Worker:
             self._wakeup.wait(self.poll_interval)
             self._wakeup.clear()
         self._pool.shutdown(wait=True)
-        with self._commit_ready:
-            self._committer_stop = True
-            self._commit_ready.notify()
-        if self._committer.is_alive():
-            self._committer.join()
+        self._committer.stop()
         self.cache.clear()
-        self._renewer_stop.set()
-        self._renewer.join()
+        self._renewer.stop()
         close_old_connections()
 
     def _idle(self) -> bool:
@@ -297,59 +262,9 @@ class Worker:
             logger.debug("Sent %s item %s (queue %s) to the executor", kind, item_id, queue)
         return sent
 
-    def _renew_forever(self) -> None:
-        # The heartbeat row is written from this thread, not the main loop, so that a
-        # worker busy with a long run of workflow tasks still reports itself.
-        self._record_heartbeat()
-        while not self._renewer_stop.wait(self.lease_seconds / 3):
-            try:
-                close_old_connections()
-                self._renew_leases()
-            except DatabaseError as exc:
-                logger.warning("Could not renew leases (%s); retrying.", exc)
-            self._record_heartbeat()
-        self._record_heartbeat(stopped=True)
-        close_old_connections()
-
-    def _record_heartbeat(self, *, stopped: bool = False) -> None:
-        """Upsert this worker's WorkerHeartbeat row every REAP_INTERVAL (for the dashboard)."""
-        if not stopped and time.monotonic() - self._last_beat < durable_settings.REAP_INTERVAL:
-            return
-        self._last_beat = time.monotonic()
-        try:
-            if stopped:
-                store.worker_stopped(self.name)
-                return
-            store.record_worker_heartbeat(
-                self.name, socket.gethostname(), os.getpid(), self.queues, self.concurrency,
-                starting=not self._beat_started,
-            )
-            self._beat_started = True
-        except Exception as exc:  # noqa: BLE001 - the lease renewer must outlive any bookkeeping failure
-            logger.warning("Could not record the worker's heartbeat (%s); retrying.", exc)
-
-    def _renew_leases(self) -> None:
+    def _held(self) -> Held:
         with self._lock:
-            renewing = [running for running in self._running.values() if self._is_current(running.item)]
-            leases = [
-                store.LeaseRenewal(running.item.id, running.item.attempt,
-                                   store.attempt_deadline(running.item, running.heartbeat_at))
-                for running in renewing
-            ]
-            leases += [store.LeaseRenewal(task.id, task.attempt, None) for task in self._workflow_tasks]
-        asked_at = time.monotonic()
-        lost = store.renew_leases(owner=self.name, leases=leases, lease_seconds=self.lease_seconds)
-        for running in renewing:  # a result waiting to be recorded is tried again while its lease holds
-            running.lease.renewed(asked_at=asked_at, lost=running.item.id in lost)
-        with self._lock:  # what finished meanwhile was not lost
-            still_here = {running.item.id for running in self._running.values()}
-            still_here.update(task.id for task in self._workflow_tasks)
-        for item_id in lost & still_here:
-            logger.warning("Lost the lease of work item %s; its outcome will be discarded.", item_id)
-
-    def _is_current(self, item: store.Claim) -> bool:
-        """Whether ``item`` is the latest attempt of its work item running here."""
-        return all(attempt <= item.attempt for item_id, attempt in self._running if item_id == item.id)
+            return Held(list(self._running.values()), list(self._workflow_tasks))
 
     def _reap(self, *, now: bool = False) -> int:
         """Take back expired leases and settle orphaned children, every REAP_INTERVAL
@@ -403,7 +318,7 @@ class Worker:
         with self._lock:
             self._workflow_tasks = [task for task in self._workflow_tasks if task.id != item.id]
 
-    def _room(self, *, leaving: int = 0) -> tuple[int, int]:
+    def _room(self, leaving: int = 0) -> tuple[int, int]:
         """How many more attempts this worker takes now: any attempt while a thread is
         idle for it (it never waits for one, its start-to-close clock running), and in all
         up to ``held_per_thread`` attempts a thread held, finished ones waiting to be
@@ -412,13 +327,13 @@ class Worker:
             held_room = self.concurrency * self.held_per_thread - len(self._running) + leaving
             return max(0, min(self.concurrency - self._busy, held_room)), max(0, held_room)
 
-    def _eager(self, *, leaving: int = 0) -> store.Eager | None:
+    def _eager(self, leaving: int = 0) -> store.Eager | None:
         """Room for activities a commit schedules, taken at once by this worker's threads;
         those that no timeout would hurt may also wait for one (``Eager.spare``), so that
         they stay with the worker that holds their run's code."""
         if self.executor is not None or self._stopping.is_set():
             return None
-        free, held_room = self._room(leaving=leaving)
+        free, held_room = self._room(leaving)
         if held_room <= 0:
             return None
         return store.Eager(owner=self.name, queues=self.queues, limit=free, lease_seconds=self.lease_seconds,
@@ -456,14 +371,12 @@ class Worker:
                 self._busy -= 1
             if completion is not None:
                 # It stays in _running, its lease renewed, until the committer has recorded it.
-                with self._commit_ready:
-                    self._to_commit.append(completion)
-                    self._commit_ready.notify()
+                self._committer.submit(completion, running)
             else:
                 refresh_connections()
-                self._finished([running], refilled=0)
+                self._finished([running], 0)
 
-    def _finished(self, done: list[RunningActivity], *, refilled: int) -> None:
+    def _finished(self, done: list[RunningActivity], refilled: int) -> None:
         with self._lock:
             for running in done:
                 self._running.pop((running.item.id, running.item.attempt), None)
@@ -471,85 +384,3 @@ class Worker:
         # anyway would cost a round of claim queries per step.
         if refilled < len(done) or self._stopping.is_set():
             self._wake()
-
-    # -- group commit ------------------------------------------------------------
-
-    def _commit_forever(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            try:
-                self._commit(batch)
-            except BaseException:  # the committer must outlive anything: a stop waits on it
-                logger.exception("Committer error; the batch's leases will expire and its activities be retried.")
-                with self._lock:
-                    for completion in batch:
-                        self._running.pop((completion.item.id, completion.item.attempt), None)
-                self._wake()
-        close_old_connections()
-
-    def _next_batch(self) -> list[store.Completion] | None:
-        """What has gathered (several results of one run make one step); None once
-        stopped with nothing left."""
-        with self._commit_ready:
-            while not self._to_commit:
-                if self._committer_stop:
-                    return None
-                self._commit_ready.wait()
-            batch: list[store.Completion] = []
-            while self._to_commit and len(batch) < self.commit_batch_size:
-                batch.append(self._to_commit.popleft())
-            return batch
-
-    def _commit(self, batch: list[store.Completion]) -> None:
-        """Record the batch in one transaction; should a database error stop it, each
-        result on its own, a transient error tried again for as long as its lease holds
-        (a deadlock with a parent or child run, a lost connection: see ``record_outcome``)."""
-        try:
-            self._commit_once(batch)
-            return
-        except DatabaseError:
-            logger.warning("Database error recording %d activities (%s); recording them again, one by one.",
-                           len(batch), ", ".join(c.item.name for c in batch), exc_info=True)
-        close_old_connections()
-        for completion in batch:
-            item = completion.item
-            with self._lock:
-                running = self._running[(item.id, item.attempt)]  # held until recorded or dropped here
-            try:
-                record_outcome(functools.partial(self._commit_alone, completion), lease=running.lease,
-                               what=f"activity {item.name!r} attempt {item.attempt}")
-            except DatabaseError:
-                logger.exception("Could not record activity %s attempt %d; its lease will expire and it will be "
-                                 "retried.", item.name, item.attempt)
-                self._finished([running], refilled=0)
-
-    def _commit_alone(self, completion: store.Completion) -> None:
-        # A fresh Completion: a failed try's flags (lost, ran) do not carry over.
-        self._commit_once([store.Completion(completion.item, completion.result)], again=True)
-
-    def _commit_once(self, batch: list[store.Completion], *, again: bool = False) -> None:
-        """One transaction recording the batch; a database error is raised, the batch still
-        held (in ``_running``, its leases renewed), anything else ends it."""
-        with self._lock:
-            done = [self._running[key] for c in batch if (key := (c.item.id, c.item.attempt)) in self._running]
-        eager = self._eager(leaving=len(batch))
-        failed = False
-        try:
-            refresh_connections()
-            commit_activities(batch, cache=self.cache, eager=eager)
-        except DatabaseError:
-            failed = True
-            raise
-        except Exception:
-            logger.exception("Unexpected error recording activities %s", [c.item.name for c in batch])
-        else:
-            self._commits += 1
-            self._results_committed += len(batch)
-            for completion in batch:
-                if completion.lost:
-                    logger.warning("Activity outcome discarded: %s%s", store.lease_lost(completion.item),
-                                   " (or a try that failed went through)" if again else "")
-        finally:
-            # Before these leave _running: a stopping worker waits for them too.
-            self._start_eager(eager)
-            if not failed:
-                self._finished(done, refilled=len(eager.claims) if eager is not None else 0)

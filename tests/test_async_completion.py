@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings
+from django.test import override_settings
 
 import django_durable as durable
 from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem
@@ -89,6 +91,26 @@ def test_complete_by_workflow_and_activity_id(start_worker, tmp_path):
         durable.complete_activity_by_id("approval-by-id", activity_id, "again")
     with pytest.raises(durable.WorkflowNotFound):
         durable.complete_activity_by_id("no-such-workflow", "1", "yes")
+
+
+def test_by_id_names_the_attempt_without_a_token_so_no_age_limit_applies(start_worker, tmp_path):
+    """By id, the attempt is looked up, not signed into a token and read back: with a
+    TASK_TOKEN_MAX_AGE that any token has outlived by the time it is read, the worker's
+    token is refused, while heartbeat, fail and complete by id all go through."""
+    handle = durable.start_workflow(ac_approval, str(tmp_path), workflow_id="by-id-no-token")
+    start_worker()
+    first = handed_out(tmp_path, 1)
+    awaiting(handle)
+    with override_settings(DURABLE={**settings.DURABLE, "TASK_TOKEN_MAX_AGE": 1e-9}):
+        with pytest.raises(durable.InvalidTaskToken, match="expired"):
+            durable.complete_activity(first["token"], "by token")
+        assert durable.heartbeat_activity_by_id("by-id-no-token", first["activity_id"], {"step": 1}) is False
+        durable.fail_activity_by_id("by-id-no-token", first["activity_id"], "try again")
+        second = handed_out(tmp_path, 2)
+        assert second["heartbeat_details"] == {"step": 1}
+        awaiting(handle)
+        durable.complete_activity_by_id("by-id-no-token", second["activity_id"], "by id")
+    assert handle.result(timeout=60) == {"result": "by id"}
 
 
 @pytest.mark.parametrize(

@@ -275,7 +275,7 @@ def test_a_workflow_task_is_dispatched_again_whenever_it_becomes_claimable_again
     """Each path that hands a sent workflow task back clears its sending: it goes out
     again at once, not after DISPATCH_TIMEOUT."""
     from django_durable import store
-    from django_durable.executors.run import execute_workflow_task
+    from django_durable.executors.workflow_tasks import execute_workflow_task
 
     def dispatch() -> list[int]:
         sent = store.dispatch(kind="workflow", queues=[queue], limit=10, dispatch_timeout=3600)

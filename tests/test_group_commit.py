@@ -1,6 +1,6 @@
 """Group commit: a worker records the results of activities of several runs, and runs
 those runs' next workflow tasks, in one transaction (``store.complete_activities``,
-``executors.run.commit_activities``). In-process, against the real database; the
+``executors.activities.commit_activities``). In-process, against the real database; the
 worker's committer thread and its fall-back are exercised by real worker processes in
 test_fault_scenarios (a commit whose connection was terminated) and everywhere else."""
 
@@ -13,12 +13,9 @@ from django.test.utils import CaptureQueriesContext
 import django_durable as durable
 from django_durable import store
 from django_durable.engine.events import EventKind
+from django_durable.executors.activities import commit_activities
 from django_durable.executors.cache import RunCache
-from django_durable.executors.run import (
-    commit_activities,
-    execute_workflow_task,
-    execute_workflow_tasks,
-)
+from django_durable.executors.workflow_tasks import execute_workflow_task, execute_workflow_tasks
 from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem, WorkItemKind
 from tests.testapp import orchestration_workflows as ow
 from tests.testapp.workflows import crasher, fan_out, sequence

@@ -387,7 +387,8 @@ def test_schedule_to_close_timeout_bounds_the_retries_of_a_failing_activity(star
 def _step(kind: str) -> None:
     """Claim the one due item of ``kind`` and run it here, as a worker would."""
     from django_durable import store
-    from django_durable.executors.run import RunningActivity, execute_activity, execute_workflow_task
+    from django_durable.executors.activities import RunningActivity, execute_activity
+    from django_durable.executors.workflow_tasks import execute_workflow_task
 
     [item] = store.claim(owner="test", kind=kind, queues=["default"], limit=1, lease_seconds=30)
     if kind == WorkItemKind.ACTIVITY:

@@ -24,7 +24,7 @@ from django_durable import tasks as durable_tasks
 from django_durable.checks import check_api_startable_workflows
 from django_durable.engine.events import EventKind
 from django_durable.exceptions import NotRegistered, WorkflowFailed
-from django_durable.executors.run import execute_workflow_task
+from django_durable.executors.workflow_tasks import execute_workflow_task
 from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem, WorkItemKind
 from tests.conftest import wait_for
 from tests.testapp.models import ActivityRun

@@ -16,7 +16,7 @@ class ActivityExecutor:
     """Sends an activity work item to be run elsewhere.
 
     ``send`` only transports the item id: the receiving side claims the item with
-    ``store.claim_item()`` and runs it with ``run.run_activity_item()``, so a
+    ``store.claim_item()`` and runs it with ``remote.run_activity_item()``, so a
     duplicated or stale message runs nothing.
     """
 
@@ -24,7 +24,7 @@ class ActivityExecutor:
         raise NotImplementedError
 
     # Optional: ``send_workflow_task(item_id, queue)``, claimed and run with
-    # ``run.run_workflow_task_item()`` on the receiving side.
+    # ``remote.run_workflow_task_item()`` on the receiving side.
 
 
 def load_executor(name: str) -> ActivityExecutor | None:

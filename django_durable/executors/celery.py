@@ -22,7 +22,7 @@ from .. import store
 from ..conf import durable_settings
 from ..models import WorkItemKind
 from . import ActivityExecutor
-from .run import run_activity_item, run_workflow_task_item
+from .remote import run_activity_item, run_workflow_task_item
 
 logger = logging.getLogger("django_durable.worker")
 
