@@ -51,24 +51,26 @@ def fresh_counts() -> Iterator[None]:
     tt.RELEASE.set()  # a replay this test left blocked goes on, and ends
 
 
+def completed_run(workflow: object, steps: int, workflow_id: str) -> WorkflowInstance:
+    """A run of ``workflow`` finished in-process (its result is ``steps``), with STARTS
+    cleared so that a test counts only the replays it causes."""
+    with WorkflowEnvironment(start_time=START) as env:
+        handle = env.start(workflow, steps, workflow_id=workflow_id)
+        assert env.result(handle) == steps
+    tt.STARTS.clear()
+    return WorkflowInstance.objects.get(run_id=handle.run_id)
+
+
 @pytest.fixture
 def counted(db: None) -> WorkflowInstance:
     """A completed tt_counter run of three steps (activity, timer, activity): 12 events."""
-    with WorkflowEnvironment(start_time=START) as env:
-        handle = env.start(tt.tt_counter, 3, workflow_id="tt-counted")
-        assert env.result(handle) == 3
-    tt.STARTS.clear()
-    return WorkflowInstance.objects.get(run_id=handle.run_id)
+    return completed_run(tt.tt_counter, 3, "tt-counted")
 
 
 @pytest.fixture
 def guarded(db: None) -> WorkflowInstance:
     """A completed tt_guarded run of two activities, recorded before its code misbehaves."""
-    with WorkflowEnvironment(start_time=START) as env:
-        handle = env.start(tt.tt_guarded, 2, workflow_id="tt-guarded")
-        assert env.result(handle) == 2
-    tt.STARTS.clear()
-    return WorkflowInstance.objects.get(run_id=handle.run_id)
+    return completed_run(tt.tt_guarded, 2, "tt-guarded")
 
 
 def problem(page: str) -> str:
