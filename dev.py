@@ -92,8 +92,10 @@ def use_django(series: str) -> None:
     DJANGO, minimum = DJANGO_SERIES[series]
     python = find_python(minimum)
     if python is None:
-        sys.exit(f"Django {series} needs Python >= {'.'.join(map(str, minimum))}: none found on PATH or under "
-                 "pyenv (~/.pyenv/versions)")
+        sys.exit(
+            f"Django {series} needs Python >= {'.'.join(map(str, minimum))}: none found on PATH or under "
+            "pyenv (~/.pyenv/versions)"
+        )
     BASE_PYTHON = python
     VENV = ROOT / f".venv-django{series}"
     VENV_PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
@@ -107,8 +109,9 @@ def find_python(minimum: tuple[int, int]) -> str | None:
     candidates = [shutil.which(f"python3.{minor}") for minor in range(20, minimum[1] - 1, -1)]
     candidates += sorted(glob.glob(str(pyenv / "3.*" / "bin" / "python3")), reverse=True)
     for candidate in filter(None, candidates):
-        probe = subprocess.run([candidate, "-c", "import sys; print(*sys.version_info[:2])"],
-                               capture_output=True, text=True, check=False)
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True, text=True, check=False
+        )
         if probe.returncode == 0 and tuple(map(int, probe.stdout.split())) >= minimum:
             return candidate
     return None
@@ -432,11 +435,7 @@ def main(argv: list[str]) -> int:
     if "--" in extra:  # `dev.py test -- -x`: the separator is dev.py's, not pytest's
         extra.remove("--")
     dbs = [args.db] if args.db else ["sqlite", "postgres"]
-    require_pg = (
-        args.require_postgres
-        or args.db == "postgres"
-        or os.environ.get("CI", "").lower() in ("true", "1")
-    )
+    require_pg = args.require_postgres or args.db == "postgres" or os.environ.get("CI", "").lower() in ("true", "1")
     return test(dbs, require_pg, args.require_browser, extra)
 
 

@@ -58,8 +58,14 @@ from tests.pgcluster import PrivateCluster, unavailable
 SETTINGS = "benchmarks.chaos_app.settings"
 CRASH_EXIT_CODE = 86  # django_durable.faults.DEFAULT_EXIT_CODE
 CRASH_POINTS = (
-    "after_claim:workflow", "after_claim:activity", "before_task_commit", "after_task_commit",
-    "before_activity_completion", "before_activity_commit", "after_activity_commit", "before_timer_commit",
+    "after_claim:workflow",
+    "after_claim:activity",
+    "before_task_commit",
+    "after_task_commit",
+    "before_activity_completion",
+    "before_activity_commit",
+    "after_activity_commit",
+    "before_timer_commit",
 )
 # kind -> (weight, the argument's range)
 MIX: dict[str, tuple[int, tuple[float, float] | None]] = {
@@ -78,13 +84,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--duration", type=float, default=60.0, help="seconds of chaos (default 60)")
-    p.add_argument("--workers", type=int, default=3, choices=range(1, 9), metavar="2-4",
-                   help="durable_worker processes kept running (default 3)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=3,
+        choices=range(1, 9),
+        metavar="2-4",
+        help="durable_worker processes kept running (default 3)",
+    )
     p.add_argument("--db-name", default="durable_chaos", help="database on the private cluster")
     p.add_argument("--rate", type=float, default=8.0, help="workflows started per second (default 8)")
     p.add_argument("--max-open", type=int, default=150, help="no new starts while this many are open")
-    p.add_argument("--fault-every", type=float, nargs=2, default=(1.0, 3.0), metavar=("MIN", "MAX"),
-                   help="seconds between two faults, drawn uniformly (default 1 3)")
+    p.add_argument(
+        "--fault-every",
+        type=float,
+        nargs=2,
+        default=(1.0, 3.0),
+        metavar=("MIN", "MAX"),
+        help="seconds between two faults, drawn uniformly (default 1 3)",
+    )
     p.add_argument("--no-restart", action="store_true", help="never restart PostgreSQL")
     p.add_argument("--lease", type=float, default=2.0, help="the workers' LEASE_SECONDS (default 2)")
     p.add_argument("--drain-timeout", type=float, default=180.0, help="seconds for the last workflows to close")
@@ -118,8 +136,18 @@ class WorkerProc:
         self.armed = armed
         self.log_path = workdir / f"worker-{number}.log"
         self._out = open(self.log_path, "wb")
-        command = [sys.executable, "-m", "django", "durable_worker", "--settings", SETTINGS, "-v", "1",
-                   "--concurrency", "4"]
+        command = [
+            sys.executable,
+            "-m",
+            "django",
+            "durable_worker",
+            "--settings",
+            SETTINGS,
+            "-v",
+            "1",
+            "--concurrency",
+            "4",
+        ]
         self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT)
         self.paused_until: float | None = None
 
@@ -191,13 +219,19 @@ class Soak:
             self.workers.remove(worker)
             worker.close()
             crashed = code == CRASH_EXIT_CODE
-            self.log("worker_exit", worker=worker.number, pid=worker.pid, code=code,
-                     crash_point=worker.armed if crashed else None)
+            self.log(
+                "worker_exit",
+                worker=worker.number,
+                pid=worker.pid,
+                code=code,
+                crash_point=worker.armed if crashed else None,
+            )
             if crashed:
                 self.counts["crash_point_exits"] += 1
             elif code != -signal.SIGKILL:  # killed: counted by the kill
-                self.problems.append(f"worker {worker.number} (pid {worker.pid}) exited with {code}: see "
-                                     f"{worker.log_path}")
+                self.problems.append(
+                    f"worker {worker.number} (pid {worker.pid}) exited with {code}: see {worker.log_path}"
+                )
         while len(self.workers) < self.args.workers:
             self.spawn(chaos=chaos)
 
@@ -241,7 +275,7 @@ class Soak:
                 pids = self.cluster.terminate_backends(
                     self.args.db_name, where="application_name = 'chaos-worker' AND random() < 0.5"
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - chaos goes on whatever the terminate hit
                 self.log("terminate_failed", error=str(exc))
                 return
             self.counts["backend_terminations"] += len(pids)
@@ -401,8 +435,14 @@ class Soak:
         for _ in range(self.args.workers):
             self.spawn(chaos=True)
         end = self.began + self.args.duration
-        self.log("chaos_begins", seed=self.args.seed, duration=self.args.duration, workers=self.args.workers,
-                 rate=self.args.rate, restarts_at=[round(t - self.began, 2) for t in self.restart_at])
+        self.log(
+            "chaos_begins",
+            seed=self.args.seed,
+            duration=self.args.duration,
+            workers=self.args.workers,
+            rate=self.args.rate,
+            restarts_at=[round(t - self.began, 2) for t in self.restart_at],
+        )
         while time.monotonic() < end:
             self.reap_workers(chaos=True)
             self.resume_paused()
@@ -482,8 +522,12 @@ class Soak:
             "stuck": verdict.counts["stuck"],
             **observed,
         }
-        result = {"verdict": "PASS" if not problems else "FAIL", "counts": counts, "problems": problems[:100],
-                  "seconds": round(time.monotonic() - self.began, 1)}
+        result = {
+            "verdict": "PASS" if not problems else "FAIL",
+            "counts": counts,
+            "problems": problems[:100],
+            "seconds": round(time.monotonic() - self.began, 1),
+        }
         self.log("verdict", **result)
         return result
 
@@ -506,8 +550,12 @@ def main(argv: list[str]) -> int:
         log("cluster", port=cluster.port, data=str(cluster.data), db=args.db_name)
         os.environ.pop("DURABLE_CRASH_POINTS", None)  # never the driver
         os.environ.update(
-            DJANGO_SETTINGS_MODULE=SETTINGS, CHAOS_DB_NAME=args.db_name, CHAOS_PG_HOST=cluster.host,
-            CHAOS_PG_PORT=str(cluster.port), CHAOS_LEASE_SECONDS=str(args.lease), CHAOS_APP_NAME="chaos-driver",
+            DJANGO_SETTINGS_MODULE=SETTINGS,
+            CHAOS_DB_NAME=args.db_name,
+            CHAOS_PG_HOST=cluster.host,
+            CHAOS_PG_PORT=str(cluster.port),
+            CHAOS_LEASE_SECONDS=str(args.lease),
+            CHAOS_APP_NAME="chaos-driver",
         )
         import django
         from django.core.management import call_command
@@ -522,8 +570,10 @@ def main(argv: list[str]) -> int:
         log.close()
         cluster.destroy()
     counts = ", ".join(f"{name}={value}" for name, value in result["counts"].items())
-    print(f"chaos seed={args.seed} duration={args.duration:g}s workers={args.workers}: "
-          f"{result['verdict']} in {result['seconds']}s\n  {counts}")
+    print(
+        f"chaos seed={args.seed} duration={args.duration:g}s workers={args.workers}: "
+        f"{result['verdict']} in {result['seconds']}s\n  {counts}"
+    )
     for problem in result["problems"]:
         print(f"  - {problem}")
     print(f"  log: {log_path}\n  worker logs: {workdir}")

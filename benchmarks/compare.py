@@ -114,9 +114,7 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="runs of each comparison, in rounds; the table shows the median (default: 1 quick, 3 full)",
     )
-    p.add_argument(
-        "--json", default=None, help="default benchmarks/results/compare-<timestamp>.json"
-    )
+    p.add_argument("--json", default=None, help="default benchmarks/results/compare-<timestamp>.json")
     return p.parse_args()
 
 
@@ -153,9 +151,7 @@ def preflight(wanted: set[str]) -> None:
     try:
         psycopg.connect(dbname="postgres", connect_timeout=5, **pg_params()).close()
     except psycopg.Error as exc:
-        sys.exit(
-            f"PostgreSQL is not reachable at {pg_params()['host']}:{pg_params()['port']}: {exc}"
-        )
+        sys.exit(f"PostgreSQL is not reachable at {pg_params()['host']}:{pg_params()['port']}: {exc}")
     if "celery" in wanted:
         import redis
 
@@ -189,9 +185,7 @@ def run_json(label: str, cmd: list[str], out: Path, timeout: float) -> dict[str,
     busy = busy_cpus(0.5)
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(
-            cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s", "command": cmd}
     took = round(time.monotonic() - t0, 1)
@@ -268,9 +262,7 @@ def durable_row(data: dict[str, Any]) -> dict[str, Any]:
         "wall_ms_per_step": run.get("wall_ms_per_step"),
         "handoff": history.get("schedule_to_start", {}),
         "cpu_per_step_ms": run.get("cpu_per_step_ms", {}),
-        "worker_transactions_per_step": (run.get("postgres") or {}).get(
-            "worker_transactions_per_step"
-        ),
+        "worker_transactions_per_step": (run.get("postgres") or {}).get("worker_transactions_per_step"),
     }
 
 
@@ -331,13 +323,9 @@ def measure(profile: Profile, wanted: set[str], out_dir: Path) -> dict[str, Any]
         sequential.append(("durable_sequential", durable("-n", n, "-k", k)))
         sequential.append(("durable_threads64_sequential", durable("-n", n, "-k", k, "--concurrency", "64")))
     if "dbos" in wanted:
-        sequential.append(
-            ("dbos_sequential", peer("dbos_bench.py", "-n", n, "-k", k, *dbos_common))
-        )
+        sequential.append(("dbos_sequential", peer("dbos_bench.py", "-n", n, "-k", k, *dbos_common)))
     if "celery" in wanted:
-        sequential.append(
-            ("celery_sequential", peer("celery_bench.py", "-n", n, "-k", k, *celery_common))
-        )
+        sequential.append(("celery_sequential", peer("celery_bench.py", "-n", n, "-k", k, *celery_common)))
     fanout: list[tuple[str, Any]] = []
     if "fanout" in wanted:
         fanout.append(("durable_fanout", durable("-n", nf, "-k", k, "--fanout")))
@@ -393,14 +381,10 @@ def pick_median(runs: dict[str, Any], group: str, value: Any) -> tuple[str | Non
 
 def summarise(profile: Profile, runs: dict[str, Any]) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
-    groups = [key for key, _, _ in SYSTEM_ROWS] + [
-        f"durable_scaling_k{k}" for k in profile.scaling_steps
-    ]
+    groups = [key for key, _, _ in SYSTEM_ROWS] + [f"durable_scaling_k{k}" for k in profile.scaling_steps]
     for group in groups:
         to_row = durable_row if group.startswith("durable_") else peer_row
-        label, repeats = pick_median(
-            runs, group, lambda d, f=to_row: f(d).get("steady_steps_per_s")
-        )
+        label, repeats = pick_median(runs, group, lambda d, f=to_row: f(d).get("steady_steps_per_s"))
         if label is not None:
             rows[group] = {
                 **to_row(runs[label]),
@@ -434,9 +418,7 @@ def summarise(profile: Profile, runs: dict[str, Any]) -> dict[str, Any]:
     # so this ratio shows history growth more purely (information, not a target).
     if len(profile.scaling_steps) >= 3:
         mid = scaling.get(str(profile.scaling_steps[-2]), {})
-        scaling_ratio["wall_longest_two"] = ratio(
-            high.get("wall_ms_per_step"), mid.get("wall_ms_per_step")
-        )
+        scaling_ratio["wall_longest_two"] = ratio(high.get("wall_ms_per_step"), mid.get("wall_ms_per_step"))
         scaling_ratio["worker_cpu_longest_two"] = ratio(
             high.get("worker_cpu_ms_per_step"), mid.get("worker_cpu_ms_per_step")
         )
@@ -468,12 +450,8 @@ def summarise(profile: Profile, runs: dict[str, Any]) -> dict[str, Any]:
             }
 
     ratios = {
-        "durable_vs_dbos_sequential": ratio(
-            steady("durable_sequential"), steady("dbos_sequential")
-        ),
-        "durable_vs_celery_sequential": ratio(
-            steady("durable_sequential"), steady("celery_sequential")
-        ),
+        "durable_vs_dbos_sequential": ratio(steady("durable_sequential"), steady("dbos_sequential")),
+        "durable_vs_celery_sequential": ratio(steady("durable_sequential"), steady("celery_sequential")),
         "durable_threads64_vs_dbos_sequential": ratio(
             steady("durable_threads64_sequential"), steady("dbos_sequential")
         ),
@@ -540,17 +518,13 @@ def summarise(profile: Profile, runs: dict[str, Any]) -> dict[str, Any]:
         verdict(
             f"per-step wall time K={hi} within {TARGET_SCALING_RATIO:.0f}x of K={lo}",
             scaling_ratio["wall"],
-            None
-            if scaling_ratio["wall"] is None
-            else scaling_ratio["wall"] <= TARGET_SCALING_RATIO,
+            None if scaling_ratio["wall"] is None else scaling_ratio["wall"] <= TARGET_SCALING_RATIO,
             f"same N={profile.scaling_workflows} at every K",
         ),
         verdict(
             f"per-step worker CPU K={hi} within {TARGET_SCALING_RATIO:.0f}x of K={lo}",
             scaling_ratio["worker_cpu"],
-            None
-            if scaling_ratio["worker_cpu"] is None
-            else scaling_ratio["worker_cpu"] <= TARGET_SCALING_RATIO,
+            None if scaling_ratio["worker_cpu"] is None else scaling_ratio["worker_cpu"] <= TARGET_SCALING_RATIO,
             f"same N={profile.scaling_workflows} at every K",
         ),
     ]
@@ -601,10 +575,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"versions: Python {v['python']}, Django {v['django']}, DBOS {v['dbos']}, Celery {v['celery']}, "
         f"psycopg {v['psycopg']}, {(v['postgres'] or '').split(' on ')[0]}, Redis {v['redis_server']}"
     )
-    print(
-        f"workload: N x K={STEPS} no-op steps, started before the workers run; "
-        f"{WORKERS} worker processes per system"
-    )
+    print(f"workload: N x K={STEPS} no-op steps, started before the workers run; {WORKERS} worker processes per system")
     print()
     header = (
         f"  {'system':<22} {'workload':<16} {'steps/s':>9} {'(spawn)':>9} {'wf/s':>7} "
@@ -646,35 +617,21 @@ def print_report(report: dict[str, Any]) -> None:
             f"{fmt(busy, 2):>5}"
         )
     print()
-    print(
-        "  steps/s: from the first claim/dequeue/task start to the last completion; (spawn): from worker spawn."
-    )
-    print(
-        "  hand-off: django-durable activity start - claim of the workflow task that scheduled it; DBOS step start -"
-    )
-    print(
-        "  previous step end (fan-out: - workflow dequeue); Celery task start - previous task end (the broker hop)."
-    )
-    print(
-        "  busy: CPUs other processes kept busy in the half second before the run (0 = quiet machine)."
-    )
+    print("  steps/s: from the first claim/dequeue/task start to the last completion; (spawn): from worker spawn.")
+    print("  hand-off: django-durable activity start - claim of the workflow task that scheduled it; DBOS step start -")
+    print("  previous step end (fan-out: - workflow dequeue); Celery task start - previous task end (the broker hop).")
+    print("  busy: CPUs other processes kept busy in the half second before the run (0 = quiet machine).")
     if p["repeats"] > 1:
-        print(
-            f"  each row: the median of {p['repeats']} runs by steps/s, in rounds; every run's steps/s:"
-        )
+        print(f"  each row: the median of {p['repeats']} runs by steps/s, in rounds; every run's steps/s:")
         for key, row in s["rows"].items():
             if not key.startswith("durable_scaling"):
-                print(
-                    f"    {key:<20} {', '.join(fmt(v) for v in row['repeats_steady_steps_per_s'])}"
-                )
+                print(f"    {key:<20} {', '.join(fmt(v) for v in row['repeats_steady_steps_per_s'])}")
         for key, data in s["skip_locked"].items():
             print(f"    {key:<20} {', '.join(fmt(v) for v in data['repeats_items_per_s'])}")
 
     if s["scaling"]:
         print()
-        print(
-            f"  per-step cost as history grows (django-durable, N={p['scaling_workflows']} at every K, W={WORKERS})"
-        )
+        print(f"  per-step cost as history grows (django-durable, N={p['scaling_workflows']} at every K, W={WORKERS})")
         print(f"  {'K':>6} {'wall ms/step':>14} {'worker CPU ms/step':>20} {'steps/s':>9}")
         for steps, row in s["scaling"].items():
             if row.get("error"):
@@ -685,9 +642,7 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{fmt(row['steady_steps_per_s']):>9}"
             )
         r, ks = s["scaling_ratio"], p["scaling_steps"]
-        print(
-            f"  ratio K={ks[-1]} / K={ks[0]}: wall {fmt(r['wall'], 2)}x, worker CPU {fmt(r['worker_cpu'], 2)}x"
-        )
+        print(f"  ratio K={ks[-1]} / K={ks[0]}: wall {fmt(r['wall'], 2)}x, worker CPU {fmt(r['worker_cpu'], 2)}x")
         if "wall_longest_two" in r:
             print(
                 f"  ratio K={ks[-1]} / K={ks[-2]}: wall {fmt(r['wall_longest_two'], 2)}x, worker CPU "
@@ -813,11 +768,7 @@ def main() -> int:
         f"  JSON: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}  (each run's own JSON and logs: {report['out_dir']}/)"
     )
     print(f"  total {report['total_s']} s")
-    failed = [
-        key
-        for key, data in runs.items()
-        if "error" in data or (data.get("_harness") or {}).get("returncode")
-    ]
+    failed = [key for key, data in runs.items() if "error" in data or (data.get("_harness") or {}).get("returncode")]
     if failed:
         print(f"  FAILED or unfinished: {', '.join(failed)}")
     return 1 if failed else 0

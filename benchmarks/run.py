@@ -158,9 +158,7 @@ def parse_args() -> argparse.Namespace:
         help="PostgreSQL database to create and drop (default durable_bench), or SQLite file path "
         "(default benchmarks/results/<timestamp>.sqlite3)",
     )
-    p.add_argument(
-        "--lease-seconds", type=float, default=30.0, help="DURABLE LEASE_SECONDS for the workers"
-    )
+    p.add_argument("--lease-seconds", type=float, default=30.0, help="DURABLE LEASE_SECONDS for the workers")
     p.add_argument(
         "--conn-max-age",
         default="0",
@@ -191,9 +189,7 @@ def parse_args() -> argparse.Namespace:
         default=170.0,
         help="give up waiting for completion after this many s",
     )
-    p.add_argument(
-        "--keep-db", action="store_true", help="do not drop the database / delete the SQLite file"
-    )
+    p.add_argument("--keep-db", action="store_true", help="do not drop the database / delete the SQLite file")
     p.add_argument(
         "--json",
         default=None,
@@ -222,9 +218,7 @@ def cpu_model() -> str:
 
 def git_revision() -> dict[str, Any]:
     def git(*cmd: str) -> str:
-        return subprocess.run(
-            ["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
     try:
         return {
@@ -271,7 +265,7 @@ STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "st
 def machine_cpu_breakdown() -> dict[str, float]:
     """/proc/stat's first line, in CPU seconds since boot (all cores)."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    return {name: value / CLK_TCK for name, value in zip(STAT_FIELDS, values)}
+    return {name: value / CLK_TCK for name, value in zip(STAT_FIELDS, values, strict=True)}
 
 
 def machine_cpu_seconds() -> float:
@@ -383,11 +377,7 @@ def cpu_snapshot(worker_pids: list[int], db: str) -> dict[str, Any]:
 def cpu_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
     def summed(before: dict[int, float | None], after: dict[int, float | None]) -> float:
         # A process that appeared meanwhile counts from zero.
-        return sum(
-            (after[pid] or 0.0) - (before.get(pid) or 0.0)
-            for pid in after
-            if after[pid] is not None
-        )
+        return sum((after[pid] or 0.0) - (before.get(pid) or 0.0) for pid in after if after[pid] is not None)
 
     delta: dict[str, float | None] = {
         "interval_s": b["t"] - a["t"],
@@ -408,9 +398,7 @@ def cpu_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
     )
     delta["harness_s"] = (b["harness"] or 0.0) - (a["harness"] or 0.0)
     # Whatever else ran on the machine meanwhile (other programs, the postmaster, the kernel).
-    delta["other_s"] = delta["machine_busy_s"] - sum(
-        delta[k] or 0.0 for k in ("workers_s", "postgres_s", "harness_s")
-    )
+    delta["other_s"] = delta["machine_busy_s"] - sum(delta[k] or 0.0 for k in ("workers_s", "postgres_s", "harness_s"))
     return delta
 
 
@@ -532,7 +520,7 @@ def spawn_workers(
     procs, logs = [], []
     for i in range(args.workers):
         log_path = Path(args.log_dir) / f"{stamp}-worker{i}.log"
-        log = open(log_path, "w")  # noqa: SIM115 - closed after the worker exits
+        log = open(log_path, "w")
         procs.append(
             subprocess.Popen(
                 [*cmd, "--name", f"bench-worker-{i}"],
@@ -594,9 +582,7 @@ def scan_logs(paths: list[Path]) -> dict[str, Any]:
     }
 
 
-def wait_for_completion(
-    n: int, procs: list[subprocess.Popen], timeout: float, on_first_claim: Any
-) -> dict[str, Any]:
+def wait_for_completion(n: int, procs: list[subprocess.Popen], timeout: float, on_first_claim: Any) -> dict[str, Any]:
     from django.db.models import Count
 
     from django_durable.models import HistoryEvent, WorkflowInstance
@@ -614,9 +600,7 @@ def wait_for_completion(
                 time.sleep(0.02)
                 continue
         by_status = dict(
-            WorkflowInstance.objects.values_list("status")
-            .annotate(c=Count("id"))
-            .values_list("status", "c")
+            WorkflowInstance.objects.values_list("status").annotate(c=Count("id")).values_list("status", "c")
         )
         closed = sum(c for s, c in by_status.items() if s not in ("pending", "running"))
         if closed >= n:
@@ -669,12 +653,8 @@ def history_metrics() -> dict[str, Any]:
         last_created=Max("created_at"),
         last_closed=Max("closed_at"),
     )
-    first_task = HistoryEvent.objects.filter(kind="WorkflowTaskStarted").aggregate(
-        t=Min("timestamp")
-    )["t"]
-    runs = list(
-        WorkflowInstance.objects.exclude(closed_at=None).values_list("started_at", "closed_at")
-    )
+    first_task = HistoryEvent.objects.filter(kind="WorkflowTaskStarted").aggregate(t=Min("timestamp"))["t"]
+    runs = list(WorkflowInstance.objects.exclude(closed_at=None).values_list("started_at", "closed_at"))
     return {
         "activities_scheduled": len(scheduled),
         "activities_completed": len(to_close),
@@ -712,9 +692,7 @@ def warm_up(args: argparse.Namespace, procs: list[subprocess.Popen]) -> dict[str
     return {"workers_ready": ready, "warmup_runs": done}
 
 
-def wait_for_workers_ready(
-    names: list[str], procs: list[subprocess.Popen], timeout: float
-) -> dict[str, Any]:
+def wait_for_workers_ready(names: list[str], procs: list[subprocess.Popen], timeout: float) -> dict[str, Any]:
     """Until every worker has written its heartbeat row (it writes one when it starts)."""
     try:
         from django_durable.models import WorkerHeartbeat
@@ -731,9 +709,7 @@ def wait_for_workers_ready(
     return {"heartbeats": WorkerHeartbeat.objects.filter(name__in=names).count(), "timed_out": True}
 
 
-def wait_for_prefix_closed(
-    prefix: str, n: int, procs: list[subprocess.Popen], timeout: float
-) -> dict[str, Any]:
+def wait_for_prefix_closed(prefix: str, n: int, procs: list[subprocess.Popen], timeout: float) -> dict[str, Any]:
     from django_durable.models import WorkflowInstance
 
     deadline = time.monotonic() + timeout
@@ -769,18 +745,16 @@ def idle_metrics(prefix: str) -> dict[str, Any]:
 
     runs = {
         pk: (created, closed)
-        for pk, created, closed in WorkflowInstance.objects.filter(
-            workflow_id__startswith=prefix
-        ).values_list("pk", "created_at", "closed_at")
+        for pk, created, closed in WorkflowInstance.objects.filter(workflow_id__startswith=prefix).values_list(
+            "pk", "created_at", "closed_at"
+        )
     }
     first_claim: dict[int, datetime.datetime] = {}
     scheduled: dict[tuple[int, int], datetime.datetime] = {}
     first_activity_start: dict[int, float] = {}
     to_start: list[float] = []
     events = HistoryEvent.objects.filter(instance_id__in=list(runs)).order_by("instance_id", "seq")
-    for pk, kind, task_id, ts, payload in events.values_list(
-        "instance_id", "kind", "task_id", "timestamp", "payload"
-    ):
+    for pk, kind, task_id, ts, payload in events.values_list("instance_id", "kind", "task_id", "timestamp", "payload"):
         if kind == "WorkflowTaskStarted":
             first_claim.setdefault(pk, ts)
         elif kind == "ActivityScheduled":
@@ -794,11 +768,7 @@ def idle_metrics(prefix: str) -> dict[str, Any]:
     return {
         "workflows": len(runs),
         "start_to_first_claim": summary_ms(
-            [
-                (first_claim[pk] - created).total_seconds()
-                for pk, (created, _) in runs.items()
-                if pk in first_claim
-            ]
+            [(first_claim[pk] - created).total_seconds() for pk, (created, _) in runs.items() if pk in first_claim]
         ),
         "schedule_to_start": summary_ms(to_start),
         "start_to_first_activity_start": summary_ms(
@@ -831,9 +801,7 @@ def main_idle(
     procs: list[subprocess.Popen] = []
     try:
         procs, logs = spawn_workers(args, worker_env, stamp)
-        ready = wait_for_workers_ready(
-            [f"bench-worker-{i}" for i in range(args.workers)], procs, 60.0
-        )
+        ready = wait_for_workers_ready([f"bench-worker-{i}" for i in range(args.workers)], procs, 60.0)
         # One warm-up run per worker, so that imports and first connections are behind us.
         for i in range(args.workers):
             durable.start_workflow(bench_sequence, args.steps, workflow_id=f"warmup-{i}")
@@ -902,11 +870,7 @@ def print_idle_table(r: dict[str, Any]) -> None:
         (
             "completed",
             f"{idle['completion']['closed']}"
-            + (
-                ""
-                if idle["completion"]["finished"]
-                else f"  NOT FINISHED: {idle['completion'].get('reason')}"
-            ),
+            + ("" if idle["completion"]["finished"] else f"  NOT FINISHED: {idle['completion'].get('reason')}"),
         ),
         ("start to first claim", line(idle["start_to_first_claim"])),
         ("schedule-to-start", line(idle["schedule_to_start"])),
@@ -949,11 +913,7 @@ def print_table(r: dict[str, Any]) -> None:
             "workload",
             f"N={cfg['workflows']} workflows x K={cfg['steps']} no-op activities, "
             f"{'fan-out' if cfg['fanout'] else 'sequential'}; W={cfg['workers']} workers"
-            + (
-                f", concurrency {cfg['concurrency']}"
-                if cfg["concurrency"]
-                else ", concurrency default"
-            )
+            + (f", concurrency {cfg['concurrency']}" if cfg["concurrency"] else ", concurrency default")
             + f", harness CONN_MAX_AGE {cfg['conn_max_age']} (workers: persistent)"
             + (", prepared statements" if cfg.get("prepared") else ""),
         ),
@@ -972,11 +932,7 @@ def print_table(r: dict[str, Any]) -> None:
             (
                 "completed",
                 f"{run['completion']['by_status']}"
-                + (
-                    ""
-                    if run["completion"]["finished"]
-                    else f"  NOT FINISHED: {run['completion'].get('reason')}"
-                ),
+                + ("" if run["completion"]["finished"] else f"  NOT FINISHED: {run['completion'].get('reason')}"),
             ),
             (
                 "wall time",
@@ -1020,8 +976,7 @@ def print_table(r: dict[str, Any]) -> None:
             (
                 "busiest other processes",
                 "; ".join(
-                    f"{row['cpu_s']} CPU-s {row['cmd'][:70]}"
-                    for row in run["top_other_processes_steady_window"][:2]
+                    f"{row['cpu_s']} CPU-s {row['cmd'][:70]}" for row in run["top_other_processes_steady_window"][:2]
                 )
                 or "none",
             ),
@@ -1045,11 +1000,7 @@ def print_table(r: dict[str, Any]) -> None:
             ),
             (
                 "worker logs",
-                ", ".join(
-                    f"{k}={v}"
-                    for k, v in run["worker_logs"]["counts"].items()
-                    if v and k != "shutdown_notices"
-                )
+                ", ".join(f"{k}={v}" for k, v in run["worker_logs"]["counts"].items() if v and k != "shutdown_notices")
                 or "no warnings or errors (besides the SIGTERM notices)",
             ),
         ]
@@ -1090,9 +1041,7 @@ def main() -> int:
     if args.db_name:
         db_name = args.db_name if args.db == "postgres" else str(Path(args.db_name).resolve())
     else:
-        db_name = (
-            "durable_bench" if args.db == "postgres" else str(RESULTS_DIR / f"{stamp}.sqlite3")
-        )
+        db_name = "durable_bench" if args.db == "postgres" else str(RESULTS_DIR / f"{stamp}.sqlite3")
     if args.poll_interval is None:
         args.poll_interval = product_poll_interval() if args.idle else 0.01
 
@@ -1133,9 +1082,7 @@ def main() -> int:
         "git": git_revision(),
         "machine": {
             "nproc": os.cpu_count(),
-            "usable_cpus": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else None,
+            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "cpu_model": cpu_model(),
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -1189,9 +1136,7 @@ def main() -> int:
     warm = args.warmup and args.workers > 0
 
     def start_measured() -> None:
-        start_s = start_workflows(
-            args.workflows, args.steps, args.fanout, args.start_in_one_transaction or warm
-        )
+        start_s = start_workflows(args.workflows, args.steps, args.fanout, args.start_in_one_transaction or warm)
         report["results"]["start"] = {
             "seconds": round(start_s, 4),
             "workflows_per_s": round(args.workflows / start_s, 1) if start_s else None,
@@ -1243,8 +1188,7 @@ def main() -> int:
                         "harness_queries": completion["harness_queries"],
                         "worker_transactions_committed": worker_commits,
                         "worker_transactions_per_step": round(worker_commits / steps, 2),
-                        "transactions_rolled_back": pg_after["xact_rollback"]
-                        - pg_before["xact_rollback"],
+                        "transactions_rolled_back": pg_after["xact_rollback"] - pg_before["xact_rollback"],
                     }
             hist = history_metrics()
             last = hist.pop("last_closed_at")
@@ -1261,9 +1205,7 @@ def main() -> int:
                 "completion": completion,
                 "elapsed_s": round(elapsed, 3) if elapsed else None,
                 "steady_elapsed_s": round(steady, 3) if steady else None,
-                "worker_spawn_to_first_claim_s": round((first - spawned_at).total_seconds(), 3)
-                if first
-                else None,
+                "worker_spawn_to_first_claim_s": round((first - spawned_at).total_seconds(), 3) if first else None,
                 "steps": steps,
                 "workflows_per_s": round(args.workflows / elapsed, 1) if elapsed else None,
                 "steps_per_s": round(steps / elapsed, 1) if elapsed else None,
@@ -1277,12 +1219,8 @@ def main() -> int:
                     "other_processes": per_step(steady_cpu["other_s"]),
                     "machine": per_step(steady_cpu["machine_busy_s"]),
                 },
-                "cpu_seconds_steady_window": {
-                    k: round(v, 3) if v is not None else None for k, v in steady_cpu.items()
-                },
-                "cpu_seconds_from_spawn": {
-                    k: round(v, 3) if v is not None else None for k, v in total_cpu.items()
-                },
+                "cpu_seconds_steady_window": {k: round(v, 3) if v is not None else None for k, v in steady_cpu.items()},
+                "cpu_seconds_from_spawn": {k: round(v, 3) if v is not None else None for k, v in total_cpu.items()},
                 "top_other_processes_steady_window": top_other_processes(
                     snaps.get("first_claim", snaps["spawn"])["all"],
                     snaps["done"]["all"],

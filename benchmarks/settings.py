@@ -50,8 +50,7 @@ if DB == "postgres":
             "PORT": os.environ.get("BENCH_PG_PORT", "5432"),
             "CONN_MAX_AGE": CONN_MAX_AGE,
             "OPTIONS": (
-                {"server_side_binding": True, "prepare_threshold": 5}
-                if os.environ.get("BENCH_PREPARED") == "1" else {}
+                {"server_side_binding": True, "prepare_threshold": 5} if os.environ.get("BENCH_PREPARED") == "1" else {}
             ),
         }
     }

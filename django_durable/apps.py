@@ -11,10 +11,11 @@ class DurableConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import (
+            checks,  # noqa: F401  (registers the system checks)
+            tasks,  # noqa: F401  (the django_durable.run_task workflow and check W020)
+        )
         from .api import checks as api_checks  # noqa: F401  (no REST framework import)
-        from . import tasks  # noqa: F401  (the django_durable.run_task workflow and check W020)
-
         from .conf import durable_settings
 
         if durable_settings.ACTIVITY_EXECUTOR == "celery" and importlib.util.find_spec("celery") is not None:

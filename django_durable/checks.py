@@ -56,24 +56,35 @@ def _is_limit(value: Any) -> bool:
 
 def _check_limits(user: dict[str, Any]) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
-    for key in ("HISTORY_WARN_EVENTS", "HISTORY_MAX_EVENTS", "HISTORY_WARN_BYTES", "HISTORY_MAX_BYTES",
-                "TIME_TRAVEL_MAX_EVENTS", "TIME_TRAVEL_MAX_BYTES", "API_MAX_BODY_SIZE"):
+    for key in (
+        "HISTORY_WARN_EVENTS",
+        "HISTORY_MAX_EVENTS",
+        "HISTORY_WARN_BYTES",
+        "HISTORY_MAX_BYTES",
+        "TIME_TRAVEL_MAX_EVENTS",
+        "TIME_TRAVEL_MAX_BYTES",
+        "API_MAX_BODY_SIZE",
+    ):
         value = user.get(key, DEFAULTS[key])
         if not _is_limit(value) or (value is None and key == "API_MAX_BODY_SIZE"):
-            errors.append(checks.Error(
-                f"DURABLE[{key!r}] must be a positive integer"
-                + (", or None for no limit." if key != "API_MAX_BODY_SIZE" else "."),
-                id="django_durable.E006",
-            ))
+            errors.append(
+                checks.Error(
+                    f"DURABLE[{key!r}] must be a positive integer"
+                    + (", or None for no limit." if key != "API_MAX_BODY_SIZE" else "."),
+                    id="django_durable.E006",
+                )
+            )
     for unit in ("EVENTS", "BYTES"):
         warn, limit = (user.get(f"HISTORY_{k}_{unit}", DEFAULTS[f"HISTORY_{k}_{unit}"]) for k in ("WARN", "MAX"))
         if _is_limit(warn) and _is_limit(limit) and warn is not None and limit is not None and warn >= limit:
-            errors.append(checks.Warning(
-                f"DURABLE['HISTORY_WARN_{unit}'] ({warn}) is not below DURABLE['HISTORY_MAX_{unit}'] "
-                f"({limit}): runs fail before the warning is logged.",
-                hint=f"Set HISTORY_WARN_{unit} to a fraction of HISTORY_MAX_{unit}.",
-                id="django_durable.W002",
-            ))
+            errors.append(
+                checks.Warning(
+                    f"DURABLE['HISTORY_WARN_{unit}'] ({warn}) is not below DURABLE['HISTORY_MAX_{unit}'] "
+                    f"({limit}): runs fail before the warning is logged.",
+                    hint=f"Set HISTORY_WARN_{unit} to a fraction of HISTORY_MAX_{unit}.",
+                    id="django_durable.W002",
+                )
+            )
     payload = user.get("PAYLOAD_MAX_BYTES", DEFAULTS["PAYLOAD_MAX_BYTES"])
     hint = (
         "PAYLOAD_MAX_BYTES is a positive integer (bytes of JSON), None (no limit), or a dict of those "
@@ -81,21 +92,30 @@ def _check_limits(user: dict[str, Any]) -> list[checks.CheckMessage]:
     )
     if isinstance(payload, dict):
         for kind in sorted(set(payload) - set(PAYLOAD_KINDS), key=str):
-            errors.append(checks.Error(
-                f"DURABLE['PAYLOAD_MAX_BYTES'] names an unknown kind of value: {kind!r}.", hint=hint,
-                id="django_durable.E007",
-            ))
+            errors.append(
+                checks.Error(
+                    f"DURABLE['PAYLOAD_MAX_BYTES'] names an unknown kind of value: {kind!r}.",
+                    hint=hint,
+                    id="django_durable.E007",
+                )
+            )
         for kind in PAYLOAD_KINDS:
             if kind in payload and not _is_limit(payload[kind]):
-                errors.append(checks.Error(
-                    f"DURABLE['PAYLOAD_MAX_BYTES'][{kind!r}] must be a positive integer or None.", hint=hint,
-                    id="django_durable.E007",
-                ))
+                errors.append(
+                    checks.Error(
+                        f"DURABLE['PAYLOAD_MAX_BYTES'][{kind!r}] must be a positive integer or None.",
+                        hint=hint,
+                        id="django_durable.E007",
+                    )
+                )
     elif not _is_limit(payload):
-        errors.append(checks.Error(
-            "DURABLE['PAYLOAD_MAX_BYTES'] must be a positive integer, None or a dict.", hint=hint,
-            id="django_durable.E007",
-        ))
+        errors.append(
+            checks.Error(
+                "DURABLE['PAYLOAD_MAX_BYTES'] must be a positive integer, None or a dict.",
+                hint=hint,
+                id="django_durable.E007",
+            )
+        )
     return errors
 
 
@@ -111,23 +131,27 @@ def check_sqlite(app_configs: Any = None, databases: Any = None, **kwargs: Any) 
         connection = connections[alias]
         dialect = dialect_for(connection)
         if dialect.needs_autocommit and not connection.settings_dict.get("AUTOCOMMIT", True):
-            messages.append(checks.Error(
-                f"SQLite database {alias!r} has AUTOCOMMIT off: its transactions begin as the sqlite3 module "
-                "decides, not with the write lock django-durable takes, and concurrent workers could run an "
-                "activity twice. durable_worker refuses to start.",
-                hint=f"Remove DATABASES[{alias!r}]['AUTOCOMMIT'] (Django's default is True).",
-                id="django_durable.E009",
-            ))
+            messages.append(
+                checks.Error(
+                    f"SQLite database {alias!r} has AUTOCOMMIT off: its transactions begin as the sqlite3 module "
+                    "decides, not with the write lock django-durable takes, and concurrent workers could run an "
+                    "activity twice. durable_worker refuses to start.",
+                    hint=f"Remove DATABASES[{alias!r}]['AUTOCOMMIT'] (Django's default is True).",
+                    id="django_durable.E009",
+                )
+            )
         options = connection.settings_dict.get("OPTIONS", {})
         init_command = str(options.get("init_command", "")).lower().replace(" ", "")
         if dialect.wants_wal and "journal_mode=wal" not in init_command:
-            messages.append(checks.Warning(
-                f"SQLite database {alias!r} does not ask for WAL mode: without it readers and the writer "
-                "block each other, and workers and web requests spend their time waiting for the lock.",
-                hint='Add OPTIONS = {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; '
-                'PRAGMA synchronous=NORMAL;"} to that database.',
-                id="django_durable.W001",
-            ))
+            messages.append(
+                checks.Warning(
+                    f"SQLite database {alias!r} does not ask for WAL mode: without it readers and the writer "
+                    "block each other, and workers and web requests spend their time waiting for the lock.",
+                    hint='Add OPTIONS = {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; '
+                    'PRAGMA synchronous=NORMAL;"} to that database.',
+                    id="django_durable.W001",
+                )
+            )
     return messages
 
 
@@ -193,12 +217,14 @@ def check_task_token_max_age(app_configs: Any = None, **kwargs: Any) -> list[che
     value = user.get("TASK_TOKEN_MAX_AGE", DEFAULTS["TASK_TOKEN_MAX_AGE"]) if isinstance(user, dict) else None
     if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
         return []
-    return [checks.Error(
-        f"DURABLE['TASK_TOKEN_MAX_AGE'] must be None or a positive number of seconds, not {value!r}.",
-        hint="None keeps a token valid for as long as its attempt is pending; otherwise set it longer "
-        "than the wait you expect for an outside answer.",
-        id="django_durable.E040",
-    )]
+    return [
+        checks.Error(
+            f"DURABLE['TASK_TOKEN_MAX_AGE'] must be None or a positive number of seconds, not {value!r}.",
+            hint="None keeps a token valid for as long as its attempt is pending; otherwise set it longer "
+            "than the wait you expect for an outside answer.",
+            id="django_durable.E040",
+        )
+    ]
 
 
 @checks.register()
@@ -207,9 +233,11 @@ def check_api_startable_workflows(app_configs: Any = None, **kwargs: Any) -> lis
     value = user.get("API_STARTABLE_WORKFLOWS") if isinstance(user, dict) else None
     if value is None or (isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value)):
         return []
-    return [checks.Error(
-        f"DURABLE['API_STARTABLE_WORKFLOWS'] must be None or a list of workflow names, not {value!r}.",
-        hint="None lets POST workflows/ start every workflow the project registered (never the internal "
-        "django_durable.* ones); a list limits it to the names listed.",
-        id="django_durable.E008",
-    )]
+    return [
+        checks.Error(
+            f"DURABLE['API_STARTABLE_WORKFLOWS'] must be None or a list of workflow names, not {value!r}.",
+            hint="None lets POST workflows/ start every workflow the project registered (never the internal "
+            "django_durable.* ones); a list limits it to the names listed.",
+            id="django_durable.E008",
+        )
+    ]

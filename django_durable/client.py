@@ -238,8 +238,9 @@ def start_workflow(
         raise ValueError("start_at must be a timezone-aware datetime.")
     encoded_args = to_json(list(args), f"the arguments of workflow {definition.name!r}")
     encoded_kwargs = to_json(kwargs, f"the keyword arguments of workflow {definition.name!r}")
-    check_size({"args": encoded_args, "kwargs": encoded_kwargs}, f"the input of workflow {definition.name!r}",
-               "workflow_input")
+    check_size(
+        {"args": encoded_args, "kwargs": encoded_kwargs}, f"the input of workflow {definition.name!r}", "workflow_input"
+    )
     instance = store.create_instance(
         workflow_name=definition.name,
         workflow_id=workflow_id or uuid.uuid4().hex,

@@ -108,17 +108,27 @@ class Committer:
             self._commit_once(batch)
             return
         except DatabaseError:
-            logger.warning("Database error recording %d activities (%s); recording them again, one by one.",
-                           len(batch), ", ".join(handed.completion.item.name for handed in batch), exc_info=True)
+            logger.warning(
+                "Database error recording %d activities (%s); recording them again, one by one.",
+                len(batch),
+                ", ".join(handed.completion.item.name for handed in batch),
+                exc_info=True,
+            )
         close_old_connections()
         for handed in batch:
             item = handed.completion.item
             try:
-                record_outcome(functools.partial(self._commit_alone, handed), lease=handed.running.lease,
-                               what=f"activity {item.name!r} attempt {item.attempt}")
+                record_outcome(
+                    functools.partial(self._commit_alone, handed),
+                    lease=handed.running.lease,
+                    what=f"activity {item.name!r} attempt {item.attempt}",
+                )
             except DatabaseError:
-                logger.exception("Could not record activity %s attempt %d; its lease will expire and it will be "
-                                 "retried.", item.name, item.attempt)
+                logger.exception(
+                    "Could not record activity %s attempt %d; its lease will expire and it will be retried.",
+                    item.name,
+                    item.attempt,
+                )
                 self._finished([handed.running], 0)
 
     def _commit_alone(self, handed: Handed) -> None:
@@ -145,8 +155,11 @@ class Committer:
             self.results_committed += len(batch)
             for completion in completions:
                 if completion.lost:
-                    logger.warning("Activity outcome discarded: %s%s", store.lease_lost(completion.item),
-                                   " (or a try that failed went through)" if again else "")
+                    logger.warning(
+                        "Activity outcome discarded: %s%s",
+                        store.lease_lost(completion.item),
+                        " (or a try that failed went through)" if again else "",
+                    )
         finally:
             # Before these are finished: a stopping worker waits for them too.
             self._start_eager(eager)

@@ -88,7 +88,11 @@ class JSONDataConverter(DataConverter):
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
             return {_DATACLASS_TAG: _class_path(cls), "fields": self._encode(fields, path, seen)}
-        if callable(getattr(value, "model_dump", None)) and hasattr(cls, "model_validate") and not isinstance(value, type):
+        if (
+            callable(getattr(value, "model_dump", None))
+            and hasattr(cls, "model_validate")
+            and not isinstance(value, type)
+        ):
             data = value.model_dump(mode="json")
             return {_MODEL_TAG: _class_path(cls), "data": self._encode(data, path, seen)}
         try:

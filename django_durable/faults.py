@@ -66,16 +66,18 @@ import tempfile
 import threading
 from pathlib import Path
 
-POINTS = frozenset({
-    "after_claim",
-    "before_task_commit",
-    "after_task_commit",
-    "before_activity_completion",
-    "before_activity_commit",
-    "after_activity_commit",
-    "before_timer_commit",
-    "before_heartbeat",
-})
+POINTS = frozenset(
+    {
+        "after_claim",
+        "before_task_commit",
+        "after_task_commit",
+        "before_activity_completion",
+        "before_activity_commit",
+        "after_activity_commit",
+        "before_timer_commit",
+        "before_heartbeat",
+    }
+)
 ACTIONS = ("exit", "kill", "stop", "hold", "error")
 ENV = "DURABLE_CRASH_POINTS"
 DEFAULT_EXIT_CODE = 86
@@ -167,8 +169,10 @@ def _due(entry: Entry) -> bool:
 
 def _act(entry: Entry, point: str, detail: str) -> None:
     where = f"{point}:{detail}" if detail else point
-    os.write(2, f"django-durable crash point {where} reached (hit {entry.hits}, pid {os.getpid()}): "
-                f"{entry.action}\n".encode())
+    os.write(
+        2,
+        f"django-durable crash point {where} reached (hit {entry.hits}, pid {os.getpid()}): {entry.action}\n".encode(),
+    )
     if entry.action == "stop":
         os.kill(os.getpid(), signal.SIGSTOP)
         os.write(2, f"django-durable crash point {where}: resumed (pid {os.getpid()})\n".encode())

@@ -83,7 +83,11 @@ class LeaseRenewer:
                 store.worker_stopped(self._name)
                 return
             store.record_worker_heartbeat(
-                self._name, socket.gethostname(), os.getpid(), self._queues, self._concurrency,
+                self._name,
+                socket.gethostname(),
+                os.getpid(),
+                self._queues,
+                self._concurrency,
                 starting=not self._beat_started,
             )
             self._beat_started = True
@@ -94,8 +98,9 @@ class LeaseRenewer:
         held = self._held()
         renewing = _latest_attempts(held.activities)
         leases = [
-            store.LeaseRenewal(running.item.id, running.item.attempt,
-                               store.attempt_deadline(running.item, running.heartbeat_at))
+            store.LeaseRenewal(
+                running.item.id, running.item.attempt, store.attempt_deadline(running.item, running.heartbeat_at)
+            )
             for running in renewing
         ]
         leases += [store.LeaseRenewal(task.id, task.attempt, None) for task in held.workflow_tasks]

@@ -62,9 +62,7 @@ class WorkflowInstance(models.Model):
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     # A child workflow's parent run, the parent's durable call that started it, and
     # what happens to the child if the parent closes first.
-    parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
-    )
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
     parent_task_id = models.PositiveIntegerField(null=True, blank=True)
     parent_close_policy = models.CharField(
         max_length=20, choices=[(policy.value, policy.name.title()) for policy in ParentClosePolicy], blank=True
@@ -123,9 +121,7 @@ class HistoryEvent(models.Model):
     timestamp = models.DateTimeField()
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["instance", "seq"], name="durable_history_seq_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["instance", "seq"], name="durable_history_seq_unique")]
         ordering = ["instance", "seq"]
 
     def __str__(self) -> str:

@@ -179,9 +179,9 @@ class Listener:
         try:
             connection = psycopg.Connection.connect(**params, autocommit=True)
             connection.add_notify_handler(self._on_notify)
-            connection.execute(sql.SQL("; ").join(
-                sql.SQL("LISTEN {}").format(sql.Identifier(channel)) for channel in self.channels
-            ))
+            connection.execute(
+                sql.SQL("; ").join(sql.SQL("LISTEN {}").format(sql.Identifier(channel)) for channel in self.channels)
+            )
         except (psycopg.Error, OSError) as exc:
             if connection is not None:
                 _close_quietly(connection)
@@ -189,7 +189,10 @@ class Listener:
             delay = self._backoff()
             logger.warning(
                 "Could not LISTEN on %s (database %r): %s; retrying in %.1fs, polling meanwhile.",
-                ", ".join(self.channels), self.using, _one_line(exc), delay,
+                ", ".join(self.channels),
+                self.using,
+                _one_line(exc),
+                delay,
             )
             return False
         self._connection = connection
@@ -212,7 +215,10 @@ class Listener:
         delay = self._backoff()
         logger.warning(
             "Lost the LISTEN connection on %s (database %r): %s; reconnecting in %.1fs, polling meanwhile.",
-            ", ".join(self.channels), self.using, _one_line(exc), delay,
+            ", ".join(self.channels),
+            self.using,
+            _one_line(exc),
+            delay,
         )
 
     def _backoff(self) -> float:

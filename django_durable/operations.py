@@ -243,7 +243,9 @@ def _check_workers(thresholds: Thresholds) -> Check:
     healthy = len(alive) >= thresholds.min_workers
     detail = f"{len(alive)} alive{scope}" + ("" if healthy else f", {thresholds.min_workers} needed")
     if stale:
-        shown = ", ".join(described(row) for row in stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+        shown = ", ".join(described(row) for row in stale[:3]) + (
+            f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+        )
         detail += f"; stale (silent for over {format_duration(thresholds.stale_after.total_seconds())}): {shown}"
     data = {
         "alive": [_worker_data(row, now) for row in alive],

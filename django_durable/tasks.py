@@ -73,7 +73,8 @@ def durable_backend_aliases() -> list[str]:
     if not isinstance(configured, dict):
         return []
     return sorted(
-        alias for alias, params in configured.items()
+        alias
+        for alias, params in configured.items()
         if isinstance(params, dict) and _is_durable_backend(params.get("BACKEND"))
     )
 
@@ -149,8 +150,9 @@ def call_task(
 
 
 @durable.workflow(name=WORKFLOW_NAME)
-def run_task(ctx: durable.WorkflowContext, module_path: str, args: list[Any], kwargs: dict[str, Any],
-             task: dict[str, Any]) -> Any:
+def run_task(
+    ctx: durable.WorkflowContext, module_path: str, args: list[Any], kwargs: dict[str, Any], task: dict[str, Any]
+) -> Any:
     policy = RetryPolicy.from_json(task["retry"])
     errors: list[dict[str, str]] = []
     attempt = 1
@@ -242,8 +244,12 @@ if TASKS_API is not None:
                 task.module_path,
                 list(args),
                 dict(kwargs),
-                {"retry": self.retry.to_json(), "priority": task.priority, "queue_name": task.queue_name,
-                 "backend": self.alias},
+                {
+                    "retry": self.retry.to_json(),
+                    "priority": task.priority,
+                    "queue_name": task.queue_name,
+                    "backend": self.alias,
+                },
                 queue=self.durable_queue(task.queue_name),
                 start_at=task.run_after,
             )
@@ -261,7 +267,10 @@ if TASKS_API is not None:
             module_path, args, kwargs, options = description.args
             task = import_string(module_path)
             task = dataclasses.replace(
-                task, queue_name=options["queue_name"], priority=options["priority"], backend=self.alias,
+                task,
+                queue_name=options["queue_name"],
+                priority=options["priority"],
+                backend=self.alias,
                 run_after=description.scheduled_start_at,
             )
             variables = description.vars
@@ -290,8 +299,10 @@ if TASKS_API is not None:
                 # Terminated or canceled before any attempt failed.
                 error = description.error
                 result.errors.append(
-                    TaskError(exception_class_path=_exception_path(error.get("type", "")),
-                              traceback=error.get("traceback") or error.get("message", ""))
+                    TaskError(
+                        exception_class_path=_exception_path(error.get("type", "")),
+                        traceback=error.get("traceback") or error.get("message", ""),
+                    )
                 )
             return result
 

@@ -53,6 +53,8 @@ def read_task_token(token: object) -> TaskToken:
         parsed = TaskToken(item_id=data["i"], run_id=str(uuid.UUID(data["r"])), task_id=data["t"], attempt=data["a"])
     except (KeyError, ValueError):
         raise InvalidTaskToken("The task token is not a django-durable task token.") from None
-    if not all(type(value) is int and 0 < value <= MAX_ID for value in (parsed.item_id, parsed.task_id, parsed.attempt)):
+    if not all(
+        type(value) is int and 0 < value <= MAX_ID for value in (parsed.item_id, parsed.task_id, parsed.attempt)
+    ):
         raise InvalidTaskToken("The task token is not a django-durable task token.")
     return parsed

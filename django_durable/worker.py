@@ -74,10 +74,16 @@ class Worker:
         self._workflow_tasks: list[store.Claim] = []  # claimed, being run by the main loop
         self._listener: notify.Listener | None = None
         self.cache = RunCache(durable_settings.WORKFLOW_CACHE_SIZE)
-        self._renewer = LeaseRenewer(name=self.name, queues=self.queues, concurrency=self.concurrency,
-                                     lease_seconds=self.lease_seconds, held=self._held)
-        self._committer = Committer(cache=self.cache, eager=self._eager, start_eager=self._start_eager,
-                                    finished=self._finished)
+        self._renewer = LeaseRenewer(
+            name=self.name,
+            queues=self.queues,
+            concurrency=self.concurrency,
+            lease_seconds=self.lease_seconds,
+            held=self._held,
+        )
+        self._committer = Committer(
+            cache=self.cache, eager=self._eager, start_eager=self._start_eager, finished=self._finished
+        )
         # None: activities run in self._pool; else they are sent to this executor.
         self.executor = load_executor(durable_settings.ACTIVITY_EXECUTOR)
         # With CELERY_WORKFLOW_TASKS, due workflow tasks are sent to the executor too.
@@ -118,8 +124,13 @@ class Worker:
         logger.info(
             "Worker %s stopped. Activity results: %d in %d commits, %d taken by their run's next step in the "
             "same commit (%d could not be). Workflow tasks: %d resumed held code; %d steps replayed history.",
-            self.name, self._committer.results_committed, self._committer.commits, stats["inline"],
-            stats["declined"], stats["resumed"], stats["replayed"],
+            self.name,
+            self._committer.results_committed,
+            self._committer.commits,
+            stats["inline"],
+            stats["declined"],
+            stats["resumed"],
+            stats["replayed"],
         )
 
     def _first_idle_wait(self) -> float:
@@ -168,7 +179,8 @@ class Worker:
             os._exit(1)
         logger.warning(
             "%s received: finishing %d running activities, then exiting (send it again to exit now).",
-            signal.Signals(signum).name, len(self._running),
+            signal.Signals(signum).name,
+            len(self._running),
         )
         self.stop()
 
@@ -256,8 +268,13 @@ class Worker:
             except Exception:  # a broker outage must not stop timers, reaping or other work
                 # Stop at the first failure (each costs a connection timeout); the items
                 # stay marked as sent and go again after DISPATCH_TIMEOUT.
-                logger.exception("Could not send %s item %s to the %s executor; retrying after %ss.", kind,
-                                 item_id, durable_settings.ACTIVITY_EXECUTOR, durable_settings.DISPATCH_TIMEOUT)
+                logger.exception(
+                    "Could not send %s item %s to the %s executor; retrying after %ss.",
+                    kind,
+                    item_id,
+                    durable_settings.ACTIVITY_EXECUTOR,
+                    durable_settings.DISPATCH_TIMEOUT,
+                )
                 break
             logger.debug("Sent %s item %s (queue %s) to the executor", kind, item_id, queue)
         return sent
@@ -336,8 +353,9 @@ class Worker:
         free, held_room = self._room(leaving)
         if held_room <= 0:
             return None
-        return store.Eager(owner=self.name, queues=self.queues, limit=free, lease_seconds=self.lease_seconds,
-                           spare=held_room - free)
+        return store.Eager(
+            owner=self.name, queues=self.queues, limit=free, lease_seconds=self.lease_seconds, spare=held_room - free
+        )
 
     def _start_eager(self, eager: store.Eager | None) -> None:
         for item in eager.claims if eager is not None else ():
@@ -363,7 +381,9 @@ class Worker:
         except store.LeaseLost as exc:
             logger.warning("Activity outcome discarded: %s", exc)
         except DatabaseError:
-            logger.exception("Database error recording activity %s; its lease will expire and it will be retried.", item.name)
+            logger.exception(
+                "Database error recording activity %s; its lease will expire and it will be retried.", item.name
+            )
         except Exception:
             logger.exception("Unexpected error running activity %s", item.name)
         finally:

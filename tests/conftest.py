@@ -84,8 +84,18 @@ def start_worker(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
     ) -> WorkerProcess:
-        command = [sys.executable, "-m", "django", "durable_worker", "--settings", "tests.settings",
-                   "-v", "2", "--concurrency", str(concurrency)]
+        command = [
+            sys.executable,
+            "-m",
+            "django",
+            "durable_worker",
+            "--settings",
+            "tests.settings",
+            "-v",
+            "2",
+            "--concurrency",
+            str(concurrency),
+        ]
         if batch:
             command.append("--batch")
         if queues:
@@ -113,7 +123,10 @@ def db_vendor() -> str:
 
 # The model permissions of WorkflowInstance that the API and the admin's actions check.
 WORKFLOW_PERMISSIONS = (
-    "view_workflowinstance", "add_workflowinstance", "operate_workflowinstance", "delete_workflowinstance",
+    "view_workflowinstance",
+    "add_workflowinstance",
+    "operate_workflowinstance",
+    "delete_workflowinstance",
 )
 
 
@@ -127,4 +140,5 @@ def grant(user: Any, *codenames: str) -> Any:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"django-durable database: {settings.DATABASES['default']['ENGINE']} ({os.environ.get('DURABLE_TEST_DB', 'sqlite')})"
+    engine = settings.DATABASES["default"]["ENGINE"]
+    return f"django-durable database: {engine} ({os.environ.get('DURABLE_TEST_DB', 'sqlite')})"

@@ -29,9 +29,7 @@ LEASE = 2.0  # tests.settings DURABLE["LEASE_SECONDS"]
 UPPER = 60.0  # an upper bound on any single wait, never an expected duration
 ON_POSTGRES = os.environ.get("DURABLE_TEST_DB", "sqlite") == "postgres"
 # CI (and dev.py --require-postgres) must fail, not skip, a scenario it cannot run.
-REQUIRED = (
-    os.environ.get("CI", "").lower() in ("true", "1") or os.environ.get("DURABLE_REQUIRE_POSTGRES") == "1"
-)
+REQUIRED = os.environ.get("CI", "").lower() in ("true", "1") or os.environ.get("DURABLE_REQUIRE_POSTGRES") == "1"
 
 
 def cannot_run(reason: str) -> None:
@@ -47,8 +45,11 @@ def runs(key: str) -> list[int]:
 
 
 def wait_log(worker: WorkerProcess, text: str, count: int = 1, timeout: float = UPPER) -> str:
-    wait_for(lambda: worker.log().count(text) >= count, timeout=timeout,
-             what=f"{text!r} x{count} in the log of worker {worker.pid}")
+    wait_for(
+        lambda: worker.log().count(text) >= count,
+        timeout=timeout,
+        what=f"{text!r} x{count} in the log of worker {worker.pid}",
+    )
     return worker.log()
 
 
@@ -89,8 +90,11 @@ def process_state(pid: int) -> str:
 
 def wait_stopped(worker: WorkerProcess, point: str) -> None:
     """Wait until ``worker`` stopped itself (SIGSTOP) at crash point ``point``."""
-    wait_for(lambda: f"django-durable crash point {point} reached" in worker.log()
-             and process_state(worker.pid) == "T", timeout=UPPER, what=f"worker {worker.pid} to stop at {point}")
+    wait_for(
+        lambda: f"django-durable crash point {point} reached" in worker.log() and process_state(worker.pid) == "T",
+        timeout=UPPER,
+        what=f"worker {worker.pid} to stop at {point}",
+    )
 
 
 def held_file(folder: Path, worker: WorkerProcess, point: str) -> Path:
@@ -143,8 +147,11 @@ def freeze(worker: WorkerProcess) -> None:
 
 def completions(handle: durable.WorkflowHandle) -> list[tuple[str, int]]:
     """The run's activity outcomes in history: (kind, attempt)."""
-    return [(e.kind, e.payload.get("attempt")) for e in handle.history()
-            if e.kind in (EventKind.ACTIVITY_COMPLETED, EventKind.ACTIVITY_FAILED)]
+    return [
+        (e.kind, e.payload.get("attempt"))
+        for e in handle.history()
+        if e.kind in (EventKind.ACTIVITY_COMPLETED, EventKind.ACTIVITY_FAILED)
+    ]
 
 
 def all_closed() -> bool:

@@ -117,9 +117,11 @@ def check(
         )
     }
     history: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
-    for event in HistoryEvent.objects.order_by("instance_id", "seq").values(
-        "instance_id", "seq", "kind", "name", "task_id", "payload"
-    ).iterator(chunk_size=5000):
+    for event in (
+        HistoryEvent.objects.order_by("instance_id", "seq")
+        .values("instance_id", "seq", "kind", "name", "task_id", "payload")
+        .iterator(chunk_size=5000)
+    ):
         history[event["instance_id"]].append(event)
 
     executions: dict[str, list[int]] = collections.defaultdict(list)
@@ -168,8 +170,11 @@ def check(
             if command is None:
                 problem("duplicated", f"{where}: {answered[0]['kind']} answers task {task_id}, never issued")
             elif len(answered) > 1:
-                problem("duplicated", f"{where}: task {task_id} ({command['kind']} {command['name']}) answered "
-                                      f"{len(answered)} times: {[(e['seq'], e['kind']) for e in answered]}")
+                problem(
+                    "duplicated",
+                    f"{where}: task {task_id} ({command['kind']} {command['name']}) answered "
+                    f"{len(answered)} times: {[(e['seq'], e['kind']) for e in answered]}",
+                )
         for task_id, command in commands.items():
             if command["kind"] == EventKind.ACTIVITY_SCHEDULED:
                 counts["activities"] += 1
@@ -199,8 +204,10 @@ def check(
             continue
         mismatch = outcome.mismatch(run["status"], run["result"])
         if mismatch is not None:
-            problem("lost" if run["status"] in OPEN_STATUSES else "wrong",
-                    f"workflow {workflow_id} (run {run['id']}): {mismatch}")
+            problem(
+                "lost" if run["status"] in OPEN_STATUSES else "wrong",
+                f"workflow {workflow_id} (run {run['id']}): {mismatch}",
+            )
     for run in latest.values():
         counts[f"status_{run['status']}"] += 1
 
@@ -213,16 +220,22 @@ def check(
         if not finished:
             continue
         if max(attempts) > max(finished):
-            problem("duplicated", f"activity {key}: executed by attempt {max(attempts)} after attempt "
-                                  f"{max(finished)} finished it: {sorted(attempts)}")
+            problem(
+                "duplicated",
+                f"activity {key}: executed by attempt {max(attempts)} after attempt "
+                f"{max(finished)} finished it: {sorted(attempts)}",
+            )
         if not set(finished) <= set(attempts):
-            problem("duplicated", f"activity {key}: finished by attempt {finished}, which never ran "
-                                  f"(executions {sorted(attempts)})")
+            problem(
+                "duplicated",
+                f"activity {key}: finished by attempt {finished}, which never ran (executions {sorted(attempts)})",
+            )
 
     for item in WorkItem.objects.values("id", "kind", "name", "instance_id", "lease_owner", "parked_at", "last_error"):
         run = runs.get(item["instance_id"], {})
-        where = (f"{item['kind']} item {item['id']} {item['name']} of {run.get('workflow_id')} "
-                 f"(run {item['instance_id']})")
+        where = (
+            f"{item['kind']} item {item['id']} {item['name']} of {run.get('workflow_id')} (run {item['instance_id']})"
+        )
         if item["lease_owner"] is not None:
             problem("stuck", f"{where}: still leased by {item['lease_owner']}")
         if run.get("status") not in OPEN_STATUSES:
@@ -233,10 +246,24 @@ def check(
         if runs.get(instance_id, {}).get("status") not in OPEN_STATUSES:
             problem("stuck", f"inbox event {kind} left behind by closed run {instance_id}")
 
-    ordered = {name: counts.pop(name, 0) for name in (
-        "workflows", "runs", "events", "activities", "executions", "timers", "children", "signals",
-        "open_runs", "lost", "duplicated", "wrong", "stuck",
-    )}
+    ordered = {
+        name: counts.pop(name, 0)
+        for name in (
+            "workflows",
+            "runs",
+            "events",
+            "activities",
+            "executions",
+            "timers",
+            "children",
+            "signals",
+            "open_runs",
+            "lost",
+            "duplicated",
+            "wrong",
+            "stuck",
+        )
+    }
     ordered.update(sorted(counts.items()))
     return Verdict(problems=problems, counts=ordered)
 

@@ -103,8 +103,9 @@ class PrivateCluster:
             command = ["runuser", "-u", SUPERUSER, "--", *command]
         proc = subprocess.run(command, check=False, capture_output=True, text=True, cwd=self.root, timeout=120)
         if check and proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}): {proc.stdout}{proc.stderr}"
-                               f"{self.log_tail()}")
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({proc.returncode}): {proc.stdout}{proc.stderr}{self.log_tail()}"
+            )
         return proc
 
     def log_tail(self, lines: int = 20) -> str:
@@ -136,8 +137,9 @@ class PrivateCluster:
     def connect(self, dbname: str = "postgres", **kwargs: Any) -> Any:
         import psycopg
 
-        return psycopg.connect(host=self.host, port=self.port, user=SUPERUSER, dbname=dbname,
-                               autocommit=True, connect_timeout=10, **kwargs)
+        return psycopg.connect(
+            host=self.host, port=self.port, user=SUPERUSER, dbname=dbname, autocommit=True, connect_timeout=10, **kwargs
+        )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

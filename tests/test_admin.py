@@ -27,11 +27,23 @@ def test_change_page_shows_history_work_and_the_token_of_an_awaiting_attempt(adm
     handle = durable.start_workflow(fan_out, 2, workflow_id="admin-1")
     instance = WorkflowInstance.objects.get(run_id=handle.run_id)
     item = WorkItem.objects.create(
-        kind="activity", instance=instance, queue="default", name="add", task_id=1, due_at=instance.created_at,
-        attempt=1, lease_owner="worker", awaiting_completion=True,
+        kind="activity",
+        instance=instance,
+        queue="default",
+        name="add",
+        task_id=1,
+        due_at=instance.created_at,
+        attempt=1,
+        lease_owner="worker",
+        awaiting_completion=True,
     )
     WorkItem.objects.create(
-        kind="activity", instance=instance, queue="default", name="add", task_id=2, due_at=instance.created_at,
+        kind="activity",
+        instance=instance,
+        queue="default",
+        name="add",
+        task_id=2,
+        due_at=instance.created_at,
     )
     response = admin_client.get(f"/admin/django_durable/workflowinstance/{instance.pk}/change/")
     assert response.status_code == 200
@@ -53,8 +65,15 @@ def test_a_view_only_user_does_not_see_task_tokens(client, django_user_model):
     handle = durable.start_workflow(fan_out, 1, workflow_id="admin-token-viewer")
     instance = WorkflowInstance.objects.get(run_id=handle.run_id)
     item = WorkItem.objects.create(
-        kind="activity", instance=instance, queue="default", name="add", task_id=1, due_at=instance.created_at,
-        attempt=1, lease_owner="worker", awaiting_completion=True,
+        kind="activity",
+        instance=instance,
+        queue="default",
+        name="add",
+        task_id=1,
+        due_at=instance.created_at,
+        attempt=1,
+        lease_owner="worker",
+        awaiting_completion=True,
     )
     viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_workflowinstance"))
@@ -77,8 +96,14 @@ def task_tokens_in(page: str) -> list[TaskToken]:
 
 
 def ev(seq: int, kind: str, seconds: float, name: str = "", task_id: int | None = None, **payload) -> dict:
-    return {"seq": seq, "kind": kind, "name": name, "task_id": task_id, "payload": payload,
-            "timestamp": T0 + datetime.timedelta(seconds=seconds)}
+    return {
+        "seq": seq,
+        "kind": kind,
+        "name": name,
+        "task_id": task_id,
+        "payload": payload,
+        "timestamp": T0 + datetime.timedelta(seconds=seconds),
+    }
 
 
 def parse(svg: str) -> ET.Element:
@@ -167,8 +192,16 @@ def test_open_calls_run_to_now_in_an_open_run_and_to_the_close_in_a_closed_one()
         ev(4, "ActivityCompleted", 20, "done", 2, attempt=1),
     ]
     now = T0 + datetime.timedelta(seconds=200)
-    pending = [{"kind": "activity", "task_id": 1, "attempt": 2, "lease_owner": "worker-7", "due_at": T0,
-                "last_error": {"type": "ConnectionError", "message": "down"}}]
+    pending = [
+        {
+            "kind": "activity",
+            "task_id": 1,
+            "attempt": 2,
+            "lease_owner": "worker-7",
+            "due_at": T0,
+            "last_error": {"type": "ConnectionError", "message": "down"},
+        }
+    ]
     root = parse(timeline.render_timeline(started, pending, now=now))
     (open_bar,) = bars(root)["activity-open"]
     assert span(open_bar) == pytest.approx((PLOT_LEFT, PLOT_RIGHT), abs=0.1)
@@ -216,12 +249,18 @@ def test_waits_end_at_the_event_that_answered_them_or_their_timeout_and_children
 
 
 def test_names_are_escaped_and_engine_events_are_read_too():
-    odd = 'x<y>&"z\''
+    odd = "x<y>&\"z'"
     events = [
         Event(kind="ExecutionStarted", timestamp=T0, name=odd, seq=1),
         Event(kind="ActivityScheduled", timestamp=T0, name=odd, task_id=1, seq=2),
-        Event(kind="ActivityFailed", timestamp=T0 + datetime.timedelta(seconds=1), name=odd, task_id=1, seq=3,
-              payload={"error": {"type": "<Err>", "message": "a & b"}, "attempt": 1}),
+        Event(
+            kind="ActivityFailed",
+            timestamp=T0 + datetime.timedelta(seconds=1),
+            name=odd,
+            task_id=1,
+            seq=3,
+            payload={"error": {"type": "<Err>", "message": "a & b"}, "attempt": 1},
+        ),
         Event(kind="EventWaitStarted", timestamp=T0, name=odd, task_id=2, seq=4),
     ]
     svg = timeline.render_timeline(events, now=T0 + datetime.timedelta(seconds=5))
@@ -252,5 +291,10 @@ def test_the_time_axis_has_tick_labels_in_units_that_fit_the_span():
 
 def test_format_duration():
     assert [timeline.format_duration(s) for s in (0.25, 12, 200, 7200, 90000, 30 * 86400)] == [
-        "250ms", "12s", "3m20s", "2h", "1d1h", "30d"
+        "250ms",
+        "12s",
+        "3m20s",
+        "2h",
+        "1d1h",
+        "30d",
     ]

@@ -119,7 +119,10 @@ def run_for(env: WorkflowEnvironment, verb: str) -> tuple[WorkflowHandle, str]:
         handle, task_id = awaiting(env)
         return handle, action_url(handle, verb, task_id)
     handle = {
-        "resume": suspended, "retry": failed_task, "rerun": completed, "purge": completed,
+        "resume": suspended,
+        "retry": failed_task,
+        "rerun": completed,
+        "purge": completed,
     }.get(verb, waiting)(env)
     return handle, action_url(handle, verb)
 
@@ -153,15 +156,20 @@ def valid_post(verb: str, handle: WorkflowHandle) -> dict[str, str]:
 
 def snapshot(handle: WorkflowHandle) -> tuple[Any, ...]:
     """Everything an action could change about a run."""
-    row = WorkflowInstance.objects.filter(run_id=handle.run_id).values(
-        "status", "history_length", "cancel_requested_at", "task_error", "result", "error"
-    ).first()
+    row = (
+        WorkflowInstance.objects.filter(run_id=handle.run_id)
+        .values("status", "history_length", "cancel_requested_at", "task_error", "result", "error")
+        .first()
+    )
     return (
         row,
         list(HistoryEvent.objects.filter(instance__run_id=handle.run_id).values_list("seq", "kind", "payload")),
         list(InboxEvent.objects.filter(instance__run_id=handle.run_id).values_list("kind", "name", "payload")),
-        list(WorkItem.objects.filter(instance__run_id=handle.run_id).values_list(
-            "kind", "task_id", "due_at", "attempt", "lease_owner", "failures", "parked_at", "awaiting_completion")),
+        list(
+            WorkItem.objects.filter(instance__run_id=handle.run_id).values_list(
+                "kind", "task_id", "due_at", "attempt", "lease_owner", "failures", "parked_at", "awaiting_completion"
+            )
+        ),
         WorkflowInstance.objects.count(),
     )
 
@@ -202,7 +210,8 @@ def test_the_actions_offered_follow_the_run_state(env: WorkflowEnvironment, admi
     offered = object_actions(request, WorkflowInstance.objects.get(run_id=handle.run_id))
     assert [action["verb"] for action in offered] == ["signal", "cancel", "terminate", "suspend", "complete", "fail"]
     assert offered[-2] == {
-        "verb": "complete", "label": f"Complete activity {task_id} (act_external)",
+        "verb": "complete",
+        "label": f"Complete activity {task_id} (act_external)",
         "url": action_url(handle, "complete", task_id),
     }
     assert offered[0]["url"] == action_url(handle, "signal")
@@ -674,7 +683,8 @@ def test_bulk_purge_deletes_only_closed_runs(env: WorkflowEnvironment, operator_
     assert WorkflowInstance.objects.count() == 4
     done = operator_client.post(BULK, select("purge_selected", selected, post="yes"))
     assert notes(done) == [
-        ("success", "Purged 2 run(s) with their history."), ("warning", "Skipped 2 run(s): still open.")
+        ("success", "Purged 2 run(s) with their history."),
+        ("warning", "Skipped 2 run(s): still open."),
     ]
     assert sorted(WorkflowInstance.objects.values_list("workflow_id", flat=True)) == ["act-open-1", "act-open-2"]
 

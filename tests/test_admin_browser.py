@@ -103,8 +103,8 @@ def browser_page(executable: str, shots: Path) -> Iterator[Any]:
 def png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     pos = len(PNG_SIGNATURE)
     while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        yield kind, data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        yield kind, data[pos + 8 : pos + 8 + length]
         pos += 12 + length
 
 
@@ -234,7 +234,9 @@ def test_admin_in_a_real_browser(live_server: Any, chromium: str, shots: Path) -
         page.screenshot(path=str(shots / "06-action-confirm.png"))
         form.locator("[type=submit]").click()
         page.wait_for_url(change)
-        assert success_message(page) == [f"Sent the event 'approve' to workflow '{waiting.workflow_id}' (run {waiting.run_id})."]
+        assert success_message(page) == [
+            f"Sent the event 'approve' to workflow '{waiting.workflow_id}' (run {waiting.run_id})."
+        ]
         # The event waits in the run's inbox for a workflow task, now pending (no worker runs here).
         assert "Workflow task" in page.locator("#pending-work").inner_text()
         assert status_badge(page) == "Running"
@@ -261,8 +263,14 @@ def test_admin_in_a_real_browser(live_server: Any, chromium: str, shots: Path) -
     raised = [event for event in waiting.history() if event.kind == "EventRaised"]
     assert [(event.name, event.payload) for event in raised] == [("approve", {"payload": APPROVAL})]
     assert finished.status() == "completed" and len(finished.history()) == len(history)
-    for name in ("01-login", "02-changelist", "04-timetravel", "05-timetravel-forward", "06-action-confirm",
-                 "08-suspend-confirm"):
+    for name in (
+        "01-login",
+        "02-changelist",
+        "04-timetravel",
+        "05-timetravel-forward",
+        "06-action-confirm",
+        "08-suspend-confirm",
+    ):
         assert_real_png(shots / f"{name}.png")
     for name in ("03-change", "07-after-signal", "09-after-suspend"):
         assert_real_png(shots / f"{name}.png", min_height=VIEWPORT["height"] + 1)  # whole pages, taller than the window

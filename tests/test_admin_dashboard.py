@@ -39,8 +39,14 @@ def add_item(run: WorkflowInstance, kind: str = "activity", **fields: object) ->
 
 def add_worker(name: str, last_seen_at: datetime.datetime, stopped_at: datetime.datetime | None = None) -> None:
     WorkerHeartbeat.objects.create(
-        name=name, hostname="host-a", pid=4242, queues=["default", "mail"], concurrency=4,
-        started_at=last_seen_at - datetime.timedelta(hours=1), last_seen_at=last_seen_at, stopped_at=stopped_at,
+        name=name,
+        hostname="host-a",
+        pid=4242,
+        queues=["default", "mail"],
+        concurrency=4,
+        started_at=last_seen_at - datetime.timedelta(hours=1),
+        last_seen_at=last_seen_at,
+        stopped_at=stopped_at,
     )
 
 
@@ -80,9 +86,15 @@ def build_scene(env: WorkflowEnvironment) -> dict[str, WorkflowInstance]:
     add_worker("stopped-worker", now - datetime.timedelta(minutes=5), stopped_at=now - datetime.timedelta(minutes=5))
     add_worker("ancient-worker", now - datetime.timedelta(hours=3))
     return {
-        "old_failure": run_of(old_failure), "stuck": run_of(stuck), "completed": run_of(completed),
-        "suspended": run_of(suspended), "terminated": run_of(terminated), "failed": run_of(failed),
-        "parked": run_of(parked), "retrying": run_of(retrying), "running": running,
+        "old_failure": run_of(old_failure),
+        "stuck": run_of(stuck),
+        "completed": run_of(completed),
+        "suspended": run_of(suspended),
+        "terminated": run_of(terminated),
+        "failed": run_of(failed),
+        "parked": run_of(parked),
+        "retrying": run_of(retrying),
+        "running": running,
     }
 
 
@@ -95,30 +107,51 @@ def test_the_stats_count_runs_work_failures_and_workers_as_of_the_store_clock(db
 
     counts = {status: row["count"] for status, row in stats["runs"]["by_status"].items()}
     assert counts == {
-        "pending": 3, "running": 2, "suspended": 1, "completed": 1, "failed": 2, "canceled": 0,
-        "terminated": 1, "continued_as_new": 0,
+        "pending": 3,
+        "running": 2,
+        "suspended": 1,
+        "completed": 1,
+        "failed": 2,
+        "canceled": 0,
+        "terminated": 1,
+        "continued_as_new": 0,
     }
     assert stats["runs"]["total"] == 10 and stats["runs"]["open"] == 6
 
     zero = dict.fromkeys(stats["work"]["by_kind"]["timer"], 0)
     assert stats["work"]["by_kind"] == {
-        "workflow": {**zero, "due": 1, "overdue": 1, "scheduled": 1, "parked": 1, "failing": 1,
-                     "parked_failing": 1, "total": 3},
-        "activity": {**zero, "due": 2, "overdue": 1, "running": 1, "lease_expired": 1,
-                     "awaiting_completion": 1, "total": 5},
+        "workflow": {
+            **zero,
+            "due": 1,
+            "overdue": 1,
+            "scheduled": 1,
+            "parked": 1,
+            "failing": 1,
+            "parked_failing": 1,
+            "total": 3,
+        },
+        "activity": {
+            **zero,
+            "due": 2,
+            "overdue": 1,
+            "running": 1,
+            "lease_expired": 1,
+            "awaiting_completion": 1,
+            "total": 5,
+        },
         "timer": {**zero, "scheduled": 1, "total": 1},
     }
     assert stats["work"]["total"]["total"] == 9
 
     oldest = stats["oldest_pending"]
     assert (oldest["kind"], oldest["workflow_id"], oldest["instance_id"]) == (
-        "workflow", "dash-stuck", runs["stuck"].pk
+        "workflow",
+        "dash-stuck",
+        runs["stuck"].pk,
     )
     assert oldest["waited"] == datetime.timedelta(hours=2, seconds=30)
 
-    assert stats["failures"] == {
-        "failed": 1, "terminated": 1, "workflow_tasks_failing": 1, "workflow_tasks_parked": 1
-    }
+    assert stats["failures"] == {"failed": 1, "terminated": 1, "workflow_tasks_failing": 1, "workflow_tasks_parked": 1}
     parked, retrying = stats["failing_tasks"]
     assert parked["instance_id"] == runs["parked"].pk and parked["parked_at"] is not None
     assert parked["failures"] == 10 and parked["last_error"]["message"] == "simulated crash of the workflow task"
@@ -128,7 +161,9 @@ def test_the_stats_count_runs_work_failures_and_workers_as_of_the_store_clock(db
     workers = stats["workers"]
     assert (workers["alive"], workers["stale"], workers["stopped"]) == (1, 1, 1)
     assert [(w["name"], w["state"]) for w in workers["list"]] == [
-        ("alive-worker", "alive"), ("stopped-worker", "stopped"), ("stale-worker", "stale")
+        ("alive-worker", "alive"),
+        ("stopped-worker", "stopped"),
+        ("stale-worker", "stale"),
     ]
 
 
@@ -162,7 +197,7 @@ def test_the_page_shows_the_numbers_and_links_to_the_filtered_run_list(db: None,
     failing = admin_client.get(failing_link)
     assert {run.pk for run in failing.context["cl"].result_list} == {runs["parked"].pk, runs["retrying"].pk}
     tasks = re.search(r'<table id="failing-tasks">(.*?)</table>', page, re.DOTALL).group(1)
-    assert f'{CHANGELIST}{runs["parked"].pk}/change/' in tasks and "parked since" in tasks
+    assert f"{CHANGELIST}{runs['parked'].pk}/change/" in tasks and "parked since" in tasks
     assert "SystemExit: simulated crash of the workflow task" in tasks
 
     work = re.search(r'<tr class="kind-activity">(.*?)</tr>', page, re.DOTALL).group(1)

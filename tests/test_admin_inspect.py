@@ -134,8 +134,14 @@ def test_filters_by_status_workflow_name_and_date(admin_client, three_runs):
     for day, expected in ((day_one, ["find-done", "find-failed"]), (day_two, ["find-sleeping"])):
         local = timezone.localtime(day)
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        assert listed(admin_client, f"?created_at__gte={quote(str(midnight))}"
-                                    f"&created_at__lt={quote(str(midnight + datetime.timedelta(days=1)))}") == expected
+        assert (
+            listed(
+                admin_client,
+                f"?created_at__gte={quote(str(midnight))}"
+                f"&created_at__lt={quote(str(midnight + datetime.timedelta(days=1)))}",
+            )
+            == expected
+        )
     html = page(admin_client, LIST)
     assert 'id="changelist-filter"' in html
     for title in ("status", "workflow task", "workflow name", "created at", "closed at"):
@@ -196,13 +202,20 @@ def test_a_completed_run_shows_input_result_variables_history_with_time_travel_l
     run = run_of(handle)
     html = page(admin_client, change_url(run))
 
-    assert '<pre>[\n  3\n]</pre>' in html  # args, pretty-printed
-    assert '&quot;decision&quot;: {\n    &quot;by&quot;: &quot;ann&quot;\n  }' in html  # the result
-    assert '<code>stage</code></th><td><pre>&quot;done&quot;</pre>' in html
+    assert "<pre>[\n  3\n]</pre>" in html  # args, pretty-printed
+    assert "&quot;decision&quot;: {\n    &quot;by&quot;: &quot;ann&quot;\n  }" in html  # the result
+    assert "<code>stage</code></th><td><pre>&quot;done&quot;</pre>" in html
     for seq in range(1, run.history_length + 1):
         assert f'<a href="{at_url(run, seq)}"' in html
-    for kind in ("ExecutionStarted", "ActivityScheduled", "ActivityCompleted", "TimerFired", "EventRaised",
-                 "ChildWorkflowCompleted", "WorkflowCompleted"):
+    for kind in (
+        "ExecutionStarted",
+        "ActivityScheduled",
+        "ActivityCompleted",
+        "TimerFired",
+        "EventRaised",
+        "ChildWorkflowCompleted",
+        "WorkflowCompleted",
+    ):
         assert f"<td>{kind}</td>" in html
     # The retried activity's attempt, from its completion's payload, has a column of its own.
     completed = run.history.get(kind="ActivityCompleted", name="in_twice")
@@ -211,8 +224,11 @@ def test_a_completed_run_shows_input_result_variables_history_with_time_travel_l
     # Long payloads are cut, with the whole of it a click away.
     scheduled = run.history.get(kind="ActivityScheduled", name="in_twice")
     assert "maximum_attempts" in str(scheduled.payload)
-    assert re.search(r'<details><summary><code class="preview">\{&quot;args&quot;: \[3\].*?…</code></summary>\s*'
-                     r'<pre>\{\n  &quot;args&quot;: \[\n    3\n  \],', html)
+    assert re.search(
+        r'<details><summary><code class="preview">\{&quot;args&quot;: \[3\].*?…</code></summary>\s*'
+        r"<pre>\{\n  &quot;args&quot;: \[\n    3\n  \],",
+        html,
+    )
     # Names are escaped everywhere, the picture included.
     assert "in_odd<name>&co" not in html and "<td>in_odd&lt;name&gt;&amp;co</td>" in html
     kinds = bar_kinds(timeline_of(html))
@@ -233,8 +249,12 @@ def test_a_failed_run_shows_its_error_and_traceback(admin_client, env):
     html = page(admin_client, change_url(run_of(handle)))
     assert '<div class="module durable-section durable-problem" id="error">' in html
     assert "Error: LookupError</h2>" in html and "<p>lost-key: nothing found after 3</p>" in html
-    assert re.search(r'<pre class="traceback">Traceback \(most recent call last\):.*in tw_explodes.*LookupError: '
-                     r'lost-key: nothing found after 3\s*</pre>', html, re.DOTALL)
+    assert re.search(
+        r'<pre class="traceback">Traceback \(most recent call last\):.*in tw_explodes.*LookupError: '
+        r"lost-key: nothing found after 3\s*</pre>",
+        html,
+        re.DOTALL,
+    )
     assert '<tr class="event-WorkflowFailed bad">' in html
 
 
@@ -277,8 +297,11 @@ def test_a_suspended_run_shows_its_status_and_the_suspension_in_history(admin_cl
     assert f'style="background:{STATUS_COLOURS["suspended"]}">Suspended</span>' in html
     assert "<td>ExecutionSuspended</td>" in html and "maintenance window" in html
     assert "<code>sleeping</code></th><td><pre>true</pre>" in html
-    markers = [line.find(f"{SVG}title").text for line in timeline_of(html).iter(f"{SVG}line")
-               if line.find(f"{SVG}title") is not None]
+    markers = [
+        line.find(f"{SVG}title").text
+        for line in timeline_of(html).iter(f"{SVG}line")
+        if line.find(f"{SVG}title") is not None
+    ]
     assert any(text.startswith("ExecutionSuspended") for text in markers)
     assert "<td>Timer</td>" in html  # its timer still pending, parked while suspended
 
@@ -301,8 +324,11 @@ def test_a_failing_workflow_task_is_shown_first_with_its_traceback(admin_client,
     assert "history recorded activity &#x27;in_steps&#x27;, the code asked for timer" in html
     assert "1 failure so far." in html
     # Raised by the engine, not by the code: its "traceback" is the exception alone.
-    assert re.search(r'<details open><summary>Traceback</summary><pre>django_durable.exceptions.NonDeterminismError: '
-                     r'Workflow code does not match its history', html)
+    assert re.search(
+        r"<details open><summary>Traceback</summary><pre>django_durable.exceptions.NonDeterminismError: "
+        r"Workflow code does not match its history",
+        html,
+    )
     assert listed(admin_client, "?task=failing") == ["inspect-nondeterminism"]
 
     tw.TASK_CRASHES["left"] = 1
@@ -312,8 +338,10 @@ def test_a_failing_workflow_task_is_shown_first_with_its_traceback(admin_client,
     finally:
         tw.TASK_CRASHES["left"] = 0
     html = page(admin_client, change_url(run_of(crashing)))
-    traceback = (r"<details open><summary>Traceback</summary><pre>Traceback \(most recent call last\):.*"
-                 r"in th_task_crashes_then_works.*SystemExit: simulated crash of the workflow task")
+    traceback = (
+        r"<details open><summary>Traceback</summary><pre>Traceback \(most recent call last\):.*"
+        r"in th_task_crashes_then_works.*SystemExit: simulated crash of the workflow task"
+    )
     assert re.search(traceback, html, re.DOTALL)
 
 

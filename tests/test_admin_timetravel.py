@@ -70,10 +70,17 @@ def counted_run() -> Run:
 
 COUNTED_KINDS = [
     "ExecutionStarted",
-    "WorkflowTaskStarted", "ActivityScheduled",
-    "WorkflowTaskStarted", "ActivityCompleted", "TimerStarted",
-    "WorkflowTaskStarted", "TimerFired", "ActivityScheduled",
-    "WorkflowTaskStarted", "ActivityCompleted", "WorkflowCompleted",
+    "WorkflowTaskStarted",
+    "ActivityScheduled",
+    "WorkflowTaskStarted",
+    "ActivityCompleted",
+    "TimerStarted",
+    "WorkflowTaskStarted",
+    "TimerFired",
+    "ActivityScheduled",
+    "WorkflowTaskStarted",
+    "ActivityCompleted",
+    "WorkflowCompleted",
 ]
 # The counter as of each event: nothing before any code ran, then each step once its answer is known.
 COUNTER_AT = [None, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3]
@@ -92,9 +99,7 @@ def test_vars_at_every_event_are_what_the_code_had_set_once_it_knew_that_event()
     assert states[0].status == "pending" and states[0].vars == {} and states[0].waiting_on is None
     assert [s.status for s in states[1:10]] == ["running"] * 9
     assert [s.waiting_on for s in states[1:10]] == (
-        ["activity 'increment'"] * 3
-        + ["timer until 2024-01-01T13:01:00+00:00"] * 3
-        + ["activity 'increment'"] * 3
+        ["activity 'increment'"] * 3 + ["timer until 2024-01-01T13:01:00+00:00"] * 3 + ["activity 'increment'"] * 3
     )
     # Within the last task the code finished: completed, even before the close event.
     assert [(s.status, s.result, s.waiting_on) for s in states[10:]] == [("completed", 3, None)] * 2
@@ -188,9 +193,7 @@ def test_a_crash_in_replay_is_reported_not_raised():
 
 
 def appended(run: Run, kind: str, **payload: Any) -> None:
-    run.history.append(
-        Event(kind=kind, timestamp=run.clock, payload=payload, seq=len(run.history) + 1)
-    )
+    run.history.append(Event(kind=kind, timestamp=run.clock, payload=payload, seq=len(run.history) + 1))
 
 
 def test_suspended_terminated_and_canceled_runs():
@@ -274,7 +277,7 @@ def test_the_page_steps_through_the_counter(admin_client, counted):
     first = admin_client.get(url(counted, 1)).content.decode()
     assert "No variables had been set." in first and "no workflow code had run yet" in first
     finished = admin_client.get(url(counted, last)).content.decode()
-    assert "completed" in finished and '&quot;done&quot;: true' in finished
+    assert "completed" in finished and "&quot;done&quot;: true" in finished
     assert '"done": true' not in finished  # JSON in <pre> is escaped like any text
 
 
@@ -283,7 +286,7 @@ def test_the_event_and_what_changed_at_it_are_shown(admin_client, counted):
     assert "ActivityCompleted" in page and "tt_increment" in page
     payload = HistoryEvent.objects.get(instance=counted, seq=5).payload
     assert payload["result"] == 1
-    shown = '{\n  &quot;attempt&quot;: 1,\n  &quot;result&quot;: 1\n}'
+    shown = "{\n  &quot;attempt&quot;: 1,\n  &quot;result&quot;: 1\n}"
     assert f'<pre class="durable-tt-payload">{shown}</pre>' in page
     assert re.search(r'<tr class="row1 changed" data-var="counter">', page)
     assert "waiting on timer until" in page
@@ -350,8 +353,11 @@ def test_the_page_writes_nothing_and_its_queries_do_not_grow_with_history(
 ):
     def snapshot() -> list[Any]:
         return [
-            WorkflowInstance.objects.count(), HistoryEvent.objects.count(), InboxEvent.objects.count(),
-            WorkItem.objects.count(), list(WorkflowInstance.objects.values().order_by("pk")),
+            WorkflowInstance.objects.count(),
+            HistoryEvent.objects.count(),
+            InboxEvent.objects.count(),
+            WorkItem.objects.count(),
+            list(WorkflowInstance.objects.values().order_by("pk")),
         ]
 
     admin_client.get(url(counted, 1))  # the session is settled before counting

@@ -75,7 +75,7 @@ def guarded(db: None) -> WorkflowInstance:
 
 def problem(page: str) -> str:
     start = page.index('class="problem')
-    return page[start:page.index("</div>", start)] if "<div" in page[start - 5:start] else page[start:]
+    return page[start : page.index("</div>", start)] if "<div" in page[start - 5 : start] else page[start:]
 
 
 # -- one replay per page ---------------------------------------------------------------
@@ -96,8 +96,17 @@ def test_what_changed_at_an_event_comes_from_the_same_replay(admin_client, count
         page = admin_client.get(url(counted, seq)).content.decode()
         changed[seq] = {name for name in ("counter", "done") if f'changed" data-var="{name}"' in page}
     assert changed == {
-        2: {"counter"}, 3: set(), 4: set(), 5: {"counter"}, 6: set(), 7: set(), 8: {"counter"},
-        9: set(), 10: set(), 11: {"counter", "done"}, 12: set(),
+        2: {"counter"},
+        3: set(),
+        4: set(),
+        5: {"counter"},
+        6: set(),
+        7: set(),
+        8: {"counter"},
+        9: set(),
+        10: set(),
+        11: {"counter", "done"},
+        12: set(),
     }
 
 
@@ -147,9 +156,16 @@ def test_the_variables_before_an_event_are_those_a_replay_of_the_events_before_i
 
     def at(seq: int):
         return vars_at(
-            run.fn, history=run.history, seq=seq, workflow_id="order-42", run_id=run.run_id,
-            workflow_name=run.fn.__name__, queue="default", converter=run.converter,
-            activity_options=activity_options, workflow_options=workflow_options,
+            run.fn,
+            history=run.history,
+            seq=seq,
+            workflow_id="order-42",
+            run_id=run.run_id,
+            workflow_name=run.fn.__name__,
+            queue="default",
+            converter=run.converter,
+            activity_options=activity_options,
+            workflow_options=workflow_options,
         )
 
     states, starts = [], []
@@ -267,17 +283,23 @@ def test_a_limit_that_is_not_a_positive_integer_or_none_is_a_system_check_error(
 def durable_replay(*args: str) -> tuple[int, dict[str, Any]]:
     out = io.StringIO()
     try:
-        call_command("durable_replay", "--json", "--all", "tt_guarded", *args,
-                     stdout=out, stderr=io.StringIO())
+        call_command("durable_replay", "--json", "--all", "tt_guarded", *args, stdout=out, stderr=io.StringIO())
     except SystemExit as exit:
         return int(exit.code or 0), json.loads(out.getvalue())
     return 0, json.loads(out.getvalue())
 
 
 def test_durable_replay_runs_the_code_under_the_worker_guards(guarded, monkeypatch):
-    assert durable_replay() == (0, {
-        "checked": 1, "broken": 0, "skipped": 0, "broken_runs": [], "skipped_workflows": {},
-    })
+    assert durable_replay() == (
+        0,
+        {
+            "checked": 1,
+            "broken": 0,
+            "skipped": 0,
+            "broken_runs": [],
+            "skipped_workflows": {},
+        },
+    )
 
     monkeypatch.setattr(tt, "GUARDED_MISCHIEF", "query")
     code, report = durable_replay()

@@ -44,13 +44,26 @@ def detail(workflow_id: str, suffix: str = "") -> str:
 def snapshot() -> tuple:
     """Everything a request could change (rows and the mutable columns of work items and runs)."""
     return (
-        list(WorkflowInstance.objects.order_by("pk").values_list(
-            "pk", "status", "history_length", "error", "cancel_requested_at", "parent_id",
-        )),
+        list(
+            WorkflowInstance.objects.order_by("pk").values_list(
+                "pk",
+                "status",
+                "history_length",
+                "error",
+                "cancel_requested_at",
+                "parent_id",
+            )
+        ),
         list(HistoryEvent.objects.order_by("pk").values_list("pk", flat=True)),
-        list(WorkItem.objects.order_by("pk").values_list(
-            "pk", "attempt", "lease_owner", "heartbeat_details", "parked_at",
-        )),
+        list(
+            WorkItem.objects.order_by("pk").values_list(
+                "pk",
+                "attempt",
+                "lease_owner",
+                "heartbeat_details",
+                "parked_at",
+            )
+        ),
         list(InboxEvent.objects.order_by("pk").values_list("pk", flat=True)),
     )
 
@@ -114,8 +127,10 @@ def test_schema_lists_every_endpoint(api, db):
         f"{API}workflows/",
         f"{API}workflows/{{workflow_id}}/",
         f"{API}workflows/{{workflow_id}}/history/",
-        *(f"{API}workflows/{{workflow_id}}/{verb}/" for verb in ("signal", "cancel", "suspend", "resume",
-                                                                  "terminate", "rerun")),
+        *(
+            f"{API}workflows/{{workflow_id}}/{verb}/"
+            for verb in ("signal", "cancel", "suspend", "resume", "terminate", "rerun")
+        ),
     }
     paths = schema["paths"]
     assert set(paths[f"{API}workflows/"]) == {"get", "post"}
@@ -145,8 +160,9 @@ def test_schema_lists_every_endpoint(api, db):
         "a" * 5000,
         "x:y:z",
         signing.dumps({"i": 1, "r": str(uuid.uuid4()), "t": 1, "a": 1}, salt="another-salt"),
-        signing.dumps({"i": 1, "r": str(uuid.uuid4()), "t": 1, "a": 1}, key="another-secret-key",
-                      salt="django_durable.task_token"),
+        signing.dumps(
+            {"i": 1, "r": str(uuid.uuid4()), "t": 1, "a": 1}, key="another-secret-key", salt="django_durable.task_token"
+        ),
     ],
     ids=["empty", "garbled", "oversized", "colons", "wrong-salt", "wrong-key"],
 )
@@ -167,14 +183,16 @@ def test_tampered_token_is_400(api, db, url):
     other = unused_token()
     assert_error(
         post_json(api, url, {"task_token": other.rpartition(":")[0] + ":" + signature, "error": {"message": "x"}}),
-        400, "invalid_token",
+        400,
+        "invalid_token",
     )
 
 
 @pytest.mark.parametrize("url", ACTIVITY_URLS)
 def test_signed_token_of_no_attempt_is_409(api, db, url):
-    body = assert_error(post_json(api, url, {"task_token": unused_token(), "error": {"message": "x"}}),
-                        409, "activity_not_pending")
+    body = assert_error(
+        post_json(api, url, {"task_token": unused_token(), "error": {"message": "x"}}), 409, "activity_not_pending"
+    )
     assert "no longer pending" in body["detail"]
 
 
@@ -204,8 +222,9 @@ def test_token_in_header(api, db, url):
     token = unused_token()
     response = post_json(api, url, {"task_token": token, "error": {"message": "x"}}, HTTP_X_DURABLE_TASK_TOKEN=token)
     assert_error(response, 409, "activity_not_pending")
-    response = post_json(api, url, {"task_token": token, "error": {"message": "x"}},
-                         HTTP_X_DURABLE_TASK_TOKEN=unused_token())
+    response = post_json(
+        api, url, {"task_token": token, "error": {"message": "x"}}, HTTP_X_DURABLE_TASK_TOKEN=unused_token()
+    )
     body = assert_error(response, 400, "invalid")
     assert "task_token" in body["detail"]
 
@@ -218,14 +237,18 @@ def test_fail_needs_an_error_object(api, db):
     assert list(body["detail"]) == ["error"]
     body = assert_error(post_json(api, FAIL, {"task_token": token, "error": {"type": "X"}}), 400, "invalid")
     assert body["detail"] == {"error": {"message": ["This field is required."]}}
-    body = assert_error(post_json(api, FAIL, {"task_token": token, "error": {"message": "m", "type": "T" * 300}}),
-                        400, "invalid")
+    body = assert_error(
+        post_json(api, FAIL, {"task_token": token, "error": {"message": "m", "type": "T" * 300}}), 400, "invalid"
+    )
     assert "type" in body["detail"]["error"]
     body = assert_error(post_json(api, FAIL, {"task_token": token, "error": {"message": "m" * 10_001}}), 400, "invalid")
     assert "message" in body["detail"]["error"]
     # Well-formed: reaches the token check.
-    assert_error(post_json(api, FAIL, {"task_token": token, "error": {"message": "m", "type": "T", "details": [1]}}),
-                 409, "activity_not_pending")
+    assert_error(
+        post_json(api, FAIL, {"task_token": token, "error": {"message": "m", "type": "T", "details": [1]}}),
+        409,
+        "activity_not_pending",
+    )
 
 
 @pytest.mark.parametrize("url", ACTIVITY_URLS)
@@ -251,18 +274,39 @@ def test_activity_endpoints_need_no_login_and_no_csrf_token(db, staff, url):
 # -- malformed, mistyped and oversized bodies ------------------------------------------------
 
 
-CONTROL_URLS = [detail("greet-ada", f"{verb}/") for verb in ("terminate", "signal", "cancel", "suspend", "resume",
-                                                              "rerun")]
+CONTROL_URLS = [
+    detail("greet-ada", f"{verb}/") for verb in ("terminate", "signal", "cancel", "suspend", "resume", "rerun")
+]
 ALL_POST_URLS = ACTIVITY_URLS + [WORKFLOWS, *CONTROL_URLS]
 
 
 @pytest.mark.parametrize("url", ALL_POST_URLS)
 @pytest.mark.parametrize(
     "body",
-    [b"{", b'{"task_token": }', b"\xff\xfe", b'{"a": NaN}', b'{"a": Infinity}', b'{"a": 1e999}', b"   ",
-     b'{"a": "\\ud800"}', b"[" * (MAX_JSON_DEPTH + 5) + b"]" * (MAX_JSON_DEPTH + 5), b"[" * 100_000],
-    ids=["truncated", "bad-value", "not-utf8", "nan", "infinity", "overflow", "whitespace", "lone-surrogate",
-         "too-deep", "recursion-bomb"],
+    [
+        b"{",
+        b'{"task_token": }',
+        b"\xff\xfe",
+        b'{"a": NaN}',
+        b'{"a": Infinity}',
+        b'{"a": 1e999}',
+        b"   ",
+        b'{"a": "\\ud800"}',
+        b"[" * (MAX_JSON_DEPTH + 5) + b"]" * (MAX_JSON_DEPTH + 5),
+        b"[" * 100_000,
+    ],
+    ids=[
+        "truncated",
+        "bad-value",
+        "not-utf8",
+        "nan",
+        "infinity",
+        "overflow",
+        "whitespace",
+        "lone-surrogate",
+        "too-deep",
+        "recursion-bomb",
+    ],
 )
 def test_malformed_json_is_400(admin_api, started, url, body):
     before = snapshot()
@@ -329,8 +373,14 @@ class CountingStream(io.BytesIO):
 def asgi_post(path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[Any, CountingStream]:
     """A request as an ASGI server hands it over: the body is there with no Content-Length (chunked)."""
     scope = {
-        "type": "http", "method": "POST", "path": path, "query_string": b"", "headers": headers,
-        "client": ("127.0.0.1", 1234), "server": ("testserver", 80), "scheme": "http",
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+        "scheme": "http",
     }
     stream = CountingStream(body)
     return ASGIRequest(scope, stream), stream
@@ -363,11 +413,22 @@ def test_raw_wsgi_request_without_content_length(db):
 
     big = b'{"task_token": "' + b"a" * (1024 * 1024) + b'"}'
     environ = {
-        "REQUEST_METHOD": "POST", "PATH_INFO": COMPLETE, "SCRIPT_NAME": "", "QUERY_STRING": "",
-        "SERVER_NAME": "testserver", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
-        "CONTENT_TYPE": "application/json", "HTTP_TRANSFER_ENCODING": "chunked",
-        "wsgi.input": io.BytesIO(big), "wsgi.url_scheme": "http", "wsgi.errors": io.StringIO(),
-        "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False, "wsgi.version": (1, 0),
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": COMPLETE,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": "application/json",
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "wsgi.input": io.BytesIO(big),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
     }
     statuses = []
     chunks = WSGIHandler()(environ, lambda status, headers: statuses.append(status))
@@ -439,15 +500,19 @@ def test_permission_and_authentication_classes_are_settings(api, started):
     assert_error(api.get(WORKFLOWS), 403, "not_authenticated")
     with override_settings(DURABLE={"API_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"]}):
         assert api.get(WORKFLOWS).status_code == 200
-    with override_settings(DURABLE={
-        "API_AUTHENTICATION_CLASSES": ["rest_framework.authentication.BasicAuthentication"],
-    }):
+    with override_settings(
+        DURABLE={
+            "API_AUTHENTICATION_CLASSES": ["rest_framework.authentication.BasicAuthentication"],
+        }
+    ):
         response = api.get(WORKFLOWS)
         assert_error(response, 401, "not_authenticated")
         assert response["WWW-Authenticate"].startswith("Basic")
-    with override_settings(DURABLE={
-        "ACTIVITY_API_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    }):
+    with override_settings(
+        DURABLE={
+            "ACTIVITY_API_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+        }
+    ):
         assert_error(post_json(api, COMPLETE, {"task_token": "x"}), 403, "permission_denied")
 
 
@@ -455,10 +520,17 @@ def test_permission_and_authentication_classes_are_settings(api, started):
 
 
 def test_start_a_workflow(admin_api, db):
-    response = post_json(admin_api, WORKFLOWS, {
-        "workflow": "api_greet", "args": ["bob"], "kwargs": {"punctuation": "?"}, "workflow_id": "greet-bob",
-        "queue": "special",
-    })
+    response = post_json(
+        admin_api,
+        WORKFLOWS,
+        {
+            "workflow": "api_greet",
+            "args": ["bob"],
+            "kwargs": {"punctuation": "?"},
+            "workflow_id": "greet-bob",
+            "queue": "special",
+        },
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     assert body == {"workflow_id": "greet-bob", "run_id": body["run_id"], "status": "pending"}
@@ -474,17 +546,29 @@ def test_start_a_workflow(admin_api, db):
 
 def test_unusual_json_values_round_trip(admin_api, db):
     values = [2**70, -(2**63), 1.5e10, 1e-7, 0.5, "ü😀\u2028", {"": [None, True, {}]}, [], "x" * 1000]
-    response = post_json(admin_api, WORKFLOWS, {
-        "workflow": "api_greet", "args": [values], "workflow_id": "unusual",
-    })
+    response = post_json(
+        admin_api,
+        WORKFLOWS,
+        {
+            "workflow": "api_greet",
+            "args": [values],
+            "workflow_id": "unusual",
+        },
+    )
     assert response.status_code == 201, response.content
     assert admin_api.get(detail("unusual")).json()["args"] == [values]
 
 
 def test_start_at(admin_api, db):
-    response = post_json(admin_api, WORKFLOWS, {
-        "workflow": "api_greet", "args": ["later"], "start_at": "2099-01-01T00:00:00Z",
-    })
+    response = post_json(
+        admin_api,
+        WORKFLOWS,
+        {
+            "workflow": "api_greet",
+            "args": ["later"],
+            "start_at": "2099-01-01T00:00:00Z",
+        },
+    )
     assert response.status_code == 201
     instance = WorkflowInstance.objects.get(run_id=response.json()["run_id"])
     assert instance.scheduled_start_at.year == 2099
@@ -571,11 +655,21 @@ def test_list_filter_and_paginate(admin_api, db):
     assert page["count"] == 6 and len(page["results"]) == 6
     assert page["results"][0]["workflow_id"] == "approval-1"  # newest first
     assert set(page["results"][0]) == {
-        "workflow_id", "run_id", "workflow_name", "status", "queue", "waiting_on", "created_at",
-        "scheduled_start_at", "started_at", "closed_at",
+        "workflow_id",
+        "run_id",
+        "workflow_name",
+        "status",
+        "queue",
+        "waiting_on",
+        "created_at",
+        "scheduled_start_at",
+        "started_at",
+        "closed_at",
     }
 
-    ids = lambda response: [row["workflow_id"] for row in response.json()["results"]]
+    def ids(response):
+        return [row["workflow_id"] for row in response.json()["results"]]
+
     assert ids(admin_api.get(WORKFLOWS, {"status": "terminated"})) == ["greet-0"]
     assert len(ids(admin_api.get(WORKFLOWS, {"status": "pending"}))) == 5
     assert ids(admin_api.get(WORKFLOWS, {"workflow_name": "ac_approval"})) == ["approval-1"]
@@ -707,8 +801,7 @@ def test_options_describe_each_route(admin_api, api, started, method, url, data)
     assert response.status_code == 200
     body = response.json()
     if method == "post":
-        expected = {"start": "workflow", "terminate": "reason"}[
-            "start" if url == WORKFLOWS else "terminate"]
+        expected = {"start": "workflow", "terminate": "reason"}["start" if url == WORKFLOWS else "terminate"]
         assert expected in body["actions"]["POST"]
     assert_error(api.options(url), 403, "not_authenticated")
 
@@ -786,7 +879,11 @@ def test_manage_py_check_reports_a_missing_rest_framework_app(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
     done = subprocess.run(
         [sys.executable, "-m", "django", "check", "--settings", "no_drf_settings"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode != 0 and "django_durable.E011" in done.stderr + done.stdout, done.stderr
 
@@ -810,8 +907,11 @@ def schema_strategy(schema: dict, components: dict) -> st.SearchStrategy:
     kind = schema.get("type")
     if kind == "object" and "properties" in schema:
         required = set(schema.get("required", []))
-        fields = {name: schema_strategy(sub, components) for name, sub in schema["properties"].items()
-                  if not sub.get("readOnly")}
+        fields = {
+            name: schema_strategy(sub, components)
+            for name, sub in schema["properties"].items()
+            if not sub.get("readOnly")
+        }
         shaped = st.fixed_dictionaries(
             {k: v for k, v in fields.items() if k in required},
             optional={k: v for k, v in fields.items() if k not in required},
@@ -843,7 +943,8 @@ def openapi(django_db_blocker) -> dict:
 
 
 FUZZ = hsettings(
-    max_examples=60, deadline=None,
+    max_examples=60,
+    deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -872,17 +973,24 @@ def test_fuzz_covers_every_operation(openapi):
 def test_fuzz_every_operation_from_the_schema(admin_api, started, openapi, index, data):
     path, method, op = operations(openapi)[index]
     components = openapi["components"]["schemas"]
-    workflow_id = data.draw(st.sampled_from(["greet-ada", "nope"]) | st.text(min_size=1, max_size=20).filter(
-        lambda s: "/" not in s and "?" not in s and "#" not in s and "%" not in s))
+    workflow_id = data.draw(
+        st.sampled_from(["greet-ada", "nope"])
+        | st.text(min_size=1, max_size=20).filter(
+            lambda s: "/" not in s and "?" not in s and "#" not in s and "%" not in s
+        )
+    )
     from urllib.parse import quote
 
     url = path.replace("{workflow_id}", quote(workflow_id, safe=""))
     before = snapshot()
     if method in ("get", "delete"):
-        params = data.draw(st.dictionaries(
-            st.sampled_from(["status", "workflow_name", "workflow_id", "limit", "offset", "run_id"]),
-            st.text(max_size=40) | st.integers().map(str) | st.uuids().map(str), max_size=4,
-        ))
+        params = data.draw(
+            st.dictionaries(
+                st.sampled_from(["status", "workflow_name", "workflow_id", "limit", "offset", "run_id"]),
+                st.text(max_size=40) | st.integers().map(str) | st.uuids().map(str),
+                max_size=4,
+            )
+        )
         if method == "get":
             response = admin_api.get(url, params)
         else:
@@ -894,20 +1002,23 @@ def test_fuzz_every_operation_from_the_schema(admin_api, started, openapi, index
         body = data.draw(schema_strategy(schema, components) if schema else json_values())
         headers = {}
         if "activities" in path and data.draw(st.booleans()):
-            headers["HTTP_X_DURABLE_TASK_TOKEN"] = data.draw(st.text(
-                alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60))
+            headers["HTTP_X_DURABLE_TASK_TOKEN"] = data.draw(
+                st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
+            )
         response = post_json(admin_api, url, body, **headers)
     check_fuzzed(response, before)
 
 
 @pytest.mark.parametrize("url", ACTIVITY_URLS)
 @FUZZ
-@given(token=st.text(max_size=2000) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
-       payload=json_values())
+@given(token=st.text(max_size=2000) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")), payload=json_values())
 def test_fuzz_activity_tokens(api, db, url, token, payload):
     before = snapshot()
-    response = post_json(api, url, {"task_token": token, "result": payload, "details": payload,
-                                    "error": {"message": "m", "details": payload}})
+    response = post_json(
+        api,
+        url,
+        {"task_token": token, "result": payload, "details": payload, "error": {"message": "m", "details": payload}},
+    )
     check_fuzzed(response, before)
     assert response.status_code in (400, 409)
 

@@ -37,7 +37,9 @@ def awaiting(handle: durable.WorkflowHandle, attempt: int = 1) -> WorkItem:
 
 
 def history_kinds(handle: durable.WorkflowHandle) -> list[str]:
-    return list(HistoryEvent.objects.filter(instance__run_id=handle.run_id).order_by("seq").values_list("kind", flat=True))
+    return list(
+        HistoryEvent.objects.filter(instance__run_id=handle.run_id).order_by("seq").values_list("kind", flat=True)
+    )
 
 
 @pytest.fixture
@@ -181,9 +183,16 @@ def test_completion_after_terminate_is_409(live_attempt, staff_api):
 
 
 def test_workflow_started_over_http_runs(start_worker, staff_api):
-    response = post_json(staff_api, "/durable/api/workflows/", {
-        "workflow": "api_greet", "args": ["ada"], "kwargs": {"punctuation": "?"}, "workflow_id": "http-greet",
-    })
+    response = post_json(
+        staff_api,
+        "/durable/api/workflows/",
+        {
+            "workflow": "api_greet",
+            "args": ["ada"],
+            "kwargs": {"punctuation": "?"},
+            "workflow_id": "http-greet",
+        },
+    )
     assert response.status_code == 201, response.content
     start_worker()
     handle = durable.get_workflow("http-greet")
@@ -199,7 +208,9 @@ def test_workflow_started_over_http_runs(start_worker, staff_api):
 
 def http_post(url: str, data: Any, headers: dict[str, str] | None = None) -> tuple[int, dict]:
     request = urllib.request.Request(
-        url, data=json.dumps(data).encode(), method="POST",
+        url,
+        data=json.dumps(data).encode(),
+        method="POST",
         headers={"Content-Type": "application/json", **(headers or {})},
     )
     try:
@@ -217,17 +228,21 @@ def test_live_server(live_server, start_worker, tmp_path):
     url = live_server.url + COMPLETE
 
     assert http_post(url, {"task_token": "garbage"}) == (
-        400, {"code": "invalid_token", "detail": "The task token is garbled or its signature does not match."},
+        400,
+        {"code": "invalid_token", "detail": "The task token is garbled or its signature does not match."},
     )
     status, body = http_post(live_server.url + HEARTBEAT, {"details": [1]}, {"X-Durable-Task-Token": token})
     assert (status, body) == (200, {"cancel_requested": False})
     assert http_post(url, {"task_token": token, "result": {"approved": True}}) == (200, {"status": "completed"})
     assert handle.result(timeout=60) == {"result": {"approved": True}}
-    assert http_post(url, {"task_token": token}) == (409, {
-        "code": "activity_not_pending",
-        "detail": "This activity attempt is no longer pending: it finished, timed out, was superseded by a "
-                  "retry, or its workflow closed.",
-    })
+    assert http_post(url, {"task_token": token}) == (
+        409,
+        {
+            "code": "activity_not_pending",
+            "detail": "This activity attempt is no longer pending: it finished, timed out, was superseded by a "
+            "retry, or its workflow closed.",
+        },
+    )
     status, body = http_post(live_server.url + "/durable/api/workflows/", {"workflow": "api_greet"})
     assert status == 403 and body["code"] == "not_authenticated"
     with urllib.request.urlopen(live_server.url + "/durable/api/schema/", timeout=30) as response:

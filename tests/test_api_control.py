@@ -231,8 +231,11 @@ def test_unknown_workflow_is_404(admin_api, runs, verb, workflow_id):
 @pytest.mark.parametrize("verb", [*VERBS, "purge"])
 def test_run_id_must_name_a_run_of_the_id(admin_api, runs, verb):
     before = snapshot()
-    for run_id, status, code in [("not-a-uuid", 400, "invalid"), (str(uuid.uuid4()), 404, "workflow_not_found"),
-                                 (runs["closed"].run_id, 404, "workflow_not_found")]:
+    for run_id, status, code in [
+        ("not-a-uuid", 400, "invalid"),
+        (str(uuid.uuid4()), 404, "workflow_not_found"),
+        (runs["closed"].run_id, 404, "workflow_not_found"),
+    ]:
         url = detail("open-run", "" if verb == "purge" else f"{verb}/") + f"?run_id={run_id}"
         response = admin_api.delete(url) if verb == "purge" else post_json(admin_api, url, VALID_BODIES[verb])
         assert_error(response, status, code)
@@ -242,8 +245,9 @@ def test_run_id_must_name_a_run_of_the_id(admin_api, runs, verb):
 @pytest.mark.parametrize("verb", ["signal", "cancel", "suspend", "resume"])
 def test_verbs_on_a_closed_run_are_409_workflow_not_open(admin_api, runs, verb):
     before = snapshot()
-    body = assert_error(post_json(admin_api, detail("closed-run", f"{verb}/"), VALID_BODIES[verb]),
-                        409, "workflow_not_open")
+    body = assert_error(
+        post_json(admin_api, detail("closed-run", f"{verb}/"), VALID_BODIES[verb]), 409, "workflow_not_open"
+    )
     assert "closed-run" in body["detail"]
     assert snapshot() == before
 
@@ -325,8 +329,9 @@ def test_signal_body_size_limit(admin_api, runs):
 
 
 def test_signal_reaches_a_waiting_workflow(start_worker, admin_api):
-    response = post_json(admin_api, WORKFLOWS, {"workflow": "apc_waits_for", "args": ["approval"],
-                                                 "workflow_id": "awaits"})
+    response = post_json(
+        admin_api, WORKFLOWS, {"workflow": "apc_waits_for", "args": ["approval"], "workflow_id": "awaits"}
+    )
     assert response.status_code == 201, response.content
     finished(start_worker(batch=True))  # runs until the workflow waits for the event
     described = admin_api.get(detail("awaits")).json()
@@ -481,8 +486,9 @@ def test_rerun(admin_api, runs):
 def test_rerun_of_an_open_run_is_409(admin_api, runs):
     before = snapshot()
     for workflow_id in ("open-run", "suspended-run"):
-        body = assert_error(post_json(admin_api, detail(workflow_id, "rerun/"), {"from_event": 2}), 409,
-                            "workflow_open")
+        body = assert_error(
+            post_json(admin_api, detail(workflow_id, "rerun/"), {"from_event": 2}), 409, "workflow_open"
+        )
         assert workflow_id in body["detail"]
     assert snapshot() == before
 
@@ -696,12 +702,17 @@ def test_control_verbs_over_real_http(live_server, start_worker, django_user_mod
     finished(start_worker(batch=True))
 
     assert http("POST", f"{base}live/signal/", {"name": "go"}) == (
-        403, {"code": "not_authenticated", "detail": "Authentication credentials were not provided."},
+        403,
+        {"code": "not_authenticated", "detail": "Authentication credentials were not provided."},
     )
     assert http("POST", f"{base}live/suspend/", {"reason": "x"}, auth=("operator", "wrong"))[0] == 403
-    assert http("POST", f"{base}live/resume/", None, auth=staff) == (409, {
-        "code": "invalid_state", "detail": "Workflow 'live' is not suspended (it is running).",
-    })
+    assert http("POST", f"{base}live/resume/", None, auth=staff) == (
+        409,
+        {
+            "code": "invalid_state",
+            "detail": "Workflow 'live' is not suspended (it is running).",
+        },
+    )
     status, body = http("POST", f"{base}live/signal/", {"name": "go", "payload": "hello"}, auth=staff)
     assert (status, body["status"]) == (202, "running")
     finished(start_worker(batch=True))
@@ -711,6 +722,10 @@ def test_control_verbs_over_real_http(live_server, start_worker, django_user_mod
     status, body = http("POST", f"{base}live/rerun/", {"from_event": 1}, auth=staff)
     assert status == 400 and body["code"] == "invalid" and list(body["detail"]) == ["from_event"]
     assert http("DELETE", f"{base}live/", auth=staff) == (204, None)
-    assert http("DELETE", f"{base}live/", auth=staff) == (404, {
-        "code": "workflow_not_found", "detail": "No workflow with id 'live'.",
-    })
+    assert http("DELETE", f"{base}live/", auth=staff) == (
+        404,
+        {
+            "code": "workflow_not_found",
+            "detail": "No workflow with id 'live'.",
+        },
+    )

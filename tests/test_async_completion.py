@@ -30,7 +30,9 @@ def handed_out(folder: Path, attempt: int = 1) -> dict:
 
 def awaiting(handle) -> WorkItem:
     return wait_for(
-        lambda: WorkItem.objects.filter(instance__run_id=handle.run_id, kind="activity", awaiting_completion=True).first(),
+        lambda: WorkItem.objects.filter(
+            instance__run_id=handle.run_id, kind="activity", awaiting_completion=True
+        ).first(),
         what="the attempt to await completion",
     )
 

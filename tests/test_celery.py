@@ -29,15 +29,13 @@ from tests.testapp import workflows as wf
 from tests.testapp.models import ActivityRun
 
 pytest.importorskip("celery")
-from celery import Celery  # noqa: E402
-from kombu import Connection  # noqa: E402
+from celery import Celery
+from kombu import Connection
 
 REDIS_URL = os.environ.get("DURABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 RABBITMQ_URL = os.environ.get("DURABLE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 TIMEOUT = 60
-REQUIRED = any(
-    os.environ.get(name, "").lower() in ("1", "true", "yes") for name in ("CI", "DURABLE_REQUIRE_BROKERS")
-)
+REQUIRED = any(os.environ.get(name, "").lower() in ("1", "true", "yes") for name in ("CI", "DURABLE_REQUIRE_BROKERS"))
 
 
 def require_broker(url: str) -> None:
@@ -94,9 +92,22 @@ def start_celery(transactional_db: None, tmp_path: Path, queue: str) -> Iterator
     def start(*, broker: str = REDIS_URL, pool: str = "threads", concurrency: int = 2) -> CeleryWorker:
         brokers.add(broker)
         command = [
-            sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
-            f"--pool={pool}", f"--concurrency={concurrency}", "-Q", queue, "--loglevel=INFO",
-            "-n", f"dd-{uuid.uuid4().hex[:8]}@%h", "--without-mingle", "--without-gossip", "--without-heartbeat",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.celery_app",
+            "worker",
+            f"--pool={pool}",
+            f"--concurrency={concurrency}",
+            "-Q",
+            queue,
+            "--loglevel=INFO",
+            "-n",
+            f"dd-{uuid.uuid4().hex[:8]}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
         ]
         env = {
             **os.environ,
@@ -108,8 +119,11 @@ def start_celery(transactional_db: None, tmp_path: Path, queue: str) -> Iterator
         }
         worker = CeleryWorker(command, env, tmp_path / f"celery-{len(started)}.log")
         started.append(worker)
-        wait_for(lambda: " ready." in worker.log() or worker.proc.poll() is not None, timeout=TIMEOUT,
-                 what="the celery worker to be ready")
+        wait_for(
+            lambda: " ready." in worker.log() or worker.proc.poll() is not None,
+            timeout=TIMEOUT,
+            what="the celery worker to be ready",
+        )
         assert worker.proc.poll() is None, f"celery worker exited:\n{worker.log()}"
         return worker
 
@@ -208,8 +222,11 @@ def test_duplicated_message_runs_the_activity_once(start_celery, start_dispatche
     handle = durable.start_workflow(wf.celery_fan_out, key, 1, 1.0, queue=queue)
     # No Celery worker yet: the dispatcher's message waits in the broker; add two copies.
     item_id = wait_for(
-        lambda: WorkItem.objects.filter(kind="activity", dispatched_at__isnull=False).values_list("id", flat=True).first(),
-        timeout=TIMEOUT, what="the activity to be dispatched",
+        lambda: (
+            WorkItem.objects.filter(kind="activity", dispatched_at__isnull=False).values_list("id", flat=True).first()
+        ),
+        timeout=TIMEOUT,
+        what="the activity to be dispatched",
     )
     sender = Celery(broker=REDIS_URL)
     for _ in range(2):
@@ -219,8 +236,9 @@ def test_duplicated_message_runs_the_activity_once(start_celery, start_dispatche
         assert len(handle.result(timeout=TIMEOUT)) == 1
     except durable.TimeoutError:
         pytest.fail(f"workflow did not finish.\ndurable_worker:\n{dispatcher.log()}\ncelery:\n{celery_worker.log()}")
-    wait_for(lambda: celery_worker.log().count("not claimable") >= 2, timeout=TIMEOUT,
-             what="the duplicates to be skipped")
+    wait_for(
+        lambda: celery_worker.log().count("not claimable") >= 2, timeout=TIMEOUT, what="the duplicates to be skipped"
+    )
     assert [(run.attempt, run.pid) for run in runs(key)] == [(1, celery_worker.pid)]
 
 
@@ -230,7 +248,8 @@ def test_lost_message_is_sent_again_after_dispatch_timeout(start_celery, start_d
     handle = durable.start_workflow(wf.celery_fan_out, key, 1, 0.0, queue=queue)
     wait_for(
         lambda: WorkItem.objects.filter(kind="activity", dispatched_at__isnull=False).exists(),
-        timeout=TIMEOUT, what="the activity to be dispatched",
+        timeout=TIMEOUT,
+        what="the activity to be dispatched",
     )
     with Connection(REDIS_URL) as conn:  # the message is lost before any worker gets it
         wait_for(lambda: conn.default_channel.queue_purge(queue), timeout=TIMEOUT, what="the message to arrive")
@@ -248,8 +267,11 @@ def test_workflow_tasks_run_in_the_celery_worker_with_celery_workflow_tasks(
     celery_worker = start_celery()
     dispatcher = start_worker(
         queues=queue,
-        env={"DURABLE_TEST_ACTIVITY_EXECUTOR": "celery", "DURABLE_TEST_CELERY_BROKER": REDIS_URL,
-             "DURABLE_TEST_CELERY_WORKFLOW_TASKS": "1"},
+        env={
+            "DURABLE_TEST_ACTIVITY_EXECUTOR": "celery",
+            "DURABLE_TEST_CELERY_BROKER": REDIS_URL,
+            "DURABLE_TEST_CELERY_WORKFLOW_TASKS": "1",
+        },
     )
     handle = durable.start_workflow(wf.celery_sequence, key, queue=queue)
     try:
@@ -316,7 +338,9 @@ def test_a_workflow_task_is_dispatched_again_whenever_it_becomes_claimable_again
         handle.signal("late")
         return task
 
-    monkeypatch.setattr(store.workflow_tasks, "load_workflow_task", load_then_signal)  # where load_workflow_tasks looks it up
+    monkeypatch.setattr(
+        store.workflow_tasks, "load_workflow_task", load_then_signal
+    )  # where load_workflow_tasks looks it up
     execute_workflow_task(claim(item_id))
     assert dispatch() == [item_id]
     assert handle.status() == "running"

@@ -94,10 +94,13 @@ def test_workers_on_sqlite_as_startproject_configures_it_run_every_activity_once
         assert "Database error" not in worker.log(), worker.log()
 
 
-@pytest.mark.parametrize("spec, retried", [
-    ("before_activity_commit@1=error,before_activity_commit@2=error", True),  # the batch, then it alone
-    ("before_activity_commit%0.5=error", False),  # a retry of its own likely, not certain
-])
+@pytest.mark.parametrize(
+    "spec, retried",
+    [
+        ("before_activity_commit@1=error,before_activity_commit@2=error", True),  # the batch, then it alone
+        ("before_activity_commit%0.5=error", False),  # a retry of its own likely, not certain
+    ],
+)
 def test_a_transient_error_committing_a_result_is_tried_again_and_nothing_runs_twice(start_worker, spec, retried):
     keys = start_fan_outs("te", runs=5)
     worker = start_worker(env={"DURABLE_CRASH_POINTS": spec, "DURABLE_CRASH_SEED": "15"})
@@ -123,10 +126,13 @@ def test_a_stopping_worker_keeps_trying_a_failing_commit_and_a_second_sigterm_st
     assert "Second SIGTERM: exiting now" in worker.log()
 
 
-@pytest.mark.parametrize("vendor, settings, check_id", [
-    ("sqlite", {"AUTOCOMMIT": False}, "django_durable.E009"),
-    ("postgresql", {"OPTIONS": {"isolation_level": 4}}, "django_durable.E005"),  # psycopg's SERIALIZABLE
-])
+@pytest.mark.parametrize(
+    "vendor, settings, check_id",
+    [
+        ("sqlite", {"AUTOCOMMIT": False}, "django_durable.E009"),
+        ("postgresql", {"OPTIONS": {"isolation_level": 4}}, "django_durable.E005"),  # psycopg's SERIALIZABLE
+    ],
+)
 def test_the_worker_refuses_to_start_on_a_database_check_error(start_worker, db_vendor, vendor, settings, check_id):
     if db_vendor != vendor:
         pytest.skip(f"a {vendor} setting")
@@ -141,9 +147,7 @@ def test_the_worker_refuses_to_start_on_a_database_check_error(start_worker, db_
     assert not ActivityRun.objects.exists()
 
 
-def test_the_worker_starts_on_sqlite_as_startproject_configures_it_with_a_warning_only(
-    rollback_journal, start_worker
-):
+def test_the_worker_starts_on_sqlite_as_startproject_configures_it_with_a_warning_only(rollback_journal, start_worker):
     worker = start_worker(env=STARTPROJECT_SQLITE)
     log = wait_log(worker, " started on queues")
     assert "django_durable.W001" in log and "WAL" in log, log

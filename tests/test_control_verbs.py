@@ -45,8 +45,13 @@ def test_verbs_on_a_closed_run_raise_workflow_not_open_and_change_nothing():
     handle = durable.start_workflow(ow.ow_waiter, workflow_id=unique("closed"))
     handle.terminate("done with it")
     before = snapshot()
-    for verb in (lambda: handle.signal("go", 1), handle.cancel, handle.suspend, handle.resume,
-                 lambda: handle.terminate("again")):
+    for verb in (
+        lambda: handle.signal("go", 1),
+        handle.cancel,
+        handle.suspend,
+        handle.resume,
+        lambda: handle.terminate("again"),
+    ):
         with pytest.raises(durable.WorkflowNotOpen):
             verb()
     assert snapshot() == before
@@ -79,9 +84,9 @@ def test_signals_to_a_suspended_run_are_kept_and_its_task_stays_parked():
     handle.suspend()
     handle.signal("go", {"n": 1})
     handle.signal("go", {"n": 2})
-    assert list(InboxEvent.objects.filter(instance__workflow_id=handle.workflow_id).values_list("payload", flat=True)) == [
-        {"payload": {"n": 1}}, {"payload": {"n": 2}}
-    ]
+    assert list(
+        InboxEvent.objects.filter(instance__workflow_id=handle.workflow_id).values_list("payload", flat=True)
+    ) == [{"payload": {"n": 1}}, {"payload": {"n": 2}}]
     assert WorkItem.objects.get(instance__workflow_id=handle.workflow_id).parked_at is not None
 
 
@@ -140,8 +145,10 @@ def test_purge_refuses_open_runs_and_deletes_closed_ones_with_their_history():
 # -- rerun from an event ------------------------------------------------------------------
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql",
-                    reason="SQLite serializes writers: no purge commits inside a rerun's transaction there")
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="SQLite serializes writers: no purge commits inside a rerun's transaction there",
+)
 @pytest.mark.django_db(transaction=True)
 def test_a_rerun_whose_source_is_purged_meanwhile_says_so_and_writes_nothing(monkeypatch):
     """A purge or prune may delete the closed source while a rerun copies it: the new run
@@ -198,8 +205,10 @@ def test_rerun_from_a_failed_step_recovers_the_run(start_worker):
     assert rerun.result(timeout=TIMEOUT) == [f"{key}:1", f"{key}:2", f"{key}:3"]
     finished(worker)
     runs = list(
-        ActivityRun.objects.filter(key__startswith=f"{key}:").exclude(key__endswith="bad-deploy")
-        .order_by("id").values_list("key", flat=True)
+        ActivityRun.objects.filter(key__startswith=f"{key}:")
+        .exclude(key__endswith="bad-deploy")
+        .order_by("id")
+        .values_list("key", flat=True)
     )
     assert runs == [f"{key}:1", f"{key}:2", f"{key}:3", f"{key}:3"]  # steps 1 and 2 ran once
     instance = WorkflowInstance.objects.get(run_id=rerun.run_id)
@@ -266,7 +275,8 @@ def test_a_child_whose_id_is_taken_fails_to_start_without_harming_the_parent(sta
     handle = durable.start_workflow(ow.ow_parent_with_fixed_child_id, taken, workflow_id=unique("parent-clash"))
     worker = start_worker(batch=True)
     assert handle.result(timeout=TIMEOUT) == {
-        "status": "not_started", "type": "django_durable.exceptions.WorkflowAlreadyExists"
+        "status": "not_started",
+        "type": "django_durable.exceptions.WorkflowAlreadyExists",
     }
     finished(worker)
     assert blocker.status() == "running"  # untouched: still waiting for its event
@@ -287,14 +297,27 @@ def run_one_workflow_task(during) -> bool:
     task = store.load_workflow_task(item)
     outcome = run_workflow_task(
         registry.get_workflow_definition(task.workflow_name).fn,
-        workflow_id=task.workflow_id, run_id=task.run_id, workflow_name=task.workflow_name, queue=task.queue,
-        history=task.history, inbox=task.inbox, now=item.claimed_at, converter=get_converter(),
-        activity_options=registry.activity_call_options, workflow_options=registry.workflow_call_options,
+        workflow_id=task.workflow_id,
+        run_id=task.run_id,
+        workflow_name=task.workflow_name,
+        queue=task.queue,
+        history=task.history,
+        inbox=task.inbox,
+        now=item.claimed_at,
+        converter=get_converter(),
+        activity_options=registry.activity_call_options,
+        workflow_options=registry.workflow_call_options,
     )
     during()
     return store.complete_workflow_task(
-        item, new_events=outcome.new_events, inbox_ids=task.inbox_ids, status=outcome.status,
-        vars=outcome.vars, result=outcome.result, error=outcome.error, waiting_on=outcome.waiting_on,
+        item,
+        new_events=outcome.new_events,
+        inbox_ids=task.inbox_ids,
+        status=outcome.status,
+        vars=outcome.vars,
+        result=outcome.result,
+        error=outcome.error,
+        waiting_on=outcome.waiting_on,
     )
 
 
@@ -312,7 +335,8 @@ def test_events_arriving_while_a_run_continues_as_new_move_to_the_next_run():
     assert successor.run_id != handle.run_id
     inbox = InboxEvent.objects.filter(instance__run_id=successor.run_id).order_by("id")
     assert list(inbox.values_list("kind", "name", "payload")) == [
-        ("EventRaised", "late", {"payload": "kept"}), ("CancelRequested", "", {}),
+        ("EventRaised", "late", {"payload": "kept"}),
+        ("CancelRequested", "", {}),
     ]
     assert WorkflowInstance.objects.get(run_id=successor.run_id).cancel_requested_at is not None
 
@@ -326,7 +350,10 @@ def test_a_run_does_not_close_over_an_event_it_has_not_seen():
     assert run_one_workflow_task(lambda: None) is True
     assert handle.status() == "completed"
     assert [e.kind for e in handle.history()] == [
-        "ExecutionStarted", "WorkflowTaskStarted", "EventRaised", "WorkflowCompleted"
+        "ExecutionStarted",
+        "WorkflowTaskStarted",
+        "EventRaised",
+        "WorkflowCompleted",
     ]
 
 

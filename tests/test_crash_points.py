@@ -90,15 +90,17 @@ def test_an_armed_point_exits_at_its_nth_hit_and_others_pass():
         "    print('passed', n, flush=True)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "DURABLE_CRASH_POINTS": "after_claim:workflow,before_heartbeat@2"}
-    proc = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True,
-                          text=True, timeout=UPPER)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=UPPER
+    )
     assert proc.returncode == faults.DEFAULT_EXIT_CODE, proc
     assert proc.stdout.split("\n")[:-1] == ["passed 1"]
     assert "django-durable crash point before_heartbeat reached (hit 2, pid" in proc.stderr
 
     env["DURABLE_CRASH_POINTS"] = "no_such_point"
-    proc = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True,
-                          text=True, timeout=UPPER)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=UPPER
+    )
     assert proc.returncode == 1 and "unknown crash point 'no_such_point'" in proc.stderr, proc
 
 

@@ -34,7 +34,10 @@ def demo_env(tmp_path):
         subprocess.Popen([sys.executable, "manage.py", "durable_worker", "-v0"], cwd=REPO, env=env),
         subprocess.Popen(
             [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         ),
     ]
     deadline = time.monotonic() + 30

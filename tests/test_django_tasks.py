@@ -39,7 +39,10 @@ from tests.testapp.models import ActivityRun
 BACKEND = {
     "BACKEND": "django_durable.tasks.DurableTaskBackend",
     "QUEUES": ["default", "reports", "elsewhere"],
-    "OPTIONS": {"RETRY": {"initial_interval": 0.05, "maximum_attempts": 2}, "QUEUE_MAP": {"reports": "durable-reports"}},
+    "OPTIONS": {
+        "RETRY": {"initial_interval": 0.05, "maximum_attempts": 2},
+        "QUEUE_MAP": {"reports": "durable-reports"},
+    },
 }
 
 pytestmark = pytest.mark.usefixtures("durable_tasks_backend")

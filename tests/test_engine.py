@@ -111,8 +111,7 @@ class Run:
         now = at or self.clock
         # Completions happened a little before the task that delivers them.
         delivered = [
-            dataclasses.replace(e, timestamp=now - timedelta(seconds=7)) if e.timestamp is None else e
-            for e in inbox
+            dataclasses.replace(e, timestamp=now - timedelta(seconds=7)) if e.timestamp is None else e for e in inbox
         ]
         return run_workflow_task(
             self.fn,
@@ -120,7 +119,7 @@ class Run:
             run_id=self.run_id,
             workflow_name=self.fn.__name__,
             queue="default",
-            history=list(self.history[resident.length:] if resident is not None else self.history),
+            history=list(self.history[resident.length :] if resident is not None else self.history),
             inbox=delivered,
             now=now,
             converter=self.converter,
@@ -168,11 +167,7 @@ def kinds(outcome: TaskOutcome) -> list[str]:
 
 def commands(outcome: TaskOutcome) -> list[tuple[str, int | None, str]]:
     """The durable calls a task recorded: (kind, task_id, name)."""
-    return [
-        (e.kind, e.task_id, e.name)
-        for e in outcome.new_events
-        if e.kind in ("ActivityScheduled", "TimerStarted")
-    ]
+    return [(e.kind, e.task_id, e.name) for e in outcome.new_events if e.kind in ("ActivityScheduled", "TimerStarted")]
 
 
 def assert_running(outcome: TaskOutcome) -> None:
@@ -421,8 +416,14 @@ def test_activity_error_carries_what_the_activity_recorded():
     run = Run(pay)
     run.task()
     outcome = run.task(
-        failed(1, "card declined", type="billing.errors.CardDeclined", attempt=3,
-               traceback="Traceback (most recent call last): ...", details={"code": 51})
+        failed(
+            1,
+            "card declined",
+            type="billing.errors.CardDeclined",
+            attempt=3,
+            traceback="Traceback (most recent call last): ...",
+            details={"code": 51},
+        )
     )
     assert_completed(outcome)
     assert outcome.result == {
@@ -881,9 +882,7 @@ def test_non_determinism_names_the_right_sequence_number():
     run.task()
     run.task(completed(1))
     run.fn = v2
-    assert_non_determinism(
-        run.task(completed(2)), "sequence number 2", "activity 'b'", "activity 'c'"
-    )
+    assert_non_determinism(run.task(completed(2)), "sequence number 2", "activity 'b'", "activity 'c'")
 
 
 def test_activity_replaced_by_timer_is_non_determinism():
@@ -914,9 +913,7 @@ def test_timer_replaced_by_activity_is_non_determinism():
     run = Run(v1)
     run.task()
     run.fn = v2
-    assert_non_determinism(
-        run.task(fired(1)), "sequence number 1", "history recorded timer", "asked for activity 'a'"
-    )
+    assert_non_determinism(run.task(fired(1)), "sequence number 1", "history recorded timer", "asked for activity 'a'")
 
 
 def parallel_ab(ctx):
@@ -997,9 +994,7 @@ def test_workflow_code_cannot_hide_non_determinism_with_except_exception():
     run = Run(sequential, 1)
     run.task()
     run.fn = hides
-    assert_non_determinism(
-        run.task(completed(1, 2)), "sequence number 1", "activity 'double'", "activity 'refund'"
-    )
+    assert_non_determinism(run.task(completed(1, 2)), "sequence number 1", "activity 'double'", "activity 'refund'")
 
 
 def test_workflow_code_cannot_hide_non_determinism_with_bare_except():
@@ -1017,9 +1012,7 @@ def test_workflow_code_cannot_hide_non_determinism_with_bare_except():
     run = Run(sequential, 1)
     run.task()
     run.fn = hides_harder
-    assert_non_determinism(
-        run.task(completed(1, 2)), "sequence number 1", "activity 'double'", "activity 'refund'"
-    )
+    assert_non_determinism(run.task(completed(1, 2)), "sequence number 1", "activity 'double'", "activity 'refund'")
 
 
 def test_non_determinism_leaves_history_untouched_and_recovers_after_a_fix():

@@ -16,7 +16,16 @@ from django_durable.converter import JSONDataConverter
 from django_durable.engine import Event, TaskOutcome
 from django_durable.engine.replay import check_history
 from tests.test_engine import (  # noqa: F401 - engine_mode runs each test in both modes
-    RUN_ID, T0, Run, activity_options, assert_completed, assert_running, completed, engine_mode, fired, kinds,
+    RUN_ID,
+    T0,
+    Run,
+    activity_options,
+    assert_completed,
+    assert_running,
+    completed,
+    engine_mode,
+    fired,
+    kinds,
     workflow_options,
 )
 
@@ -31,14 +40,18 @@ def cancel_requested() -> Event:
 
 def child_completed(task_id: int, result: Any) -> Event:
     return Event(
-        kind="ChildWorkflowCompleted", timestamp=None, task_id=task_id,  # type: ignore[arg-type]
+        kind="ChildWorkflowCompleted",
+        timestamp=None,
+        task_id=task_id,  # type: ignore[arg-type]
         payload={"result": result, "workflow_id": "child", "run_id": "r"},
     )
 
 
 def child_failed(task_id: int, status: str = "failed") -> Event:
     return Event(
-        kind="ChildWorkflowFailed", timestamp=None, task_id=task_id,  # type: ignore[arg-type]
+        kind="ChildWorkflowFailed",
+        timestamp=None,
+        task_id=task_id,  # type: ignore[arg-type]
         payload={"error": {"type": "ValueError", "message": "bad input"}, "status": status, "workflow_id": "kid-1"},
     )
 
@@ -348,9 +361,18 @@ def run_with_limits(run: Run, inbox: list[Event], warn: int | None, limit: int |
 
     delivered = [dataclasses.replace(e, timestamp=run.clock) for e in inbox]
     outcome = run_workflow_task(
-        run.fn, workflow_id="order-42", run_id=run.run_id, workflow_name="forever", queue="default",
-        history=list(run.history), inbox=delivered, now=run.clock, converter=run.converter,
-        activity_options=activity_options, workflow_options=workflow_options, history_warn_events=warn,
+        run.fn,
+        workflow_id="order-42",
+        run_id=run.run_id,
+        workflow_name="forever",
+        queue="default",
+        history=list(run.history),
+        inbox=delivered,
+        now=run.clock,
+        converter=run.converter,
+        activity_options=activity_options,
+        workflow_options=workflow_options,
+        history_warn_events=warn,
         history_max_events=limit,
     )
     for event in outcome.new_events:
@@ -395,8 +417,14 @@ def test_check_history_accepts_a_matching_history_and_names_a_mismatch():
 
     def check(fn):
         return check_history(
-            fn, workflow_id="order-42", run_id=RUN_ID, workflow_name="w", queue="default",
-            history=run.history, converter=JSONDataConverter(), activity_options=activity_options,
+            fn,
+            workflow_id="order-42",
+            run_id=RUN_ID,
+            workflow_name="w",
+            queue="default",
+            history=run.history,
+            converter=JSONDataConverter(),
+            activity_options=activity_options,
             workflow_options=workflow_options,
         )
 
@@ -419,8 +447,14 @@ def test_check_history_of_a_closed_run_compares_how_it_closed():
         return [ctx.wait_for_event("approve") for _ in range(3)]
 
     error = check_history(
-        waits_for_three, workflow_id="order-42", run_id=RUN_ID, workflow_name="w", queue="default",
-        history=run.history, converter=JSONDataConverter(), activity_options=activity_options,
+        waits_for_three,
+        workflow_id="order-42",
+        run_id=RUN_ID,
+        workflow_name="w",
+        queue="default",
+        history=run.history,
+        converter=JSONDataConverter(),
+        activity_options=activity_options,
         workflow_options=workflow_options,
     )
     assert error is not None and "WorkflowCompleted" in str(error)
@@ -548,7 +582,7 @@ def test_swallowing_continue_as_new_does_not_undo_it():
     def wf(ctx):
         try:
             ctx.continue_as_new(7)
-        except BaseException:  # noqa: BLE001 - deliberately wrong workflow code
+        except BaseException:
             pass
         return "went on"
 
@@ -576,8 +610,15 @@ def test_vars_at_a_cut_in_a_history_takes_the_branch_the_run_took():
     run.task(completed(2))
     seen = {
         seq: vars_at(
-            patched, history=run.history, seq=seq, workflow_id="order-42", run_id=RUN_ID, workflow_name="w",
-            queue="default", converter=JSONDataConverter(), activity_options=activity_options,
+            patched,
+            history=run.history,
+            seq=seq,
+            workflow_id="order-42",
+            run_id=RUN_ID,
+            workflow_name="w",
+            queue="default",
+            converter=JSONDataConverter(),
+            activity_options=activity_options,
             workflow_options=workflow_options,
         ).vars
         for seq in range(1, len(run.history) + 1)
@@ -595,8 +636,15 @@ def test_vars_at_reports_a_workflow_that_exits_instead_of_raising():
     run = Run(lambda ctx: ctx.set_var("x", 1))
     run.task()
     at = vars_at(
-        exits, history=run.history, seq=len(run.history), workflow_id="order-42", run_id=RUN_ID,
-        workflow_name="w", queue="default", converter=JSONDataConverter(), activity_options=activity_options,
+        exits,
+        history=run.history,
+        seq=len(run.history),
+        workflow_id="order-42",
+        run_id=RUN_ID,
+        workflow_name="w",
+        queue="default",
+        converter=JSONDataConverter(),
+        activity_options=activity_options,
         workflow_options=workflow_options,
     )
     assert at.status == "unknown" and isinstance(at.error, SystemExit)

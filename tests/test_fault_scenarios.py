@@ -164,26 +164,45 @@ def test_the_checker_reports_each_broken_invariant(db):
 
     dup = WorkflowInstance.objects.get(workflow_id="dup")
     completed = HistoryEvent.objects.filter(instance=dup, kind=EventKind.ACTIVITY_COMPLETED).first()
-    HistoryEvent.objects.create(instance=dup, seq=dup.history_length + 1, kind=completed.kind,
-                                task_id=completed.task_id, payload=completed.payload, timestamp=completed.timestamp)
+    HistoryEvent.objects.create(
+        instance=dup,
+        seq=dup.history_length + 1,
+        kind=completed.kind,
+        task_id=completed.task_id,
+        payload=completed.payload,
+        timestamp=completed.timestamp,
+    )
     WorkflowInstance.objects.filter(pk=dup.pk).update(history_length=dup.history_length + 1)
     gap = WorkflowInstance.objects.get(workflow_id="gap")
     HistoryEvent.objects.filter(instance=gap, seq=gap.history_length).update(seq=gap.history_length + 1)
     ActivityRun.objects.create(key="twice:0", attempt=1, pid=0)  # attempt 1 ran twice
     ActivityRun.objects.create(key="late:1", attempt=4, pid=0)  # ran after attempt 1 finished it
-    WorkItem.objects.create(kind=WorkItemKind.ACTIVITY, instance=gap, queue="default", name="record", task_id=9,
-                            due_at=db_now(), attempt=1, lease_owner="someone")
+    WorkItem.objects.create(
+        kind=WorkItemKind.ACTIVITY,
+        instance=gap,
+        queue="default",
+        name="record",
+        task_id=9,
+        due_at=db_now(),
+        attempt=1,
+        lease_owner="someone",
+    )
     durable.start_workflow(sequence, "never-ran", 1, workflow_id="never-ran")
 
     found = verdict({wid: 2 for wid in handles})
     text = "\n".join(found.problems)
     for says in [
-        "dup (run", "answered 2 times", "close events",  # a second completion, after the close
-        "history seqs are not 1..", "gap (run",  # a hole in the numbering
+        "dup (run",
+        "answered 2 times",
+        "close events",  # a second completion, after the close
+        "history seqs are not 1..",
+        "gap (run",  # a hole in the numbering
         "activity twice:0: attempt(s) [1] executed more than once",
         "activity late:1: executed by attempt 4 after attempt 1 finished it",
-        "still leased by someone", "left behind by a closed run",
-        "never-ran (run", "still pending",
+        "still leased by someone",
+        "left behind by a closed run",
+        "never-ran (run",
+        "still pending",
     ]:
         assert says in text, f"{says!r} not reported:\n{found.summary()}"
     assert found.counts["duplicated"] >= 4 and found.counts["lost"] >= 1 and found.counts["stuck"] >= 2, found.counts
@@ -340,8 +359,11 @@ def test_postgresql_restarted_mid_run(on_private_pg, private_pg, start_worker, t
         private_pg.restart("fast")
     else:
         private_pg.stop("immediate")  # a crash: recovery from WAL at the next start
-        wait_for(lambda: any("Database error in the worker loop" in w.log() for w in workers), timeout=UPPER,
-                 what="a worker to notice the outage")
+        wait_for(
+            lambda: any("Database error in the worker loop" in w.log() for w in workers),
+            timeout=UPPER,
+            what="a worker to notice the outage",
+        )
         private_pg.start()
     connection.close()  # ours died with the server too
 
@@ -359,8 +381,14 @@ def raw_connection() -> Any:
     import psycopg
 
     s = connection.settings_dict
-    return psycopg.connect(host=s["HOST"], port=s["PORT"], user=s["USER"], password=s["PASSWORD"] or None,
-                           dbname=s["NAME"], autocommit=True)
+    return psycopg.connect(
+        host=s["HOST"],
+        port=s["PORT"],
+        user=s["USER"],
+        password=s["PASSWORD"] or None,
+        dbname=s["NAME"],
+        autocommit=True,
+    )
 
 
 def backends(where: str, params: list[Any] | None = None) -> list[int]:
@@ -368,7 +396,8 @@ def backends(where: str, params: list[Any] | None = None) -> list[int]:
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            f"AND ({where})", params or [],
+            f"AND ({where})",
+            params or [],
         )
         return [pid for (pid,) in cursor.fetchall()]
 
@@ -388,8 +417,11 @@ def test_connection_terminated_mid_claim(start_worker):
         locker.execute("BEGIN")
         locker.execute(f'LOCK TABLE "{WorkItem._meta.db_table}" IN EXCLUSIVE MODE')  # blocks claims, not reads
         worker = start_worker()
-        claiming = wait_for(lambda: backends("wait_event_type = 'Lock' AND query LIKE %s", ["%picked%"]),
-                            timeout=UPPER, what="the worker's claim to wait on the lock")
+        claiming = wait_for(
+            lambda: backends("wait_event_type = 'Lock' AND query LIKE %s", ["%picked%"]),
+            timeout=UPPER,
+            what="the worker's claim to wait on the lock",
+        )
         terminate(claiming)
         locker.execute("ROLLBACK")
     assert handle.result(timeout=UPPER) == 2
@@ -445,8 +477,11 @@ def test_a_worker_frozen_inside_a_transaction_does_not_stall_the_others(start_wo
         task = WorkItem.objects.get(instance__run_id=stuck.run_id, kind=WorkItemKind.WORKFLOW)
         second = start_worker()
         wait_ready(second)
-        wait_for(lambda: db_now() > task.lease_expires_at + datetime.timedelta(seconds=1), timeout=UPPER,
-                 what="the frozen worker's lease to expire")
+        wait_for(
+            lambda: db_now() > task.lease_expires_at + datetime.timedelta(seconds=1),
+            timeout=UPPER,
+            what="the frozen worker's lease to expire",
+        )
         other = durable.start_workflow(sequence, "unaffected", 1, workflow_id="unaffected")
         assert other.result(timeout=10) == 1
     finally:
@@ -482,8 +517,14 @@ def test_workers_with_clocks_hours_off_neither_steal_leases_nor_fire_timers_earl
         # (libfaketime then breaks time.sleep(), which the worker does not use.)
         return {"LD_PRELOAD": library, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
-    probe = subprocess.run([sys.executable, "-c", "import time; print(time.time())"], check=True,
-                           capture_output=True, text=True, env={**os.environ, **skewed("+3h")}, timeout=UPPER)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import time; print(time.time())"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **skewed("+3h")},
+        timeout=UPPER,
+    )
     assert abs(float(probe.stdout) - time.time() - 3 * 3600) < 600, probe  # the skew does apply
 
     held = durable.start_workflow(retrying, "skewed", 0, workflow_id="skewed")
@@ -496,8 +537,11 @@ def test_workers_with_clocks_hours_off_neither_steal_leases_nor_fire_timers_earl
     # The attempt stays with the worker 3 h behind (its thread parked, its lease renewed)
     # while the one 3 h ahead looks for expired leases.
     item = WorkItem.objects.get(instance__run_id=held.run_id, kind=WorkItemKind.ACTIVITY)
-    wait_for(lambda: db_now() > item.claimed_at + datetime.timedelta(seconds=3 * LEASE), timeout=UPPER,
-             what="three lease periods")
+    wait_for(
+        lambda: db_now() > item.claimed_at + datetime.timedelta(seconds=3 * LEASE),
+        timeout=UPPER,
+        what="three lease periods",
+    )
     item.refresh_from_db()
     assert item.attempt == 1 and f":{behind.pid}:" in item.lease_owner and item.lease_expires_at > db_now()
     release.unlink()
@@ -523,10 +567,31 @@ def test_a_short_seeded_chaos_session(tmp_path):
     if reason:
         cannot_run(f"no private PostgreSQL cluster for the soak: {reason}")
     log = tmp_path / "chaos.jsonl"
-    command = [sys.executable, "benchmarks/chaos.py", "--seed", "7", "--duration", "25", "--workers", "3",
-               "--db-name", "chaos_ci", "--log", str(log), "--workdir", str(tmp_path / "workers")]
-    proc = subprocess.run(command, check=False, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=600)
+    command = [
+        sys.executable,
+        "benchmarks/chaos.py",
+        "--seed",
+        "7",
+        "--duration",
+        "25",
+        "--workers",
+        "3",
+        "--db-name",
+        "chaos_ci",
+        "--log",
+        str(log),
+        "--workdir",
+        str(tmp_path / "workers"),
+    ]
+    proc = subprocess.run(
+        command,
+        check=False,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     verdicts = [line for line in lines if line["op"] == "verdict"]
     assert proc.returncode == 0 and verdicts, f"{proc.stdout}\n{proc.stderr}"

@@ -42,6 +42,8 @@ from tests.testapp.workflows import (
 )
 
 LEASE = 2.0  # tests.settings DURABLE["LEASE_SECONDS"]
+
+
 def gate_started(gate: Path, attempt: int) -> int:
     """Wait until ``gated`` announces ``attempt``; the pid of the worker running it."""
     return int(wait_file(gate / f"started-{attempt}"))
@@ -241,7 +243,7 @@ def test_three_workers_run_every_activity_exactly_once(start_worker):
     seqs = [durable.start_workflow(sequence, f"seq-{i}", 3, workflow_id=f"seq-{i}") for i in range(30)]
     fans = [durable.start_workflow(fan_out, 8 + i, workflow_id=f"fan-{i}") for i in range(5)]
 
-    for i, handle in enumerate(seqs):
+    for handle in seqs:
         assert handle.result(timeout=UPPER) == 3
     for i, handle in enumerate(fans):
         assert handle.result(timeout=UPPER) == [2 * j for j in range(8 + i)]
@@ -440,8 +442,11 @@ def test_paused_worker_loses_its_lease_and_its_retry_keeps_a_renewed_lease(start
     assert not InboxEvent.objects.filter(instance__run_id=handle.run_id).exists()
 
     # The retry is still running: its lease must be kept alive by renewal, beyond 2 leases.
-    wait_for(lambda: db_now() > retry_claimed_at + datetime.timedelta(seconds=2 * LEASE),
-             timeout=UPPER, what="two lease periods")
+    wait_for(
+        lambda: db_now() > retry_claimed_at + datetime.timedelta(seconds=2 * LEASE),
+        timeout=UPPER,
+        what="two lease periods",
+    )
     log = worker.log()
     assert "(attempt 2): lease of" not in log and not (gate / "started-3").exists(), (
         "attempt 2 was reaped (and run again) while its worker was alive and running it:\n" + log

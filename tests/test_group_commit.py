@@ -83,8 +83,12 @@ def test_runs_whose_code_is_held_take_their_next_step_in_the_same_commit(cache):
     assert [c.ran for c in completions] == [True] * 4 and not any(c.lost for c in completions)
     for item in items:
         assert kinds(item.workflow_id) == [
-            EventKind.EXECUTION_STARTED, EventKind.WORKFLOW_TASK_STARTED, EventKind.ACTIVITY_SCHEDULED,
-            EventKind.WORKFLOW_TASK_STARTED, EventKind.ACTIVITY_COMPLETED, EventKind.ACTIVITY_SCHEDULED,
+            EventKind.EXECUTION_STARTED,
+            EventKind.WORKFLOW_TASK_STARTED,
+            EventKind.ACTIVITY_SCHEDULED,
+            EventKind.WORKFLOW_TASK_STARTED,
+            EventKind.ACTIVITY_COMPLETED,
+            EventKind.ACTIVITY_SCHEDULED,
         ]
         run = WorkflowInstance.objects.get(pk=item.instance_id)
         assert run.history_length == 6 and run.vars == {"done": 1} and run.status == "running"
@@ -125,21 +129,28 @@ def test_results_of_one_run_in_one_batch_make_one_step(cache):
     durable.start_workflow(fan_out, 3, workflow_id="gc-fan")
     [task] = store.claim(owner=OWNER, kind=WorkItemKind.WORKFLOW, queues=["default"], limit=1, lease_seconds=60)
     execute_workflow_task(task, cache)
-    fan = sorted(store.claim(owner=OWNER, kind=WorkItemKind.ACTIVITY, queues=["default"], limit=10, lease_seconds=60),
-                 key=lambda item: item.task_id)
+    fan = sorted(
+        store.claim(owner=OWNER, kind=WorkItemKind.ACTIVITY, queues=["default"], limit=10, lease_seconds=60),
+        key=lambda item: item.task_id,
+    )
     assert [item.workflow_id for item in fan] == ["gc-fan"] * 3
     [other] = start_runs(["gc-fan-other"], cache)
     WorkItem.objects.filter(pk=fan[1].id).update(attempt=2)  # superseded meanwhile
-    completions = [store.Completion(fan[2], "c"), store.Completion(other, None), store.Completion(fan[1], "b"),
-                   store.Completion(fan[0], "a")]
+    completions = [
+        store.Completion(fan[2], "c"),
+        store.Completion(other, None),
+        store.Completion(fan[1], "b"),
+        store.Completion(fan[0], "a"),
+    ]
     commit_activities(completions, cache=cache)
     assert [(c.ran, c.lost) for c in completions] == [(True, False), (True, False), (False, True), (True, False)]
     run = WorkflowInstance.objects.get(workflow_id="gc-fan")
     events = list(HistoryEvent.objects.filter(instance=run).order_by("seq").values_list("kind", "task_id"))
     started = [n for n, (kind, _) in enumerate(events) if kind == EventKind.WORKFLOW_TASK_STARTED]
     assert len(started) == 2  # the start, and one step for both results
-    assert events[started[1] + 1:] == [
-        (EventKind.ACTIVITY_COMPLETED, fan[2].task_id), (EventKind.ACTIVITY_COMPLETED, fan[0].task_id),
+    assert events[started[1] + 1 :] == [
+        (EventKind.ACTIVITY_COMPLETED, fan[2].task_id),
+        (EventKind.ACTIVITY_COMPLETED, fan[0].task_id),
     ]
     assert run.status == "running" and run.history_length == len(events)
     assert WorkItem.objects.filter(pk=fan[1].id, attempt=2).exists()
@@ -165,14 +176,21 @@ def test_a_run_whose_code_another_worker_holds_replays_its_history_inside_the_co
         assert other.stats["replayed"] == 2 and other.stats["inline"] == 2
         for item in items:
             assert kinds(item.workflow_id)[-3:] == [
-                EventKind.WORKFLOW_TASK_STARTED, EventKind.ACTIVITY_COMPLETED, EventKind.ACTIVITY_SCHEDULED,
+                EventKind.WORKFLOW_TASK_STARTED,
+                EventKind.ACTIVITY_COMPLETED,
+                EventKind.ACTIVITY_SCHEDULED,
             ]
             assert WorkflowInstance.objects.get(pk=item.instance_id).vars == {"done": 1}
             assert not WorkItem.objects.filter(instance_id=item.instance_id, kind=WorkItemKind.WORKFLOW).exists()
             assert other.take(item.instance_id) is not None  # the code is held here from now on
         # The first worker's copy is stale: its next inline step replays too, and is right.
-        [step2] = [i for i in store.claim(owner=OWNER, kind=WorkItemKind.ACTIVITY, queues=["default"], limit=10,
-                                          lease_seconds=60) if i.workflow_id == "gc-elsewhere-a"]
+        [step2] = [
+            i
+            for i in store.claim(
+                owner=OWNER, kind=WorkItemKind.ACTIVITY, queues=["default"], limit=10, lease_seconds=60
+            )
+            if i.workflow_id == "gc-elsewhere-a"
+        ]
         again = store.Completion(step2, None)
         replayed = cache.stats["replayed"]
         commit_activities([again], cache=cache)
@@ -235,7 +253,9 @@ def test_claimed_workflow_tasks_run_and_commit_together_and_one_failing_or_lost_
     assert sorted(settled) == sorted(task.id for task in tasks)  # the worker renews none of these leases now
     for task in tasks[:2]:
         assert kinds(task.workflow_id) == [
-            EventKind.EXECUTION_STARTED, EventKind.WORKFLOW_TASK_STARTED, EventKind.ACTIVITY_SCHEDULED,
+            EventKind.EXECUTION_STARTED,
+            EventKind.WORKFLOW_TASK_STARTED,
+            EventKind.ACTIVITY_SCHEDULED,
         ]
         assert not WorkItem.objects.filter(pk=task.id).exists()
         held = cache.take(task.instance_id)
@@ -279,8 +299,11 @@ def test_children_closing_in_one_batch_tell_their_parent_whose_row_they_lock_wit
     handle = durable.start_workflow(ow.ow_parent, [1, 2], workflow_id="gc-wt-parent")
     [first] = claim_tasks(["gc-wt-parent"])
     execute_workflow_tasks([first])
-    children = [task for task in store.claim(owner=OWNER, kind=WorkItemKind.WORKFLOW, queues=["default"], limit=10,
-                                             lease_seconds=60) if task.workflow_id.startswith("gc-wt-parent")]
+    children = [
+        task
+        for task in store.claim(owner=OWNER, kind=WorkItemKind.WORKFLOW, queues=["default"], limit=10, lease_seconds=60)
+        if task.workflow_id.startswith("gc-wt-parent")
+    ]
     assert len(children) == 2
     parent = WorkflowInstance.objects.get(workflow_id="gc-wt-parent")
 
@@ -288,13 +311,17 @@ def test_children_closing_in_one_batch_tell_their_parent_whose_row_they_lock_wit
         execute_workflow_tasks(children)
 
     assert sorted(WorkflowInstance.objects.filter(parent=parent).values_list("status", flat=True)) == ["completed"] * 2
-    assert sorted(InboxEvent.objects.filter(instance=parent).values_list("kind", flat=True)) == [
-        EventKind.CHILD_WORKFLOW_COMPLETED
-    ] * 2
+    assert (
+        sorted(InboxEvent.objects.filter(instance=parent).values_list("kind", flat=True))
+        == [EventKind.CHILD_WORKFLOW_COMPLETED] * 2
+    )
     if connection.vendor == "postgresql":
         # The parent is locked by the batch's one lock statement, in id order with its children.
-        [lock] = [query["sql"] for query in captured.captured_queries if "ANY(" in query["sql"]
-                  and "FOR NO KEY UPDATE" in query["sql"]]
+        [lock] = [
+            query["sql"]
+            for query in captured.captured_queries
+            if "ANY(" in query["sql"] and "FOR NO KEY UPDATE" in query["sql"]
+        ]
         assert "{" + ",".join(str(pk) for pk in sorted([parent.pk, *(c.instance_id for c in children)])) + "}" in lock
     [again] = claim_tasks(["gc-wt-parent"])
     execute_workflow_tasks([again])

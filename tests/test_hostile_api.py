@@ -45,22 +45,44 @@ from tests.testapp.workflows import ac_approval, api_greet
 API = "/durable/api/"
 ACTIVITY_ENDPOINTS = [f"{API}activities/{name}/" for name in ("complete", "fail", "heartbeat")]
 OPERATION_IDS = [
-    "listWorkflows", "startWorkflow", "describeWorkflow", "purgeWorkflow", "workflowHistory",
-    "completeActivity", "failActivity", "heartbeatActivity", "cancelWorkflow", "rerunWorkflow",
-    "resumeWorkflow", "signalWorkflow", "suspendWorkflow", "terminateWorkflow",
+    "listWorkflows",
+    "startWorkflow",
+    "describeWorkflow",
+    "purgeWorkflow",
+    "workflowHistory",
+    "completeActivity",
+    "failActivity",
+    "heartbeatActivity",
+    "cancelWorkflow",
+    "rerunWorkflow",
+    "resumeWorkflow",
+    "signalWorkflow",
+    "suspendWorkflow",
+    "terminateWorkflow",
 ]
 # Runs the fuzzer addresses besides made-up ids (see ``live``).
 KNOWN_IDS = ["greet-open", "greet-closed", "greet-suspended"]
 # Operations whose fuzzing must get some requests accepted: the cases reach past the checks.
 REACHES_SUCCESS = {
-    "listWorkflows", "describeWorkflow", "workflowHistory", "purgeWorkflow", "signalWorkflow",
-    "cancelWorkflow", "suspendWorkflow", "resumeWorkflow", "terminateWorkflow", "rerunWorkflow",
+    "listWorkflows",
+    "describeWorkflow",
+    "workflowHistory",
+    "purgeWorkflow",
+    "signalWorkflow",
+    "cancelWorkflow",
+    "suspendWorkflow",
+    "resumeWorkflow",
+    "terminateWorkflow",
+    "rerunWorkflow",
 }
 
 
 def fuzz_settings(max_examples: int) -> Any:
     return hsettings(
-        max_examples=max_examples, derandomize=True, database=None, deadline=None,
+        max_examples=max_examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
         phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure is reported as found
         suppress_health_check=list(HealthCheck),
     )
@@ -104,8 +126,13 @@ class Live:
 
     def post(self, path: str, body: Any = None, *, raw: bytes | None = None, **kwargs: Any) -> requests.Response:
         data = raw if raw is not None else json.dumps(body).encode()
-        return self.session.post(self.url + path, data=data, timeout=30,
-                                 headers={"Content-Type": "application/json", **kwargs.pop("headers", {})}, **kwargs)
+        return self.session.post(
+            self.url + path,
+            data=data,
+            timeout=30,
+            headers={"Content-Type": "application/json", **kwargs.pop("headers", {})},
+            **kwargs,
+        )
 
 
 @pytest.fixture
@@ -170,8 +197,12 @@ def semantic_refusal(body: dict[str, Any]) -> bool:
 def fuzz_operation(live: Live, operation: Any, strategy: Any, max_examples: int) -> int:
     """Send ``max_examples`` cases of ``strategy``; return how many were answered 2xx."""
     accepted = [0]
-    checks = [openapi_checks.status_code_conformance, openapi_checks.content_type_conformance,
-              openapi_checks.response_schema_conformance, openapi_checks.negative_data_rejection]
+    checks = [
+        openapi_checks.status_code_conformance,
+        openapi_checks.content_type_conformance,
+        openapi_checks.response_schema_conformance,
+        openapi_checks.negative_data_rejection,
+    ]
 
     @fuzz_settings(max_examples)
     @given(case=strategy)
@@ -184,8 +215,7 @@ def fuzz_operation(live: Live, operation: Any, strategy: Any, max_examples: int)
         mode = case.meta.generation.mode if case.meta is not None else None
         if mode == GenerationMode.POSITIVE and response.status_code in (400, 422):
             body = response.json()
-            assert semantic_refusal(body), (
-                f"{what}\nThe document calls this request valid, but it was refused: {body}")
+            assert semantic_refusal(body), f"{what}\nThe document calls this request valid, but it was refused: {body}"
         accepted[0] += response.status_code < 300
 
     run()
@@ -204,8 +234,11 @@ def test_the_fuzzed_document_lists_every_operation(api_schema):
 
 @pytest.mark.parametrize("operation_id", OPERATION_IDS)
 def test_schemathesis_fuzzes_every_operation(live, api_schema, operation_id):
-    (operation,) = [result.ok() for result in api_schema.get_all_operations()
-                    if result.ok().definition.raw["operationId"] == operation_id]
+    (operation,) = [
+        result.ok()
+        for result in api_schema.get_all_operations()
+        if result.ok().definition.raw["operationId"] == operation_id
+    ]
     by_id = "{workflow_id}" in operation.path
     accepted = 0
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -213,15 +246,22 @@ def test_schemathesis_fuzzes_every_operation(live, api_schema, operation_id):
         if by_id:  # the same on runs that exist, open, closed and suspended
             known = st.sampled_from(KNOWN_IDS).flatmap(
                 lambda workflow_id, mode=mode: operation.as_strategy(
-                    generation_mode=mode, path_parameters={"workflow_id": workflow_id}))
+                    generation_mode=mode, path_parameters={"workflow_id": workflow_id}
+                )
+            )
             accepted += fuzz_operation(live, operation, known, 10)
     assert (accepted > 0) == (operation_id in REACHES_SUCCESS), accepted
 
 
 # -- task tokens, made by Hypothesis -------------------------------------------------------
 
-json_scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
 
 
 def signed(payload: Any, *, salt: str = "django_durable.task_token", key: str | None = None) -> str:
@@ -232,11 +272,20 @@ def token_strategy(real: str, real_fields: dict[str, Any]) -> st.SearchStrategy[
     """Tokens that must all be refused: none is the real one, and no one but the server can sign."""
     field_values = json_scalars | st.sampled_from([0, -1, 2**63, 10**30, True, "1", 1.5, str(uuid.uuid4())])
     hostile_fields = st.fixed_dictionaries(
-        {}, optional={"i": field_values, "r": field_values | st.just(real_fields["r"]), "t": field_values,
-                      "a": field_values, "x": json_scalars},
+        {},
+        optional={
+            "i": field_values,
+            "r": field_values | st.just(real_fields["r"]),
+            "t": field_values,
+            "a": field_values,
+            "x": json_scalars,
+        },
     ).filter(lambda fields: {k: fields.get(k) for k in "irta"} != real_fields)
-    altered = st.tuples(st.integers(0, len(real) - 1), st.characters(codec="ascii")).map(
-        lambda edit: real[:edit[0]] + edit[1] + real[edit[0] + 1:]).filter(lambda token: token != real)
+    altered = (
+        st.tuples(st.integers(0, len(real) - 1), st.characters(codec="ascii"))
+        .map(lambda edit: real[: edit[0]] + edit[1] + real[edit[0] + 1 :])
+        .filter(lambda token: token != real)
+    )
     return st.one_of(
         st.text(max_size=300),
         st.text(alphabet=st.characters(codec="ascii"), min_size=1000, max_size=1100),
@@ -257,8 +306,7 @@ def test_hostile_task_tokens_are_refused_and_change_nothing(awaiting, live):
     item = WorkItem.objects.get(awaiting_completion=True)
 
     @fuzz_settings(100)
-    @given(token=token_strategy(real, data), endpoint=st.sampled_from(ACTIVITY_ENDPOINTS),
-           in_header=st.booleans())
+    @given(token=token_strategy(real, data), endpoint=st.sampled_from(ACTIVITY_ENDPOINTS), in_header=st.booleans())
     def run(token: str, endpoint: str, in_header: bool) -> None:
         body: dict[str, Any] = {"result": 1, "details": 1, "error": {"message": "no"}}
         headers = {}
@@ -287,13 +335,19 @@ CONVERTER_TAGS = ["__dict__", "__dataclass__", "__model__", "fields", "data"]
 hostile_text = st.one_of(
     st.text(max_size=30),
     st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30),
-    st.just("\x00"), st.just("a\x00b"),  # NUL: refused (PostgreSQL's jsonb cannot store it)
+    st.just("\x00"),
+    st.just("a\x00b"),  # NUL: refused (PostgreSQL's jsonb cannot store it)
     st.characters(categories=["Cs"]).map(lambda c: f"x{c}y"),  # a lone surrogate: refused
     st.sampled_from(["os:system", "subprocess:Popen", "django_durable.models:WorkItem", "💥" * 50]),
 )
 hostile_keys = st.sampled_from(CONVERTER_TAGS) | hostile_text
-hostile_scalars = (st.none() | st.booleans() | st.integers(min_value=-(10**40), max_value=10**40)
-                   | st.floats(allow_nan=False, allow_infinity=False) | hostile_text)
+hostile_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | hostile_text
+)
 hostile_json = st.recursive(
     hostile_scalars,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(hostile_keys, children, max_size=4),
@@ -396,8 +450,10 @@ def test_payload_and_body_limits_answer_413_and_change_nothing(awaiting, live, s
         assert detail["code"] == "payload_too_large" and "DURABLE['PAYLOAD_MAX_BYTES']" in detail["detail"]
         oversized = live.post(path, {**body, "padding": "p" * (64 * 1024)})
         assert oversized.status_code == 413, (path, oversized.text)
-        assert oversized.json() == {"code": "payload_too_large",
-                                    "detail": "The request body is larger than the limit of 65536 bytes."}
+        assert oversized.json() == {
+            "code": "payload_too_large",
+            "detail": "The request body is larger than the limit of 65536 bytes.",
+        }
     assert snapshot() == before
     assert live.post(f"{API}activities/complete/", {"task_token": token, "result": "x" * 900}).status_code == 200
     assert awaiting.result() == {"result": "x" * 900}

@@ -137,7 +137,12 @@ def test_the_package_is_importable_before_django_setup():
         "print(django_durable.Task.__name__, django_durable.WorkflowContext.__name__)"
     )
     result = subprocess.run(
-        [sys.executable, "-c", probe], check=False, cwd=PACKAGE.parent, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", probe],
+        check=False,
+        cwd=PACKAGE.parent,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr

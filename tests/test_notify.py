@@ -30,7 +30,9 @@ from tests.test_api import SCHEMA, assert_error, detail, snapshot
 from tests.testapp.workflows import api_greet
 
 ON_POSTGRES = os.environ.get("DURABLE_TEST_DB", "sqlite") == "postgres"
-postgres_only = pytest.mark.skipif(not ON_POSTGRES, reason="LISTEN/NOTIFY is PostgreSQL's (the PostgreSQL pass runs it)")
+postgres_only = pytest.mark.skipif(
+    not ON_POSTGRES, reason="LISTEN/NOTIFY is PostgreSQL's (the PostgreSQL pass runs it)"
+)
 sqlite_only = pytest.mark.skipif(ON_POSTGRES, reason="the fallback without LISTEN/NOTIFY")
 
 # Far longer than any test may take: a wait that ends sooner was ended by a notification.
@@ -94,7 +96,7 @@ def close_in_another_thread(transactional_db: None) -> Iterator[Callable[[durabl
                 with transaction.atomic():
                     store.terminate(handle.workflow_id, handle.run_id, "closed by the test")
                     notify.notify_closed(handle.run_id)  # the store will do this itself
-            except BaseException as exc:  # noqa: BLE001 - pytest.fail too, reported in the test's thread
+            except BaseException as exc:
                 errors.append(exc)
             finally:
                 connection.close()
@@ -125,8 +127,7 @@ def test_committed_notifications_arrive_and_rolled_back_ones_do_not(transactiona
         notify_in_transaction("third")
         received = receive_until(listener, (notify.WORK_CHANNEL, "third"))
     # Delivery follows commit order, so the rolled-back one would have come first.
-    assert received == [(notify.WORK_CHANNEL, "first"), (notify.WORK_CHANNEL, "second"),
-                        (notify.WORK_CHANNEL, "third")]
+    assert received == [(notify.WORK_CHANNEL, "first"), (notify.WORK_CHANNEL, "second"), (notify.WORK_CHANNEL, "third")]
 
 
 @postgres_only

@@ -114,9 +114,11 @@ def rows_of(instance_ids: list[int]) -> dict[str, int]:
 def snapshot() -> dict[str, list[tuple]]:
     """Every row of the durable tables, to prove that something changed nothing."""
     return {
-        "runs": list(WorkflowInstance.objects.order_by("pk").values_list(
-            "pk", "status", "parent_id", "continued_from_id", "rerun_of_id", "history_length", "closed_at"
-        )),
+        "runs": list(
+            WorkflowInstance.objects.order_by("pk").values_list(
+                "pk", "status", "parent_id", "continued_from_id", "rerun_of_id", "history_length", "closed_at"
+            )
+        ),
         "history": list(HistoryEvent.objects.order_by("pk").values_list("pk", "instance_id", "seq")),
         "inbox": list(InboxEvent.objects.order_by("pk").values_list("pk", "instance_id")),
         "work": list(WorkItem.objects.order_by("pk").values_list("pk", "instance_id", "due_at", "lease_owner")),
@@ -144,8 +146,11 @@ def health(*args: str) -> tuple[int, dict[str, Any]]:
     """The healthcheck's exit status and JSON report, asserting it wrote nothing."""
     with CaptureQueriesContext(connection) as queries:
         code, out = command("durable_healthcheck", "--json", *args)
-    writes = [q["sql"] for q in queries.captured_queries if q["sql"].lstrip().split()[0].upper()
-              in ("INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER")]
+    writes = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].lstrip().split()[0].upper() in ("INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER")
+    ]
     assert writes == [], writes
     report = json.loads(out)
     assert code == (0 if report["healthy"] else 1), (code, report)
@@ -167,7 +172,10 @@ def manage(*args: str, env: dict[str, str] | None = None, db_name: str | None = 
             "DURABLE_DB_NAME": db_name or str(connection.settings_dict["NAME"]),
             **(env or {}),
         },
-        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
     )
 
 
@@ -191,12 +199,18 @@ def closed_weeks_ago(db: None) -> dict[str, WorkflowInstance]:
         env.result(env.start(ops_done, 1, workflow_id="recent"))
     # No worker runs now: the event waits in the open run's inbox, with a workflow task.
     durable.get_workflow("old-open").signal("unrelated", {"kept": "in the inbox"})
-    runs = {workflow_id: run(workflow_id) for workflow_id in (
-        "done-1", "done-2", "failed", "terminated", "canceled", "old-open", "recent"
-    )}
+    runs = {
+        workflow_id: run(workflow_id)
+        for workflow_id in ("done-1", "done-2", "failed", "terminated", "canceled", "old-open", "recent")
+    }
     assert {workflow_id: instance.status for workflow_id, instance in runs.items()} == {
-        "done-1": "completed", "done-2": "completed", "failed": "failed", "terminated": "terminated",
-        "canceled": "canceled", "old-open": "running", "recent": "completed",
+        "done-1": "completed",
+        "done-2": "completed",
+        "failed": "failed",
+        "terminated": "terminated",
+        "canceled": "canceled",
+        "old-open": "running",
+        "recent": "completed",
     }
     return runs
 
@@ -270,7 +284,10 @@ def test_prune_keeps_closed_runs_that_open_runs_refer_to(db):
     durable.get_workflow(rerun.workflow_id).terminate()
     assert prune("--older-than", "30d")["runs"] == 3
     assert set(WorkflowInstance.objects.values_list("workflow_id", flat=True)) == {
-        "abandoned-child", "chain", "rerun", "open-parent",
+        "abandoned-child",
+        "chain",
+        "rerun",
+        "open-parent",
     }
     assert run("abandoned-child").parent_id is None
     assert run("rerun").rerun_of_id is None
@@ -301,7 +318,9 @@ def test_prune_goes_in_batches_of_one_statement_per_table(db):
     assert code == 0
     lines = out.splitlines()
     assert [line.split(",")[0] for line in lines[:-1]] == [
-        "Batch 1: deleted 3 run(s)", "Batch 2: deleted 3 run(s)", "Batch 3: deleted 1 run(s)",
+        "Batch 1: deleted 3 run(s)",
+        "Batch 2: deleted 3 run(s)",
+        "Batch 3: deleted 1 run(s)",
     ]
     assert " in 3 batch(es)." in lines[-1]
     assert not WorkflowInstance.objects.exists()
@@ -360,7 +379,10 @@ def test_prune_by_workflow_name(closed_weeks_ago):
     report = prune("--older-than", "30d", "--workflow-name", "ops_fails", "--workflow-name", "ops_waits")
     assert report["runs"] == 3  # failed, terminated, canceled; not the open ops_waits run
     assert set(WorkflowInstance.objects.values_list("workflow_id", flat=True)) == {
-        "done-1", "done-2", "old-open", "recent",
+        "done-1",
+        "done-2",
+        "old-open",
+        "recent",
     }
 
 
@@ -394,10 +416,23 @@ def test_prune_and_healthcheck_exit_status_from_the_command_line(db):
     assert manage("durable_healthcheck", "--skip", "database").returncode == 2
 
 
-@pytest.mark.parametrize("value, seconds", [
-    ("90", 90), ("90s", 90), ("15m", 900), ("12h", 43200), ("30d", 2592000), ("2w", 1209600),
-    ("1h30m", 5400), ("1.5h", 5400), (" 7D ", 604800), (45, 45), (datetime.timedelta(minutes=2), 120), ("0", 0),
-])
+@pytest.mark.parametrize(
+    "value, seconds",
+    [
+        ("90", 90),
+        ("90s", 90),
+        ("15m", 900),
+        ("12h", 43200),
+        ("30d", 2592000),
+        ("2w", 1209600),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        (" 7D ", 604800),
+        (45, 45),
+        (datetime.timedelta(minutes=2), 120),
+        ("0", 0),
+    ],
+)
 def test_parse_duration(value, seconds):
     assert operations.parse_duration(value) == datetime.timedelta(seconds=seconds)
 
@@ -449,7 +484,7 @@ def test_healthcheck_reports_missing_stale_and_stopped_workers(db):
 
     code, out = command("durable_healthcheck", "--min-workers", "2")
     assert code == 1
-    assert out.splitlines()[2].split() [:2] == ["FAIL", "workers"]
+    assert out.splitlines()[2].split()[:2] == ["FAIL", "workers"]
     assert out.splitlines()[-1] == "Unhealthy: workers."
 
 
@@ -466,7 +501,9 @@ def test_healthcheck_reports_overdue_work_and_unreaped_leases(db):
     code, report = health()
     overdue = report["checks"]["overdue"]
     assert (code, overdue["status"], overdue["overdue"]) == (1, "fail", 1)
-    assert "1 item(s) due for over 1m and unclaimed; oldest: workflow ops_waits of workflow 'waiting'" in overdue["detail"]
+    assert (
+        "1 item(s) due for over 1m and unclaimed; oldest: workflow ops_waits of workflow 'waiting'" in overdue["detail"]
+    )
     assert "due 5m ago" in overdue["detail"]
     assert overdue["oldest_due"]["run_id"] == handle.run_id
     assert health("--overdue-after", "10m")[0] == 0
@@ -569,8 +606,11 @@ def test_healthcheck_is_healthy_with_a_real_worker_and_writes_nothing(worker):
 
     # Prune with the worker running: the run that just closed goes, the sleeping one stays with its timer.
     sleeping = durable.start_workflow(sleeper, 3600)
-    wait_for(lambda: WorkItem.objects.filter(instance__run_id=sleeping.run_id, kind="timer").exists(), TIMEOUT,
-             what="the sleeper's timer")
+    wait_for(
+        lambda: WorkItem.objects.filter(instance__run_id=sleeping.run_id, kind="timer").exists(),
+        TIMEOUT,
+        what="the sleeper's timer",
+    )
     pruned = manage("durable_prune", "--older-than", "0")
     assert pruned.returncode == 0 and pruned.stdout.startswith("Deleted 1 run(s) closed before "), pruned
     assert list(WorkflowInstance.objects.values_list("workflow_id", flat=True)) == [sleeping.workflow_id]
@@ -604,5 +644,10 @@ def test_healthcheck_rejects_bad_thresholds(db, settings):
 
 def test_format_duration():
     assert [operations.format_duration(s) for s in (0.0004, 0.85, 12, 200, 14400, 2592000 + 7200 + 5)] == [
-        "0ms", "850ms", "12s", "3m20s", "4h", "30d2h",
+        "0ms",
+        "850ms",
+        "12s",
+        "3m20s",
+        "4h",
+        "30d2h",
     ]

@@ -81,8 +81,11 @@ def release(gate: Path, name: str) -> None:
 
 
 def wait_log(worker: WorkerProcess, text: str, count: int = 1) -> str:
-    wait_for(lambda: worker.log().count(text) >= count, timeout=UPPER,
-             what=f"{text!r} x{count} in the log of worker {worker.pid}")
+    wait_for(
+        lambda: worker.log().count(text) >= count,
+        timeout=UPPER,
+        what=f"{text!r} x{count} in the log of worker {worker.pid}",
+    )
     return worker.log()
 
 
@@ -315,8 +318,11 @@ def test_terminating_runs_whose_activities_heartbeat_all_the_time(start_worker, 
         except DatabaseError as exc:  # e.g. "deadlock detected": must never reach the caller
             failures.append(repr(exc))
     assert failures == []
-    wait_for(lambda: all(runs(f"busy-{n}:not-pending") == [1] for n in range(8)), timeout=UPPER,
-             what="every activity's heartbeat to be refused")
+    wait_for(
+        lambda: all(runs(f"busy-{n}:not-pending") == [1] for n in range(8)),
+        timeout=UPPER,
+        what="every activity's heartbeat to be refused",
+    )
     assert [h.status() for h in handles] == [WorkflowStatus.TERMINATED] * 8
     assert_no_trouble(worker)
 
@@ -332,15 +338,15 @@ def test_a_stalled_attempt_times_out_and_its_retry_reads_the_heartbeat_details(s
     gate = make_gate(tmp_path)
     handle = durable.start_workflow(wo_heartbeat_work, "hb", str(gate), 1)
     worker = start_worker()
-    assert handle.result(timeout=UPPER) == {
-        "result": {"attempt": 2, "previous": {"attempt": 1, "progress": 2}}
-    }
+    assert handle.result(timeout=UPPER) == {"result": {"attempt": 2, "previous": {"attempt": 1, "progress": 2}}}
     assert runs(saw("hb", None)) == [1]
     assert runs(saw("hb", {"attempt": 1, "progress": 2})) == [2]
     log = worker.log()
     assert "Reaped activity wo_beats_then_stalls of workflow run" in log and "(attempt 1): lease of" in log, log
     assert "(attempt 2): lease of" not in log, log
-    completions = [(e.kind, e.payload.get("attempt")) for e in handle.history() if e.task_id == 1 and e.kind != "ActivityScheduled"]
+    completions = [
+        (e.kind, e.payload.get("attempt")) for e in handle.history() if e.task_id == 1 and e.kind != "ActivityScheduled"
+    ]
     assert completions == [("ActivityCompleted", 2)]
 
     length = len(handle.history())
@@ -519,7 +525,10 @@ def test_a_failing_child_raises_child_workflow_error_in_the_parent(start_worker)
     handle = durable.start_workflow(wo_parent_catches, "picky-child", workflow_id="picky-parent")
     worker = start_worker()
     assert handle.result(timeout=UPPER) == {
-        "status": "failed", "type": "LookupError", "message": "out of stock", "workflow_id": "picky-child",
+        "status": "failed",
+        "type": "LookupError",
+        "message": "out of stock",
+        "workflow_id": "picky-child",
     }
     child = durable.get_workflow("picky-child")
     assert child.status() == WorkflowStatus.FAILED
@@ -534,7 +543,11 @@ def test_a_child_that_continues_as_new_answers_its_parent_from_its_last_run(star
     chain = list(WorkflowInstance.objects.filter(workflow_id="counting-child").order_by("id"))
     assert [r.status for r in chain] == [WorkflowStatus.CONTINUED_AS_NEW] * 2 + [WorkflowStatus.COMPLETED]
     assert {r.parent_id for r in chain} == {instance_of(handle).pk}
-    answers = [(e.kind, e.payload["run_id"]) for e in handle.history() if e.kind.startswith("ChildWorkflow") and e.kind != "ChildWorkflowScheduled"]
+    answers = [
+        (e.kind, e.payload["run_id"])
+        for e in handle.history()
+        if e.kind.startswith("ChildWorkflow") and e.kind != "ChildWorkflowScheduled"
+    ]
     assert answers == [("ChildWorkflowCompleted", str(chain[-1].run_id))]
     assert_no_trouble(worker)
 
@@ -544,8 +557,11 @@ def test_terminating_a_parent_applies_the_childs_parent_close_policy(start_worke
     child_id = f"child-{policy}"
     parent = durable.start_workflow(wo_parent_of_waiting, policy, child_id, policy, workflow_id=f"parent-{policy}")
     worker = start_worker()
-    wait_for(lambda: WorkflowInstance.objects.filter(workflow_id=child_id, waiting_on__contains="finish").exists(),
-             timeout=UPPER, what="the child to wait")
+    wait_for(
+        lambda: WorkflowInstance.objects.filter(workflow_id=child_id, waiting_on__contains="finish").exists(),
+        timeout=UPPER,
+        what="the child to wait",
+    )
     wait_for(lambda: waiting_on(parent, "child workflow"), timeout=UPPER, what="the parent to wait")
     child = durable.get_workflow(child_id)
     assert instance_of(child).parent_close_policy == policy
@@ -687,7 +703,10 @@ def test_events_queue_in_order_and_a_timed_out_wait_consumes_nothing(start_worke
     handle.signal("late", "came late")
     release(gate, "after")
     assert handle.result(timeout=UPPER) == {
-        "early": [1, 2, 3], "more": [4, 5], "timed_out": True, "late": "came late",
+        "early": [1, 2, 3],
+        "more": [4, 5],
+        "timed_out": True,
+        "late": "came late",
     }
     raised = [e.payload["payload"] for e in handle.history() if e.kind == "EventRaised"]
     assert raised == [1, 2, 3, 4, 5, "came late"]

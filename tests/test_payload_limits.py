@@ -86,24 +86,34 @@ def test_payload_limit_forms(settings):
     assert payload_limits() == dict.fromkeys(PAYLOAD_KINDS, None)
     limit(settings, PAYLOAD_MAX_BYTES={"heartbeat": 100, "signal": None})
     assert payload_limits() == {**dict.fromkeys(PAYLOAD_KINDS, 2 * 1024 * 1024), "heartbeat": 100, "signal": None}
-    assert set(PAYLOAD_KINDS) == {"workflow_input", "workflow_result", "activity_input", "activity_result",
-                                  "signal", "heartbeat", "variable"}
+    assert set(PAYLOAD_KINDS) == {
+        "workflow_input",
+        "workflow_result",
+        "activity_input",
+        "activity_result",
+        "signal",
+        "heartbeat",
+        "variable",
+    }
 
 
-@pytest.mark.parametrize("overrides, check_id", [
-    ({"PAYLOAD_MAX_BYTES": 0}, "django_durable.E007"),
-    ({"PAYLOAD_MAX_BYTES": "1MB"}, "django_durable.E007"),
-    ({"PAYLOAD_MAX_BYTES": True}, "django_durable.E007"),
-    ({"PAYLOAD_MAX_BYTES": {"signals": 10}}, "django_durable.E007"),
-    ({"PAYLOAD_MAX_BYTES": {"signal": -1}}, "django_durable.E007"),
-    ({"PAYLOAD_MAX_BYTES": {"signal": 1.5}}, "django_durable.E007"),
-    ({"HISTORY_MAX_BYTES": 0}, "django_durable.E006"),
-    ({"HISTORY_WARN_BYTES": "big"}, "django_durable.E006"),
-    ({"HISTORY_MAX_EVENTS": -5}, "django_durable.E006"),
-    ({"API_MAX_BODY_SIZE": None}, "django_durable.E006"),
-    ({"HISTORY_WARN_BYTES": 100, "HISTORY_MAX_BYTES": 100}, "django_durable.W002"),
-    ({"HISTORY_WARN_EVENTS": 500, "HISTORY_MAX_EVENTS": 20}, "django_durable.W002"),
-])
+@pytest.mark.parametrize(
+    "overrides, check_id",
+    [
+        ({"PAYLOAD_MAX_BYTES": 0}, "django_durable.E007"),
+        ({"PAYLOAD_MAX_BYTES": "1MB"}, "django_durable.E007"),
+        ({"PAYLOAD_MAX_BYTES": True}, "django_durable.E007"),
+        ({"PAYLOAD_MAX_BYTES": {"signals": 10}}, "django_durable.E007"),
+        ({"PAYLOAD_MAX_BYTES": {"signal": -1}}, "django_durable.E007"),
+        ({"PAYLOAD_MAX_BYTES": {"signal": 1.5}}, "django_durable.E007"),
+        ({"HISTORY_MAX_BYTES": 0}, "django_durable.E006"),
+        ({"HISTORY_WARN_BYTES": "big"}, "django_durable.E006"),
+        ({"HISTORY_MAX_EVENTS": -5}, "django_durable.E006"),
+        ({"API_MAX_BODY_SIZE": None}, "django_durable.E006"),
+        ({"HISTORY_WARN_BYTES": 100, "HISTORY_MAX_BYTES": 100}, "django_durable.W002"),
+        ({"HISTORY_WARN_EVENTS": 500, "HISTORY_MAX_EVENTS": 20}, "django_durable.W002"),
+    ],
+)
 def test_system_checks_refuse_bad_limits(settings, overrides, check_id):
     limit(settings, **overrides)
     messages = check_settings()
@@ -111,12 +121,20 @@ def test_system_checks_refuse_bad_limits(settings, overrides, check_id):
     assert "DURABLE[" in messages[0].msg
 
 
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"PAYLOAD_MAX_BYTES": None, "HISTORY_MAX_BYTES": None, "HISTORY_WARN_BYTES": None,
-     "HISTORY_MAX_EVENTS": None, "HISTORY_WARN_EVENTS": None},
-    {"PAYLOAD_MAX_BYTES": {"signal": 10, "heartbeat": None}, "HISTORY_WARN_BYTES": 10, "HISTORY_MAX_BYTES": 11},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {
+            "PAYLOAD_MAX_BYTES": None,
+            "HISTORY_MAX_BYTES": None,
+            "HISTORY_WARN_BYTES": None,
+            "HISTORY_MAX_EVENTS": None,
+            "HISTORY_WARN_EVENTS": None,
+        },
+        {"PAYLOAD_MAX_BYTES": {"signal": 10, "heartbeat": None}, "HISTORY_WARN_BYTES": 10, "HISTORY_MAX_BYTES": 11},
+    ],
+)
 def test_system_checks_accept_good_limits(settings, overrides):
     limit(settings, **overrides)
     assert check_settings() == []
@@ -136,7 +154,12 @@ def test_start_workflow_over_the_limit_writes_nothing(db, settings):
     error = refused.value
     assert isinstance(error, SerializationError) and isinstance(error, durable.DurableError)
     assert (error.status_code, error.code, error.kind, error.size, error.limit) == (
-        413, "payload_too_large", "workflow_input", size, size - 1)
+        413,
+        "payload_too_large",
+        "workflow_input",
+        size,
+        size - 1,
+    )
     assert str(error) == (
         f"Cannot store the input of workflow 'api_greet': {size} bytes of JSON, over the limit of {size - 1} bytes "
         "for workflow inputs (DURABLE['PAYLOAD_MAX_BYTES'])."
@@ -150,8 +173,11 @@ def test_signal_over_its_own_limit_writes_nothing(db, settings):
     limit(settings, PAYLOAD_MAX_BYTES={"signal": 50})
     handle = durable.start_workflow(api_greet, "x" * 1000, workflow_id="signalled")  # other kinds keep 2 MiB
     before = snapshot()
-    with pytest.raises(PayloadTooLarge, match=r"Cannot store the payload of event 'go': 51 bytes of JSON, over the limit "
-                                              r"of 50 bytes for signal payloads"):
+    with pytest.raises(
+        PayloadTooLarge,
+        match=r"Cannot store the payload of event 'go': 51 bytes of JSON, over the limit "
+        r"of 50 bytes for signal payloads",
+    ):
         handle.signal("go", "z" * 49)
     assert snapshot() == before
     handle.signal("go", "z" * 48)
@@ -169,7 +195,9 @@ def test_activity_outcomes_by_token_over_the_limit_write_nothing(db, settings, t
             durable.complete_activity(token, "r" * 200)
         with pytest.raises(PayloadTooLarge, match="Cannot store the error details: 102 bytes of JSON"):
             durable.fail_activity(token, {"message": "no", "details": "d" * 100})
-        with pytest.raises(PayloadTooLarge, match="Cannot store the heartbeat details: 74 bytes .* for heartbeat details"):
+        with pytest.raises(
+            PayloadTooLarge, match="Cannot store the heartbeat details: 74 bytes .* for heartbeat details"
+        ):
             durable.heartbeat_activity(token, ["h" * 70])
         assert snapshot() == before
         assert durable.heartbeat_activity(token, ["h" * 50]) is False
@@ -264,9 +292,11 @@ def test_oversized_values_fail_the_run_where_the_code_passes_them(db, settings):
             env.result(handle)
     size = json_bytes({"args": ["d" * 1200], "kwargs": {}})
     assert failed.value.message.startswith(f"Cannot store the input of continue_as_new(): {size} bytes of JSON")
-    assert list(WorkflowInstance.objects.filter(workflow_id=handle.workflow_id)
-                .order_by("created_at", "id").values_list("status", flat=True)) == [
-        "continued_as_new", "failed"]
+    assert list(
+        WorkflowInstance.objects.filter(workflow_id=handle.workflow_id)
+        .order_by("created_at", "id")
+        .values_list("status", flat=True)
+    ) == ["continued_as_new", "failed"]
 
 
 def test_a_history_over_its_byte_limit_fails_the_run(db, settings, caplog):
@@ -305,13 +335,12 @@ def staff_api(db, django_user_model) -> APIClient:
 def test_api_answers_413_for_a_payload_over_its_limit(staff_api, settings, tmp_path):
     limit(settings, PAYLOAD_MAX_BYTES=200)
     before = snapshot()
-    response = staff_api.post("/durable/api/workflows/", {"workflow": "api_greet", "args": ["x" * 300]},
-                              format="json")
+    response = staff_api.post("/durable/api/workflows/", {"workflow": "api_greet", "args": ["x" * 300]}, format="json")
     assert response.status_code == 413, response.content
     assert response.json() == {
         "code": "payload_too_large",
         "detail": f"Cannot store the input of workflow 'api_greet': {json_bytes({'args': ['x' * 300], 'kwargs': {}})} "
-                  "bytes of JSON, over the limit of 200 bytes for workflow inputs (DURABLE['PAYLOAD_MAX_BYTES']).",
+        "bytes of JSON, over the limit of 200 bytes for workflow inputs (DURABLE['PAYLOAD_MAX_BYTES']).",
     }
     assert snapshot() == before
     with WorkflowEnvironment() as env:
@@ -330,8 +359,9 @@ def test_api_answers_413_for_a_payload_over_its_limit(staff_api, settings, tmp_p
             assert response.json()["code"] == "payload_too_large"
             assert "DURABLE['PAYLOAD_MAX_BYTES']" in response.json()["detail"]
         assert snapshot() == before
-        response = staff_api.post("/durable/api/activities/complete/", {"task_token": token, "result": "ok"},
-                                  format="json")
+        response = staff_api.post(
+            "/durable/api/activities/complete/", {"task_token": token, "result": "ok"}, format="json"
+        )
         assert response.status_code == 200
         assert env.result(handle) == {"result": "ok"}
 
@@ -350,8 +380,7 @@ def test_worker_fails_runs_over_the_limits_and_goes_on(start_worker, tmp_path):
     fine = durable.start_workflow(api_greet, "ada")
     from tests.conftest import REPO
 
-    worker = start_worker(batch=True, args=["--settings", "limits_settings"],
-                          env={"PYTHONPATH": f"{tmp_path}:{REPO}"})
+    worker = start_worker(batch=True, args=["--settings", "limits_settings"], env={"PYTHONPATH": f"{tmp_path}:{REPO}"})
     assert worker.wait(120) == 0, worker.log()[-3000:]
 
     with pytest.raises(durable.WorkflowFailed) as failed:
@@ -360,8 +389,10 @@ def test_worker_fails_runs_over_the_limits_and_goes_on(start_worker, tmp_path):
     with pytest.raises(durable.WorkflowFailed) as failed:
         big_result.result(timeout=5)
     assert failed.value.type == "django_durable.exceptions.ActivityError"
-    assert "Cannot store the result of activity 'record': 154 bytes of JSON, over the limit of 100 bytes for " \
+    assert (
+        "Cannot store the result of activity 'record': 154 bytes of JSON, over the limit of 100 bytes for "
         "activity results" in failed.value.message
+    )
     # Failed for good on its first attempt: the activity ran once.
     assert ActivityRun.objects.filter(key__startswith="r").count() == 1
     assert fine.result(timeout=5) == {"greeting": "hello ada!", "total": 3}

@@ -189,6 +189,7 @@ def test_the_activity_endpoints_and_the_schema_ask_for_no_permission(db: None) -
 
 # -- the admin's actions, through the admin --------------------------------------------------------
 
+
 @pytest.fixture
 def env(db: None) -> Iterator[WorkflowEnvironment]:
     with WorkflowEnvironment(start_time=START) as environment:
@@ -198,9 +199,16 @@ def env(db: None) -> Iterator[WorkflowEnvironment]:
 
 # verb, the permission it needs
 ADMIN_ROWS = [
-    ("signal", OPERATE), ("cancel", OPERATE), ("terminate", OPERATE), ("suspend", OPERATE),
-    ("resume", OPERATE), ("retry", OPERATE), ("rerun", ADD), ("purge", DELETE),
-    ("complete", OPERATE), ("fail", OPERATE),
+    ("signal", OPERATE),
+    ("cancel", OPERATE),
+    ("terminate", OPERATE),
+    ("suspend", OPERATE),
+    ("resume", OPERATE),
+    ("retry", OPERATE),
+    ("rerun", ADD),
+    ("purge", DELETE),
+    ("complete", OPERATE),
+    ("fail", OPERATE),
 ]
 
 

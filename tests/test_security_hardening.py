@@ -50,8 +50,9 @@ def test_the_workflow_list_reads_none_of_the_large_columns(superuser_api: APICli
     big = "x" * 100_000
     for number in range(3):
         durable.start_workflow(tw.th_long_sleep, number, workflow_id=f"list-{number}")
-    WorkflowInstance.objects.update(result={"big": big}, vars={"big": big}, error={"message": big},
-                                    task_error={"message": big})
+    WorkflowInstance.objects.update(
+        result={"big": big}, vars={"big": big}, error={"message": big}, task_error={"message": big}
+    )
 
     with CaptureQueriesContext(connection) as captured:
         response = superuser_api.get(WORKFLOWS, {"limit": 1000})
@@ -79,8 +80,14 @@ def test_a_run_description_still_has_its_large_columns(superuser_api: APIClient)
 
 
 def test_activity_info_repr_leaves_out_the_task_token() -> None:
-    info = ActivityInfo(workflow_id="order-1", run_id="r", activity_id="1", activity_name="charge", attempt=2,
-                        task_token="secret-capability-token")
+    info = ActivityInfo(
+        workflow_id="order-1",
+        run_id="r",
+        activity_id="1",
+        activity_name="charge",
+        attempt=2,
+        task_token="secret-capability-token",
+    )
     shown = repr(info)
     assert "secret-capability-token" not in shown and "task_token" not in shown
     assert "order-1" in shown and "attempt=2" in shown
@@ -130,8 +137,11 @@ def test_an_old_token_is_refused_over_http_and_changes_nothing(live_attempt: Any
             detail = assert_error(post_json(api, url, {"task_token": old, **body}), 400, "invalid_token")["detail"]
             assert "expired" in detail and "600" in detail
             assert_error(post_json(api, url, body, HTTP_X_DURABLE_TASK_TOKEN=old), 400, "invalid_token")
-        for call, args in ((durable.complete_activity, ("late",)), (durable.fail_activity, ("late",)),
-                           (durable.heartbeat_activity, ())):
+        for call, args in (
+            (durable.complete_activity, ("late",)),
+            (durable.fail_activity, ("late",)),
+            (durable.heartbeat_activity, ()),
+        ):
             with pytest.raises(durable.InvalidTaskToken, match="expired"):
                 call(old, *args)
         assert snapshot() == before

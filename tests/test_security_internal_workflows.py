@@ -40,8 +40,9 @@ from tests.testapp.django_tasks import plain_record_task, record_run
 WORKFLOWS = "/durable/api/workflows/"
 ADMIN = "/admin/django_durable/workflowinstance/"
 RUN_TASK = "django_durable.run_task"
-DURABLE_TASKS = {"default": {"BACKEND": "django_durable.tasks.DurableTaskBackend",
-                             "QUEUES": ["default", "reports", "elsewhere"]}}
+DURABLE_TASKS = {
+    "default": {"BACKEND": "django_durable.tasks.DurableTaskBackend", "QUEUES": ["default", "reports", "elsewhere"]}
+}
 WITH_BACKEND = override_settings(TASKS=DURABLE_TASKS)
 NO_BACKEND = override_settings(TASKS={})
 OTHER_BACKEND = {"BACKEND": f"{durable_tasks.TASKS_API}.backends.dummy.DummyBackend"}
@@ -57,7 +58,10 @@ def post_json(client: Any, url: str, data: Any) -> Any:
 
 def assert_not_registered(response: Any, name: str) -> None:
     assert response.status_code == 400, (response.status_code, response.content[:500])
-    assert json.loads(response.content) == {"code": "not_registered", "detail": f"No workflow is registered as {name!r}."}
+    assert json.loads(response.content) == {
+        "code": "not_registered",
+        "detail": f"No workflow is registered as {name!r}.",
+    }
 
 
 def superuser_api() -> APIClient:
@@ -69,9 +73,12 @@ def superuser_api() -> APIClient:
 def starter_api() -> APIClient:
     """Staff allowed to start workflows (by IsAdminUser, or by the add_ model permission)."""
     user = get_user_model().objects.create_user("starter", password="pw", is_staff=True)
-    user.user_permissions.add(*Permission.objects.filter(
-        content_type__app_label="django_durable", codename__in=["view_workflowinstance", "add_workflowinstance"],
-    ))
+    user.user_permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="django_durable",
+            codename__in=["view_workflowinstance", "add_workflowinstance"],
+        )
+    )
     client = APIClient()
     client.force_login(user)
     return client
@@ -85,10 +92,12 @@ def activity_failures(handle: durable.WorkflowHandle) -> list[dict[str, Any]]:
     """The run's ActivityFailed events: in its history, or still in its inbox when no workflow
     task could take them (a worker without the backend cannot run run_task's code)."""
     return [
-        *HistoryEvent.objects.filter(instance__run_id=handle.run_id, kind=EventKind.ACTIVITY_FAILED)
-        .values_list("payload", flat=True),
-        *InboxEvent.objects.filter(instance__run_id=handle.run_id, kind=EventKind.ACTIVITY_FAILED)
-        .values_list("payload", flat=True),
+        *HistoryEvent.objects.filter(instance__run_id=handle.run_id, kind=EventKind.ACTIVITY_FAILED).values_list(
+            "payload", flat=True
+        ),
+        *InboxEvent.objects.filter(instance__run_id=handle.run_id, kind=EventKind.ACTIVITY_FAILED).values_list(
+            "payload", flat=True
+        ),
     ]
 
 
@@ -127,8 +136,10 @@ def test_the_admin_refuses_to_rerun_a_run_of_an_internal_workflow(admin_client: 
         url = f"{ADMIN}{instance.pk}/actions/rerun/"
         response = admin_client.post(url, {"from_event": "2", "workflow_id": ""})
     assert response.status_code == 302 and response["Location"] == f"{ADMIN}{instance.pk}/change/"
-    refusal = f"Cannot rerun workflow {handle.workflow_id!r} (run {handle.run_id}): " \
+    refusal = (
+        f"Cannot rerun workflow {handle.workflow_id!r} (run {handle.run_id}): "
         f"no workflow is registered as {RUN_TASK!r}."
+    )
     assert [str(message) for message in get_messages(response.wsgi_request)] == [refusal]
     assert run_task_runs() == 1
     with WITH_BACKEND:
@@ -211,8 +222,11 @@ def test_call_task_refuses_a_task_enqueued_for_another_backend() -> None:
     ("target", "options", "refusal"),
     [
         (NOT_A_TASK, {"retry": {}}, f"Refused to call {NOT_A_TASK!r}: it is not a task"),
-        ("tests.testapp.django_tasks.record_run", {"retry": {}, "backend": "elsewhere"},
-         "its backend 'elsewhere' is not a DurableTaskBackend"),
+        (
+            "tests.testapp.django_tasks.record_run",
+            {"retry": {}, "backend": "elsewhere"},
+            "its backend 'elsewhere' is not a DurableTaskBackend",
+        ),
     ],
     ids=["not-a-task", "task-of-another-backend"],
 )

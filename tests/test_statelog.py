@@ -34,7 +34,8 @@ def state_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 def changes(caplog: pytest.LogCaptureFixture, workflow_id: str) -> list[dict]:
     return [
-        record.durable for record in caplog.records
+        record.durable
+        for record in caplog.records
         if record.name == "django_durable.state" and record.durable.get("workflow_id") == workflow_id
     ]
 
@@ -59,7 +60,9 @@ def test_a_run_logs_each_state_change_once_committed(state_log: pytest.LogCaptur
     seqs = [entry["seq"] for entry in logged if entry["change"] == "history"]
     assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))  # each appended event once, in order
     assert all(entry["run_id"] == handle.run_id for entry in logged)
-    message = next(r.getMessage() for r in state_log.records if getattr(r, "durable", {}).get("change") == "run_created")
+    message = next(
+        r.getMessage() for r in state_log.records if getattr(r, "durable", {}).get("change") == "run_created"
+    )
     assert message.startswith("run_created ") and f"workflow_id={key}" in message
 
 
@@ -104,13 +107,19 @@ def control_characters(text: str) -> list[str]:
 def test_values_that_are_not_printable_are_quoted_with_their_control_characters_escaped(
     state_log: pytest.LogCaptureFixture,
 ) -> None:
-    hostile = {"ansi": "\x1b[31mred\x1b[0m", "lines": "one\ntwo\rthree", "bell": "a\x07b", "delete": "a\x7fb",
-               "bidi": "file\u202etxt.exe", "nul": "a\x00b"}
+    hostile = {
+        "ansi": "\x1b[31mred\x1b[0m",
+        "lines": "one\ntwo\rthree",
+        "bell": "a\x07b",
+        "delete": "a\x7fb",
+        "bidi": "file\u202etxt.exe",
+        "nul": "a\x00b",
+    }
     state_change("claimed", plain="ok", spaced="a b", **hostile)
     [record] = [r for r in state_log.records if getattr(r, "durable", {}).get("change") == "claimed"]
     message = record.getMessage()
     assert control_characters(message) == [] and "\u202e" not in message
-    assert message.startswith("claimed plain=ok spaced=\"a b\" ")
+    assert message.startswith('claimed plain=ok spaced="a b" ')
     assert 'ansi="\\u001b[31mred\\u001b[0m"' in message and 'lines="one\\ntwo\\rthree"' in message
     assert 'delete="a\\u007fb"' in message and 'bidi="file\\u202etxt.exe"' in message
     shown = dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', message))
@@ -120,7 +129,9 @@ def test_values_that_are_not_printable_are_quoted_with_their_control_characters_
 
 
 def test_error_messages_sent_over_http_reach_the_log_escaped(
-    start_worker, tmp_path, state_log: pytest.LogCaptureFixture,
+    start_worker,
+    tmp_path,
+    state_log: pytest.LogCaptureFixture,
 ) -> None:
     handle = durable.start_workflow(ac_approval, str(tmp_path))
     start_worker()
@@ -135,8 +146,10 @@ def test_error_messages_sent_over_http_reach_the_log_escaped(
     records = [r for r in state_log.records if getattr(r, "durable", {}).get("change") == "retry_scheduled"]
     assert [record.durable["error"] for record in records] == messages
     for record in records:
-        for formatted in (logging.Formatter("%(levelname)s %(name)s %(message)s").format(record),
-                          JSONFormatter().format(record)):
+        for formatted in (
+            logging.Formatter("%(levelname)s %(name)s %(message)s").format(record),
+            JSONFormatter().format(record),
+        ):
             assert control_characters(formatted) == [], formatted
             assert "\\u001b[31m" in formatted and "declined\\u001b[0m" in formatted
     assert 'error="\\u001b[31mdeclined\\u001b[0m"' in records[0].getMessage()

@@ -50,7 +50,11 @@ def test_a_thirty_day_sleep_finishes_in_milliseconds_with_now_thirty_days_later(
     assert elapsed < 1.0, f"took {elapsed:.3f}s of wall time"
     assert result == {"started": START.isoformat(), "woke": (START + 30 * DAY).isoformat()}
     assert env.history_kinds(handle) == [
-        "ExecutionStarted", "WorkflowTaskStarted", "TimerStarted", "WorkflowTaskStarted", "TimerFired",
+        "ExecutionStarted",
+        "WorkflowTaskStarted",
+        "TimerStarted",
+        "WorkflowTaskStarted",
+        "TimerFired",
         "WorkflowCompleted",
     ]
     assert handle.describe().closed_at == START + 30 * DAY
@@ -201,7 +205,9 @@ def test_an_event_that_arrives_before_the_timeout_wins_and_drops_the_timer(db: N
         assert handle.status() == "running" and "approve" in handle.describe().waiting_on
         handle.signal("approve", {"by": "ann"})
         assert env.result(handle) == {
-            "outcome": "approved", "by": "ann", "at": (START + datetime.timedelta(hours=5)).isoformat()
+            "outcome": "approved",
+            "by": "ann",
+            "at": (START + datetime.timedelta(hours=5)).isoformat(),
         }
         assert env.now == START + datetime.timedelta(hours=5)
         assert "TimerCanceled" in env.history_kinds(handle)
@@ -236,7 +242,9 @@ def test_continue_as_new_is_followed_to_the_last_run(db: None) -> None:
     with WorkflowEnvironment(start_time=START) as env:
         handle = env.start(tw.th_counter, 0, 3, workflow_id="th-counter")
         assert env.result(handle) == {"n": 3, "at": (START + 3 * DAY).isoformat()}
-        runs = list(WorkflowInstance.objects.filter(workflow_id="th-counter").order_by("id").values_list("status", flat=True))
+        runs = list(
+            WorkflowInstance.objects.filter(workflow_id="th-counter").order_by("id").values_list("status", flat=True)
+        )
         assert runs == ["continued_as_new"] * 3 + ["completed"]
         assert durable.get_workflow("th-counter").vars() == {"n": 3}
 

@@ -79,8 +79,14 @@ def calls(events) -> list[tuple[str, int | None, str]]:
 def check(run: Run, fn) -> Exception | None:
     """What durable_replay would say about ``run``'s stored history under ``fn``."""
     return check_history(
-        fn, workflow_id="order-42", run_id=run.run_id, workflow_name=run.fn.__name__, queue="default",
-        history=run.history, converter=run.converter, activity_options=activity_options,
+        fn,
+        workflow_id="order-42",
+        run_id=run.run_id,
+        workflow_name=run.fn.__name__,
+        queue="default",
+        history=run.history,
+        converter=run.converter,
+        activity_options=activity_options,
         workflow_options=workflow_options,
     )
 
@@ -235,9 +241,7 @@ def test_removing_the_new_branch_breaks_runs_that_took_it():
     for code in (reverted, charge_then_ship):
         error = check(marked, code)
         assert isinstance(error, NonDeterminismError), code
-        assert "history recorded activity 'fraud_check', the code asked for activity 'ship'" in (
-            str(error)
-        )
+        assert "history recorded activity 'fraud_check', the code asked for activity 'ship'" in (str(error))
     marked.fn = charge_then_ship
     assert_non_determinism(
         marked.task(completed(2, "clean")),
@@ -261,9 +265,7 @@ def test_the_old_branch_must_stay_while_a_run_recorded_before_the_patch_is_open(
     for code in (call_kept, charge_check_ship_unguarded):
         error = check(predates, code)
         assert isinstance(error, NonDeterminismError), code
-        assert "history recorded activity 'ship', the code asked for activity 'fraud_check'" in (
-            str(error)
-        )
+        assert "history recorded activity 'ship', the code asked for activity 'fraud_check'" in (str(error))
     predates.fn = charge_check_ship_unguarded
     assert_non_determinism(
         predates.task(completed(2, "shipped")),
@@ -364,9 +366,7 @@ def test_durable_replay_reports_the_open_runs_that_would_break(recorded_under_v1
     for handle in (ann, bea):
         line = next(line for line in lines if line.startswith(f"{handle.workflow_id} "))
         assert f"run {handle.run_id}, versioned_signup, running" in line
-        assert "NonDeterminismError: Workflow code does not match its history at sequence number 2" in (
-            line
-        )
+        assert "NonDeterminismError: Workflow code does not match its history at sequence number 2" in (line)
         assert "history recorded wait for event 'verified'" in line
         assert "asked for activity 'send_welcome_email'" in line
 
@@ -394,9 +394,7 @@ def test_durable_replay_json_workflow_id_all_and_limit(recorded_under_v1, monkey
 
     code, report = durable_replay_json(monkeypatch, "2", "--workflow-id", "signup-ann")
     assert (code, report["checked"], broken_ids(report)) == (1, 1, {(ann.workflow_id, ann.run_id)})
-    code, report = durable_replay_json(
-        monkeypatch, "2", "--workflow-id", "reminder-dan", "--workflow-id", "signup-cy"
-    )
+    code, report = durable_replay_json(monkeypatch, "2", "--workflow-id", "reminder-dan", "--workflow-id", "signup-cy")
     assert (code, report["checked"], report["broken"]) == (0, 1, 0)  # cy is closed
 
     code, report = durable_replay_json(monkeypatch, "2", "--all")
@@ -527,9 +525,7 @@ def test_deploy_story_durable_replay_gates_the_change_and_patched_makes_it_safe(
     ) in broken["error"]["message"]
 
 
-def test_deploy_story_the_patched_call_goes_once_no_open_run_predates_it(
-    recorded_under_v1, monkeypatch, start_worker
-):
+def test_deploy_story_the_patched_call_goes_once_no_open_run_predates_it(recorded_under_v1, monkeypatch, start_worker):
     ann, bea = recorded_under_v1["ann"], recorded_under_v1["bea"]
     patched_version = {vw.VERSION_VARIABLE: "2-patched"}
     carol = durable.start_workflow(vw.versioned_signup, "carol", workflow_id="signup-carol")

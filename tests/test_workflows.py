@@ -52,9 +52,7 @@ def stop(worker) -> None:
 
 def attempts(key: str) -> list[int]:
     """The attempts of the activity executions recorded under ``key``, in order."""
-    return list(
-        ActivityRun.objects.filter(key=key).order_by("id").values_list("attempt", flat=True)
-    )
+    return list(ActivityRun.objects.filter(key=key).order_by("id").values_list("attempt", flat=True))
 
 
 def kinds(events) -> list[str]:
@@ -115,9 +113,7 @@ def test_fan_out_activities_run_concurrently(start_worker, key):
     done = ActivityRun.objects.filter(key__in=[f"{key}:{i}:done" for i in range(4)])
     assert started.count() == done.count() == 4
     # Every activity started before the first one finished: they overlapped.
-    assert max(started.values_list("created_at", flat=True)) < min(
-        done.values_list("created_at", flat=True)
-    )
+    assert max(started.values_list("created_at", flat=True)) < min(done.values_list("created_at", flat=True))
 
 
 def test_sequential_workflow_sets_vars(start_worker, key):
@@ -128,11 +124,7 @@ def test_sequential_workflow_sets_vars(start_worker, key):
 
     assert handle.vars() == {"done": 4}
     assert handle.describe().vars == {"done": 4}
-    keys = (
-        ActivityRun.objects.filter(key__startswith=f"{key}:")
-        .order_by("id")
-        .values_list("key", flat=True)
-    )
+    keys = ActivityRun.objects.filter(key__startswith=f"{key}:").order_by("id").values_list("key", flat=True)
     assert list(keys) == [f"{key}:{i}" for i in range(4)]
     events = check_history(handle)
     activity_events = [event.kind for event in events if event.kind.startswith("Activity")]
@@ -148,19 +140,14 @@ def test_retries_with_backoff_then_success(start_worker, key):
 
     rows = list(ActivityRun.objects.filter(key=key).order_by("id"))
     assert [row.attempt for row in rows] == [1, 2, 3]
-    gaps = [
-        (later.created_at - earlier.created_at).total_seconds()
-        for earlier, later in itertools.pairwise(rows)
-    ]
+    gaps = [(later.created_at - earlier.created_at).total_seconds() for earlier, later in itertools.pairwise(rows)]
     # FAST_RETRY: 0.05 s after the first failure, 0.1 s after the second (a little slack for clocks).
     assert gaps[0] >= 0.04, gaps
     assert gaps[1] >= 0.09, gaps
 
     events = check_history(handle)
     assert kinds(events).count("ActivityScheduled") == 1
-    assert "ActivityFailed" not in kinds(
-        events
-    )  # failed attempts that were retried are not history
+    assert "ActivityFailed" not in kinds(events)  # failed attempts that were retried are not history
     (completed,) = [event for event in events if event.kind == "ActivityCompleted"]
     assert completed.payload["attempt"] == 3
 
@@ -234,9 +221,7 @@ def test_sleeper_sleeps_and_now_advances(start_worker):
     events = check_history(handle)
     timers = [event for event in events if event.kind == "TimerStarted"]
     assert len(timers) == 2
-    assert datetime.datetime.fromisoformat(
-        timers[0].payload["fire_at"]
-    ) == before + datetime.timedelta(seconds=1)
+    assert datetime.datetime.fromisoformat(timers[0].payload["fire_at"]) == before + datetime.timedelta(seconds=1)
     assert kinds(events).count("TimerFired") == 2
 
 
@@ -446,7 +431,7 @@ def test_deterministic_helpers_are_stable_across_tasks(start_worker):
     results = [handle.result(timeout=TIMEOUT) for handle in handles]
     finished(worker)
 
-    for handle, result in zip(handles, results):
+    for handle, result in zip(handles, results, strict=True):
         first = handle.vars()["first"]
         assert set(first) == {"now", "started_at", "random", "uuid"}
         assert {name: result[name] for name in first} == first
@@ -507,9 +492,7 @@ def test_describe_while_waiting_then_after_completion(start_worker):
     assert description.queue == "default"
     assert description.args == [60]
     assert description.kwargs == {}
-    assert (
-        description.result is None and description.error is None and description.task_error is None
-    )
+    assert description.result is None and description.error is None and description.task_error is None
     assert "timer" in description.waiting_on
     assert description.created_at <= description.started_at <= description.updated_at
     assert description.scheduled_start_at is None
@@ -703,9 +686,7 @@ def _run(command: list[str], **env: str) -> subprocess.CompletedProcess:
 def _scratch_db_name(tmp_path) -> str:
     """A database for commands that peek at one: never the suite's own."""
     return (
-        "postgres"
-        if os.environ.get("DURABLE_TEST_DB", "sqlite") == "postgres"
-        else str(tmp_path / "scratch.sqlite3")
+        "postgres" if os.environ.get("DURABLE_TEST_DB", "sqlite") == "postgres" else str(tmp_path / "scratch.sqlite3")
     )
 
 
@@ -724,9 +705,7 @@ def test_system_checks_pass_without_warnings(tmp_path):
         DURABLE_DB_NAME=_scratch_db_name(tmp_path),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "System check identified no issues (0 silenced)." in proc.stdout, (
-        proc.stdout + proc.stderr
-    )
+    assert "System check identified no issues (0 silenced)." in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_no_missing_migrations(tmp_path):
@@ -756,9 +735,7 @@ def test_demo_project_check(tmp_path):
     }
     proc = _run([sys.executable, "manage.py", "check", "--fail-level", "WARNING"], **demo_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "System check identified no issues (0 silenced)." in proc.stdout, (
-        proc.stdout + proc.stderr
-    )
+    assert "System check identified no issues (0 silenced)." in proc.stdout, proc.stdout + proc.stderr
     proc = _run([sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"], **demo_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "No changes detected" in proc.stdout, proc.stdout + proc.stderr

@@ -50,9 +50,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--json", default=None)
-    p.add_argument(
-        "--log-dir", default=str(ROOT / "benchmarks" / "results"), help="where the workers' logs go"
-    )
+    p.add_argument("--log-dir", default=str(ROOT / "benchmarks" / "results"), help="where the workers' logs go")
     return p.parse_args()
 
 

@@ -64,7 +64,7 @@ def drop_pg_database(name: str) -> None:
 
 def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "w")  # noqa: SIM115 - the child owns it; closed when we exit
+    log = open(log_path, "w")
     return subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -161,9 +161,7 @@ class CpuWindow:
         return snap
 
     @staticmethod
-    def per_unit_ms(
-        a: dict[str, float], b: dict[str, float], units: int
-    ) -> dict[str, float | None]:
+    def per_unit_ms(a: dict[str, float], b: dict[str, float], units: int) -> dict[str, float | None]:
         def ms(key: str) -> float | None:
             if key not in a or key not in b or not units:
                 return None
@@ -185,9 +183,7 @@ def _own_cpu_seconds() -> float:
 # -- results --------------------------------------------------------------------------
 
 
-def throughput(
-    workflows: int, steps: int, elapsed_s: float | None, steady_s: float | None
-) -> dict[str, Any]:
+def throughput(workflows: int, steps: int, elapsed_s: float | None, steady_s: float | None) -> dict[str, Any]:
     """The figures every system reports, named as in benchmarks/run.py."""
     total = workflows * steps
 

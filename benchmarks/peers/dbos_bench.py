@@ -107,9 +107,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--keep-db", action="store_true")
     p.add_argument("--json", default=None)
-    p.add_argument(
-        "--log-dir", default=str(ROOT / "benchmarks" / "results"), help="where the workers' logs go"
-    )
+    p.add_argument("--log-dir", default=str(ROOT / "benchmarks" / "results"), help="where the workers' logs go")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -171,15 +169,11 @@ def enqueue_all(args: argparse.Namespace, client: DBOSClient) -> float:
 
 
 def poll_status(conn: Any) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT status, count(*) FROM dbos.workflow_status GROUP BY status"
-    ).fetchall()
+    rows = conn.execute("SELECT status, count(*) FROM dbos.workflow_status GROUP BY status").fetchall()
     return {status: int(count) for status, count in rows}
 
 
-def wait_for_completion(
-    args: argparse.Namespace, procs: list[subprocess.Popen], on_first_start: Any
-) -> dict[str, Any]:
+def wait_for_completion(args: argparse.Namespace, procs: list[subprocess.Popen], on_first_start: Any) -> dict[str, Any]:
     import psycopg
 
     deadline = time.monotonic() + args.timeout
@@ -308,9 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         window = CpuWindow([p.pid for p in procs])
         snaps: dict[str, Any] = {"spawn": window.snapshot()}
-        completion = wait_for_completion(
-            args, procs, lambda: snaps.setdefault("first", window.snapshot())
-        )
+        completion = wait_for_completion(args, procs, lambda: snaps.setdefault("first", window.snapshot()))
         snaps["done"] = window.snapshot()
         result["completion"] = completion
         result["executors_stopped"] = stop(procs)
@@ -323,9 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             snaps.get("first", snaps["spawn"]), snaps["done"], args.workflows * args.steps
         )
         result["history"] = hist
-        result["logs"] = [
-            str(Path(args.log_dir) / f"{stamp}-dbos-worker{i}.log") for i in range(args.processes)
-        ]
+        result["logs"] = [str(Path(args.log_dir) / f"{stamp}-dbos-worker{i}.log") for i in range(args.processes)]
     finally:
         for proc in procs:
             if proc.poll() is None:

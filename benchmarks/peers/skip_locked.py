@@ -113,8 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute(SCHEMA)
             conn.execute(
-                "INSERT INTO queue_item (payload) SELECT jsonb_build_object('n', n) "
-                "FROM generate_series(1, %s) AS n",
+                "INSERT INTO queue_item (payload) SELECT jsonb_build_object('n', n) FROM generate_series(1, %s) AS n",
                 [args.items],
             )
             conn.execute("VACUUM ANALYZE queue_item")
@@ -123,8 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         go = ctx.Event()
         counts = ctx.Manager().dict()
         procs = [
-            ctx.Process(target=consume, args=(db_url, i, args.batch, ready, go, counts))
-            for i in range(args.processes)
+            ctx.Process(target=consume, args=(db_url, i, args.batch, ready, go, counts)) for i in range(args.processes)
         ]
         for proc in procs:
             proc.start()

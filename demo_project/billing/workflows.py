@@ -74,7 +74,7 @@ def request_approval(document: str, approver: str) -> None:
         message=(
             f"{document} needs your approval. To approve it:\n\n"
             f"curl -X POST {url} -H 'Content-Type: application/json' \\\n"
-            f"  -d '{{\"task_token\": \"{token}\", \"result\": {{\"approved\": true}}}}'\n"
+            f'  -d \'{{"task_token": "{token}", "result": {{"approved": true}}}}\'\n'
         ),
         from_email="workflows@example.com",
         recipient_list=[approver],

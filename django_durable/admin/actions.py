@@ -70,9 +70,7 @@ def run_work(instance: WorkflowInstance) -> RunWork:
             Q(kind=WorkItemKind.WORKFLOW)
             | Q(kind=WorkItemKind.ACTIVITY, awaiting_completion=True, lease_owner__isnull=False)
         )
-        .values(
-            "kind", "task_id", "name", "attempt", "lease_owner", "lease_expires_at", "failures", "parked_at"
-        )
+        .values("kind", "task_id", "name", "attempt", "lease_owner", "lease_expires_at", "failures", "parked_at")
     )
     now = None
     for row in rows:
@@ -203,9 +201,7 @@ def _resume(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
 def _retry(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
     if _handle(instance).retry():
         return Outcome(f"The workflow task of {_name(instance)} is due again now.")
-    return Outcome(
-        f"No failed workflow task of {_name(instance)} was waiting; nothing changed.", messages.WARNING
-    )
+    return Outcome(f"No failed workflow task of {_name(instance)} was waiting; nothing changed.", messages.WARNING)
 
 
 def _rerun(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
@@ -223,9 +219,7 @@ def _purge(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
 
 
 def _complete(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
-    complete_activity_by_id(
-        instance.workflow_id, str(item["task_id"]), data["result"], run_id=str(instance.run_id)
-    )
+    complete_activity_by_id(instance.workflow_id, str(item["task_id"]), data["result"], run_id=str(instance.run_id))
     return Outcome(f"Completed activity {item['task_id']} ({item['name']}) of {_name(instance)}.")
 
 
@@ -254,60 +248,95 @@ class Verb:
 
 VERBS: dict[str, Verb] = {
     "signal": Verb(
-        "Signal", "signal",
+        "Signal",
+        "signal",
         "Send an external event to the run; it reads it with ctx.wait_for_event(name), now or "
         "whenever it next waits for that event.",
-        SignalForm, _open, _signal,
+        SignalForm,
+        _open,
+        _signal,
     ),
     "cancel": Verb(
-        "Request cancel", "ask to cancel",
+        "Request cancel",
+        "ask to cancel",
         "Ask the run to cancel. Its code sees CancelledError at its next durable call and may clean "
         "up first; running activities learn of it on their next heartbeat.",
-        ActionForm, _cancelable, _cancel,
+        ActionForm,
+        _cancelable,
+        _cancel,
     ),
     "terminate": Verb(
-        "Terminate", "terminate",
+        "Terminate",
+        "terminate",
         "Close the run now. No more workflow code runs; its pending activities and timers are "
         "dropped and its children follow their parent-close policy.",
-        TerminateForm, _open, _terminate, destructive=True,
+        TerminateForm,
+        _open,
+        _terminate,
+        destructive=True,
     ),
     "suspend": Verb(
-        "Suspend", "suspend",
+        "Suspend",
+        "suspend",
         "Pause the run: no workflow code runs and no new activity starts until it is resumed. "
         "Events that arrive meanwhile are kept.",
-        SuspendForm, _suspendable, _suspend,
+        SuspendForm,
+        _suspendable,
+        _suspend,
     ),
     "resume": Verb(
-        "Resume", "resume", "Let the suspended run go on from where it stood.",
-        ActionForm, _resumable, _resume,
+        "Resume",
+        "resume",
+        "Let the suspended run go on from where it stood.",
+        ActionForm,
+        _resumable,
+        _resume,
     ),
     "retry": Verb(
-        "Retry workflow task", "retry the workflow task of",
+        "Retry workflow task",
+        "retry the workflow task of",
         "Run the workflow task that failed (and is backing off or parked) again now, say after a "
         "deploy fixed the code.",
-        ActionForm, _retryable, _retry,
+        ActionForm,
+        _retryable,
+        _retry,
     ),
     "rerun": Verb(
-        "Rerun from an event", "rerun",
+        "Rerun from an event",
+        "rerun",
         "Start a new run from a prefix of this run's history: the events before the chosen one are "
         "kept, and the current code goes on from there. This run stays as it is.",
-        RerunForm, _rerunnable, _rerun,
+        RerunForm,
+        _rerunnable,
+        _rerun,
     ),
     "purge": Verb(
-        "Purge", "purge", "Delete this closed run with its whole history. This cannot be undone.",
-        ActionForm, _closed, _purge, destructive=True,
+        "Purge",
+        "purge",
+        "Delete this closed run with its whole history. This cannot be undone.",
+        ActionForm,
+        _closed,
+        _purge,
+        destructive=True,
     ),
     "complete": Verb(
-        "Complete activity", "complete an activity of",
-        "Finish the activity attempt that awaits completion with this result, as the holder of its "
-        "task token would.",
-        CompleteActivityForm, _awaiting, _complete, per_activity=True,
+        "Complete activity",
+        "complete an activity of",
+        "Finish the activity attempt that awaits completion with this result, as the holder of its task token would.",
+        CompleteActivityForm,
+        _awaiting,
+        _complete,
+        per_activity=True,
     ),
     "fail": Verb(
-        "Fail activity", "fail an activity of",
-        "Fail the activity attempt that awaits completion; its retry policy decides whether another "
-        "attempt follows.",
-        FailActivityForm, _awaiting, _fail, per_activity=True, destructive=True,
+        "Fail activity",
+        "fail an activity of",
+        "Fail the activity attempt that awaits completion; its retry policy decides whether another attempt follows.",
+        FailActivityForm,
+        _awaiting,
+        _fail,
+        per_activity=True,
+        destructive=True,
     ),
 }
 
@@ -337,11 +366,13 @@ def object_actions(request: HttpRequest, instance: Any) -> list[dict[str, str]]:
     for verb, spec in permitted.items():
         if spec.per_activity:
             for task_id, item in sorted(work.awaiting.items()):
-                found.append({
-                    "verb": verb,
-                    "label": f"{spec.label} {task_id} ({item['name']})",
-                    "url": action_url(instance.pk, verb, activity=task_id, current_app=current_app),
-                })
+                found.append(
+                    {
+                        "verb": verb,
+                        "label": f"{spec.label} {task_id} ({item['name']})",
+                        "url": action_url(instance.pk, verb, activity=task_id, current_app=current_app),
+                    }
+                )
         elif spec.legal(instance, work, None) is None:
             url = action_url(instance.pk, verb, current_app=current_app)
             found.append({"verb": verb, "label": spec.label, "url": url})
@@ -435,19 +466,31 @@ class Bulk:
 
 BULK: dict[str, Bulk] = {
     "cancel_selected": Bulk(
-        "cancel", "Request cancel", "Asked %(count)s run(s) to cancel.",
-        Q(status__in=OPEN_STATUSES, cancel_requested_at__isnull=True), "closed or already asked to cancel",
+        "cancel",
+        "Request cancel",
+        "Asked %(count)s run(s) to cancel.",
+        Q(status__in=OPEN_STATUSES, cancel_requested_at__isnull=True),
+        "closed or already asked to cancel",
         "Each run's code sees CancelledError at its next durable call and may clean up first.",
         lambda handle, data: handle.cancel(),
     ),
     "terminate_selected": Bulk(
-        "terminate", "Terminate", "Terminated %(count)s run(s).", Q(status__in=OPEN_STATUSES), "already closed",
+        "terminate",
+        "Terminate",
+        "Terminated %(count)s run(s).",
+        Q(status__in=OPEN_STATUSES),
+        "already closed",
         "Each run closes now: no more workflow code runs, pending activities and timers are dropped.",
-        lambda handle, data: handle.terminate(data["reason"]), BulkTerminateForm,
+        lambda handle, data: handle.terminate(data["reason"]),
+        BulkTerminateForm,
     ),
     "purge_selected": Bulk(
-        "purge", "Purge", "Purged %(count)s run(s) with their history.", ~Q(status__in=OPEN_STATUSES),
-        "still open", "Each closed run is deleted with its whole history. This cannot be undone.",
+        "purge",
+        "Purge",
+        "Purged %(count)s run(s) with their history.",
+        ~Q(status__in=OPEN_STATUSES),
+        "still open",
+        "Each closed run is deleted with its whole history. This cannot be undone.",
         lambda handle, data: handle.purge(),
     ),
 }
@@ -471,8 +514,7 @@ def _bulk(action: str, model_admin: Any, request: HttpRequest, queryset: QuerySe
     if not legal:
         model_admin.message_user(
             request,
-            f"{bulk.label}: none of the {len(rows)} selected run(s) qualifies ({bulk.skipped_why}); "
-            "nothing was done.",
+            f"{bulk.label}: none of the {len(rows)} selected run(s) qualifies ({bulk.skipped_why}); nothing was done.",
             messages.WARNING,
         )
         return None
@@ -497,9 +539,7 @@ def _bulk(action: str, model_admin: Any, request: HttpRequest, queryset: QuerySe
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "media": model_admin.media + form.media,
         }
-        return TemplateResponse(
-            request, f"admin/{opts.app_label}/{opts.model_name}/action_bulk_confirm.html", context
-        )
+        return TemplateResponse(request, f"admin/{opts.app_label}/{opts.model_name}/action_bulk_confirm.html", context)
     done, errors = 0, []
     for row in legal:
         try:

@@ -53,9 +53,7 @@ def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         }
         for status in FAILURE_STATUSES
     ]
-    work = [
-        {"kind": kind, "label": label, **stats["work"]["by_kind"][kind]} for kind, label in WorkItemKind.choices
-    ]
+    work = [{"kind": kind, "label": label, **stats["work"]["by_kind"][kind]} for kind, label in WorkItemKind.choices]
     oldest = stats["oldest_pending"]
     if oldest is not None:
         oldest = {
@@ -74,8 +72,11 @@ def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         for task in stats["failing_tasks"]
     ]
     workers = [
-        {**worker, "queues_text": ", ".join(map(str, worker["queues"] or [])),
-         "seen_ago": _duration(stats["now"] - worker["last_seen_at"])}
+        {
+            **worker,
+            "queues_text": ", ".join(map(str, worker["queues"] or [])),
+            "seen_ago": _duration(stats["now"] - worker["last_seen_at"]),
+        }
         for worker in stats["workers"]["list"]
     ]
     window = store.RECENT_WINDOW
@@ -102,4 +103,3 @@ def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
 
 def _duration(delta: datetime.timedelta) -> str:
     return timeline.format_duration(max(delta.total_seconds(), 0.0))
-

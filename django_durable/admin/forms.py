@@ -36,12 +36,11 @@ class JSONTextField(forms.CharField):
         except json.JSONDecodeError as exc:
             raise ValidationError(
                 "Not valid JSON: %(error)s (line %(line)s, column %(column)s).",
-                code="invalid_json", params={"error": exc.msg, "line": exc.lineno, "column": exc.colno},
+                code="invalid_json",
+                params={"error": exc.msg, "line": exc.lineno, "column": exc.colno},
             ) from None
         except ValueError as exc:
-            raise ValidationError(
-                "Not valid JSON: %(error)s.", code="invalid_json", params={"error": exc}
-            ) from None
+            raise ValidationError("Not valid JSON: %(error)s.", code="invalid_json", params={"error": exc}) from None
 
 
 class ActionForm(forms.Form):
@@ -56,9 +55,7 @@ class ActionForm(forms.Form):
 
 
 class SignalForm(ActionForm):
-    name = forms.CharField(
-        max_length=255, help_text="The event name the workflow waits for (ctx.wait_for_event)."
-    )
+    name = forms.CharField(max_length=255, help_text="The event name the workflow waits for (ctx.wait_for_event).")
     payload = JSONTextField(label="Payload (JSON)", help_text="Any JSON value; empty sends null.")
 
 
@@ -71,9 +68,7 @@ class TerminateForm(ActionForm):
 
 
 class SuspendForm(ActionForm):
-    reason = forms.CharField(
-        max_length=1000, required=False, help_text="Optional; recorded in the run's history."
-    )
+    reason = forms.CharField(max_length=1000, required=False, help_text="Optional; recorded in the run's history.")
 
 
 _FAILED_CALLS = [EventKind.ACTIVITY_FAILED.value, EventKind.CHILD_WORKFLOW_FAILED.value]
@@ -86,7 +81,9 @@ class RerunForm(ActionForm):
         help_text="The new run keeps the events before this one; the current code goes on from there.",
     )
     workflow_id = forms.CharField(
-        max_length=255, required=False, label="New workflow id",
+        max_length=255,
+        required=False,
+        label="New workflow id",
         help_text="Optional; by default the rerun takes this run's workflow id.",
     )
 
@@ -98,21 +95,23 @@ class RerunForm(ActionForm):
         if length <= RERUN_CHOICES_MAX:
             events = history.filter(seq__gte=2).values_list("seq", "kind", "name", "task_id", "timestamp")
             self.fields["from_event"] = field = forms.TypedChoiceField(
-                coerce=int, label=field.label, help_text=field.help_text,
+                coerce=int,
+                label=field.label,
+                help_text=field.help_text,
                 choices=[(event[0], _event_label(*event)) for event in events],
             )
         else:
             self.fields["from_event"] = field = forms.IntegerField(
-                min_value=2, max_value=length, label=field.label,
+                min_value=2,
+                max_value=length,
+                label=field.label,
                 help_text=f"{field.help_text} A history event number from 2 to {length}.",
             )
         # A failed run is rerun from its last failed activity or child (that call is made
         # again); any other run from its closing event (its code goes on from its last step).
         failure = None
         if self.instance.status == WorkflowStatus.FAILED:
-            failure = (
-                history.filter(kind__in=_FAILED_CALLS).order_by("-seq").values_list("seq", flat=True).first()
-            )
+            failure = history.filter(kind__in=_FAILED_CALLS).order_by("-seq").values_list("seq", flat=True).first()
         field.initial = failure or length
 
 
@@ -123,15 +122,15 @@ def _event_label(seq: int, kind: str, name: str, task_id: int | None, timestamp:
 
 
 class CompleteActivityForm(ActionForm):
-    result = JSONTextField(
-        label="Result (JSON)", help_text="What the activity returns to the workflow; empty is null."
-    )
+    result = JSONTextField(label="Result (JSON)", help_text="What the activity returns to the workflow; empty is null.")
 
 
 class FailActivityForm(ActionForm):
     message = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}))
     type = forms.CharField(
-        max_length=255, required=False, initial="ActivityFailure",
+        max_length=255,
+        required=False,
+        initial="ActivityFailure",
         help_text="The error's type name; the retry policy's non_retryable_errors match it.",
     )
     details = JSONTextField(

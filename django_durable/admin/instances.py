@@ -43,7 +43,10 @@ WORK_LIMIT = 200
 RELATED_LIMIT = 50
 PREVIEW_CHARS = 160
 BAD_KINDS = FAILURE_KINDS | {
-    EventKind.WORKFLOW_FAILED, EventKind.WORKFLOW_TERMINATED, EventKind.WORKFLOW_CANCELED, EventKind.CANCEL_REQUESTED
+    EventKind.WORKFLOW_FAILED,
+    EventKind.WORKFLOW_TERMINATED,
+    EventKind.WORKFLOW_CANCELED,
+    EventKind.CANCEL_REQUESTED,
 }
 
 
@@ -123,7 +126,14 @@ class ReadOnlyMixin:
 @admin.register(WorkflowInstance)
 class WorkflowInstanceAdmin(ReadOnlyMixin, actions.BulkActionsMixin, admin.ModelAdmin):
     list_display = (
-        "workflow_name", "workflow_id", "short_run_id", "status_badge", "created", "updated", "closed", "duration",
+        "workflow_name",
+        "workflow_id",
+        "short_run_id",
+        "status_badge",
+        "created",
+        "updated",
+        "closed",
+        "duration",
     )
     list_display_links = ("workflow_id", "short_run_id")
     # A date filter, not date_hierarchy: that scans the whole table for its dates on every page.
@@ -136,14 +146,39 @@ class WorkflowInstanceAdmin(ReadOnlyMixin, actions.BulkActionsMixin, admin.Model
     # Counting every run on each filtered page is the slow part of a big table.
     show_full_result_count = False
     fieldsets = (
-        (None, {"fields": (("workflow_name", "status_badge"), ("workflow_id", "run_id"), "queue", "waiting_on",
-                           "history_length", "cancel_requested_at")}),
-        ("Times", {"fields": (("created_at", "scheduled_start_at"), ("started_at", "closed_at"), "duration",
-                              "updated_at")}),
+        (
+            None,
+            {
+                "fields": (
+                    ("workflow_name", "status_badge"),
+                    ("workflow_id", "run_id"),
+                    "queue",
+                    "waiting_on",
+                    "history_length",
+                    "cancel_requested_at",
+                )
+            },
+        ),
+        (
+            "Times",
+            {"fields": (("created_at", "scheduled_start_at"), ("started_at", "closed_at"), "duration", "updated_at")},
+        ),
     )
     readonly_fields = (
-        "workflow_name", "status_badge", "workflow_id", "run_id", "queue", "waiting_on", "history_length",
-        "cancel_requested_at", "created_at", "scheduled_start_at", "started_at", "closed_at", "duration", "updated_at",
+        "workflow_name",
+        "status_badge",
+        "workflow_id",
+        "run_id",
+        "queue",
+        "waiting_on",
+        "history_length",
+        "cancel_requested_at",
+        "created_at",
+        "scheduled_start_at",
+        "started_at",
+        "closed_at",
+        "duration",
+        "updated_at",
     )
 
     # -- the list ------------------------------------------------------------------
@@ -172,8 +207,11 @@ class WorkflowInstanceAdmin(ReadOnlyMixin, actions.BulkActionsMixin, admin.Model
         if failing is None and "task_error" not in instance.get_deferred_fields():
             failing = instance.task_error is not None
         if failing:
-            return format_html('{} <span class="durable-task-failing" title="{}">⚠ task failing</span>', shown,
-                               "The workflow task keeps failing: open the run to see why.")
+            return format_html(
+                '{} <span class="durable-task-failing" title="{}">⚠ task failing</span>',
+                shown,
+                "The workflow task keeps failing: open the run to see why.",
+            )
         return shown
 
     @admin.display(description="created", ordering="created_at")
@@ -221,8 +259,13 @@ class WorkflowInstanceAdmin(ReadOnlyMixin, actions.BulkActionsMixin, admin.Model
     # -- one run -------------------------------------------------------------------
 
     def render_change_form(
-        self, request: HttpRequest, context: dict[str, Any], add: bool = False, change: bool = False,
-        form_url: str = "", obj: WorkflowInstance | None = None,
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: WorkflowInstance | None = None,
     ) -> HttpResponse:
         if obj is not None:
             context["durable"] = inspect_run(self, request, obj)
@@ -243,7 +286,8 @@ class WorkflowInstanceAdmin(ReadOnlyMixin, actions.BulkActionsMixin, admin.Model
         # whether or not the project installs XFrameOptionsMiddleware.
         return [
             URLPattern(p.pattern, xframe_options_deny(p.callback), p.default_args, p.name)
-            if isinstance(p, URLPattern) else p
+            if isinstance(p, URLPattern)
+            else p
             for p in patterns
         ]
 
@@ -264,14 +308,10 @@ def _run_link(model_admin: WorkflowInstanceAdmin, run: WorkflowInstance) -> dict
     }
 
 
-def inspect_run(
-    model_admin: WorkflowInstanceAdmin, request: HttpRequest, instance: WorkflowInstance
-) -> dict[str, Any]:
+def inspect_run(model_admin: WorkflowInstanceAdmin, request: HttpRequest, instance: WorkflowInstance) -> dict[str, Any]:
     """Everything the run's page shows beyond its fields, in a fixed number of queries."""
     now = timezone.now()
-    work = list(
-        instance.work_items.defer("payload", "heartbeat_details").order_by("due_at", "id")[: WORK_LIMIT + 1]
-    )
+    work = list(instance.work_items.defer("payload", "heartbeat_details").order_by("due_at", "id")[: WORK_LIMIT + 1])
     given = instance.input if isinstance(instance.input, dict) else {"args": instance.input}
     kwargs = given.get("kwargs")
     last_event_url = _url(model_admin, "at", instance.pk, instance.history_length) if instance.history_length else ""
@@ -312,14 +352,25 @@ def _error(error: Any) -> dict[str, Any] | None:
 
 
 def _related(model_admin: WorkflowInstanceAdmin, instance: WorkflowInstance) -> dict[str, Any]:
-    fields = ("pk", "workflow_id", "workflow_name", "run_id", "status", "created_at", "parent_id", "continued_from_id",
-              "rerun_of_id", "rerun_from_seq")
+    fields = (
+        "pk",
+        "workflow_id",
+        "workflow_name",
+        "run_id",
+        "status",
+        "created_at",
+        "parent_id",
+        "continued_from_id",
+        "rerun_of_id",
+        "rerun_from_seq",
+    )
     ids = [pk for pk in (instance.parent_id, instance.continued_from_id, instance.rerun_of_id) if pk]
     # The few single links in one query; children and reruns (there may be thousands) in another, capped.
     singles = list(WorkflowInstance.objects.filter(Q(pk__in=ids) | Q(continued_from=instance.pk)).only(*fields))
     many = list(
         WorkflowInstance.objects.filter(Q(parent=instance.pk) | Q(rerun_of=instance.pk))
-        .only(*fields).order_by("created_at", "pk")[: RELATED_LIMIT + 1]
+        .only(*fields)
+        .order_by("created_at", "pk")[: RELATED_LIMIT + 1]
     )
     by_pk = {run.pk: run for run in singles}
     continued_as = next((run for run in singles if run.continued_from_id == instance.pk), None)
@@ -353,15 +404,18 @@ def _work(
     for item in items:
         token = ""
         if item.awaiting_completion and show_tokens:
-            token = make_task_token(item_id=item.pk, run_id=str(instance.run_id), task_id=item.task_id or 0,
-                                    attempt=item.attempt)
-        rows.append({
-            "item": item,
-            "lease_expired": item.lease_expires_at is not None and item.lease_expires_at <= now,
-            "overdue": item.lease_owner is None and item.parked_at is None and item.due_at <= now,
-            "last_error": _error(item.last_error),
-            "token": token,
-        })
+            token = make_task_token(
+                item_id=item.pk, run_id=str(instance.run_id), task_id=item.task_id or 0, attempt=item.attempt
+            )
+        rows.append(
+            {
+                "item": item,
+                "lease_expired": item.lease_expires_at is not None and item.lease_expires_at <= now,
+                "overdue": item.lease_owner is None and item.parked_at is None and item.due_at <= now,
+                "last_error": _error(item.last_error),
+                "token": token,
+            }
+        )
     return rows
 
 
@@ -395,15 +449,17 @@ def _history(model_admin: WorkflowInstanceAdmin, request: HttpRequest, instance:
     rows = []
     for event in window:
         payload = event.payload if isinstance(event.payload, dict) else {"value": event.payload}
-        rows.append({
-            "event": event,
-            "offset": "+" + format_duration(origin, event.timestamp) if event.timestamp >= origin else "",
-            "attempt": payload.get("attempt", ""),
-            "payload": payload_view(payload),
-            "at_url": _url(model_admin, "at", instance.pk, event.seq),
-            "bad": event.kind in BAD_KINDS,
-            "gap_after": gap is not None and event.seq == gap[0] - 1,
-        })
+        rows.append(
+            {
+                "event": event,
+                "offset": "+" + format_duration(origin, event.timestamp) if event.timestamp >= origin else "",
+                "attempt": payload.get("attempt", ""),
+                "payload": payload_view(payload),
+                "at_url": _url(model_admin, "at", instance.pk, event.seq),
+                "bad": event.kind in BAD_KINDS,
+                "gap_after": gap is not None and event.seq == gap[0] - 1,
+            }
+        )
     return {
         "rows": rows,
         "total": total,
@@ -425,10 +481,17 @@ def _timeline(instance: WorkflowInstance, work: list[WorkItem], now: datetime.da
     # Only what the picture needs from each payload, so a run's arguments and tracebacks stay in the database.
     events = []
     for row in instance.history.order_by("seq").values(
-        "seq", "kind", "name", "task_id", "timestamp",
-        attempt=KT("payload__attempt"), error_type=KT("payload__error__type"),
-        error_message=KT("payload__error__message"), fire_at=KT("payload__fire_at"),
-        child_id=KT("payload__workflow_id"), child_status=KT("payload__status"),
+        "seq",
+        "kind",
+        "name",
+        "task_id",
+        "timestamp",
+        attempt=KT("payload__attempt"),
+        error_type=KT("payload__error__type"),
+        error_message=KT("payload__error__message"),
+        fire_at=KT("payload__fire_at"),
+        child_id=KT("payload__workflow_id"),
+        child_status=KT("payload__status"),
     )[:TIMELINE_EVENTS]:
         payload: dict[str, Any] = {"fire_at": row["fire_at"] or "", "workflow_id": row["child_id"] or ""}
         if str(row["attempt"] or "").isdigit():

@@ -51,9 +51,41 @@ LEGEND = (
 )
 # Tick spacings to choose from, in seconds: the first giving at most MAX_TICKS ticks wins.
 TICK_STEPS = (
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800,
-    3600, 7200, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400,
-    60 * 86400, 90 * 86400, 180 * 86400, 365 * 86400,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    3 * 3600,
+    6 * 3600,
+    12 * 3600,
+    86400,
+    2 * 86400,
+    7 * 86400,
+    14 * 86400,
+    30 * 86400,
+    60 * 86400,
+    90 * 86400,
+    180 * 86400,
+    365 * 86400,
 )
 MAX_TICKS = 8
 MARKER_KINDS = frozenset(
@@ -347,9 +379,7 @@ def _when(at: datetime.datetime) -> str:
 
 def _label(y: int, text: str) -> str:
     short = text if len(text) <= 34 else text[:33] + "…"
-    return (
-        f'<text x="4" y="{y + 14}" fill="currentColor"><title>{escape(text)}</title>{escape(short)}</text>'
-    )
+    return f'<text x="4" y="{y + 14}" fill="currentColor"><title>{escape(text)}</title>{escape(short)}</text>'
 
 
 def _rect(x: float, y: int, w: float, kind: str, title: str, *, dashed: bool = False, opacity: float = 1.0) -> str:

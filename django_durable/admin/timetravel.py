@@ -61,7 +61,7 @@ def vars_at_view(model_admin: Any, request: HttpRequest, object_id: str, seq: in
     if refused:
         shown = store.history_window(instance.pk, start + 1, seq + AROUND)
     else:
-        shown = history[start:seq + AROUND]
+        shown = history[start : seq + AROUND]
     if len(shown) < seq - start:
         raise Http404(f"This run has no event {seq}.")  # purged or pruned meanwhile
     event = shown[seq - 1 - start]
@@ -75,14 +75,22 @@ def vars_at_view(model_admin: Any, request: HttpRequest, object_id: str, seq: in
             unregistered = str(exc)
         else:
             at = replay_vars_at(
-                fn, workflow_id=instance.workflow_id, run_id=str(instance.run_id),
-                workflow_name=instance.workflow_name, queue=instance.queue, history=history, seq=seq,
+                fn,
+                workflow_id=instance.workflow_id,
+                run_id=str(instance.run_id),
+                workflow_name=instance.workflow_name,
+                queue=instance.queue,
+                history=history,
+                seq=seq,
             )
     variables = []
     if at is not None and at.error is None:
         variables = [
-            {"name": name, "json": _json(value, indent=None),
-             "changed": at.raw_vars_before.get(name, _MISSING) != value}
+            {
+                "name": name,
+                "json": _json(value, indent=None),
+                "changed": at.raw_vars_before.get(name, _MISSING) != value,
+            }
             for name, value in sorted(at.raw_vars.items())
         ]
     context = {
@@ -102,9 +110,7 @@ def vars_at_view(model_admin: Any, request: HttpRequest, object_id: str, seq: in
         "refused": refused,
         "error_type": qualified_name(type(at.error)) if at is not None and at.error is not None else "",
         # Stopped by a guard or a crash, rather than found not to match its history.
-        "replay_stopped": (
-            at is not None and at.error is not None and not isinstance(at.error, NonDeterminismError)
-        ),
+        "replay_stopped": (at is not None and at.error is not None and not isinstance(at.error, NonDeterminismError)),
         "task_timeout": durable_settings.WORKFLOW_TASK_TIMEOUT,
         "variables": variables,
         "vars_json": _json(at.raw_vars) if at is not None and at.error is None else "",
@@ -127,21 +133,32 @@ def _refusal(size: store.HistorySize) -> str | None:
     max_events = durable_settings.TIME_TRAVEL_MAX_EVENTS
     max_bytes = durable_settings.TIME_TRAVEL_MAX_BYTES
     if max_events is not None and size.events > max_events:
-        over = (f"{size.events:,} events, more than the {max_events:,} that this page replays "
-                "(DURABLE[\"TIME_TRAVEL_MAX_EVENTS\"])")
+        over = (
+            f"{size.events:,} events, more than the {max_events:,} that this page replays "
+            '(DURABLE["TIME_TRAVEL_MAX_EVENTS"])'
+        )
     elif max_bytes is not None and size.bytes > max_bytes:
-        over = (f"{size.bytes:,} bytes of JSON, more than the {max_bytes:,} that this page replays "
-                "(DURABLE[\"TIME_TRAVEL_MAX_BYTES\"])")
+        over = (
+            f"{size.bytes:,} bytes of JSON, more than the {max_bytes:,} that this page replays "
+            '(DURABLE["TIME_TRAVEL_MAX_BYTES"])'
+        )
     else:
         return None
-    return (f"Not replayed: this run's history has {over}. Its workflow code would run in the web "
-            "process; raise the setting to replay runs this long here.")
+    return (
+        f"Not replayed: this run's history has {over}. Its workflow code would run in the web "
+        "process; raise the setting to replay runs this long here."
+    )
 
 
 def _row(event: Event, seq: int, url: str, current: bool) -> dict[str, Any]:
     return {
-        "seq": seq, "kind": event.kind, "name": event.name, "task_id": event.task_id,
-        "timestamp": event.timestamp, "url": url, "current": current,
+        "seq": seq,
+        "kind": event.kind,
+        "name": event.name,
+        "task_id": event.task_id,
+        "timestamp": event.timestamp,
+        "url": url,
+        "current": current,
     }
 
 

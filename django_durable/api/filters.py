@@ -15,16 +15,24 @@ class WorkflowFilter(BaseFilterBackend):
     """``?status=`` and ``?workflow_name=`` (and ``?workflow_id=``), validated: 400 for bad values."""
 
     def filter_queryset(self, request: Any, queryset: Any, view: Any) -> Any:
-        params = {key: request.query_params[key] for key in ("status", "workflow_name", "workflow_id")
-                  if key in request.query_params}
+        params = {
+            key: request.query_params[key]
+            for key in ("status", "workflow_name", "workflow_id")
+            if key in request.query_params
+        }
         serializer = s.WorkflowFilterSerializer(data=params)
         serializer.is_valid(raise_exception=True)
         return queryset.filter(**serializer.validated_data)
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         return [
-            {"name": "status", "required": False, "in": "query", "description": "Only runs in this status.",
-             "schema": {"type": "string", "enum": list(WorkflowStatus.values)}},
+            {
+                "name": "status",
+                "required": False,
+                "in": "query",
+                "description": "Only runs in this status.",
+                "schema": {"type": "string", "enum": list(WorkflowStatus.values)},
+            },
             text_parameter("workflow_name", "Only runs of this workflow."),
             text_parameter("workflow_id", "Only runs with this workflow id."),
         ]

@@ -25,8 +25,7 @@ class WorkflowPagination(LimitOffsetPagination):
         return max(int(durable_settings.API_PAGE_SIZE), 1000)
 
     def get_limit(self, request: Any) -> int:
-        return min(self._number(request, self.limit_query_param, minimum=1, default=self.default_limit),
-                   self.max_limit)
+        return min(self._number(request, self.limit_query_param, minimum=1, default=self.default_limit), self.max_limit)
 
     def get_offset(self, request: Any) -> int:
         return min(self._number(request, self.offset_query_param, minimum=0, default=0), self.MAX_OFFSET)

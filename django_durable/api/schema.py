@@ -19,8 +19,13 @@ ADDRESSABLE_PATTERN = "^[^/\\x00]*$"  # a workflow id that can appear in a URL p
 
 def text_parameter(name: str, description: str) -> dict[str, Any]:
     """A non-empty text query parameter (the filters' shape)."""
-    return {"name": name, "required": False, "in": "query", "description": description,
-            "schema": {"type": "string", "minLength": 1, "maxLength": s.MAX_NAME_LENGTH, "pattern": NO_NUL_PATTERN}}
+    return {
+        "name": name,
+        "required": False,
+        "in": "query",
+        "description": description,
+        "schema": {"type": "string", "minLength": 1, "maxLength": s.MAX_NAME_LENGTH, "pattern": NO_NUL_PATTERN},
+    }
 
 
 class DurableSchema(AutoSchema):
@@ -110,26 +115,38 @@ class DurableSchema(AutoSchema):
     def get_filter_parameters(self, path: str, method: str) -> list[dict[str, Any]]:
         params = super().get_filter_parameters(path, method)
         if "{workflow_id}" in path:
-            params.append({
-                "name": "run_id", "required": False, "in": "query",
-                "description": "A particular run of the workflow; "
-                + ("every run of the id" if self._key(method) == "destroy" else "the latest run")
-                + " when absent.",
-                "schema": {"type": "string", "format": "uuid"},
-            })
+            params.append(
+                {
+                    "name": "run_id",
+                    "required": False,
+                    "in": "query",
+                    "description": "A particular run of the workflow; "
+                    + ("every run of the id" if self._key(method) == "destroy" else "the latest run")
+                    + " when absent.",
+                    "schema": {"type": "string", "format": "uuid"},
+                }
+            )
         if self._key(method) == "retrieve":
-            params.append({
-                "name": "wait", "required": False, "in": "query",
-                "description": "Long poll: answer as soon as the run is closed, or after this many seconds "
-                "(at most the API_MAX_WAIT setting, 60 by default).",
-                "schema": {"type": "number", "minimum": 0, "maximum": float(durable_settings.API_MAX_WAIT)},
-            })
+            params.append(
+                {
+                    "name": "wait",
+                    "required": False,
+                    "in": "query",
+                    "description": "Long poll: answer as soon as the run is closed, or after this many seconds "
+                    "(at most the API_MAX_WAIT setting, 60 by default).",
+                    "schema": {"type": "number", "minimum": 0, "maximum": float(durable_settings.API_MAX_WAIT)},
+                }
+            )
         if self.token_header:
-            params.append({
-                "name": s.TASK_TOKEN_HEADER, "required": False, "in": "header",
-                "description": "The task token, instead of task_token in the body (both only if they agree).",
-                "schema": {"type": "string", "maxLength": MAX_TOKEN_LENGTH},
-            })
+            params.append(
+                {
+                    "name": s.TASK_TOKEN_HEADER,
+                    "required": False,
+                    "in": "header",
+                    "description": "The task token, instead of task_token in the body (both only if they agree).",
+                    "schema": {"type": "string", "maxLength": MAX_TOKEN_LENGTH},
+                }
+            )
         return params
 
     def get_responses(self, path: str, method: str) -> dict[str, Any]:
@@ -151,14 +168,21 @@ class DurableSchema(AutoSchema):
             (current,) = [code for code in responses if code.startswith("2")]
             if current != wanted:
                 responses[wanted] = responses.pop(current)
-        responses.setdefault("4XX", {
-            "description": 'Error: {"code": "...", "detail": ...}',
-            "content": {"application/json": {"schema": {
-                "type": "object",
-                "properties": {"code": {"type": "string"}, "detail": {}},
-                "required": ["code", "detail"],
-            }}},
-        })
+        responses.setdefault(
+            "4XX",
+            {
+                "description": 'Error: {"code": "...", "detail": ...}',
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"code": {"type": "string"}, "detail": {}},
+                            "required": ["code", "detail"],
+                        }
+                    }
+                },
+            },
+        )
         return responses
 
     def get_components(self, path: str, method: str) -> dict[str, Any]:

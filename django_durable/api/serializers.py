@@ -130,13 +130,17 @@ class _TaskTokenRequest(serializers.Serializer):
 
 
 class CompleteActivityRequestSerializer(_TaskTokenRequest):
-    result = JSONValueField(required=False, allow_null=True, default=None, help_text="The activity's result (any JSON).")
+    result = JSONValueField(
+        required=False, allow_null=True, default=None, help_text="The activity's result (any JSON)."
+    )
 
 
 class ActivityErrorSerializer(serializers.Serializer):
     message = serializers.CharField(max_length=MAX_MESSAGE_LENGTH, allow_blank=True, trim_whitespace=False)
     type = _name_field(
-        required=False, allow_blank=True, allow_null=True,
+        required=False,
+        allow_blank=True,
+        allow_null=True,
         help_text="The error's type name; the retry policy's non_retryable_errors match it.",
     )
     details = JSONValueField(required=False, allow_null=True, help_text="Anything else (JSON) about the failure.")
@@ -156,7 +160,9 @@ class FailActivityRequestSerializer(_TaskTokenRequest):
 
 class HeartbeatActivityRequestSerializer(_TaskTokenRequest):
     details = JSONValueField(
-        required=False, allow_null=True, default=None,
+        required=False,
+        allow_null=True,
+        default=None,
         help_text="Progress to keep; a retry of this activity sees it as heartbeat_details.",
     )
 
@@ -198,13 +204,17 @@ class StartWorkflowSerializer(serializers.Serializer):
     args = JSONValueField(kind="array", required=False, default=list)
     kwargs = JSONValueField(kind="object", required=False, default=dict)
     workflow_id = _name_field(
-        required=False, allow_null=True, validators=[_addressable],
+        required=False,
+        allow_null=True,
+        validators=[_addressable],
         help_text="Your id for the run; generated when absent. Refused (409) while a run with this id is open.",
     )
     queue = _name_field(required=False, allow_null=True)
     start_at = serializers.DateTimeField(required=False, allow_null=True, help_text="Start no earlier than this.")
     id_reuse_policy = serializers.ChoiceField(
-        choices=IdReusePolicy.choices, required=False, default=IdReusePolicy.ALLOW_DUPLICATE,
+        choices=IdReusePolicy.choices,
+        required=False,
+        default=IdReusePolicy.ALLOW_DUPLICATE,
         help_text="Whether workflow_id may name a new run when earlier runs exist.",
     )
 
@@ -241,7 +251,11 @@ class StartedWorkflowSerializer(serializers.Serializer):
 
 def _reason_field(**kwargs: Any) -> serializers.CharField:
     return serializers.CharField(
-        max_length=MAX_MESSAGE_LENGTH, required=False, allow_blank=True, allow_null=True, trim_whitespace=False,
+        max_length=MAX_MESSAGE_LENGTH,
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        trim_whitespace=False,
         **kwargs,
     )
 
@@ -256,9 +270,7 @@ class NoBodySerializer(serializers.Serializer):
 
 class SignalWorkflowSerializer(serializers.Serializer):
     name = _name_field(help_text="The event's name; the workflow reads it with ctx.wait_for_event(name).")
-    payload = JSONValueField(
-        required=False, allow_null=True, default=None, help_text="The event's payload (any JSON)."
-    )
+    payload = JSONValueField(required=False, allow_null=True, default=None, help_text="The event's payload (any JSON).")
 
 
 class SuspendWorkflowSerializer(serializers.Serializer):
@@ -271,7 +283,9 @@ class RerunWorkflowSerializer(serializers.Serializer):
         help_text="The history event (seq) to rerun from: the events before it are kept.",
     )
     workflow_id = _name_field(
-        required=False, allow_null=True, validators=[_addressable],
+        required=False,
+        allow_null=True,
+        validators=[_addressable],
         help_text="The new run's workflow id (the same id when absent); 409 while that id has an open run.",
     )
 
@@ -290,7 +304,8 @@ class LongPollSerializer(serializers.Serializer):
     """``?wait=<seconds>`` of describe: at most ``DURABLE["API_MAX_WAIT"]`` (read per request)."""
 
     wait = serializers.FloatField(
-        required=False, min_value=0,
+        required=False,
+        min_value=0,
         help_text="Wait up to this many seconds for the run to close before answering.",
     )
 
@@ -309,8 +324,16 @@ class WorkflowSummarySerializer(serializers.ModelSerializer):
     class Meta:
         model = WorkflowInstance
         fields = [
-            "workflow_id", "run_id", "workflow_name", "status", "queue", "waiting_on",
-            "created_at", "scheduled_start_at", "started_at", "closed_at",
+            "workflow_id",
+            "run_id",
+            "workflow_name",
+            "status",
+            "queue",
+            "waiting_on",
+            "created_at",
+            "scheduled_start_at",
+            "started_at",
+            "closed_at",
         ]
         read_only_fields = fields
 
@@ -350,27 +373,46 @@ class WorkflowDetailSerializer(WorkflowSummarySerializer):
     )
     vars = JSONValueField(kind="object", read_only=True, help_text="The latest ctx.set_var() values.")
     task_error = JSONValueField(
-        kind="object", read_only=True, allow_null=True,
+        kind="object",
+        read_only=True,
+        allow_null=True,
         help_text="The latest engine-level failure of a workflow task (e.g. non-determinism), if any.",
     )
     pending_work = PendingWorkField()
     parent = serializers.CharField(
-        source="parent.workflow_id", read_only=True, allow_null=True,
+        source="parent.workflow_id",
+        read_only=True,
+        allow_null=True,
         help_text="For a child workflow: its parent's workflow id.",
     )
     continued_from = serializers.UUIDField(
-        source="continued_from.run_id", read_only=True, allow_null=True,
+        source="continued_from.run_id",
+        read_only=True,
+        allow_null=True,
         help_text="The run that continued as this one (ctx.continue_as_new), if any.",
     )
     continued_as = serializers.UUIDField(
-        source="continued_as.run_id", read_only=True, allow_null=True,
+        source="continued_as.run_id",
+        read_only=True,
+        allow_null=True,
         help_text="The run this one continued as, if it did.",
     )
 
     class Meta(WorkflowSummarySerializer.Meta):
         fields = WorkflowSummarySerializer.Meta.fields + [
-            "args", "kwargs", "result", "error", "vars", "task_error", "history_length", "updated_at",
-            "cancel_requested_at", "parent", "continued_from", "continued_as", "pending_work",
+            "args",
+            "kwargs",
+            "result",
+            "error",
+            "vars",
+            "task_error",
+            "history_length",
+            "updated_at",
+            "cancel_requested_at",
+            "parent",
+            "continued_from",
+            "continued_as",
+            "pending_work",
         ]
         read_only_fields = fields
 

@@ -102,7 +102,9 @@ class CompleteActivityView(ActivityView):
 
     serializer_class = s.CompleteActivityRequestSerializer
     schema = DurableSchema(
-        tags=["activities"], operation_ids={"post": "completeActivity"}, token_header=True,
+        tags=["activities"],
+        operation_ids={"post": "completeActivity"},
+        token_header=True,
         responses={"post": (200, s.ActivityStatusSerializer)},
     )
 
@@ -117,7 +119,9 @@ class FailActivityView(ActivityView):
 
     serializer_class = s.FailActivityRequestSerializer
     schema = DurableSchema(
-        tags=["activities"], operation_ids={"post": "failActivity"}, token_header=True,
+        tags=["activities"],
+        operation_ids={"post": "failActivity"},
+        token_header=True,
         responses={"post": (200, s.ActivityStatusSerializer)},
     )
 
@@ -132,7 +136,9 @@ class HeartbeatActivityView(ActivityView):
 
     serializer_class = s.HeartbeatActivityRequestSerializer
     schema = DurableSchema(
-        tags=["activities"], operation_ids={"post": "heartbeatActivity"}, token_header=True,
+        tags=["activities"],
+        operation_ids={"post": "heartbeatActivity"},
+        token_header=True,
         responses={"post": (200, s.HeartbeatResponseSerializer)},
     )
 
@@ -161,10 +167,17 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
     schema = DurableSchema(
         tags=["workflows"],
         operation_ids={
-            "list": "listWorkflows", "create": "startWorkflow", "retrieve": "describeWorkflow",
-            "history": "workflowHistory", "terminate": "terminateWorkflow", "signal": "signalWorkflow",
-            "cancel": "cancelWorkflow", "suspend": "suspendWorkflow", "resume": "resumeWorkflow",
-            "rerun": "rerunWorkflow", "destroy": "purgeWorkflow",
+            "list": "listWorkflows",
+            "create": "startWorkflow",
+            "retrieve": "describeWorkflow",
+            "history": "workflowHistory",
+            "terminate": "terminateWorkflow",
+            "signal": "signalWorkflow",
+            "cancel": "cancelWorkflow",
+            "suspend": "suspendWorkflow",
+            "resume": "resumeWorkflow",
+            "rerun": "rerunWorkflow",
+            "destroy": "purgeWorkflow",
         },
         responses={
             "create": (201, s.StartedWorkflowSerializer),

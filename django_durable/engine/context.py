@@ -101,9 +101,7 @@ class WorkflowContext:
         self._now = self.started_at
         self._next_task_id = 0
         self._max_recorded = max(self._recorded, default=0)
-        self._patch_horizon = max(
-            (e.task_id or 0 for e in horizon if e.kind in COMMAND_KINDS), default=0
-        )
+        self._patch_horizon = max((e.task_id or 0 for e in horizon if e.kind in COMMAND_KINDS), default=0)
         self._rng = _random.Random(uuid.UUID(run_id).int if _is_uuid(run_id) else run_id)
         self._consumed_latest = False
         self._cancel_raised = False
@@ -279,9 +277,7 @@ class WorkflowContext:
         if timer.task_id in self._completions or timer.task_id in self._canceled_timers:
             return
         self._canceled_timers.add(timer.task_id)
-        self.new_events.append(
-            Event(kind=EventKind.TIMER_CANCELED.value, timestamp=self._now, task_id=timer.task_id)
-        )
+        self.new_events.append(Event(kind=EventKind.TIMER_CANCELED.value, timestamp=self._now, task_id=timer.task_id))
 
     def call_workflow(
         self,
@@ -319,8 +315,9 @@ class WorkflowContext:
         self._check_cancel(None)
         encoded_args = self._encode(list(args), "the arguments of continue_as_new()")
         encoded_kwargs = self._encode(kwargs, "the keyword arguments of continue_as_new()")
-        self._check_size({"args": encoded_args, "kwargs": encoded_kwargs}, "the input of continue_as_new()",
-                         "workflow_input")
+        self._check_size(
+            {"args": encoded_args, "kwargs": encoded_kwargs}, "the input of continue_as_new()", "workflow_input"
+        )
         self.continue_request = ContinueAsNew(encoded_args, encoded_kwargs)
         raise self.continue_request
 
@@ -341,9 +338,7 @@ class WorkflowContext:
                 self._patches[change_id] = False  # history went past this point under the old code
             else:
                 self._markers.add(change_id)
-                self.new_events.append(
-                    Event(kind=EventKind.PATCH_MARKER.value, timestamp=self._now, name=change_id)
-                )
+                self.new_events.append(Event(kind=EventKind.PATCH_MARKER.value, timestamp=self._now, name=change_id))
                 self._patches[change_id] = True
         return self._patches[change_id]
 
@@ -363,11 +358,11 @@ class WorkflowContext:
             if len(done) == len(tasks):
                 break
             self._check_cancel(None)
-            pending = next(t for t, entry in zip(tasks, entries) if entry is None)
+            pending = next(t for t, entry in zip(tasks, entries, strict=True) if entry is None)
             self._suspend(pending.description)
         self._learns(max((entry[0] for entry in done), default=None))
         self._check_cancel(max((entry[0] for entry in done), default=None) if done else 0)
-        return [self._take(t, entry) for t, entry in zip(tasks, done)]
+        return [self._take(t, entry) for t, entry in zip(tasks, done, strict=True)]
 
     def wait_any(self, tasks: Iterable[Task]) -> Task:
         """The first of ``tasks`` to complete (in history order)."""
@@ -376,7 +371,7 @@ class WorkflowContext:
             raise ValueError("wait_any() needs at least one task.")
         while True:
             self._check_running()
-            done = [(entry, t) for t, entry in zip(tasks, self._lookup_all(tasks)) if entry is not None]
+            done = [(entry, t) for t, entry in zip(tasks, self._lookup_all(tasks), strict=True) if entry is not None]
             if done:
                 break
             self._check_cancel(None)
@@ -419,9 +414,7 @@ class WorkflowContext:
         return task_id
 
     def _record(self, kind: EventKind, task_id: int, name: str, payload: dict[str, Any]) -> None:
-        self.new_events.append(
-            Event(kind=kind.value, timestamp=self._now, name=name, task_id=task_id, payload=payload)
-        )
+        self.new_events.append(Event(kind=kind.value, timestamp=self._now, name=name, task_id=task_id, payload=payload))
 
     def _consume(self, task: Task) -> Any:
         while True:
@@ -485,8 +478,11 @@ class WorkflowContext:
         at a wait, or (``waiting=False``) at a new call, which a replay of the events before
         ``index`` would have made and gone on from: what it then set is not known here."""
         if (
-            self._vars_boundary is not None and index is not None and index >= self._vars_boundary
-            and self.vars_before is None and not self.vars_before_unknown
+            self._vars_boundary is not None
+            and index is not None
+            and index >= self._vars_boundary
+            and self.vars_before is None
+            and not self.vars_before_unknown
         ):
             if waiting:
                 self.vars_before = dict(self.vars)
@@ -522,9 +518,7 @@ class WorkflowContext:
 
     def unconsumed_events(self) -> list[Event]:
         """External events no wait has consumed, in arrival order (carried to a continued run)."""
-        left = [
-            entry for name, entries in self._events.items() for entry in entries[self._event_cursor.get(name, 0):]
-        ]
+        left = [entry for name, entries in self._events.items() for entry in entries[self._event_cursor.get(name, 0) :]]
         return [entry[1] for entry in sorted(left, key=lambda entry: entry[0])]
 
     def _suspend(self, waiting_on: str) -> None:

@@ -154,5 +154,7 @@ def check_payload_size(value: Any, *, what: str, kind: str, limits: PayloadLimit
         raise PayloadTooLarge(
             f"Cannot store {what}: {size} bytes of JSON, over the limit of {limit} bytes "
             f"for {PAYLOAD_KINDS[kind]} (DURABLE['PAYLOAD_MAX_BYTES']).",
-            kind=kind, size=size, limit=limit,
+            kind=kind,
+            size=size,
+            limit=limit,
         )

@@ -122,8 +122,10 @@ def run_workflow_task(
     if history_max_events is not None and size >= history_max_events:
         over = f"would reach {size} events, the limit is {history_max_events} (DURABLE['HISTORY_MAX_EVENTS'])"
     elif history_max_bytes is not None and size_bytes > history_max_bytes:
-        over = (f"would grow to {size_bytes} bytes of JSON, over the limit of {history_max_bytes} bytes "
-                f"(DURABLE['HISTORY_MAX_BYTES'])")
+        over = (
+            f"would grow to {size_bytes} bytes of JSON, over the limit of {history_max_bytes} bytes "
+            f"(DURABLE['HISTORY_MAX_BYTES'])"
+        )
     if over is not None and status != CONTINUED_AS_NEW:
         status, result = FAILED, None
         error = failure_from_exception(
@@ -143,7 +145,8 @@ def run_workflow_task(
     elif history_warn_bytes is not None and known_bytes < history_warn_bytes <= size_bytes:
         warning = (
             f"The history of workflow {workflow_id!r} has {size_bytes} bytes of JSON (warning at "
-            f"{history_warn_bytes}" + (f", limit {history_max_bytes}" if history_max_bytes else "")
+            f"{history_warn_bytes}"
+            + (f", limit {history_max_bytes}" if history_max_bytes else "")
             + "); consider ctx.continue_as_new()."
         )
     if status == CONTINUED_AS_NEW:
@@ -319,15 +322,30 @@ def vars_at(
     if not 1 <= seq <= len(history):
         raise ValueError(f"seq must be between 1 and {len(history)}, not {seq}.")
     return _vars_at(
-        fn, history, seq, with_before=True, workflow_id=workflow_id, run_id=run_id,
-        workflow_name=workflow_name, queue=queue, converter=converter, activity_options=activity_options,
-        workflow_options=workflow_options, timeout=task_timeout, code_guard=code_guard,
+        fn,
+        history,
+        seq,
+        with_before=True,
+        workflow_id=workflow_id,
+        run_id=run_id,
+        workflow_name=workflow_name,
+        queue=queue,
+        converter=converter,
+        activity_options=activity_options,
+        workflow_options=workflow_options,
+        timeout=task_timeout,
+        code_guard=code_guard,
     )
 
 
 def _vars_at(
-    fn: Callable[..., Any], history: Sequence[Event], seq: int, *, with_before: bool,
-    converter: Converter, **context: Any,
+    fn: Callable[..., Any],
+    history: Sequence[Event],
+    seq: int,
+    *,
+    with_before: bool,
+    converter: Converter,
+    **context: Any,
 ) -> VarsAt:
     prefix = list(history[:seq])
     at = VarsAt(seq=seq, event=prefix[-1], vars={}, raw_vars={}, status="pending")
@@ -339,8 +357,12 @@ def _vars_at(
     before = with_before and any(event.kind == EventKind.WORKFLOW_TASK_STARTED for event in prefix[:-1])
     try:
         ctx, status, result, failure = _execute(
-            fn, prefix, lookahead=history[seq:], vars_before_index=seq - 1 if before else None,
-            converter=converter, **context,
+            fn,
+            prefix,
+            lookahead=history[seq:],
+            vars_before_index=seq - 1 if before else None,
+            converter=converter,
+            **context,
         )
         error: BaseException | None = _task_error(ctx, status)
         if error is None and closed_by is not None:

@@ -32,7 +32,11 @@ from .handles import Abort, ContinueAsNew, Suspend
 logger = logging.getLogger("django_durable.engine")
 
 RUNNING, COMPLETED, FAILED, CANCELED, CONTINUED_AS_NEW = (
-    "running", "completed", "failed", "canceled", "continued_as_new"
+    "running",
+    "completed",
+    "failed",
+    "canceled",
+    "continued_as_new",
 )
 
 # (status, result, error) of the code so far
@@ -68,9 +72,7 @@ class ResidentRun:
         self.finished = False
         self.timeout = timeout
         ctx._park = self._park
-        self._thread = threading.Thread(
-            target=self._body, name=f"durable-workflow-{ctx.workflow_id}"[:60], daemon=True
-        )
+        self._thread = threading.Thread(target=self._body, name=f"durable-workflow-{ctx.workflow_id}"[:60], daemon=True)
 
     @property
     def length(self) -> int:
@@ -103,7 +105,9 @@ class ResidentRun:
                 if not self._turn.wait_for(lambda: not self._code_turn, timeout=CLOSE_TIMEOUT):
                     logger.warning(
                         "Workflow %s did not unwind within %ss (it swallows the engine's Suspend and "
-                        "loops); its thread is left behind.", self.ctx.workflow_id, CLOSE_TIMEOUT,
+                        "loops); its thread is left behind.",
+                        self.ctx.workflow_id,
+                        CLOSE_TIMEOUT,
                     )
                     return
         self._thread.join()
@@ -163,7 +167,7 @@ class ResidentRun:
             pass
         except CancelledError as exc:
             status, error = CANCELED, failure_from_exception(exc)
-        except Exception as exc:  # the workflow code failed: the workflow fails
+        except Exception as exc:  # noqa: BLE001 - the workflow code failed: the workflow fails
             status, error = FAILED, failure_from_exception(exc)
         except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread, re-raised there
             self._crash = exc
@@ -179,12 +183,16 @@ def _settle(ctx: WorkflowContext, status: str, result: Any, error: dict[str, Any
     request = ctx.continue_request
     if request is not None and ctx.fatal is None:
         # Once called, continue_as_new() decides, whatever the code did with its exception.
-        return CONTINUED_AS_NEW, {
-            "args": request.args_json,
-            "kwargs": request.kwargs_json,
-            "events": [
-                {"name": event.name, "payload": event.payload, "timestamp": event.timestamp.isoformat()}
-                for event in ctx.unconsumed_events()
-            ],
-        }, None
+        return (
+            CONTINUED_AS_NEW,
+            {
+                "args": request.args_json,
+                "kwargs": request.kwargs_json,
+                "events": [
+                    {"name": event.name, "payload": event.payload, "timestamp": event.timestamp.isoformat()}
+                    for event in ctx.unconsumed_events()
+                ],
+            },
+            None,
+        )
     return status, result, error

@@ -37,9 +37,7 @@ class RunningActivity:
     def heartbeat(self, details: Any) -> bool:
         crash_point("before_heartbeat")
         try:
-            self.heartbeat_at = store.record_heartbeat(
-                self.item, details, lease_seconds=durable_settings.LEASE_SECONDS
-            )
+            self.heartbeat_at = store.record_heartbeat(self.item, details, lease_seconds=durable_settings.LEASE_SECONDS)
         except store.LeaseLost:
             raise ActivityNotPending(
                 f"Attempt {self.item.attempt} of activity {self.item.name!r} is no longer pending "
@@ -76,8 +74,12 @@ def run_activity_function(running: RunningActivity) -> store.Completion | None:
     when the attempt was settled here (it failed, was late, or awaits its task token)."""
     item = running.item
     if store.fail_late_attempt(item):
-        logger.warning("Activity %s of %s failed for good: attempt %d was claimed after its "
-                       "schedule_to_close_timeout", item.name, item.workflow_id, item.attempt)
+        logger.warning(
+            "Activity %s of %s failed for good: attempt %d was claimed after its schedule_to_close_timeout",
+            item.name,
+            item.workflow_id,
+            item.attempt,
+        )
         return None
     try:
         definition = registry.get_activity_definition(item.name)
@@ -104,10 +106,14 @@ def run_activity_function(running: RunningActivity) -> store.Completion | None:
     try:
         value = definition.fn(*args, **kwargs)
     except ResultPending:
-        record_outcome(lambda: store.await_completion(item, running.heartbeat_at), lease=running.lease,
-                       what=f"that activity {item.name!r} attempt {item.attempt} awaits its task token")
-        logger.info("Activity %s of %s (attempt %d) awaits completion by task token",
-                    item.name, item.workflow_id, item.attempt)
+        record_outcome(
+            lambda: store.await_completion(item, running.heartbeat_at),
+            lease=running.lease,
+            what=f"that activity {item.name!r} attempt {item.attempt} awaits its task token",
+        )
+        logger.info(
+            "Activity %s of %s (attempt %d) awaits completion by task token", item.name, item.workflow_id, item.attempt
+        )
         return None
     except Exception as exc:  # noqa: BLE001 - whatever an activity raises is its failure
         record_failure(running, exc, retryable=True)
@@ -155,11 +161,21 @@ def commit_activities(
 
 def record_failure(running: RunningActivity, exc: Exception, *, retryable: bool) -> None:
     item, failure = running.item, failure_from_exception(exc)
-    retry_at = record_outcome(lambda: store.fail_activity(item, failure, retryable=retryable), lease=running.lease,
-                              what=f"the failure of activity {item.name!r} attempt {item.attempt}")
+    retry_at = record_outcome(
+        lambda: store.fail_activity(item, failure, retryable=retryable),
+        lease=running.lease,
+        what=f"the failure of activity {item.name!r} attempt {item.attempt}",
+    )
     if retry_at is not None:
-        logger.info("Activity %s attempt %d failed (%s: %s); retry at %s", item.name, item.attempt,
-                    type(exc).__name__, exc, retry_at.isoformat())
+        logger.info(
+            "Activity %s attempt %d failed (%s: %s); retry at %s",
+            item.name,
+            item.attempt,
+            type(exc).__name__,
+            exc,
+            retry_at.isoformat(),
+        )
     else:
-        logger.warning("Activity %s failed for good on attempt %d: %s: %s", item.name, item.attempt,
-                       type(exc).__name__, exc)
+        logger.warning(
+            "Activity %s failed for good on attempt %d: %s: %s", item.name, item.attempt, type(exc).__name__, exc
+        )

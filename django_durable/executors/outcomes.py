@@ -68,8 +68,13 @@ def record_outcome(record: Callable[[], T], *, lease: Lease, what: str) -> T:
         except TRANSIENT_ERRORS as exc:
             if connection.in_atomic_block or not lease.holds():
                 raise
-            logger.warning("Database error recording %s (%s); its lease holds: trying again in %.2fs (try %d).",
-                           what, str(exc).strip() or type(exc).__name__, backoff, tries + 1)
+            logger.warning(
+                "Database error recording %s (%s); its lease holds: trying again in %.2fs (try %d).",
+                what,
+                str(exc).strip() or type(exc).__name__,
+                backoff,
+                tries + 1,
+            )
         close_old_connections()  # a lost connection is replaced; one that is fine is kept
         _pause.wait(backoff)  # not time.sleep(): under libfaketime it fails or hangs
         backoff = min(backoff * 2, MAX_BACKOFF)

@@ -37,9 +37,11 @@ def renewing_lease(
             try:
                 close_old_connections()
                 asked_at = time.monotonic()
-                lost = store.renew_leases(owner=item.owner,
-                                          leases=[store.LeaseRenewal(item.id, item.attempt, deadline())],
-                                          lease_seconds=lease_seconds)
+                lost = store.renew_leases(
+                    owner=item.owner,
+                    leases=[store.LeaseRenewal(item.id, item.attempt, deadline())],
+                    lease_seconds=lease_seconds,
+                )
                 if lease is not None:
                     lease.renewed(asked_at=asked_at, lost=bool(lost))
                 if lost and not done.is_set():
@@ -60,8 +62,12 @@ def renewing_lease(
 def run_activity_item(item: store.Claim, *, lease_seconds: float) -> None:
     """Run a claimed attempt outside durable_worker, renewing its lease meanwhile."""
     running = RunningActivity(item)
-    with renewing_lease(item, lease_seconds=lease_seconds, lease=running.lease,
-                        deadline=lambda: store.attempt_deadline(item, running.heartbeat_at)):
+    with renewing_lease(
+        item,
+        lease_seconds=lease_seconds,
+        lease=running.lease,
+        deadline=lambda: store.attempt_deadline(item, running.heartbeat_at),
+    ):
         try:
             execute_activity(running)
         except store.LeaseLost as exc:

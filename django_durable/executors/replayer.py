@@ -52,15 +52,25 @@ def run_task(*, workflow_name: str, resident: ResidentRun | None, **task: Any) -
 
 
 def replay_error(
-    fn: Callable[..., Any], *, workflow_id: str, run_id: str, workflow_name: str, queue: str,
+    fn: Callable[..., Any],
+    *,
+    workflow_id: str,
+    run_id: str,
+    workflow_name: str,
+    queue: str,
     history: Sequence[Event],
 ) -> BaseException | None:
     """``durable_replay``: what the next workflow task of a stored run would fail with under
     the current code (``NonDeterminismError``, a guard's error, a crash), or None."""
     try:
         return check_history(
-            fn, workflow_id=workflow_id, run_id=run_id, workflow_name=workflow_name, queue=queue,
-            history=history, **replay_options(),
+            fn,
+            workflow_id=workflow_id,
+            run_id=run_id,
+            workflow_name=workflow_name,
+            queue=queue,
+            history=history,
+            **replay_options(),
         )
     except KeyboardInterrupt:
         raise
@@ -69,14 +79,26 @@ def replay_error(
 
 
 def replay_vars_at(
-    fn: Callable[..., Any], *, workflow_id: str, run_id: str, workflow_name: str, queue: str,
-    history: Sequence[Event], seq: int,
+    fn: Callable[..., Any],
+    *,
+    workflow_id: str,
+    run_id: str,
+    workflow_name: str,
+    queue: str,
+    history: Sequence[Event],
+    seq: int,
 ) -> VarsAt:
     """The admin's time travel: the run's variables as of event ``seq``, and as of the one
     before, from one replay (what stops it is ``error``)."""
     return vars_at(
-        fn, workflow_id=workflow_id, run_id=run_id, workflow_name=workflow_name, queue=queue,
-        history=history, seq=seq, **replay_options(),
+        fn,
+        workflow_id=workflow_id,
+        run_id=run_id,
+        workflow_name=workflow_name,
+        queue=queue,
+        history=history,
+        seq=seq,
+        **replay_options(),
     )
 
 

@@ -24,9 +24,7 @@ from .replayer import run_task
 logger = logging.getLogger("django_durable.worker")
 
 
-def execute_workflow_task(
-    item: store.Claim, cache: RunCache | None = None, eager: store.Eager | None = None
-) -> None:
+def execute_workflow_task(item: store.Claim, cache: RunCache | None = None, eager: store.Eager | None = None) -> None:
     """Run the workflow's code up to where it waits, and commit the decisions.
 
     With a ``cache`` that holds the run's code parked where its last task left it, the
@@ -159,15 +157,15 @@ def _commit_tasks(ran: list[_RanTask], eager: store.Eager | None) -> DatabaseErr
     except DatabaseError as exc:
         if len(ran) == 1:
             return exc
-        logger.warning("Database error committing %d workflow tasks; committing them again, one by one.",
-                       len(ran), exc_info=True)
+        logger.warning(
+            "Database error committing %d workflow tasks; committing them again, one by one.", len(ran), exc_info=True
+        )
         close_old_connections()
     except store.LeaseLost:
         if len(ran) == 1:
             ran[0].completion.lost = ran[0].settled = True
             return None
-        logger.warning("A workflow task of %d was lost as they committed; committing them again, one by one.",
-                       len(ran))
+        logger.warning("A workflow task of %d was lost as they committed; committing them again, one by one.", len(ran))
     except Exception as exc:  # a bug in a task's writes: that task backs off
         if len(ran) == 1:
             try:
@@ -231,8 +229,11 @@ def record_workflow_task_failure(item: store.Claim, workflow_id: str, error: Bas
         logger.warning("Workflow task failure discarded: %s", exc)
         return
     logger.error(
-        "Workflow task of %s failed (%s)%s: %s", workflow_id, type(error).__name__,
-        "; parked after too many failures" if parked else "; will retry", error,
+        "Workflow task of %s failed (%s)%s: %s",
+        workflow_id,
+        type(error).__name__,
+        "; parked after too many failures" if parked else "; will retry",
+        error,
     )
 
 
@@ -304,7 +305,10 @@ def after_workflow_task(outcome: TaskOutcome, instance_id: int, workflow_id: str
     # Every step of an open run at DEBUG (at INFO, a line per step costs throughput); closes at INFO.
     logger.log(
         logging.INFO if outcome.status not in OPEN_STATUSES else logging.DEBUG,
-        "Workflow %s (%s): %s%s", workflow_id, workflow_name, outcome.status,
+        "Workflow %s (%s): %s%s",
+        workflow_id,
+        workflow_name,
+        outcome.status,
         f", waiting on {outcome.waiting_on}" if outcome.waiting_on else "",
     )
     if outcome.history_warning:

@@ -6,63 +6,101 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_durable', '0001_initial'),
+        ("django_durable", "0001_initial"),
     ]
 
     operations = [
         migrations.RemoveConstraint(
-            model_name='workflowinstance',
-            name='durable_one_open_run_per_workflow_id',
+            model_name="workflowinstance",
+            name="durable_one_open_run_per_workflow_id",
         ),
         migrations.AddField(
-            model_name='workflowinstance',
-            name='cancel_requested_at',
+            model_name="workflowinstance",
+            name="cancel_requested_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='workflowinstance',
-            name='continued_from',
-            field=models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='continued_as', to='django_durable.workflowinstance'),
+            model_name="workflowinstance",
+            name="continued_from",
+            field=models.OneToOneField(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="continued_as",
+                to="django_durable.workflowinstance",
+            ),
         ),
         migrations.AddField(
-            model_name='workflowinstance',
-            name='parent',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='children', to='django_durable.workflowinstance'),
+            model_name="workflowinstance",
+            name="parent",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="children",
+                to="django_durable.workflowinstance",
+            ),
         ),
         migrations.AddField(
-            model_name='workflowinstance',
-            name='parent_close_policy',
-            field=models.CharField(blank=True, choices=[('terminate', 'Terminate'), ('cancel', 'Cancel'), ('abandon', 'Abandon')], max_length=20),
+            model_name="workflowinstance",
+            name="parent_close_policy",
+            field=models.CharField(
+                blank=True,
+                choices=[("terminate", "Terminate"), ("cancel", "Cancel"), ("abandon", "Abandon")],
+                max_length=20,
+            ),
         ),
         migrations.AddField(
-            model_name='workflowinstance',
-            name='parent_task_id',
+            model_name="workflowinstance",
+            name="parent_task_id",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='workflowinstance',
-            name='rerun_from_seq',
+            model_name="workflowinstance",
+            name="rerun_from_seq",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='workflowinstance',
-            name='rerun_of',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='reruns', to='django_durable.workflowinstance'),
+            model_name="workflowinstance",
+            name="rerun_of",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="reruns",
+                to="django_durable.workflowinstance",
+            ),
         ),
         migrations.AlterField(
-            model_name='workflowinstance',
-            name='created_at',
+            model_name="workflowinstance",
+            name="created_at",
             field=models.DateTimeField(default=django.utils.timezone.now, editable=False),
         ),
         migrations.AlterField(
-            model_name='workflowinstance',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('suspended', 'Suspended'), ('completed', 'Completed'), ('failed', 'Failed'), ('canceled', 'Canceled'), ('terminated', 'Terminated'), ('continued_as_new', 'Continued as new')], default='pending', max_length=20),
+            model_name="workflowinstance",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("pending", "Pending"),
+                    ("running", "Running"),
+                    ("suspended", "Suspended"),
+                    ("completed", "Completed"),
+                    ("failed", "Failed"),
+                    ("canceled", "Canceled"),
+                    ("terminated", "Terminated"),
+                    ("continued_as_new", "Continued as new"),
+                ],
+                default="pending",
+                max_length=20,
+            ),
         ),
         migrations.AddConstraint(
-            model_name='workflowinstance',
-            constraint=models.UniqueConstraint(condition=models.Q(('status__in', ('pending', 'running', 'suspended'))), fields=('workflow_id',), name='durable_one_open_run_per_workflow_id'),
+            model_name="workflowinstance",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status__in", ("pending", "running", "suspended"))),
+                fields=("workflow_id",),
+                name="durable_one_open_run_per_workflow_id",
+            ),
         ),
     ]

@@ -4,35 +4,42 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_durable', '0002_orchestration'),
+        ("django_durable", "0002_orchestration"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='WorkerHeartbeat',
+            name="WorkerHeartbeat",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=255, unique=True)),
-                ('hostname', models.CharField(max_length=255)),
-                ('pid', models.PositiveIntegerField()),
-                ('queues', models.JSONField(default=list)),
-                ('concurrency', models.PositiveIntegerField(default=0)),
-                ('started_at', models.DateTimeField()),
-                ('last_seen_at', models.DateTimeField(db_index=True)),
-                ('stopped_at', models.DateTimeField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=255, unique=True)),
+                ("hostname", models.CharField(max_length=255)),
+                ("pid", models.PositiveIntegerField()),
+                ("queues", models.JSONField(default=list)),
+                ("concurrency", models.PositiveIntegerField(default=0)),
+                ("started_at", models.DateTimeField()),
+                ("last_seen_at", models.DateTimeField(db_index=True)),
+                ("stopped_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['-last_seen_at'],
+                "ordering": ["-last_seen_at"],
             },
         ),
         migrations.AlterModelOptions(
-            name='workflowinstance',
-            options={'ordering': ['-created_at'], 'permissions': [('operate_workflowinstance', 'Can act on workflows (signal, cancel, terminate, suspend, resume, retry, rerun, purge, complete activities)')]},
+            name="workflowinstance",
+            options={
+                "ordering": ["-created_at"],
+                "permissions": [
+                    (
+                        "operate_workflowinstance",
+                        "Can act on workflows (signal, cancel, terminate, suspend, resume, retry, rerun, purge, complete activities)",
+                    )
+                ],
+            },
         ),
         migrations.AddIndex(
-            model_name='workflowinstance',
-            index=models.Index(fields=['-created_at'], name='durable_instance_created'),
+            model_name="workflowinstance",
+            index=models.Index(fields=["-created_at"], name="durable_instance_created"),
         ),
     ]

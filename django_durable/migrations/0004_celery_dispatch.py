@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_durable', '0003_admin_debugger'),
+        ("django_durable", "0003_admin_debugger"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='workitem',
-            name='dispatched_at',
+            model_name="workitem",
+            name="dispatched_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
     ]

@@ -5,15 +5,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_durable', '0004_celery_dispatch'),
+        ("django_durable", "0004_celery_dispatch"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='historyevent',
-            name='instance',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='history', to='django_durable.workflowinstance'),
+            model_name="historyevent",
+            name="instance",
+            field=models.ForeignKey(
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="history",
+                to="django_durable.workflowinstance",
+            ),
         ),
     ]

@@ -2,9 +2,7 @@
 
 from django.db import migrations
 
-OLD_NAME = (
-    "Can act on workflows (signal, cancel, terminate, suspend, resume, retry, rerun, purge, complete activities)"
-)
+OLD_NAME = "Can act on workflows (signal, cancel, terminate, suspend, resume, retry, rerun, purge, complete activities)"
 NEW_NAME = (
     "Can signal, cancel, terminate, suspend, resume and retry workflow runs, and complete or fail their activities"
 )
@@ -32,15 +30,22 @@ def describe_old(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_durable', '0005_history_instance_index'),
+        ("django_durable", "0005_history_instance_index"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='workflowinstance',
-            options={'ordering': ['-created_at'], 'permissions': [('operate_workflowinstance', 'Can signal, cancel, terminate, suspend, resume and retry workflow runs, and complete or fail their activities')]},
+            name="workflowinstance",
+            options={
+                "ordering": ["-created_at"],
+                "permissions": [
+                    (
+                        "operate_workflowinstance",
+                        "Can signal, cancel, terminate, suspend, resume and retry workflow runs, and complete or fail their activities",
+                    )
+                ],
+            },
         ),
         migrations.RunPython(describe_new, describe_old, elidable=True),
     ]

@@ -56,7 +56,8 @@ def _finish_attempts(items: Sequence[Claim], runs: dict[int, LockedRun], *, live
     if finished is not None:
         return finished
     return {
-        item.id for item in items
+        item.id
+        for item in items
         if _finish_attempt(item, runs[item.instance_id], runs[item.instance_id].now, live_only=live_only)
     }
 
@@ -95,7 +96,8 @@ def complete_activities(
         runs = _lock_instances(completion.item.instance_id for completion in completions)
         finished = _finish_attempts(
             [completion.item for completion in completions if completion.item.instance_id in runs],
-            runs, live_only=live_only,
+            runs,
+            live_only=live_only,
         )
         by_run: dict[int, list[Completion]] = {}
         for completion in completions:
@@ -111,13 +113,15 @@ def complete_activities(
             for completion in group:
                 crash_point("before_activity_commit")
                 item = completion.item
-                events.append(Event(
-                    kind=EventKind.ACTIVITY_COMPLETED,
-                    timestamp=now,
-                    name=item.name,
-                    task_id=item.task_id,
-                    payload={"result": completion.result, "attempt": item.attempt},
-                ))
+                events.append(
+                    Event(
+                        kind=EventKind.ACTIVITY_COMPLETED,
+                        timestamp=now,
+                        name=item.name,
+                        task_id=item.task_id,
+                        payload={"result": completion.result, "attempt": item.attempt},
+                    )
+                )
             continue_run = group[0].continue_run
             if (
                 continue_run is not None
@@ -127,9 +131,14 @@ def complete_activities(
             ):
                 decisions = continue_run(
                     Continuation(
-                        instance_id=instance_id, workflow_id=instance.workflow_id,
-                        run_id=str(instance.run_id), workflow_name=instance.workflow_name,
-                        queue=instance.queue, history_length=instance.history_length, now=now, inbox=events,
+                        instance_id=instance_id,
+                        workflow_id=instance.workflow_id,
+                        run_id=str(instance.run_id),
+                        workflow_name=instance.workflow_name,
+                        queue=instance.queue,
+                        history_length=instance.history_length,
+                        now=now,
+                        inbox=events,
                     )
                 )
                 if decisions is not None:
@@ -153,9 +162,7 @@ def await_completion(item: Claim, heartbeat_at: datetime.datetime | None) -> Non
         raise lease_lost(item)
 
 
-def record_heartbeat(
-    item: Claim, details: Any, *, lease_seconds: float, live_only: bool = False
-) -> datetime.datetime:
+def record_heartbeat(item: Claim, details: Any, *, lease_seconds: float, live_only: bool = False) -> datetime.datetime:
     """Keep ``details`` for the next attempt and push out the attempt's heartbeat deadline."""
     with write_transaction():
         now = db_now()
@@ -167,9 +174,7 @@ def record_heartbeat(
         deadline = attempt_deadline(item, now)
         fence.filter(awaiting_completion=True).update(lease_expires_at=deadline)
         renewed = now + _seconds(lease_seconds)
-        fence.filter(awaiting_completion=False).update(
-            lease_expires_at=min(renewed, deadline) if deadline else renewed
-        )
+        fence.filter(awaiting_completion=False).update(lease_expires_at=min(renewed, deadline) if deadline else renewed)
     return now
 
 
@@ -246,7 +251,7 @@ def fail_late_attempt(item: Claim) -> bool:
             failure = {
                 "type": "django_durable.exceptions.TimeoutError",
                 "message": f"activity {item.name!r} reached its schedule_to_close_timeout of {limit}s "
-                           f"before attempt {item.attempt} started",
+                f"before attempt {item.attempt} started",
                 "mro": ["TimeoutError"],
             }
         _deliver_activity_failure(item, instance, failure, attempt, now)
@@ -276,8 +281,12 @@ def _fail_attempt(
             }
     if retry_at is not None:
         applied = fence.update(
-            lease_owner=None, lease_expires_at=None, due_at=retry_at, last_error=failure,
-            parked_at=_parked_at(instance, now), dispatched_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            due_at=retry_at,
+            last_error=failure,
+            parked_at=_parked_at(instance, now),
+            dispatched_at=None,
         )
     else:
         applied, _ = fence.delete()
@@ -285,8 +294,15 @@ def _fail_attempt(
         raise lease_lost(item)
     if retry_at is not None:
         state_change(
-            "retry_scheduled", workflow_id=item.workflow_id, run_id=item.run_id, name=item.name, task_id=item.task_id,
-            item=item.id, attempt=item.attempt, retry_at=retry_at, error_type=failure.get("type"),
+            "retry_scheduled",
+            workflow_id=item.workflow_id,
+            run_id=item.run_id,
+            name=item.name,
+            task_id=item.task_id,
+            item=item.id,
+            attempt=item.attempt,
+            retry_at=retry_at,
+            error_type=failure.get("type"),
             error=failure.get("message"),
         )
         return retry_at
@@ -299,7 +315,10 @@ def _deliver_activity_failure(
 ) -> None:
     """The activity failed for good (its ``attempt`` was the last): tell the run."""
     event = Event(
-        kind=EventKind.ACTIVITY_FAILED, timestamp=now, name=item.name, task_id=item.task_id,
+        kind=EventKind.ACTIVITY_FAILED,
+        timestamp=now,
+        name=item.name,
+        task_id=item.task_id,
         payload={"error": failure, "attempt": attempt},
     )
     _deliver(item.instance_id, instance, event)

@@ -33,7 +33,9 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
     """Claim up to ``limit`` due items of ``kind`` in one short transaction."""
     if limit <= 0:
         return []
-    claims = dialect_for(connection).claim(owner=owner, kind=kind, queues=queues, limit=limit, lease_seconds=lease_seconds)
+    claims = dialect_for(connection).claim(
+        owner=owner, kind=kind, queues=queues, limit=limit, lease_seconds=lease_seconds
+    )
     if claims is not None:
         _cap_leases(claims)
     else:
@@ -51,9 +53,17 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
 def _log_claims(claims: Iterable[Claim], **fields: Any) -> None:
     for item in claims:
         state_change(
-            "claimed", workflow_id=item.workflow_id, run_id=item.run_id, kind=item.kind, name=item.name or None,
-            task_id=item.task_id, item=item.id, attempt=item.attempt, owner=item.owner,
-            lease_expires_at=item.lease_expires_at, **fields,
+            "claimed",
+            workflow_id=item.workflow_id,
+            run_id=item.run_id,
+            kind=item.kind,
+            name=item.name or None,
+            task_id=item.task_id,
+            item=item.id,
+            attempt=item.attempt,
+            owner=item.owner,
+            lease_expires_at=item.lease_expires_at,
+            **fields,
         )
 
 
@@ -84,9 +94,7 @@ def _lease_items(ids: list[int], *, owner: str, now: datetime.datetime, lease_se
     return claims
 
 
-def dispatch(
-    *, kind: str, queues: Sequence[str], limit: int, dispatch_timeout: float
-) -> list[tuple[int, str]]:
+def dispatch(*, kind: str, queues: Sequence[str], limit: int, dispatch_timeout: float) -> list[tuple[int, str]]:
     """Mark up to ``limit`` claimable items of ``kind`` as sent to a remote executor, and
     return their ``(id, queue)``: those never sent since they last became claimable, or
     sent more than ``dispatch_timeout`` seconds ago and still unclaimed (the message was lost)."""
@@ -111,9 +119,7 @@ def dispatch_activities(*, queues: Sequence[str], limit: int, dispatch_timeout: 
     return dispatch(kind=WorkItemKind.ACTIVITY, queues=queues, limit=limit, dispatch_timeout=dispatch_timeout)
 
 
-def claim_item(
-    item_id: int, *, owner: str, lease_seconds: float, kind: str = WorkItemKind.ACTIVITY
-) -> Claim | None:
+def claim_item(item_id: int, *, owner: str, lease_seconds: float, kind: str = WorkItemKind.ACTIVITY) -> Claim | None:
     """Claim the item ``item_id`` of ``kind`` by the rules of ``claim()`` (unleased, unparked,
     due); None when it is not claimable (a duplicate message, or already finished)."""
     with write_transaction():

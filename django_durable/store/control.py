@@ -49,7 +49,8 @@ def signal(workflow_id: str, run_id: str | None, name: str, payload: Any) -> Non
     with write_transaction():
         instance_id, instance = _lock_open_run(workflow_id, run_id)
         _deliver(
-            instance_id, instance,
+            instance_id,
+            instance,
             Event(kind=EventKind.EVENT_RAISED, timestamp=db_now(), name=name, payload={"payload": payload}),
         )
 
@@ -81,12 +82,15 @@ def suspend(workflow_id: str, run_id: str | None, reason: str = "") -> None:
             raise WorkflowStateError(f"Workflow {workflow_id!r} is already suspended.")
         now = db_now()
         seq = _append_event(
-            instance_id, instance,
+            instance_id,
+            instance,
             Event(kind=EventKind.EXECUTION_SUSPENDED, payload={"reason": reason}, timestamp=now),
         )
         WorkItem.objects.filter(
-            instance_id=instance_id, kind__in=(WorkItemKind.WORKFLOW, WorkItemKind.ACTIVITY),
-            lease_owner__isnull=True, parked_at__isnull=True,
+            instance_id=instance_id,
+            kind__in=(WorkItemKind.WORKFLOW, WorkItemKind.ACTIVITY),
+            lease_owner__isnull=True,
+            parked_at__isnull=True,
         ).update(parked_at=now)
         WorkflowInstance.objects.filter(pk=instance_id).update(
             status=WorkflowStatus.SUSPENDED, history_length=seq, updated_at=now
@@ -102,11 +106,14 @@ def resume(workflow_id: str, run_id: str | None) -> None:
         now = db_now()
         seq = _append_event(instance_id, instance, Event(kind=EventKind.EXECUTION_RESUMED, timestamp=now))
         # A workflow task parked for failing before the suspension gets one more try.
-        WorkItem.objects.filter(instance_id=instance_id, parked_at__isnull=False).update(parked_at=None, dispatched_at=None)
+        WorkItem.objects.filter(instance_id=instance_id, parked_at__isnull=False).update(
+            parked_at=None, dispatched_at=None
+        )
         notify.notify_work(instance.queue)
         WorkflowInstance.objects.filter(pk=instance_id).update(
             status=WorkflowStatus.RUNNING if instance.started_at else WorkflowStatus.PENDING,
-            history_length=seq, updated_at=now,
+            history_length=seq,
+            updated_at=now,
         )
 
 
@@ -159,9 +166,15 @@ def rerun(workflow_id: str, run_id: str | None, from_seq: int, new_workflow_id: 
             now = db_now()
             _apply_id_reuse_policy(target_id, IdReusePolicy.ALLOW_DUPLICATE, now)
             instance = _create_run(
-                workflow_id=target_id, workflow_name=source.workflow_name, queue=source.queue,
-                args=source.input.get("args", []), kwargs=source.input.get("kwargs", {}),
-                now=now, history=prefix, rerun_of=source, rerun_from_seq=from_seq,
+                workflow_id=target_id,
+                workflow_name=source.workflow_name,
+                queue=source.queue,
+                args=source.input.get("args", []),
+                kwargs=source.input.get("kwargs", {}),
+                now=now,
+                history=prefix,
+                rerun_of=source,
+                rerun_from_seq=from_seq,
                 started_at=source.started_at if len(prefix) > 1 else None,
             )
             locked = _lock_instance(instance.pk)

@@ -90,11 +90,21 @@ def reap_expired_leases(*, limit: int, workflow_backoff: float, workflow_backoff
             continue  # renewed, completed or reaped by someone else meanwhile
         logger.warning(
             "Reaped %s %s of workflow run %s (attempt %s): lease of %s expired",
-            item.kind, item.name or "", item.instance_id, item.attempt, item.owner,
+            item.kind,
+            item.name or "",
+            item.instance_id,
+            item.attempt,
+            item.owner,
         )
         state_change(
-            "lease_expired", workflow_id=item.workflow_id, run_id=item.run_id, kind=item.kind,
-            name=item.name or None, item=item.id, attempt=item.attempt, owner=item.owner,
+            "lease_expired",
+            workflow_id=item.workflow_id,
+            run_id=item.run_id,
+            kind=item.kind,
+            name=item.name or None,
+            item=item.id,
+            attempt=item.attempt,
+            owner=item.owner,
         )
         reaped += 1
     return reaped

@@ -55,8 +55,12 @@ def record_worker_heartbeat(
     """Upsert the worker's row: seen now (and started now if ``starting``)."""
     now = db_now()
     fields = {
-        "hostname": hostname, "pid": pid, "queues": list(queues), "concurrency": concurrency,
-        "last_seen_at": now, "stopped_at": None,
+        "hostname": hostname,
+        "pid": pid,
+        "queues": list(queues),
+        "concurrency": concurrency,
+        "last_seen_at": now,
+        "stopped_at": None,
     }
     if starting:
         fields["started_at"] = now
@@ -106,7 +110,8 @@ def dashboard_stats(
         "running": Count("id", filter=leased & Q(awaiting_completion=False, lease_expires_at__gt=now)),
         "awaiting_completion": Count(
             "id",
-            filter=leased & Q(awaiting_completion=True)
+            filter=leased
+            & Q(awaiting_completion=True)
             & (Q(lease_expires_at__isnull=True) | Q(lease_expires_at__gt=now)),
         ),
         "lease_expired": Count("id", filter=leased & Q(lease_expires_at__lte=now)),
@@ -124,8 +129,15 @@ def dashboard_stats(
         WorkItem.objects.filter(claimable, due_at__lte=now)
         .order_by("due_at", "id")
         .values(
-            "id", "kind", "name", "queue", "due_at", "attempt", "instance_id",
-            workflow_id=F("instance__workflow_id"), workflow_name=F("instance__workflow_name"),
+            "id",
+            "kind",
+            "name",
+            "queue",
+            "due_at",
+            "attempt",
+            "instance_id",
+            workflow_id=F("instance__workflow_id"),
+            workflow_name=F("instance__workflow_name"),
             run_id=F("instance__run_id"),
         )
         .first()
@@ -138,9 +150,15 @@ def dashboard_stats(
         WorkItem.objects.filter(kind=WorkItemKind.WORKFLOW, last_error__isnull=False)
         .order_by(F("parked_at").desc(nulls_last=True), "-failures", "id")
         .values(
-            "instance_id", "failures", "parked_at", "due_at", "last_error",
-            workflow_id=F("instance__workflow_id"), workflow_name=F("instance__workflow_name"),
-            run_id=F("instance__run_id"), status=F("instance__status"),
+            "instance_id",
+            "failures",
+            "parked_at",
+            "due_at",
+            "last_error",
+            workflow_id=F("instance__workflow_id"),
+            workflow_name=F("instance__workflow_name"),
+            run_id=F("instance__run_id"),
+            status=F("instance__status"),
         )[:failing_tasks_limit]
     )
 
@@ -148,7 +166,8 @@ def dashboard_stats(
     stale = Q(stopped_at__isnull=True, last_seen_at__lt=stale_before)
     seen = WorkerHeartbeat.objects.filter(Q(last_seen_at__gte=since) | alive)
     worker_counts = seen.aggregate(
-        alive=Count("id", filter=alive), stale=Count("id", filter=stale),
+        alive=Count("id", filter=alive),
+        stale=Count("id", filter=stale),
         stopped=Count("id", filter=Q(stopped_at__isnull=False)),
     )
     workers = list(
@@ -266,7 +285,8 @@ def prune_batch(
         state_change("pruned", closed_before=closed_before, **counts)
     logger.info(
         "Pruned %(runs)d closed runs with %(history_events)d history events, %(inbox_events)d inbox "
-        "events and %(work_items)d work items", counts,
+        "events and %(work_items)d work items",
+        counts,
     )
     return counts
 

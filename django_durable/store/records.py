@@ -17,18 +17,42 @@ if TYPE_CHECKING:
 EVENT_FIELDS = ("seq", "kind", "name", "task_id", "payload", "timestamp")
 
 CLAIM_FIELDS = (
-    "id", "kind", "instance_id", "queue", "name", "task_id", "payload", "attempt", "claimed_at",
-    "lease_expires_at", "created_at", "failures", "heartbeat_details", "heartbeat_at",
+    "id",
+    "kind",
+    "instance_id",
+    "queue",
+    "name",
+    "task_id",
+    "payload",
+    "attempt",
+    "claimed_at",
+    "lease_expires_at",
+    "created_at",
+    "failures",
+    "heartbeat_details",
+    "heartbeat_at",
 )
 
 # A run's columns its lock reads, in ``LockedRun``'s order (PostgreSQL builds it from the row).
 LOCKED_FIELDS = (
-    "status", "history_length", "queue", "workflow_id", "run_id", "workflow_name", "started_at",
-    "cancel_requested_at", "parent_id", "parent_task_id", "parent_close_policy",
+    "status",
+    "history_length",
+    "queue",
+    "workflow_id",
+    "run_id",
+    "workflow_name",
+    "started_at",
+    "cancel_requested_at",
+    "parent_id",
+    "parent_task_id",
+    "parent_close_policy",
 )
 
 CLOSING_STATUSES = (
-    WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELED, WorkflowStatus.CONTINUED_AS_NEW,
+    WorkflowStatus.COMPLETED,
+    WorkflowStatus.FAILED,
+    WorkflowStatus.CANCELED,
+    WorkflowStatus.CONTINUED_AS_NEW,
 )
 
 
@@ -159,8 +183,12 @@ class TaskDecisions:
     @classmethod
     def from_outcome(cls, outcome: TaskOutcome) -> TaskDecisions:
         return cls(
-            new_events=outcome.new_events, status=outcome.status, vars=outcome.vars, result=outcome.result,
-            error=outcome.error, waiting_on=outcome.waiting_on,
+            new_events=outcome.new_events,
+            status=outcome.status,
+            vars=outcome.vars,
+            result=outcome.result,
+            error=outcome.error,
+            waiting_on=outcome.waiting_on,
         )
 
 

@@ -98,8 +98,13 @@ def create_instance(
             now = db_now()
             _apply_id_reuse_policy(workflow_id, IdReusePolicy(id_reuse_policy), now)
             return _create_run(
-                workflow_id=workflow_id, workflow_name=workflow_name, queue=queue, args=args, kwargs=kwargs,
-                now=now, start_at=start_at,
+                workflow_id=workflow_id,
+                workflow_name=workflow_name,
+                queue=queue,
+                args=args,
+                kwargs=kwargs,
+                now=now,
+                start_at=start_at,
             )
     except IntegrityError:
         # Another transaction started a run with this id between our check and insert.
@@ -148,8 +153,13 @@ def _create_run(
     )
     notify.notify_work(queue)
     state_change(
-        "run_created", workflow_id=workflow_id, run_id=str(instance.run_id), workflow_name=workflow_name,
-        queue=queue, start_at=start_at, history_length=len(history),
+        "run_created",
+        workflow_id=workflow_id,
+        run_id=str(instance.run_id),
+        workflow_name=workflow_name,
+        queue=queue,
+        start_at=start_at,
+        history_length=len(history),
     )
     return instance
 
@@ -187,7 +197,7 @@ def _write_tasks(
     """``_write_task`` for the tasks of several runs (each run's updates with the same
     keys): on PostgreSQL still one statement."""
     ids = dialect_for(connection).write_tasks(runs, history, items)
-    for item, pk in zip(items, ids):
+    for item, pk in zip(items, ids, strict=True):
         item.pk = pk
 
 
@@ -252,8 +262,10 @@ def runs_to_replay(
         runs = runs.filter(workflow_name__in=names)
     present = sorted(set(runs.order_by().values_list("workflow_name", flat=True).distinct()))
     for name in present:
-        of_name = runs.filter(workflow_name=name).order_by("-id").values(
-            "id", "workflow_id", "run_id", "workflow_name", "queue", "status"
+        of_name = (
+            runs.filter(workflow_name=name)
+            .order_by("-id")
+            .values("id", "workflow_id", "run_id", "workflow_name", "queue", "status")
         )
         yield from of_name[:limit] if limit is not None else of_name.iterator()
 
@@ -261,8 +273,17 @@ def runs_to_replay(
 def pending_work(instance_id: int) -> list[dict[str, Any]]:
     return list(
         WorkItem.objects.filter(instance_id=instance_id).values(
-            "kind", "name", "task_id", "queue", "due_at", "attempt", "lease_owner",
-            "lease_expires_at", "failures", "parked_at", "last_error",
+            "kind",
+            "name",
+            "task_id",
+            "queue",
+            "due_at",
+            "attempt",
+            "lease_owner",
+            "lease_expires_at",
+            "failures",
+            "parked_at",
+            "last_error",
         )
     )
 
@@ -313,8 +334,12 @@ def _deliver(instance_id: int, instance: LockedRun, event: Event) -> None:
     )
     notify.notify_work(instance.queue)
     state_change(
-        "inbox", workflow_id=instance.workflow_id, run_id=str(instance.run_id), kind=event.kind,
-        name=event.name or None, task_id=event.task_id,
+        "inbox",
+        workflow_id=instance.workflow_id,
+        run_id=str(instance.run_id),
+        kind=event.kind,
+        name=event.name or None,
+        task_id=event.task_id,
     )
 
 
@@ -330,21 +355,30 @@ def _append_event(instance_id: int, instance: LockedRun, event: Event) -> int:
 def _log_history(instance: LockedRun, first_seq: int, events: Sequence[Event]) -> None:
     for offset, event in enumerate(events):
         state_change(
-            "history", workflow_id=instance.workflow_id, run_id=str(instance.run_id), seq=first_seq + offset,
-            kind=event.kind, name=event.name or None, task_id=event.task_id,
+            "history",
+            workflow_id=instance.workflow_id,
+            run_id=str(instance.run_id),
+            seq=first_seq + offset,
+            kind=event.kind,
+            name=event.name or None,
+            task_id=event.task_id,
         )
 
 
 def _terminate_locked(instance_id: int, instance: LockedRun, reason: str, now: datetime.datetime) -> None:
     error = {"type": "django_durable.Terminated", "message": reason}
-    seq = _append_event(instance_id, instance, Event(
-        kind=EventKind.WORKFLOW_TERMINATED, payload={"reason": reason}, timestamp=now
-    ))
+    seq = _append_event(
+        instance_id, instance, Event(kind=EventKind.WORKFLOW_TERMINATED, payload={"reason": reason}, timestamp=now)
+    )
     WorkItem.objects.filter(instance_id=instance_id).delete()
     InboxEvent.objects.filter(instance_id=instance_id).delete()
     WorkflowInstance.objects.filter(pk=instance_id).update(
-        status=WorkflowStatus.TERMINATED, error=error, history_length=seq, closed_at=now,
-        updated_at=now, waiting_on="",
+        status=WorkflowStatus.TERMINATED,
+        error=error,
+        history_length=seq,
+        closed_at=now,
+        updated_at=now,
+        waiting_on="",
     )
     _notify_parent(instance, WorkflowStatus.TERMINATED, None, error, now)
     notify.notify_closed(str(instance.run_id))
@@ -441,12 +475,18 @@ def _notify_parent(
     ids = {"workflow_id": child.workflow_id, "run_id": str(child.run_id)}
     if status == WorkflowStatus.COMPLETED:
         event = Event(
-            kind=EventKind.CHILD_WORKFLOW_COMPLETED, timestamp=now, name=child.workflow_name,
-            task_id=child.parent_task_id, payload={"result": result, **ids},
+            kind=EventKind.CHILD_WORKFLOW_COMPLETED,
+            timestamp=now,
+            name=child.workflow_name,
+            task_id=child.parent_task_id,
+            payload={"result": result, **ids},
         )
     else:
         event = Event(
-            kind=EventKind.CHILD_WORKFLOW_FAILED, timestamp=now, name=child.workflow_name,
-            task_id=child.parent_task_id, payload={"error": error, "status": status, **ids},
+            kind=EventKind.CHILD_WORKFLOW_FAILED,
+            timestamp=now,
+            name=child.workflow_name,
+            task_id=child.parent_task_id,
+            payload={"error": error, "status": status, **ids},
         )
     _deliver(child.parent_id, parent, event)

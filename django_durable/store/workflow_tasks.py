@@ -68,7 +68,8 @@ def load_workflow_tasks(
         return {item.id: load_workflow_task(item, known_length=known_lengths.get(item.id)) for item in items}
     return {
         item.id: _task_input_of(item, stored[item.instance_id], known_lengths.get(item.id))
-        if item.instance_id in stored else None
+        if item.instance_id in stored
+        else None
         for item in items
     }
 
@@ -157,7 +158,9 @@ def complete_workflow_tasks(tasks: Sequence[TaskCompletion], *, eager: Eager | N
             elif not fenced:
                 task.lost = True
                 continue
-            _commit_task(item.instance_id, instance, decisions, now, inbox_ids=task.inbox_ids, eager=eager, batch=writes)
+            _commit_task(
+                item.instance_id, instance, decisions, now, inbox_ids=task.inbox_ids, eager=eager, batch=writes
+            )
             task.committed = True
         _write_batch(writes, eager)
 
@@ -167,13 +170,13 @@ def _parent_ids(instance_ids: Sequence[int]) -> list[int]:
     if not instance_ids:
         return []
     return list(
-        WorkflowInstance.objects.filter(pk__in=instance_ids, parent_id__isnull=False).values_list("parent_id", flat=True)
+        WorkflowInstance.objects.filter(pk__in=instance_ids, parent_id__isnull=False).values_list(
+            "parent_id", flat=True
+        )
     )
 
 
-def _finish_workflow_task(
-    item: Claim, inbox_ids: Sequence[int], closing: bool, check_signals: bool
-) -> FinishedTask:
+def _finish_workflow_task(item: Claim, inbox_ids: Sequence[int], closing: bool, check_signals: bool) -> FinishedTask:
     """Under the run's lock: whether inbox events arrived that the task did not see, and
     (with ``check_signals``) whether a signal is among them. Unless one is, the task's
     inbox events are deleted, and its item too (and reported) when it is closing or saw
@@ -233,7 +236,9 @@ def _commit_task(
             late = list(
                 InboxEvent.objects.filter(
                     instance_id=instance_id, kind__in=(EventKind.EVENT_RAISED, EventKind.CANCEL_REQUESTED)
-                ).exclude(id__in=inbox_ids).values("kind", "name", "payload")
+                )
+                .exclude(id__in=inbox_ids)
+                .values("kind", "name", "payload")
             )
         # Outstanding activities and timers die with the run; late results find no item.
         WorkItem.objects.filter(instance_id=instance_id).delete()
@@ -254,9 +259,7 @@ def _commit_task(
                 instance_id=instance_id, kind=WorkItemKind.TIMER, task_id__in=canceled_timers
             ).delete()
         # A timer started and canceled in this very task gets no work item.
-        scheduled = [
-            e for e in new_events if not (e.kind == EventKind.TIMER_STARTED and e.task_id in canceled_timers)
-        ]
+        scheduled = [e for e in new_events if not (e.kind == EventKind.TIMER_STARTED and e.task_id in canceled_timers)]
         items = _work_items_for(instance_id, instance, scheduled, now)
         leased = _lease_eagerly(items, eager, now)
         write = _TaskWrite(instance_id, instance, now, updates, history, items, leased, first_seq, new_events)
@@ -331,7 +334,10 @@ def _attempt_clock_runs(options: dict[str, Any]) -> bool:
 
 
 def _announce_work_items(
-    items: list[WorkItem], leased: list[WorkItem], instance: LockedRun, now: datetime.datetime,
+    items: list[WorkItem],
+    leased: list[WorkItem],
+    instance: LockedRun,
+    now: datetime.datetime,
     eager: Eager | None,
 ) -> None:
     """Wake workers for the inserted unleased work, and hand the leased activities to ``eager``."""
@@ -350,10 +356,20 @@ def _hand_over(leased: list[WorkItem], instance: LockedRun, now: datetime.dateti
         return
     claims = [
         Claim(
-            id=item.pk, kind=item.kind, instance_id=item.instance_id, queue=item.queue, name=item.name,
-            task_id=item.task_id, payload=item.payload, attempt=1, owner=eager.owner,
-            claimed_at=now, lease_expires_at=item.lease_expires_at, created_at=now,
-            workflow_id=instance.workflow_id, run_id=str(instance.run_id),
+            id=item.pk,
+            kind=item.kind,
+            instance_id=item.instance_id,
+            queue=item.queue,
+            name=item.name,
+            task_id=item.task_id,
+            payload=item.payload,
+            attempt=1,
+            owner=eager.owner,
+            claimed_at=now,
+            lease_expires_at=item.lease_expires_at,
+            created_at=now,
+            workflow_id=instance.workflow_id,
+            run_id=str(instance.run_id),
         )
         for item in leased
     ]
@@ -367,8 +383,13 @@ def _release_workflow_task(item: Claim, instance: LockedRun, now: datetime.datet
     """Hand a claimed workflow task back, claimable at once (or parked if the run is suspended)."""
     notify.notify_work(item.queue)
     return _fence(item).update(
-        lease_owner=None, lease_expires_at=None, due_at=now, failures=0, last_error=None,
-        parked_at=_parked_at(instance, now), dispatched_at=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        due_at=now,
+        failures=0,
+        last_error=None,
+        parked_at=_parked_at(instance, now),
+        dispatched_at=None,
     )
 
 
@@ -397,7 +418,9 @@ def _continue_as_new(
         for event in request.get("events", ())
     ]
     InboxEvent.objects.bulk_create(
-        InboxEvent(instance_id=successor.pk, kind=event["kind"], name=event["name"], payload=event["payload"], timestamp=now)
+        InboxEvent(
+            instance_id=successor.pk, kind=event["kind"], name=event["name"], payload=event["payload"], timestamp=now
+        )
         for event in [*carried, *late]
     )
     if any(event["kind"] == EventKind.CANCEL_REQUESTED for event in late):
@@ -437,9 +460,15 @@ def fail_workflow_task(
             raise lease_lost(item)
         WorkflowInstance.objects.filter(pk=item.instance_id).update(task_error=error, updated_at=now)
         state_change(
-            "task_failed", workflow_id=instance.workflow_id, run_id=str(instance.run_id), item=item.id,
-            failures=failures, parked=parked, retry_at=None if parked else now + _seconds(delay),
-            error_type=error.get("type"), error=error.get("message"),
+            "task_failed",
+            workflow_id=instance.workflow_id,
+            run_id=str(instance.run_id),
+            item=item.id,
+            failures=failures,
+            parked=parked,
+            retry_at=None if parked else now + _seconds(delay),
+            error_type=error.get("type"),
+            error=error.get("message"),
         )
     return parked
 
@@ -452,8 +481,9 @@ def unpark_workflow_task(instance_id: int) -> bool:
             return False  # resume() releases a suspended run's work
         notify.notify_work(instance.queue)
         unparked = bool(
-            WorkItem.objects.filter(instance_id=instance_id, kind=WorkItemKind.WORKFLOW, lease_owner__isnull=True)
-            .update(parked_at=None, failures=0, due_at=db_now(), dispatched_at=None)
+            WorkItem.objects.filter(
+                instance_id=instance_id, kind=WorkItemKind.WORKFLOW, lease_owner__isnull=True
+            ).update(parked_at=None, failures=0, due_at=db_now(), dispatched_at=None)
         )
         if unparked:
             state_change("task_unparked", workflow_id=instance.workflow_id, run_id=str(instance.run_id))

@@ -16,8 +16,9 @@ def _hand_out(folder: str) -> None:
     info = durable.activity_info()
     staging = Path(folder, f".token-{info.attempt}")
     staging.write_text(
-        json.dumps({"token": info.task_token, "heartbeat_details": info.heartbeat_details,
-                    "activity_id": info.activity_id})
+        json.dumps(
+            {"token": info.task_token, "heartbeat_details": info.heartbeat_details, "activity_id": info.activity_id}
+        )
     )
     staging.rename(Path(folder, f"token-{info.attempt}"))  # atomic: readers never see half a file
 

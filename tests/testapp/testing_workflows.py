@@ -128,8 +128,9 @@ def th_failing_child(ctx: durable.WorkflowContext) -> None:
 
 @durable.workflow
 def th_parent(ctx: durable.WorkflowContext, n: int) -> dict:
-    doubled = ctx.wait_all([ctx.call_workflow(th_sleepy_child, i, workflow_id=f"{ctx.workflow_id}-child-{i}")
-                            for i in range(1, n + 1)])
+    doubled = ctx.wait_all(
+        [ctx.call_workflow(th_sleepy_child, i, workflow_id=f"{ctx.workflow_id}-child-{i}") for i in range(1, n + 1)]
+    )
     try:
         ctx.call_workflow(th_failing_child).result()
         failure = None

@@ -25,8 +25,13 @@ VERSION_VARIABLE = "DURABLE_TEST_WORKFLOW_VERSION"
 WELCOME_PATCH = "welcome-email"
 
 __all__ = [
-    "VERSION_VARIABLE", "WELCOME_PATCH", "activate_account", "open_account", "send_welcome_email",
-    "versioned_reminder", "versioned_signup",
+    "VERSION_VARIABLE",
+    "WELCOME_PATCH",
+    "activate_account",
+    "open_account",
+    "send_welcome_email",
+    "versioned_reminder",
+    "versioned_signup",
 ]
 
 

@@ -9,20 +9,20 @@ from pathlib import Path
 
 import django_durable as durable
 
-from .async_workflows import *  # noqa: F403  (registers them with the workers)
-from .orchestration_workflows import *  # noqa: F403
-from .worker_orchestration_workflows import *  # noqa: F403
-from .api_control_workflows import *  # noqa: F403
-from .versioning_workflows import *  # noqa: F403
-from .testing_workflows import *  # noqa: F403
-from .inspect_workflows import *  # noqa: F403
-from .dashboard_workflows import *  # noqa: F403
-from .actions_workflows import *  # noqa: F403
-from .timetravel_workflows import *  # noqa: F403
-from .browser_workflows import *  # noqa: F403
 from . import django_tasks as _django_tasks  # noqa: F401  (Django Tasks API functions)
+from .actions_workflows import *  # noqa: F403
+from .api_control_workflows import *  # noqa: F403
+from .async_workflows import *  # noqa: F403  (registers them with the workers)
+from .browser_workflows import *  # noqa: F403
 from .celery_workflows import *  # noqa: F403
+from .dashboard_workflows import *  # noqa: F403
+from .inspect_workflows import *  # noqa: F403
 from .models import ActivityRun
+from .orchestration_workflows import *  # noqa: F403
+from .testing_workflows import *  # noqa: F403
+from .timetravel_workflows import *  # noqa: F403
+from .versioning_workflows import *  # noqa: F403
+from .worker_orchestration_workflows import *  # noqa: F403
 
 FAST_RETRY = durable.RetryPolicy(initial_interval=0.05, maximum_interval=0.2, maximum_attempts=5)
 
@@ -57,7 +57,9 @@ def flaky(key: str, fail_times: int) -> int:
     return attempt
 
 
-@durable.activity(retry=durable.RetryPolicy(initial_interval=0.05, maximum_attempts=5, non_retryable_errors=("ValueError",)))
+@durable.activity(
+    retry=durable.RetryPolicy(initial_interval=0.05, maximum_attempts=5, non_retryable_errors=("ValueError",))
+)
 def rejects(key: str) -> None:
     _record(key)
     raise ValueError("card declined")
@@ -221,7 +223,7 @@ def queries_the_database(ctx: durable.WorkflowContext, swallow: bool) -> int:
 
     try:
         return get_user_model().objects.count()
-    except Exception:  # noqa: BLE001 - the bug this test makes: it must not hide the refusal
+    except Exception:
         if not swallow:
             raise
         return -1

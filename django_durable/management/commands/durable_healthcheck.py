@@ -23,28 +23,40 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--stale-after", metavar="DURATION", default=None,
+            "--stale-after",
+            metavar="DURATION",
+            default=None,
             help="A worker silent for longer is stale, not alive (default: "
             "DURABLE['HEALTH_WORKER_STALE_AFTER'], else 3 heartbeat intervals and at least 60s).",
         )
         parser.add_argument(
-            "--overdue-after", metavar="DURATION", default=None,
+            "--overdue-after",
+            metavar="DURATION",
+            default=None,
             help="Unclaimed work due, or a lease expired, for longer is overdue (default: "
             "DURABLE['HEALTH_OVERDUE_AFTER'], 60s).",
         )
         parser.add_argument(
-            "--min-workers", type=int, default=1, help="Alive workers needed to be healthy (default 1; 0 skips).",
+            "--min-workers",
+            type=int,
+            default=1,
+            help="Alive workers needed to be healthy (default 1; 0 skips).",
         )
         parser.add_argument(
-            "--queues", default=None,
+            "--queues",
+            default=None,
             help="Comma-separated queues: count only workers serving one of them and work on them.",
         )
         parser.add_argument(
-            "--hostname", default=None,
-            help="Count only workers on this host (a worker pod's liveness probe: --hostname \"$(hostname)\").",
+            "--hostname",
+            default=None,
+            help='Count only workers on this host (a worker pod\'s liveness probe: --hostname "$(hostname)").',
         )
         parser.add_argument(
-            "--skip", action="append", default=[], choices=operations.CHECKS[1:],
+            "--skip",
+            action="append",
+            default=[],
+            choices=operations.CHECKS[1:],
             help="Leave out a check (may be repeated), e.g. --skip workers --skip overdue for a web pod.",
         )
         parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
@@ -64,8 +76,11 @@ class Command(BaseCommand):
             raise CommandError("--min-workers cannot be negative.", returncode=2)
         queues = tuple(q.strip() for q in (options["queues"] or "").split(",") if q.strip())
         thresholds = operations.Thresholds(
-            stale_after=limits["stale_after"], overdue_after=limits["overdue_after"], min_workers=options["min_workers"],
-            queues=queues, hostname=options["hostname"],
+            stale_after=limits["stale_after"],
+            overdue_after=limits["overdue_after"],
+            min_workers=options["min_workers"],
+            queues=queues,
+            hostname=options["hostname"],
         )
         report = operations.check_health(thresholds, skip=options["skip"])
         if options["json"]:

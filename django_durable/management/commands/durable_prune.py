@@ -21,16 +21,24 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--older-than", metavar="DURATION", default=None,
+            "--older-than",
+            metavar="DURATION",
+            default=None,
             help="Retention: runs closed longer ago than this go, e.g. 30d, 12h, 90m or seconds "
             "(default: DURABLE['PRUNE_RETENTION'], 30d).",
         )
         parser.add_argument(
-            "--batch-size", type=int, default=None,
+            "--batch-size",
+            type=int,
+            default=None,
             help="Runs deleted per transaction (default: DURABLE['PRUNE_BATCH_SIZE'], 500).",
         )
         parser.add_argument(
-            "--workflow-name", action="append", default=[], dest="workflow_names", metavar="NAME",
+            "--workflow-name",
+            action="append",
+            default=[],
+            dest="workflow_names",
+            metavar="NAME",
             help="Only runs of this workflow type (may be repeated).",
         )
         parser.add_argument("--dry-run", action="store_true", help="Count what would be deleted; delete nothing.")
@@ -39,9 +47,7 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: Any) -> None:
         retention = options["older_than"]
         try:
-            older_than = operations.parse_duration(
-                durable_settings.PRUNE_RETENTION if retention is None else retention
-            )
+            older_than = operations.parse_duration(durable_settings.PRUNE_RETENTION if retention is None else retention)
         except ValueError as exc:
             where = "--older-than" if retention is not None else "DURABLE['PRUNE_RETENTION']"
             raise CommandError(f"{where}: {exc}", returncode=2) from None

@@ -22,19 +22,28 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "workflow_names", nargs="*", metavar="workflow_name",
+            "workflow_names",
+            nargs="*",
+            metavar="workflow_name",
             help="Workflow types to check (default: every registered one).",
         )
         parser.add_argument(
-            "--workflow-id", action="append", default=[], dest="workflow_ids",
+            "--workflow-id",
+            action="append",
+            default=[],
+            dest="workflow_ids",
             help="Only the runs of this workflow id (may be repeated).",
         )
         parser.add_argument(
-            "--all", action="store_true", dest="include_closed",
+            "--all",
+            action="store_true",
+            dest="include_closed",
             help="Check closed runs too, not only open (pending, running, suspended) ones.",
         )
         parser.add_argument(
-            "--limit", type=int, default=None,
+            "--limit",
+            type=int,
+            default=None,
             help="Check at most this many runs of each workflow type, the newest first.",
         )
         parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
@@ -56,7 +65,9 @@ class Command(BaseCommand):
         broken: list[dict[str, Any]] = []
         skipped: dict[str, int] = {}
         runs = store.runs_to_replay(
-            names=names, workflow_ids=options["workflow_ids"], include_closed=options["include_closed"],
+            names=names,
+            workflow_ids=options["workflow_ids"],
+            include_closed=options["include_closed"],
             limit=options["limit"],
         )
         for run in runs:
@@ -66,8 +77,12 @@ class Command(BaseCommand):
                 continue
             checked += 1
             error = replay_error(
-                definition.fn, workflow_id=run["workflow_id"], run_id=str(run["run_id"]),
-                workflow_name=run["workflow_name"], queue=run["queue"], history=store.get_history(run["id"]),
+                definition.fn,
+                workflow_id=run["workflow_id"],
+                run_id=str(run["run_id"]),
+                workflow_name=run["workflow_name"],
+                queue=run["queue"],
+                history=store.get_history(run["id"]),
             )
             if error is not None:
                 failure = {"type": qualified_name(type(error)), "message": str(error)}
@@ -89,9 +104,7 @@ class Command(BaseCommand):
                 error_type = run["error"]["type"].rsplit(".", 1)[-1]
                 self.stdout.write(f"{describe_run(run)}: {error_type}: {run['error']['message']}")
             for name, count in sorted(skipped.items()):
-                self.stderr.write(
-                    f"Skipped {count} run(s) of {name!r}: no workflow is registered under that name."
-                )
+                self.stderr.write(f"Skipped {count} run(s) of {name!r}: no workflow is registered under that name.")
             summary = f"Checked {checked}, broken {len(broken)}, skipped {sum(skipped.values())}."
             self.stdout.write(self.style.ERROR(summary) if broken else self.style.SUCCESS(summary))
         if broken:

@@ -12,12 +12,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--queues", default=None,
+            "--queues",
+            default=None,
             help="Comma-separated queues to serve (default: the DEFAULT_QUEUE setting).",
         )
         parser.add_argument("--concurrency", type=int, default=None, help="Activity threads.")
         parser.add_argument(
-            "--batch", action="store_true",
+            "--batch",
+            action="store_true",
             help="Exit once no work is due (for cron and tests) instead of waiting for more.",
         )
         parser.add_argument("--name", default=None, help="Worker name recorded as lease owner.")

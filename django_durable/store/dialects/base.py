@@ -148,15 +148,27 @@ class Dialect:
 
 
 # Fields whose Python value is already what the database driver takes: no preparation.
-_PLAIN_FIELD_TYPES = frozenset({
-    "AutoField", "BigAutoField", "BigIntegerField", "BooleanField", "CharField", "ForeignKey", "IntegerField",
-    "PositiveBigIntegerField", "PositiveIntegerField", "PositiveSmallIntegerField", "SmallIntegerField", "TextField",
-})
+_PLAIN_FIELD_TYPES = frozenset(
+    {
+        "AutoField",
+        "BigAutoField",
+        "BigIntegerField",
+        "BooleanField",
+        "CharField",
+        "ForeignKey",
+        "IntegerField",
+        "PositiveBigIntegerField",
+        "PositiveIntegerField",
+        "PositiveSmallIntegerField",
+        "SmallIntegerField",
+        "TextField",
+    }
+)
 
 
 def _prepare(field: Any, value: Any, db: Any) -> Any:
-    return value if value is None or field.get_internal_type() in _PLAIN_FIELD_TYPES else field.get_db_prep_save(
-        value, db
+    return (
+        value if value is None or field.get_internal_type() in _PLAIN_FIELD_TYPES else field.get_db_prep_save(value, db)
     )
 
 

@@ -85,12 +85,12 @@ class PostgreSQLDialect(Dialect):
 
     def read_tasks(self, runs: Sequence[tuple[int, int]]) -> dict[int, StoredTask]:
         with connection.cursor() as cursor:
-            cursor.execute(_LOAD_TASKS_SQL, [_int_array(run for run, _ in runs), _int_array(after for _, after in runs)])
+            cursor.execute(
+                _LOAD_TASKS_SQL, [_int_array(run for run, _ in runs), _int_array(after for _, after in runs)]
+            )
             return {row[0]: _stored_task(row[1:]) for row in cursor.fetchall()}
 
-    def claim(
-        self, *, owner: str, kind: str, queues: Sequence[str], limit: int, lease_seconds: float
-    ) -> list[Claim]:
+    def claim(self, *, owner: str, kind: str, queues: Sequence[str], limit: int, lease_seconds: float) -> list[Claim]:
         """One round trip, no transaction block: the ORM needs four (the clock, the locking
         select, the update, the read back)."""
         now = self.now(placeholder="%(now)s")
@@ -110,7 +110,7 @@ class PostgreSQLDialect(Dialect):
         json_fields = {"payload", "heartbeat_details"}
         claims = []
         for row in rows:
-            values = dict(zip(CLAIM_FIELDS, row[:-2]))
+            values = dict(zip(CLAIM_FIELDS, row[:-2], strict=True))
             for field in json_fields:  # Django reads jsonb as text and decodes it itself
                 if isinstance(values[field], str):
                     values[field] = json.loads(values[field])
@@ -121,17 +121,23 @@ class PostgreSQLDialect(Dialect):
         self, item: Claim, inbox_ids: Sequence[int], *, closing: bool, check_signals: bool
     ) -> FinishedTask:
         with connection.cursor() as cursor:
-            cursor.execute(_FINISH_TASK_SQL, {
-                "run": item.instance_id, "ids": list(inbox_ids), "check_signals": check_signals,
-                "signal": EventKind.EVENT_RAISED.value, "closing": closing,
-                "item": item.id, "owner": item.owner, "attempt": item.attempt,
-            })
+            cursor.execute(
+                _FINISH_TASK_SQL,
+                {
+                    "run": item.instance_id,
+                    "ids": list(inbox_ids),
+                    "check_signals": check_signals,
+                    "signal": EventKind.EVENT_RAISED.value,
+                    "closing": closing,
+                    "item": item.id,
+                    "owner": item.owner,
+                    "attempt": item.attempt,
+                },
+            )
             more, unseen_signal, deleted = cursor.fetchone()
         return FinishedTask(more, unseen_signal, bool(deleted))
 
-    def finish_attempts(
-        self, items: Sequence[Claim], runs: dict[int, LockedRun], *, live_only: bool
-    ) -> set[int]:
+    def finish_attempts(self, items: Sequence[Claim], runs: dict[int, LockedRun], *, live_only: bool) -> set[int]:
         now = self.now()
         live = f" AND (w.lease_expires_at IS NULL OR w.lease_expires_at > {now.sql})" if live_only else ""
         # After the runs' locks were granted: this statement's snapshot sees what their
@@ -144,8 +150,11 @@ class PostgreSQLDialect(Dialect):
                 f"{live} RETURNING w.id, w.instance_id) "
                 f"SELECT id, instance_id, EXISTS (SELECT 1 FROM {_WORK_ITEMS} WHERE instance_id = gone.instance_id "
                 f"AND kind = %s), EXISTS (SELECT 1 FROM {_INBOX} WHERE instance_id = gone.instance_id) FROM gone",
-                [_json_records([{"id": item.id, "owner": item.owner, "attempt": item.attempt} for item in items]),
-                 *(now.params if live_only else []), WorkItemKind.WORKFLOW.value],
+                [
+                    _json_records([{"id": item.id, "owner": item.owner, "attempt": item.attempt} for item in items]),
+                    *(now.params if live_only else []),
+                    WorkItemKind.WORKFLOW.value,
+                ],
             )
             finished = set()
             for item_id, instance_id, has_workflow_task, has_inbox in cursor.fetchall():
@@ -231,14 +240,18 @@ def _update_json_sql(model: type[Any], rows: Sequence[tuple[int, dict[str, Any]]
         f"UPDATE {quote(model._meta.db_table)} AS t SET {assignments} FROM {_recordset(fields, db)} "
         f"WHERE t.{quote(pk.column)} = r.{quote(pk.column)}"
     )
-    records = [{pk.column: key, **{model._meta.get_field(name).column: value for name, value in values.items()}}
-               for key, values in rows]
+    records = [
+        {pk.column: key, **{model._meta.get_field(name).column: value for name, value in values.items()}}
+        for key, values in rows
+    ]
     return text, [_json_records(records)]
 
 
 def _stored_task(row: Sequence[Any]) -> StoredTask:
     """A task's input from a row of ``_LOAD_TASK_SQL`` (run, inbox and history as JSON)."""
-    instance = dict(zip(("workflow_id", "run_id", "workflow_name", "queue", "status", "history_length"), row))
+    instance = dict(
+        zip(("workflow_id", "run_id", "workflow_name", "queue", "status", "history_length"), row[:6], strict=True)
+    )
     history = [Event(**event) for event in _json_events(row[-1])]
     return StoredTask(instance, _json_events(row[-2]), history)
 

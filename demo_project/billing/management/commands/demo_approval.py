@@ -37,7 +37,7 @@ class Command(BaseCommand):
         self.stdout.write("The approver's email says:")
         self.stdout.write(
             f"  curl -X POST {url} -H 'Content-Type: application/json' \\\n"
-            f"    -d '{{\"task_token\": \"{token}\", \"result\": {{\"approved\": true}}}}'"
+            f'    -d \'{{"task_token": "{token}", "result": {{"approved": true}}}}\''
         )
         if not options["approve"]:
             self.stdout.write("Run it to approve; this waits for the workflow to finish.")
