@@ -4,6 +4,8 @@
     python3 dev.py demo [--port 8000] [--exit]   run the demo: worker, admin, a workflow
     python3 dev.py test [--db sqlite|postgres] [--django 5.2|6.0] [--require-postgres] [--require-browser]
                         [pytest args...]
+    python3 dev.py lint                          ruff check, ruff format --check, mypy: fails on any finding
+    python3 dev.py docs [--serve]                build the documentation site (site/), warnings as errors
 
 Both create .venv (if missing) and install the project into it with
 `pip install -e .[dev,drf]`; the install is skipped while .venv/.durable-installed
@@ -349,7 +351,7 @@ def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: l
         if not ok:
             loud(f"PostgreSQL not reachable: the PostgreSQL pass was SKIPPED ({where})")
             results["postgres"] = "SKIPPED (PostgreSQL not reachable)"
-    # The PostgreSQL pass runs a worker with its clock hours off (tests/test_fault_scenarios.py).
+    # The PostgreSQL pass runs a worker with its clock hours off (tests/faults/test_scenarios.py).
     faketime = find_faketime() if "postgres" in dbs and "postgres" not in results else "not needed"
     if faketime is None and require_pg:
         faketime = install_faketime()
@@ -386,6 +388,33 @@ def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: l
     return 1 if any(r.startswith("FAILED") for r in results.values()) else 0
 
 
+# --------------------------------------------------------------------------- lint, docs
+
+
+def lint() -> int:
+    """The gates CI runs before the tests; the versions are pinned in setup.cfg's dev extra."""
+    steps = {
+        "ruff check": [str(VENV_PY), "-m", "ruff", "check", "."],
+        "ruff format": [str(VENV_PY), "-m", "ruff", "format", "--check", "."],
+        "mypy": [str(VENV_PY), "-m", "mypy"],
+    }
+    results = {}
+    for name, cmd in steps.items():
+        say(f"{name}: {' '.join(cmd[1:])}")
+        results[name] = run(cmd)
+    say("summary")
+    for name, code in results.items():
+        print(f"  {name:<12} {'passed' if code == 0 else f'FAILED (exit code {code})'}")
+    return 1 if any(results.values()) else 0
+
+
+def docs(serve: bool) -> int:
+    cmd = [str(VENV_PY), "-m", "mkdocs", "serve" if serve else "build", "--strict"]
+    say(" ".join(cmd[2:]))
+    env = child_env(DJANGO_SETTINGS_MODULE="tests.settings", DURABLE_TEST_DB="sqlite")
+    return run(cmd, env)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -419,8 +448,11 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="fail the browser test when no Chromium is found (as root on Debian, apt-get installs one first)",
     )
+    sub.add_parser("lint", help="ruff check, ruff format --check and mypy, as CI runs them")
+    p_docs = sub.add_parser("docs", help="build the documentation site into site/ (warnings are errors)")
+    p_docs.add_argument("--serve", action="store_true", help="serve it on 127.0.0.1:8000, rebuilding on change")
     args, extra = parser.parse_known_args(argv)
-    if args.command == "demo" and extra:
+    if args.command in ("demo", "lint", "docs") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     # Turn SIGTERM/SIGHUP into a normal exit so the `finally` blocks stop child processes.
@@ -432,6 +464,10 @@ def main(argv: list[str]) -> int:
     bootstrap()
     if args.command == "demo":
         return demo(args.port, args.exit)
+    if args.command == "lint":
+        return lint()
+    if args.command == "docs":
+        return docs(args.serve)
     if "--" in extra:  # `dev.py test -- -x`: the separator is dev.py's, not pytest's
         extra.remove("--")
     dbs = [args.db] if args.db else ["sqlite", "postgres"]

@@ -24,7 +24,7 @@ What one session does:
    ``pg_ctl stop -m immediate`` + ``start``.
 4. Then it stops the chaos, replaces dead workers with clean ones, waits until every
    workflow has closed (``--drain-timeout``), stops the workers with SIGTERM and runs
-   the checker (tests/invariants.py) over the whole database.
+   the checker (tests/faults/invariants.py) over the whole database.
 
 Every operation is a JSON line in ``--log`` (default benchmarks/results/chaos-<seed>-<time>.jsonl),
 the last one ``{"op": "verdict", ...}`` with the counts. The exit code is 0 only if the
@@ -53,7 +53,7 @@ from typing import Any, TextIO
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.pgcluster import PrivateCluster, unavailable
+from tests.faults.pgcluster import PrivateCluster, unavailable
 
 SETTINGS = "benchmarks.chaos_app.settings"
 CRASH_EXIT_CODE = 86  # django_durable.faults.DEFAULT_EXIT_CODE
@@ -491,7 +491,7 @@ class Soak:
 
     def verdict(self) -> dict[str, Any]:
         from benchmarks.chaos_app.models import Effect
-        from tests.invariants import check
+        from tests.faults.invariants import check
 
         verdict = check(self.expected, side_effects=Effect.objects.values_list("key", "attempt"))
         logs = "".join(path.read_text(errors="replace") for path in sorted(self.workdir.glob("worker-*.log")))

@@ -30,7 +30,7 @@ from django_durable.models import (
     WorkItemKind,
 )
 from tests.conftest import wait_for
-from tests.faultkit import UPPER, holds_transaction, stop, verdict, wait_log
+from tests.faults.kit import UPPER, holds_transaction, stop, verdict, wait_log
 from tests.testapp.models import ActivityRun
 from tests.testapp.worker_orchestration_workflows import wo_fan_out_records
 

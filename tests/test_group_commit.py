@@ -2,7 +2,7 @@
 those runs' next workflow tasks, in one transaction (``store.complete_activities``,
 ``executors.activities.commit_activities``). In-process, against the real database; the
 worker's committer thread and its fall-back are exercised by real worker processes in
-test_fault_scenarios (a commit whose connection was terminated) and everywhere else."""
+faults/test_scenarios (a commit whose connection was terminated) and everywhere else."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Helpers shared by tests/test_crash_points.py and tests/test_fault_scenarios.py.
+"""Helpers shared by tests/faults/test_crash_points.py and tests/faults/test_scenarios.py.
 
 Every wait awaits an event (a log line, a row, a process state) with a generous
 upper bound; nothing sleeps a fixed time.
@@ -22,7 +22,7 @@ from django_durable.engine.events import EventKind
 from django_durable.faults import DEFAULT_EXIT_CODE
 from django_durable.models import OPEN_STATUSES, WorkflowInstance
 from tests.conftest import WorkerProcess, wait_for
-from tests.invariants import Verdict, check
+from tests.faults.invariants import Verdict, check
 from tests.testapp.models import ActivityRun
 
 LEASE = 2.0  # tests.settings DURABLE["LEASE_SECONDS"]

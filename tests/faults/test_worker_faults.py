@@ -29,7 +29,7 @@ from django_durable.models import (
 )
 from django_durable.store import db_now
 from tests.conftest import wait_for
-from tests.faultkit import UPPER, assert_no_trouble, runs, stop, wait_file, wait_log, wait_ready
+from tests.faults.kit import UPPER, assert_no_trouble, runs, stop, wait_file, wait_log, wait_ready
 from tests.testapp.models import ActivityRun
 from tests.testapp.workflows import (
     fan_out,

@@ -4,7 +4,7 @@ A worker started with ``DURABLE_CRASH_POINTS=<point>`` exits hard (``os._exit``)
 first time it reaches that point. The test then looks at what the crash left in the
 database (a "before ... commit" point must leave nothing of its transaction, an
 "after" point all of it), starts a clean worker, and checks that the workflow ends
-right: every activity recorded once, side effects <= attempts (tests/invariants.py).
+right: every activity recorded once, side effects <= attempts (tests/faults/invariants.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from django_durable.models import (
     WorkItemKind,
 )
 from tests.conftest import REPO
-from tests.faultkit import UPPER, completions, crashed_at, runs, stop, verdict
+from tests.faults.kit import UPPER, completions, crashed_at, runs, stop, verdict
 from tests.testapp.workflows import retrying, sequence, sleeper, wo_one_gate
 
 

@@ -1,9 +1,9 @@
 """Fault scenarios on real ``durable_worker`` processes, each ended by the checker
-(tests/invariants.py): workers killed at random, workers paused past their lease,
+(tests/faults/invariants.py): workers killed at random, workers paused past their lease,
 PostgreSQL restarted under them, their connections terminated mid-claim and
 mid-commit, a worker whose clock is hours off, and a short seeded chaos soak.
 
-PostgreSQL restarts run on a private cluster (tests/pgcluster.py), never the shared
+PostgreSQL restarts run on a private cluster (tests/faults/pgcluster.py), never the shared
 server; scenarios that need PostgreSQL, its server binaries or Debian's faketime skip
 on SQLite and without those tools, and fail instead in CI (CI=true or
 ``dev.py --require-postgres``). Every wait awaits an event, with a generous bound.
@@ -33,9 +33,10 @@ import django_durable as durable
 from django_durable.engine.events import EventKind
 from django_durable.models import HistoryEvent, WorkflowInstance, WorkItem, WorkItemKind
 from django_durable.store import db_now
-from tests import pgcluster
 from tests.conftest import REPO, wait_for
-from tests.faultkit import (
+from tests.faults import pgcluster
+from tests.faults.invariants import Outcome
+from tests.faults.kit import (
     LEASE,
     ON_POSTGRES,
     UPPER,
@@ -51,7 +52,6 @@ from tests.faultkit import (
     wait_ready,
     wait_stopped,
 )
-from tests.invariants import Outcome
 from tests.testapp.models import ActivityRun
 from tests.testapp.workflows import (
     ac_approval,
