@@ -4,6 +4,7 @@
     python3 dev.py demo [--port 8000] [--exit]   run the demo: worker, admin, a workflow
     python3 dev.py test [--db sqlite|postgres] [--django 5.2|6.0] [--require-postgres] [--require-browser]
                         [pytest args...]
+    python3 dev.py test --fast [pytest args...]  the inner loop: the engine and database tiers on SQLite
     python3 dev.py lint                          ruff check, ruff format --check, mypy: fails on any finding
     python3 dev.py docs [--serve]                build the documentation site (site/), warnings as errors
 
@@ -332,9 +333,15 @@ def install_faketime() -> str | None:
     return find_faketime()
 
 
-def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: list[str]) -> int:
+# The tiers `--fast` runs: in-process, no worker subprocess, live server or browser (see setup.cfg's markers).
+FAST_TIERS = "engine or database"
+
+
+def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: list[str], fast: bool = False) -> int:
     results: dict[str, str] = {}  # step -> "passed" | "FAILED ..." | "SKIPPED ..."
-    browser = find_browser()
+    if fast:
+        pytest_args = ["-m", FAST_TIERS, *pytest_args]
+    browser = None if fast else find_browser()
     if browser is None and require_browser:
         browser = install_browser()
         if browser is None:
@@ -381,7 +388,7 @@ def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: l
             print(f"  {step:<11} {results[step]}")
     if results.get("postgres", "").startswith("SKIPPED"):
         loud("PostgreSQL not reachable: the PostgreSQL pass was SKIPPED")
-    if browser is None:
+    if browser is None and not fast:
         loud("no Chromium found: the browser test (tests/test_admin_browser.py) skips")
     if faketime is None:
         loud("no libfaketime (apt-get install faketime): the clock-skew fault scenario skips")
@@ -411,7 +418,8 @@ def lint() -> int:
 def docs(serve: bool) -> int:
     cmd = [str(VENV_PY), "-m", "mkdocs", "serve" if serve else "build", "--strict"]
     say(" ".join(cmd[2:]))
-    env = child_env(DJANGO_SETTINGS_MODULE="tests.settings", DURABLE_TEST_DB="sqlite")
+    # NO_MKDOCS_2_WARNING: Material's end-of-life banner on every build (the pin is deliberate).
+    env = child_env(DJANGO_SETTINGS_MODULE="tests.settings", DURABLE_TEST_DB="sqlite", NO_MKDOCS_2_WARNING="1")
     return run(cmd, env)
 
 
@@ -434,6 +442,11 @@ def main(argv: list[str]) -> int:
     )
     p_test.add_argument("--db", choices=("sqlite", "postgres"), help="run only this pass")
     p_test.add_argument(
+        "--fast",
+        action="store_true",
+        help=f"the inner loop: only the tiers {FAST_TIERS!r} (pytest -m), on SQLite only",
+    )
+    p_test.add_argument(
         "--django",
         choices=sorted(DJANGO_SERIES),
         help="on this Django series, in a venv of its own (.venv-django<series>) on a Python that supports it",
@@ -454,6 +467,12 @@ def main(argv: list[str]) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.command in ("demo", "lint", "docs") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if (
+        args.command == "test"
+        and args.fast
+        and (args.db == "postgres" or args.require_postgres or args.require_browser)
+    ):
+        parser.error("--fast runs on SQLite only, without the browser tier")
 
     # Turn SIGTERM/SIGHUP into a normal exit so the `finally` blocks stop child processes.
     for sig in ("SIGTERM", "SIGHUP"):
@@ -470,9 +489,9 @@ def main(argv: list[str]) -> int:
         return docs(args.serve)
     if "--" in extra:  # `dev.py test -- -x`: the separator is dev.py's, not pytest's
         extra.remove("--")
-    dbs = [args.db] if args.db else ["sqlite", "postgres"]
+    dbs = ["sqlite"] if args.fast else [args.db] if args.db else ["sqlite", "postgres"]
     require_pg = args.require_postgres or args.db == "postgres" or os.environ.get("CI", "").lower() in ("true", "1")
-    return test(dbs, require_pg, args.require_browser, extra)
+    return test(dbs, require_pg, args.require_browser, extra, fast=args.fast)
 
 
 if __name__ == "__main__":

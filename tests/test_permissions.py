@@ -1,4 +1,4 @@
-"""The permission table (README, "The HTTP API"): each operation needs one model permission of
+"""The permission table (docs/http-api.md, "Permissions"): each operation needs one model permission of
 WorkflowInstance, in the HTTP API and in the admin alike. Staff status alone grants nothing."""
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from tests.test_admin_actions import snapshot as run_snapshot
 from tests.test_api import WORKFLOWS, detail, snapshot
 from tests.testapp import actions_workflows as aw
 from tests.testapp.workflows import api_greet
+
+pytestmark = pytest.mark.database
 
 VIEW, ADD, OPERATE, DELETE = WORKFLOW_PERMISSIONS
 DENIED = {"code": "permission_denied", "detail": "You do not have permission to perform this action."}
@@ -94,6 +96,7 @@ def over_http(base: str, username: str, method: str, path: str, body: Any) -> re
     return requests.request(method, base + path, json=body, auth=(username, "pw"), timeout=30)
 
 
+@pytest.mark.http
 @pytest.mark.parametrize(("operation", "permission", "method", "path", "body", "success"), API_ROWS, ids=API_ROW_IDS)
 def test_each_api_operation_needs_its_permission(
     live: str, operation: str, permission: str, method: str, path: str, body: Any, success: int
