@@ -398,8 +398,20 @@ def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: l
 # --------------------------------------------------------------------------- lint, docs
 
 
+def needs_python_311(command: str) -> int | None:
+    if sys.version_info >= (3, 11):
+        return None
+    print(
+        f"error: dev.py {command} needs Python >= 3.11 (the pinned django-stubs and mkdocs-material do)",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def lint() -> int:
     """The gates CI runs before the tests; the versions are pinned in setup.cfg's dev extra."""
+    if (refused := needs_python_311("lint")) is not None:
+        return refused
     steps = {
         "ruff check": [str(VENV_PY), "-m", "ruff", "check", "."],
         "ruff format": [str(VENV_PY), "-m", "ruff", "format", "--check", "."],
@@ -416,6 +428,8 @@ def lint() -> int:
 
 
 def docs(serve: bool) -> int:
+    if (refused := needs_python_311("docs")) is not None:
+        return refused
     cmd = [str(VENV_PY), "-m", "mkdocs", "serve" if serve else "build", "--strict"]
     say(" ".join(cmd[2:]))
     # NO_MKDOCS_2_WARNING: Material's end-of-life banner on every build (the pin is deliberate).
