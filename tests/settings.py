@@ -7,6 +7,7 @@ Worker subprocesses started by the tests use these settings too, with
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("DURABLE_ARTIFACTS", BASE_DIR / "test-artifacts"))
@@ -85,9 +86,10 @@ else:
 DATABASES["default"].update(json.loads(os.environ.get("DURABLE_TEST_DB_SETTINGS", "{}")))
 
 # Short leases and polls so crash recovery happens in seconds, not minutes.
-DURABLE = {
+DURABLE: dict[str, Any] = {
     "LEASE_SECONDS": float(os.environ.get("DURABLE_TEST_LEASE_SECONDS", "2.0")),
-    "POLL_INTERVAL": 0.05,
+    # A worker started with a long one (start_worker(env={...})) shows that NOTIFY, not polling, wakes it.
+    "POLL_INTERVAL": float(os.environ.get("DURABLE_TEST_POLL_INTERVAL", "0.05")),
     "REAP_INTERVAL": 0.5,
     "WORKFLOW_TASK_RETRY_INITIAL": 0.1,
     "WORKFLOW_TASK_RETRY_MAXIMUM": 1.0,

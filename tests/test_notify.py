@@ -1,13 +1,16 @@
-"""LISTEN/NOTIFY wake-ups (django_durable.notify): the Listener on a real PostgreSQL, and
-``WorkflowHandle.result()`` and the API's ``?wait=`` long poll waking on a run's close.
+"""LISTEN/NOTIFY wake-ups (django_durable.notify): the Listener alone on a real PostgreSQL
+(notifications sent by hand), the store's own notifications, ``WorkflowHandle.result()`` and the
+API's ``?wait=`` long poll waking on a run's close, and an idle worker process waking on new work.
 
-The store does not announce closes itself yet, so where a test closes a run it calls
-``notify.notify_closed()`` in the same transaction, as the store will.
+Where a test closes a run it goes through the store (``store.terminate``, a workflow task), which
+announces the close itself; the waits it ends have no fall-back poll that could end them in time.
 PostgreSQL-only tests are skipped on the SQLite pass and run (and fail) on the PostgreSQL one.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
 import threading
@@ -24,10 +27,14 @@ from rest_framework.test import APIClient
 import django_durable as durable
 from django_durable import notify, store
 from django_durable.conf import durable_settings
-from django_durable.models import WorkflowStatus
+from django_durable.engine.events import EventKind
+from django_durable.models import HistoryEvent, WorkflowInstance, WorkflowStatus
+from django_durable.worker import Worker
 from tests.conftest import grant, wait_for
 from tests.test_api import SCHEMA, assert_error, detail, snapshot
 from tests.testapp.workflows import api_greet
+
+pytestmark = pytest.mark.database
 
 ON_POSTGRES = os.environ.get("DURABLE_TEST_DB", "sqlite") == "postgres"
 postgres_only = pytest.mark.skipif(
@@ -79,39 +86,70 @@ def greet(workflow_id: str) -> durable.WorkflowHandle:
 
 
 @pytest.fixture
-def close_in_another_thread(transactional_db: None) -> Iterator[Callable[[durable.WorkflowHandle], None]]:
-    """``close(handle)``: in another thread and connection, terminate the run and announce its
-    close in one transaction: on PostgreSQL once somebody LISTENs for closes (so the close
-    happens while they wait), after announcing another run's close; on SQLite at once."""
+def waiting(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once a Listener's ``wait()`` has begun: the waiter has read the run, found it open
+    and sleeps, so a close committed after this can end its wait only by a notification."""
+    started = threading.Event()
+    real_wait = notify.Listener.wait
+
+    def wait(self: notify.Listener, timeout: float | None) -> list[tuple[str, str]]:
+        started.set()
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(notify.Listener, "wait", wait)
+    return started
+
+
+@pytest.fixture
+def in_another_thread(
+    transactional_db: None, waiting: threading.Event
+) -> Iterator[Callable[[Callable[[], None]], None]]:
+    """``later(action)``: run ``action`` in another thread and connection: on PostgreSQL once
+    somebody waits on a Listener, on SQLite at once."""
     threads: list[threading.Thread] = []
     errors: list[BaseException] = []
 
-    def close(handle: durable.WorkflowHandle) -> None:
-        def terminate() -> None:
+    def later(action: Callable[[], None]) -> None:
+        def run() -> None:
             try:
                 if ON_POSTGRES:
-                    wait_for(listening_backends, what="a Listener on the closed channel")
-                    with transaction.atomic():
-                        notify.notify_closed("another-run")  # wakes the waiter, who waits on
-                with transaction.atomic():
-                    store.terminate(handle.workflow_id, handle.run_id, "closed by the test")
-                    notify.notify_closed(handle.run_id)  # the store will do this itself
+                    assert waiting.wait(30), "nobody waited on a Listener"
+                action()
             except BaseException as exc:
                 errors.append(exc)
             finally:
                 connection.close()
 
-        thread = threading.Thread(target=terminate)
+        thread = threading.Thread(target=run)
         threads.append(thread)
         thread.start()
 
-    yield close
+    yield later
     for thread in threads:
         thread.join(60)
     assert not errors, errors
 
 
-# -- the Listener on PostgreSQL ------------------------------------------------------------
+@pytest.fixture
+def close_in_another_thread(
+    in_another_thread: Callable[[Callable[[], None]], None],
+) -> Callable[[durable.WorkflowHandle], None]:
+    """``close(handle)``: terminate the run through the store (which announces the close) in
+    another thread, while the caller waits; another run's close first, which must not end the wait."""
+
+    def close(handle: durable.WorkflowHandle) -> None:
+        decoy = greet(f"{handle.workflow_id}-decoy")
+
+        def terminate() -> None:
+            store.terminate(decoy.workflow_id, decoy.run_id, "another run")
+            store.terminate(handle.workflow_id, handle.run_id, "closed by the test")
+
+        in_another_thread(terminate)
+
+    return close
+
+
+# -- the Listener alone on PostgreSQL: notifications sent by hand ----------------------------
 
 
 @postgres_only
@@ -120,7 +158,7 @@ def test_postgresql_is_supported(db):
 
 
 @postgres_only
-def test_committed_notifications_arrive_and_rolled_back_ones_do_not(transactional_db):
+def test_listener_alone_hears_committed_notifications_not_rolled_back_ones(transactional_db):
     with notify.Listener([notify.WORK_CHANNEL]) as listener:
         notify_in_transaction("rolled-back", rollback=True)
         notify_in_transaction("first", "first", "second")  # identical ones in a transaction arrive once
@@ -131,7 +169,7 @@ def test_committed_notifications_arrive_and_rolled_back_ones_do_not(transactiona
 
 
 @postgres_only
-def test_notify_is_one_query_in_the_callers_transaction(transactional_db, django_assert_num_queries):
+def test_listener_alone_notify_is_one_query_in_the_callers_transaction(transactional_db, django_assert_num_queries):
     with notify.Listener([notify.WORK_CHANNEL, notify.CLOSED_CHANNEL]) as listener:
         with transaction.atomic():
             with django_assert_num_queries(1):
@@ -141,7 +179,7 @@ def test_notify_is_one_query_in_the_callers_transaction(transactional_db, django
 
 
 @postgres_only
-def test_a_listener_hears_only_its_channels(transactional_db):
+def test_listener_alone_hears_only_its_channels(transactional_db):
     with notify.Listener([notify.CLOSED_CHANNEL]) as listener:
         notify_in_transaction("a-queue")
         with transaction.atomic():
@@ -150,7 +188,7 @@ def test_a_listener_hears_only_its_channels(transactional_db):
 
 
 @postgres_only
-def test_a_listener_whose_backend_is_terminated_reconnects(transactional_db, caplog):
+def test_listener_alone_reconnects_when_its_backend_is_terminated(transactional_db, caplog):
     with notify.Listener([notify.WORK_CHANNEL]) as listener:
         (first_pid,) = listening_backends()
         with connection.cursor() as cursor:
@@ -170,7 +208,7 @@ def test_a_listener_whose_backend_is_terminated_reconnects(transactional_db, cap
 
 
 @postgres_only
-def test_a_listener_that_cannot_connect_polls_and_retries(transactional_db, caplog):
+def test_listener_alone_that_cannot_connect_polls_and_retries(transactional_db, caplog):
     database = connection.settings_dict
     real_name = database["NAME"]
     database["NAME"] = "django_durable_no_such_database"
@@ -189,7 +227,7 @@ def test_a_listener_that_cannot_connect_polls_and_retries(transactional_db, capl
 # -- interrupt, on either database ------------------------------------------------------------------
 
 
-def test_interrupt_from_another_thread_ends_a_wait(transactional_db):
+def test_listener_alone_interrupt_from_another_thread_ends_a_wait(transactional_db):
     with notify.Listener([notify.WORK_CHANNEL]) as listener:
         waiting = threading.Event()
         interrupter = threading.Thread(target=lambda: (waiting.wait(30), listener.interrupt()))
@@ -213,7 +251,7 @@ def test_interrupt_from_another_thread_ends_a_wait(transactional_db):
 
 
 @postgres_only
-def test_result_wakes_on_the_close_notification(close_in_another_thread):
+def test_result_wakes_on_the_close_store_terminate_announces(close_in_another_thread):
     handle = greet("woken")
     with no_fallback_poll():
         close_in_another_thread(handle)
@@ -223,6 +261,23 @@ def test_result_wakes_on_the_close_notification(close_in_another_thread):
     assert time.monotonic() - started < WOKEN_WELL_BEFORE_THE_FALLBACK
     assert failed.value.status == WorkflowStatus.TERMINATED
     wait_for(lambda: not listening_backends(), what="result() to close its Listener")
+
+
+def test_result_wakes_on_the_close_the_completing_workflow_task_announces(in_another_thread):
+    handle = greet("completed")
+
+    def run_it() -> None:
+        worker = Worker(queues=["default"])
+        while worker.run_inline_once():  # the workflow task, its activity, the task that completes the run
+            pass
+
+    with no_fallback_poll() if ON_POSTGRES else override_settings():
+        in_another_thread(run_it)
+        started = time.monotonic()
+        assert handle.result(timeout=50) == {"greeting": "hello ada!", "total": 3}
+    assert time.monotonic() - started < WOKEN_WELL_BEFORE_THE_FALLBACK
+    if ON_POSTGRES:
+        wait_for(lambda: not listening_backends(), what="result() to close its Listener")
 
 
 @postgres_only
@@ -312,6 +367,54 @@ def test_schema_documents_wait(admin_api):
     (wait,) = [param for param in describe["parameters"] if param["name"] == "wait"]
     maximum = float(durable_settings.API_MAX_WAIT)
     assert wait["in"] == "query" and wait["schema"] == {"type": "number", "minimum": 0, "maximum": maximum}
+
+
+# -- an idle worker process ------------------------------------------------------------------------
+
+IDLE_WORKER = "django_durable idle worker"
+IDLE_WORKER_POLL = 60.0
+FIRST_CLAIM_WITHIN = datetime.timedelta(seconds=5)
+
+
+def idle_worker_polled() -> bool:
+    """Whether the worker's loop has been round once and found nothing: its main connection
+    is idle after the activity claim, the last statement of a round (the one before the
+    statements in pg_stat_activity carry their values: the claim's kind is a literal)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = %s AND state = 'idle' AND query LIKE %s",
+            [IDLE_WORKER, "%kind = 'activity'%"],
+        )
+        (count,) = cursor.fetchone()
+    return count > 0
+
+
+@postgres_only
+@pytest.mark.workers
+def test_an_idle_worker_claims_new_work_at_once_woken_by_its_notification(start_worker):
+    """Its poll interval a minute, a worker that has polled once sleeps for a minute: a
+    workflow started meanwhile is claimed within seconds only if start_workflow's
+    notification woke it."""
+    worker = start_worker(
+        env={
+            "DURABLE_TEST_POLL_INTERVAL": str(IDLE_WORKER_POLL),
+            "DURABLE_TEST_DB_SETTINGS": json.dumps({"OPTIONS": {"application_name": IDLE_WORKER}}),
+        }
+    )
+    wait_for(idle_worker_polled, timeout=60, what="the worker's first, empty, round")
+    assert worker.proc.poll() is None, worker.log()
+
+    handle = greet("wake-up")
+    run = WorkflowInstance.objects.get(run_id=handle.run_id)
+    claimed = wait_for(
+        lambda: HistoryEvent.objects.filter(instance=run, kind=EventKind.WORKFLOW_TASK_STARTED).first(),
+        timeout=WOKEN_WELL_BEFORE_THE_FALLBACK,
+        what="the worker to claim the workflow task",
+    )
+    assert isinstance(claimed, HistoryEvent)
+    # Both the database's clock: the start's commit and the claim.
+    assert claimed.timestamp - run.created_at < FIRST_CLAIM_WITHIN, worker.log()
 
 
 # -- without LISTEN/NOTIFY ------------------------------------------------------------------------
