@@ -38,7 +38,7 @@ class WorkflowDescription:
     started_at: datetime.datetime | None
     updated_at: datetime.datetime
     closed_at: datetime.datetime | None
-    pending_work: list[dict[str, Any]]
+    pending_work: list[store.PendingWork]
 
 
 class WorkflowHandle:

@@ -132,7 +132,8 @@ class Listener:
         connection = self._connection
         try:
             database_socket = connection.fileno()
-            readable, _, _ = select.select([database_socket, self._wake_reader], [], [], _seconds_until(deadline))
+            watched: list[int | socket.socket] = [database_socket, self._wake_reader]
+            readable, _, _ = select.select(watched, [], [], _seconds_until(deadline))
             if self._wake_reader in readable:
                 self._drain_wake_socket()
             if database_socket in readable:

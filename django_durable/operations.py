@@ -8,7 +8,7 @@ import datetime
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from . import store
 from .conf import durable_settings
@@ -232,7 +232,7 @@ def _check_workers(thresholds: Thresholds) -> Check:
     alive = [row for row in rows if now - row["last_seen_at"] <= thresholds.stale_after]
     stale = [row for row in rows if now - row["last_seen_at"] > thresholds.stale_after]
 
-    def described(row: dict[str, Any]) -> str:
+    def described(row: store.WorkerRow) -> str:
         return f"{row['name']} (last seen {format_duration((now - row['last_seen_at']).total_seconds())} ago)"
 
     scope = ""
@@ -256,7 +256,7 @@ def _check_workers(thresholds: Thresholds) -> Check:
     return Check("workers", OK if healthy else FAIL, detail, data)
 
 
-def _worker_data(row: dict[str, Any], now: datetime.datetime) -> dict[str, Any]:
+def _worker_data(row: store.WorkerRow, now: datetime.datetime) -> dict[str, Any]:
     return {**row, "silent_seconds": round((now - row["last_seen_at"]).total_seconds(), 3)}
 
 
@@ -264,19 +264,20 @@ def _check_overdue(thresholds: Thresholds) -> Check:
     work = store.overdue_work(overdue_after=thresholds.overdue_after, queues=thresholds.queues)
     now, threshold = work["now"], format_duration(thresholds.overdue_after.total_seconds())
     problems = []
+    # The oldest items are read after the counts: one claimed or reaped in between is gone (None).
     if work["overdue"]:
-        oldest = work["oldest_due"]
-        problems.append(
-            f"{work['overdue']} item(s) due for over {threshold} and unclaimed; oldest: "
-            f"{_item(oldest)}, due {format_duration((now - oldest['due_at']).total_seconds())} ago"
-        )
+        problem = f"{work['overdue']} item(s) due for over {threshold} and unclaimed"
+        if (oldest := work["oldest_due"]) is not None:
+            problem += f"; oldest: {_item(oldest)}, due {format_duration((now - oldest['due_at']).total_seconds())} ago"
+        problems.append(problem)
     if work["lease_expired"]:
-        oldest = work["oldest_lease_expired"]
-        problems.append(
-            f"{work['lease_expired']} lease(s) expired over {threshold} ago and not reaped; oldest: "
-            f"{_item(oldest)}, held by {oldest['lease_owner']}, expired "
-            f"{format_duration((now - oldest['lease_expires_at']).total_seconds())} ago"
-        )
+        problem = f"{work['lease_expired']} lease(s) expired over {threshold} ago and not reaped"
+        if (oldest := work["oldest_lease_expired"]) is not None:
+            problem += (
+                f"; oldest: {_item(oldest)}, held by {oldest['lease_owner']}, expired "
+                f"{format_duration((now - _since(oldest, 'lease_expires_at')).total_seconds())} ago"
+            )
+        problems.append(problem)
     data = {
         "overdue": work["overdue"],
         "lease_expired": work["lease_expired"],
@@ -296,12 +297,21 @@ def _check_overdue(thresholds: Thresholds) -> Check:
     return Check("overdue", OK, f"{detail} (overdue after {threshold}){parked}", data)
 
 
-def _item(row: dict[str, Any]) -> str:
+_Since = Literal["due_at", "lease_expires_at"]
+
+
+def _item(row: store.OverdueItem) -> str:
     name = f" {row['name']}" if row["name"] else ""
     return f"{row['kind']}{name} of workflow {row['workflow_id']!r} (queue {row['queue']})"
 
 
-def _item_data(row: dict[str, Any] | None, now: datetime.datetime, since: str) -> dict[str, Any] | None:
+def _item_data(row: store.OverdueItem | None, now: datetime.datetime, since: _Since) -> dict[str, Any] | None:
     if row is None:
         return None
-    return {**row, "run_id": str(row["run_id"]), "waited_seconds": round((now - row[since]).total_seconds(), 3)}
+    return {**row, "run_id": str(row["run_id"]), "waited_seconds": round((now - _since(row, since)).total_seconds(), 3)}
+
+
+def _since(row: store.OverdueItem, since: _Since) -> datetime.datetime:
+    moment = row[since]
+    assert moment is not None, "overdue_work reads expired leases only, which have lease_expires_at"
+    return moment

@@ -28,20 +28,21 @@ from .exceptions import ActivityError, DurableError, SerializationError, Workflo
 from .retry import RetryPolicy
 
 try:
-    from django.tasks import TaskResult, TaskResultStatus  # type: ignore[import-not-found]
-    from django.tasks.backends.base import BaseTaskBackend  # type: ignore[import-not-found]
-    from django.tasks.base import Task, TaskContext, TaskError  # type: ignore[import-not-found]
-    from django.tasks.exceptions import TaskResultDoesNotExist  # type: ignore[import-not-found]
-    from django.tasks.signals import task_enqueued  # type: ignore[import-not-found]
+    from django.tasks import TaskResult, TaskResultStatus
+    from django.tasks.backends.base import BaseTaskBackend
+    from django.tasks.base import Task, TaskContext, TaskError
+    from django.tasks.exceptions import TaskResultDoesNotExist
+    from django.tasks.signals import task_enqueued
 
     TASKS_API: str | None = "django.tasks"
 except ImportError:
     try:
-        from django_tasks import TaskResult, TaskResultStatus  # type: ignore[no-redef]
-        from django_tasks.backends.base import BaseTaskBackend  # type: ignore[no-redef]
-        from django_tasks.base import Task, TaskContext, TaskError  # type: ignore[no-redef]
-        from django_tasks.exceptions import TaskResultDoesNotExist  # type: ignore[no-redef]
-        from django_tasks.signals import task_enqueued  # type: ignore[no-redef]
+        # The backport's classes are not django.tasks' to mypy, which checks against the latter.
+        from django_tasks import TaskResult, TaskResultStatus  # type: ignore[assignment]
+        from django_tasks.backends.base import BaseTaskBackend  # type: ignore[assignment]
+        from django_tasks.base import Task, TaskContext, TaskError  # type: ignore[assignment]
+        from django_tasks.exceptions import TaskResultDoesNotExist  # type: ignore[assignment]
+        from django_tasks.signals import task_enqueued
 
         TASKS_API = "django_tasks"
     except ImportError:
@@ -129,7 +130,7 @@ def call_task(
     func = target.func
     if target.takes_context:
         info = durable.activity_info()
-        result = TaskResult(
+        result: TaskResult[Any, Any] = TaskResult(
             task=target,
             id=info.workflow_id,
             status=TaskResultStatus.RUNNING,
@@ -279,7 +280,7 @@ if TASKS_API is not None:
             status = _STATUS[description.status]
             if status == "RUNNING" and not attempts:
                 status = "READY"
-            result = TaskResult(
+            result: TaskResult[Any, Any] = TaskResult(
                 task=task,
                 id=description.workflow_id,
                 status=TaskResultStatus(status),

@@ -27,7 +27,7 @@ from . import notify, store
 from .committer import Committer
 from .conf import durable_settings
 from .connections import refresh_connections
-from .executors import load_executor
+from .executors import WorkflowTaskExecutor, load_executor
 from .executors.activities import (
     RunningActivity,
     execute_activity,
@@ -88,7 +88,7 @@ class Worker:
         self.executor = load_executor(durable_settings.ACTIVITY_EXECUTOR)
         # With CELERY_WORKFLOW_TASKS, due workflow tasks are sent to the executor too.
         self.remote_workflow_tasks = bool(
-            durable_settings.CELERY_WORKFLOW_TASKS and hasattr(self.executor, "send_workflow_task")
+            durable_settings.CELERY_WORKFLOW_TASKS and isinstance(self.executor, WorkflowTaskExecutor)
         )
 
     # -- lifecycle ---------------------------------------------------------------
@@ -211,7 +211,9 @@ class Worker:
             self._reap()
             fired = store.fire_due_timers(queues=self.queues, limit=durable_settings.CLAIM_BATCH_SIZE)
             if self.remote_workflow_tasks:
-                workflow_tasks: list[object] = [] if self._stopping.is_set() else self._dispatch(WorkItemKind.WORKFLOW)
+                workflow_tasks: list[tuple[int, str]] | list[store.Claim] = (
+                    [] if self._stopping.is_set() else self._dispatch(WorkItemKind.WORKFLOW)
+                )
             else:
                 workflow_tasks = self._claim(WorkItemKind.WORKFLOW, durable_settings.CLAIM_BATCH_SIZE)
                 if workflow_tasks:
@@ -223,7 +225,9 @@ class Worker:
                         with self._lock:
                             self._workflow_tasks = []
             if self.executor is not None:
-                activities = [] if self._stopping.is_set() else self._dispatch(WorkItemKind.ACTIVITY)
+                activities: list[tuple[int, str]] | list[store.Claim] = (
+                    [] if self._stopping.is_set() else self._dispatch(WorkItemKind.ACTIVITY)
+                )
             else:
                 free, _ = self._room()
                 activities = [] if self._stopping.is_set() else self._claim(WorkItemKind.ACTIVITY, free)
@@ -254,8 +258,13 @@ class Worker:
         return items
 
     def _dispatch(self, kind: str) -> list[tuple[int, str]]:
-        assert self.executor is not None
-        send = self.executor.send_workflow_task if kind == WorkItemKind.WORKFLOW else self.executor.send
+        executor = self.executor
+        assert executor is not None
+        if kind == WorkItemKind.WORKFLOW:
+            assert isinstance(executor, WorkflowTaskExecutor)  # as remote_workflow_tasks requires
+            send = executor.send_workflow_task
+        else:
+            send = executor.send
         sent = store.dispatch(
             kind=kind,
             queues=self.queues,

@@ -14,8 +14,9 @@ terminate and purge.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any, ClassVar
+import datetime
+from collections.abc import Callable, Sequence
+from typing import Any, TypedDict
 
 from django import forms
 from django.contrib import admin, messages
@@ -23,7 +24,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
@@ -51,20 +52,33 @@ def can_operate(request: HttpRequest) -> bool:
 # -- what a run allows now --------------------------------------------------------------
 
 
+class WorkRow(TypedDict):
+    """A run's work item as ``run_work`` reads it."""
+
+    kind: str
+    task_id: int | None
+    name: str
+    attempt: int
+    lease_owner: str | None
+    lease_expires_at: datetime.datetime | None
+    failures: int
+    parked_at: datetime.datetime | None
+
+
 @dataclasses.dataclass
 class RunWork:
     """The run's work items that decide what is legal: a failed workflow task waiting to
     be tried again, and activity attempts awaiting completion (by task id)."""
 
     failed_task: bool = False
-    awaiting: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    awaiting: dict[int, WorkRow] = dataclasses.field(default_factory=dict)
 
 
 def run_work(instance: WorkflowInstance) -> RunWork:
     work = RunWork()
     if not instance.is_open:
         return work  # a closed run has no work items
-    rows = (
+    rows: QuerySet[WorkItem, WorkRow] = (
         WorkItem.objects.filter(instance_id=instance.pk)
         .filter(
             Q(kind=WorkItemKind.WORKFLOW)
@@ -82,11 +96,12 @@ def run_work(instance: WorkflowInstance) -> RunWork:
             now = now or store.db_now()
             if row["lease_expires_at"] <= now:
                 continue  # timed out, not reaped yet: a completion would be refused
+        assert row["task_id"] is not None  # an activity's item has its task id
         work.awaiting[row["task_id"]] = row
     return work
 
 
-def _awaiting_item(work: RunWork, activity: str | None) -> dict[str, Any] | None:
+def _awaiting_item(work: RunWork, activity: str | None) -> WorkRow | None:
     try:
         return work.awaiting.get(int(activity or ""))
     except ValueError:
@@ -169,8 +184,8 @@ def _name(instance: WorkflowInstance) -> str:
     return f"workflow {instance.workflow_id!r} (run {instance.run_id})"
 
 
-Data = dict[str, Any]
-Item = Any  # the awaiting activity's work item row, for the per-activity actions
+Data = dict[str, Any]  # the action form's cleaned_data
+Item = WorkRow | None  # the awaiting activity's work item, for the per-activity actions
 
 
 def _signal(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
@@ -219,11 +234,13 @@ def _purge(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
 
 
 def _complete(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
+    assert item is not None  # a per-activity action: action_view found the activity
     complete_activity_by_id(instance.workflow_id, str(item["task_id"]), data["result"], run_id=str(instance.run_id))
     return Outcome(f"Completed activity {item['task_id']} ({item['name']}) of {_name(instance)}.")
 
 
 def _fail(instance: WorkflowInstance, data: Data, item: Item) -> Outcome:
+    assert item is not None  # a per-activity action: action_view found the activity
     error: dict[str, Any] = {"message": data["message"], "type": data["type"] or "ActivityFailure"}
     if data["details"] is not None:
         error["details"] = data["details"]
@@ -578,7 +595,13 @@ class BulkActionsMixin:
     their permissions only (``has_delete_permission`` stays False: Django's own "Delete
     selected" would bypass the store)."""
 
-    actions: ClassVar[list[Any]] = [cancel_selected, terminate_selected, purge_selected]
+    actions: (
+        Sequence[Callable[[Any, HttpRequest, QuerySet[WorkflowInstance]], HttpResponseBase | None] | str] | None
+    ) = [
+        cancel_selected,
+        terminate_selected,
+        purge_selected,
+    ]
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return can_operate(request)

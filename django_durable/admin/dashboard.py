@@ -54,14 +54,15 @@ def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         for status in FAILURE_STATUSES
     ]
     work = [{"kind": kind, "label": label, **stats["work"]["by_kind"][kind]} for kind, label in WorkItemKind.choices]
-    oldest = stats["oldest_pending"]
-    if oldest is not None:
+    pending = stats["oldest_pending"]
+    oldest = None
+    if pending is not None:
         oldest = {
-            **oldest,
-            "kind_label": WorkItemKind(oldest["kind"]).label,
-            "waited_text": _duration(oldest["waited"]),
-            "url": run_url(oldest["instance_id"]),
-            "overdue": oldest["waited"] >= stats["overdue_after"],
+            **pending,
+            "kind_label": WorkItemKind(pending["kind"]).label,
+            "waited_text": _duration(pending["waited"]),
+            "url": run_url(pending["instance_id"]),
+            "overdue": pending["waited"] >= stats["overdue_after"],
         }
     failing_tasks = [
         {

@@ -26,7 +26,7 @@ from ..tokens import make_task_token
 from . import actions, dashboard, timeline, timetravel
 
 # Columns the list never shows: they can be large, and a page of 100 runs would read them all.
-STATUS_COLOURS = {
+STATUS_COLOURS: dict[str, str] = {
     WorkflowStatus.PENDING: "#6c757d",
     WorkflowStatus.RUNNING: "#1f6fb2",
     WorkflowStatus.SUSPENDED: "#b8860b",
@@ -236,7 +236,7 @@ class WorkflowInstanceAdmin(ReadOnlyMixin, actions.BulkActionsMixin, admin.Model
         return format_html("<i>{}</i>", format_duration(start, timezone.now()) + " so far")
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-        views = [
+        views: list[tuple[str, dict[str, str]]] = [
             ("All", {}),
             ("Running", {"status__exact": WorkflowStatus.RUNNING}),
             ("Failed", {"status__exact": WorkflowStatus.FAILED}),

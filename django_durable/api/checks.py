@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from typing import Any
 
-from django.apps import apps
+from django.apps import AppConfig, apps
 from django.core import checks
 
 MINIMUM_DRF_VERSION = (3, 17, 2)
@@ -56,7 +57,7 @@ def _parse_version(text: str) -> tuple[int, ...]:
 
 
 @checks.register(checks.Tags.compatibility)
-def check_rest_framework(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_rest_framework(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
     if not api_in_use():
         return []
     errors: list[checks.CheckMessage] = []

@@ -14,6 +14,7 @@ project's own REST framework settings are left alone.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -30,7 +31,11 @@ from ..exceptions import DurableError
 logger = logging.getLogger("django_durable.api")
 
 
-def error_response(code: str, detail: Any, status_code: int, headers: dict[str, str] | None = None) -> Response:
+# What a view's ``get_exception_handler()`` returns: REST framework passes the view's context.
+ExceptionHandler = Callable[[Exception, dict[str, Any]], Response | None]
+
+
+def error_response(code: str, detail: object, status_code: int, headers: dict[str, str] | None = None) -> Response:
     return Response({"code": code, "detail": detail}, status=status_code, headers=headers)
 
 
@@ -52,10 +57,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             headers["Retry-After"] = str(int(exc.wait))  # type: ignore[attr-defined]
         set_rollback()
         if isinstance(exc, exceptions.ValidationError):
-            detail = exc.detail
-            if not isinstance(detail, dict):
-                detail = {api_settings.NON_FIELD_ERRORS_KEY: detail if isinstance(detail, list) else [detail]}
-            return error_response("invalid", detail, exc.status_code, headers)
+            errors = exc.detail
+            if not isinstance(errors, dict):
+                errors = {api_settings.NON_FIELD_ERRORS_KEY: errors if isinstance(errors, list) else [errors]}
+            return error_response("invalid", errors, exc.status_code, headers)
         detail = exc.detail
         code = getattr(detail, "code", None) or exc.default_code
         if isinstance(detail, (list, dict)):  # not raised by these views, but keep the shape

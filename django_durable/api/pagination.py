@@ -6,6 +6,8 @@ from typing import Any
 
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.views import APIView
 
 from ..conf import durable_settings
 
@@ -24,13 +26,13 @@ class WorkflowPagination(LimitOffsetPagination):
     def max_limit(self) -> int:  # type: ignore[override]
         return max(int(durable_settings.API_PAGE_SIZE), 1000)
 
-    def get_limit(self, request: Any) -> int:
+    def get_limit(self, request: Request) -> int:
         return min(self._number(request, self.limit_query_param, minimum=1, default=self.default_limit), self.max_limit)
 
-    def get_offset(self, request: Any) -> int:
+    def get_offset(self, request: Request) -> int:
         return min(self._number(request, self.offset_query_param, minimum=0, default=0), self.MAX_OFFSET)
 
-    def _number(self, request: Any, name: str, *, minimum: int, default: int) -> int:
+    def _number(self, request: Request, name: str, *, minimum: int, default: int) -> int:
         raw = request.query_params.get(name)
         if raw is None:
             return default
@@ -41,7 +43,7 @@ class WorkflowPagination(LimitOffsetPagination):
             raise ValidationError({name: [f"A whole number of at least {minimum} is required."]})
         return value
 
-    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+    def get_schema_operation_parameters(self, view: APIView) -> list[dict[str, Any]]:
         parameters = super().get_schema_operation_parameters(view)
         for parameter in parameters:
             parameter["schema"]["minimum"] = 1 if parameter["name"] == self.limit_query_param else 0

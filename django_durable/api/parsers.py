@@ -10,7 +10,8 @@ unpaired surrogates, and nesting deeper than ``MAX_JSON_DEPTH``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import IO, Any, Protocol
 
 from django.conf import settings
 from rest_framework import renderers
@@ -18,7 +19,7 @@ from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
 
-from .. import jsontext
+from .. import jsontext, store
 from ..conf import durable_settings
 
 _READ_CHUNK = 64 * 1024
@@ -39,7 +40,13 @@ def body_size_limit() -> int:
     return limit
 
 
-def declared_length(meta: Any) -> int | None:
+class Readable(Protocol):
+    """A request body: a file, or the request itself."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+def declared_length(meta: Mapping[str, Any]) -> int | None:
     """The request's Content-Length, or None when it is absent or not a non-negative number."""
     raw = meta.get("CONTENT_LENGTH", meta.get("HTTP_CONTENT_LENGTH"))
     if raw in (None, ""):
@@ -55,7 +62,7 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
 
 
-def read_limited(stream: Any, limit: int) -> bytes:
+def read_limited(stream: Readable, limit: int) -> bytes:
     """At most ``limit`` bytes of ``stream``; PayloadTooLarge if there is more."""
     chunks: list[bytes] = []
     size = 0
@@ -76,7 +83,10 @@ class JSONParser(BaseParser):
     media_type = "application/json"
     renderer_class = renderers.JSONRenderer
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+    # The stubs allow only an object (or a DataAndFiles), but a JSON body may be any JSON value.
+    def parse(  # type: ignore[override]
+        self, stream: IO[Any] | None, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
+    ) -> store.JSON:
         parser_context = parser_context or {}
         limit = body_size_limit()
         request = parser_context.get("request")
@@ -105,14 +115,15 @@ class LimitedBodyRequest(Request):
     parser reads it, up to the size limit.
     """
 
+    # The ignores: REST framework's and Django's private members, which the stubs leave out.
     def _load_stream(self) -> None:
         meta = self._request.META
         if (
             declared_length(meta) is None
             and self._request.method in ("POST", "PUT", "PATCH")
             and meta.get("CONTENT_TYPE")
-            and not self._request._read_started
+            and not self._request._read_started  # type: ignore[attr-defined]
         ):
-            self._stream = self._request
+            self._stream = self._request  # type: ignore[assignment]
             return
-        super()._load_stream()
+        super()._load_stream()  # type: ignore[misc]

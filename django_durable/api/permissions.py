@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.views import APIView
 
 from ..permissions import may
 
@@ -32,17 +32,18 @@ class WorkflowPermissions(BasePermission):
     it (``django_durable.permissions``). Anonymous users are refused, staff status grants
     nothing, an action missing from the table is refused, and OPTIONS needs ``view``."""
 
-    def has_permission(self, request: Any, view: Any) -> bool:
+    def has_permission(self, request: Request, view: APIView) -> bool:
         user = request.user
         if not (user and user.is_authenticated):
             return False
         return may(user, self.operation(request, view))
 
-    def operation(self, request: Any, view: Any) -> str:
+    def operation(self, request: Request, view: APIView) -> str:
         """The table's name for what ``request`` asks of ``view``; "" (refused) if it has none."""
         action_map = getattr(view, "action_map", None)
         if action_map is None:
             return ""  # not a viewset: no action to look up
+        assert request.method is not None  # a request a view dispatched has one
         method = request.method.lower()
         if method == "options":
             return "list"  # describing the endpoint reveals no run: the same need as listing them

@@ -42,7 +42,7 @@ class DurableSchema(AutoSchema):
         self,
         *,
         operation_ids: dict[str, str],
-        responses: dict[str, tuple[int, Any]] | None = None,
+        responses: dict[str, tuple[int, type[serializers.Serializer] | None]] | None = None,
         token_header: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -57,7 +57,7 @@ class DurableSchema(AutoSchema):
     def get_operation_id(self, path: str, method: str) -> str:
         return self.operation_ids[self._key(method)]
 
-    def map_field(self, field: Any) -> dict[str, Any]:
+    def map_field(self, field: serializers.Field) -> dict[str, Any]:
         if isinstance(field, s.TaskTokenField):
             return {"type": "string", "maxLength": MAX_TOKEN_LENGTH}
         if isinstance(field, s.JSONValueField):
@@ -68,7 +68,7 @@ class DurableSchema(AutoSchema):
             return {"description": "Any JSON value."}
         return super().map_field(field)
 
-    def map_field_validators(self, field: Any, schema: dict[str, Any]) -> None:
+    def map_field_validators(self, field: serializers.Field, schema: dict[str, Any]) -> None:
         super().map_field_validators(field, schema)
         if not isinstance(field, serializers.CharField) or field.read_only:
             return
@@ -79,13 +79,13 @@ class DurableSchema(AutoSchema):
         elif any(isinstance(v, ProhibitNullCharactersValidator) for v in field.validators):
             schema.setdefault("pattern", NO_NUL_PATTERN)
 
-    def get_response_serializer(self, path: str, method: str) -> Any:
+    def get_response_serializer(self, path: str, method: str) -> serializers.BaseSerializer | None:
         entry = self.responses.get(self._key(method))
         if entry is not None:
             return entry[1]() if entry[1] is not None else None
         return super().get_response_serializer(path, method)
 
-    def get_request_serializer(self, path: str, method: str) -> Any:
+    def get_request_serializer(self, path: str, method: str) -> serializers.BaseSerializer | None:
         serializer = super().get_request_serializer(path, method)
         if isinstance(serializer, s.NoBodySerializer):
             return None  # documented as taking no body
@@ -98,14 +98,18 @@ class DurableSchema(AutoSchema):
         if serializer is None:
             return {}
         body = super().get_request_body(path, method)
-        if any(field.required for field in serializer.fields.values()):
+        # Every request serializer here is a Serializer (with fields), not a list of them.
+        if isinstance(serializer, serializers.Serializer) and any(
+            field.required for field in serializer.fields.values()
+        ):
             body["required"] = True  # no body is not an empty object: its required fields are missing
         return body
 
     def get_pagination_parameters(self, path: str, method: str) -> list[dict[str, Any]]:
         if self._key(method) == "history":
             paginator = self.get_paginator()
-            return paginator.get_schema_operation_parameters(self.view) if paginator else []
+            # The stubs take get_paginator() for the class; it returns an instance.
+            return paginator.get_schema_operation_parameters(self.view) if paginator else []  # type: ignore[call-arg, arg-type]
         return super().get_pagination_parameters(path, method)
 
     def allows_filters(self, path: str, method: str) -> bool:
@@ -158,7 +162,8 @@ class DurableSchema(AutoSchema):
             schema: dict[str, Any] = {"type": "array", "items": item}
             paginator = self.get_paginator()
             if paginator:
-                schema = paginator.get_paginated_response_schema(schema)
+                # The stubs take get_paginator() for the class; it returns an instance.
+                schema = paginator.get_paginated_response_schema(schema)  # type: ignore[call-arg, arg-type]
             for response in responses.values():
                 for media in response.get("content", {}).values():
                     media["schema"] = schema

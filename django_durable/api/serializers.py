@@ -44,12 +44,12 @@ class JSONValueField(serializers.Field):
         self.max_depth = max_depth
         super().__init__(**kwargs)
 
-    def to_internal_value(self, data: Any) -> Any:
+    def to_internal_value(self, data: Any) -> store.JSON:
         if self.kind == "object" and not isinstance(data, dict):
             self.fail("not_object")
         if self.kind == "array" and not isinstance(data, list):
             self.fail("not_array")
-        stack: list[tuple[Any, int]] = [(data, 1)]
+        stack: list[tuple[object, int]] = [(data, 1)]
         while stack:
             item, depth = stack.pop()
             if isinstance(item, str):
@@ -72,7 +72,7 @@ class JSONValueField(serializers.Field):
                 self.fail("not_json")
         return data
 
-    def to_representation(self, value: Any) -> Any:
+    def to_representation(self, value: store.JSON) -> store.JSON:
         return value
 
 
@@ -87,7 +87,7 @@ class TaskTokenField(serializers.Field):
             self.fail("invalid")
         return data
 
-    def to_representation(self, value: Any) -> str:
+    def to_representation(self, value: str) -> str:
         return value
 
 
@@ -218,7 +218,7 @@ class StartWorkflowSerializer(serializers.Serializer):
         help_text="Whether workflow_id may name a new run when earlier runs exist.",
     )
 
-    def validate_kwargs(self, value: dict[str, Any]) -> dict[str, Any]:
+    def validate_kwargs(self, value: dict[str, store.JSON]) -> dict[str, store.JSON]:
         reserved = sorted(RESERVED_KWARGS.intersection(value))
         if reserved:
             raise serializers.ValidationError(
@@ -358,7 +358,7 @@ class PendingWorkField(serializers.ListField):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(child=PendingWorkSerializer(), read_only=True, **kwargs)
 
-    def get_attribute(self, instance: WorkflowInstance) -> list[dict[str, Any]]:
+    def get_attribute(self, instance: WorkflowInstance) -> list[store.PendingWork]:
         return store.pending_work(instance.pk)
 
 
@@ -379,7 +379,9 @@ class WorkflowDetailSerializer(WorkflowSummarySerializer):
         help_text="The latest engine-level failure of a workflow task (e.g. non-determinism), if any.",
     )
     pending_work = PendingWorkField()
-    parent = serializers.CharField(
+    # Declared fields leave the class (REST framework's metaclass takes them): this does not
+    # replace Field.parent, as the stubs see it.
+    parent = serializers.CharField(  # type: ignore[assignment]
         source="parent.workflow_id",
         read_only=True,
         allow_null=True,

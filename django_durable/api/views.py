@@ -12,16 +12,22 @@ Two groups, each with its own authentication and permission classes from
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from django.urls import NoReverseMatch
-from rest_framework import mixins, status, viewsets
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import NoReverseMatch, URLPattern, URLResolver
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotAcceptable
 from rest_framework.generics import GenericAPIView
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.permissions import AllowAny
-from rest_framework.renderers import BrowsableAPIRenderer, JSONOpenAPIRenderer, JSONRenderer
+from rest_framework.parsers import BaseParser
+from rest_framework.permissions import AllowAny, BasePermission
+from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONOpenAPIRenderer, JSONRenderer
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.schemas.openapi import SchemaGenerator
@@ -32,7 +38,7 @@ from ..conf import durable_settings
 from ..exceptions import WorkflowNotFound
 from ..models import PAYLOAD_COLUMNS, HistoryEvent, WorkflowInstance
 from . import serializers as s
-from .exceptions import exception_handler
+from .exceptions import ExceptionHandler, exception_handler
 from .filters import WorkflowFilter
 from .pagination import WorkflowPagination
 from .parsers import JSONParser, LimitedBodyRequest
@@ -45,21 +51,21 @@ class DurableAPIMixin:
     """JSON errors, the size-limited JSON parser, and a request that offers
     bodies without Content-Length to that parser."""
 
-    parser_classes = [JSONParser]
+    parser_classes: Sequence[type[BaseParser]] = [JSONParser]
     # Which DURABLE settings hold this view's authentication and permission classes.
     authentication_setting = "API_AUTHENTICATION_CLASSES"
     permission_setting = "API_PERMISSION_CLASSES"
 
-    def get_exception_handler(self) -> Any:
+    def get_exception_handler(self) -> ExceptionHandler:
         return exception_handler
 
-    def get_authenticators(self) -> list[Any]:
+    def get_authenticators(self) -> list[BaseAuthentication]:
         return [auth() for auth in getattr(durable_settings, self.authentication_setting)]
 
-    def get_permissions(self) -> list[Any]:
+    def get_permissions(self) -> list[BasePermission]:
         return [permission() for permission in getattr(durable_settings, self.permission_setting)]
 
-    def initialize_request(self, request: Any, *args: Any, **kwargs: Any) -> LimitedBodyRequest:
+    def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> LimitedBodyRequest:
         drf_request = super().initialize_request(request, *args, **kwargs)  # type: ignore[misc]
         drf_request.__class__ = LimitedBodyRequest  # adds no state: only how the body stream is found
         return drf_request
@@ -68,7 +74,10 @@ class DurableAPIMixin:
 class JSONAnywayNegotiation(DefaultContentNegotiation):
     """Answer in JSON whatever the client accepts (machine-to-machine endpoints)."""
 
-    def select_renderer(self, request: Any, renderers: list[Any], format_suffix: str | None = None) -> Any:
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderers = list(renderers)  # a list already, from the view
         try:
             return super().select_renderer(request, renderers, format_suffix)
         except NotAcceptable:
@@ -86,12 +95,12 @@ class ActivityView(DurableAPIMixin, GenericAPIView):
     pagination_class = None
 
     def get_serializer_context(self) -> dict[str, Any]:
-        context = super().get_serializer_context()
+        context = dict(super().get_serializer_context())  # a new dict each time already
         request = context.get("request")  # None while the schema is generated
         context["header_token"] = request.headers.get(s.TASK_TOKEN_HEADER) if request is not None else None
         return context
 
-    def validated(self, request: Any) -> dict[str, Any]:
+    def validated(self, request: Request) -> dict[str, Any]:
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
@@ -108,7 +117,7 @@ class CompleteActivityView(ActivityView):
         responses={"post": (200, s.ActivityStatusSerializer)},
     )
 
-    def post(self, request: Any) -> Response:
+    def post(self, request: Request) -> Response:
         data = self.validated(request)
         client.complete_activity(data["task_token"], data["result"])
         return Response({"status": "completed"})
@@ -125,7 +134,7 @@ class FailActivityView(ActivityView):
         responses={"post": (200, s.ActivityStatusSerializer)},
     )
 
-    def post(self, request: Any) -> Response:
+    def post(self, request: Request) -> Response:
         data = self.validated(request)
         client.fail_activity(data["task_token"], data["error"])
         return Response({"status": "failed"})
@@ -142,7 +151,7 @@ class HeartbeatActivityView(ActivityView):
         responses={"post": (200, s.HeartbeatResponseSerializer)},
     )
 
-    def post(self, request: Any) -> Response:
+    def post(self, request: Request) -> Response:
         data = self.validated(request)
         cancel_requested = client.heartbeat_activity(data["task_token"], data["details"])
         return Response({"cancel_requested": bool(cancel_requested)})
@@ -192,11 +201,12 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
         },
     )
 
-    def get_serializer_class(self) -> Any:
+    def get_serializer_class(self) -> type[serializers.Serializer]:
         action = self.action
-        if action == "metadata" and self.request is not None:  # OPTIONS describes the route's own action
+        # OPTIONS describes the route's own action.
+        if action == "metadata" and self.request is not None and self.request.method is not None:
             action = self.action_map.get(self.request.method.lower(), action)
-        return {
+        serializer_classes: dict[str | None, type[serializers.Serializer]] = {
             "create": s.StartWorkflowSerializer,
             "retrieve": s.WorkflowDetailSerializer,
             "history": s.HistoryEventSerializer,
@@ -206,9 +216,10 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
             "suspend": s.SuspendWorkflowSerializer,
             "resume": s.NoBodySerializer,
             "rerun": s.RerunWorkflowSerializer,
-        }.get(action, s.WorkflowSummarySerializer)
+        }
+        return serializer_classes.get(action, s.WorkflowSummarySerializer)
 
-    def get_queryset(self) -> Any:
+    def get_queryset(self) -> QuerySet[WorkflowInstance]:
         queryset = super().get_queryset()
         return queryset.defer(*PAYLOAD_COLUMNS) if self.action == "list" else queryset
 
@@ -228,12 +239,12 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
         self.check_object_permissions(self.request, instance)
         return instance
 
-    def validated(self, request: Any) -> dict[str, Any]:
+    def validated(self, request: Request) -> dict[str, Any]:
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
 
-    def retrieve(self, request: Any, workflow_id: str) -> Response:
+    def retrieve(self, request: Request, workflow_id: str) -> Response:
         """Describe the run. With ``?wait=<seconds>``, a long poll: answer as soon as the run is
         closed, or once that many seconds have passed (at most ``API_MAX_WAIT``; 400 beyond)."""
         poll = s.LongPollSerializer(data={k: v for k, v in request.query_params.items() if k == "wait"})
@@ -262,7 +273,7 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
             pass
         return Response(body, status=status.HTTP_201_CREATED, headers=headers)
 
-    def create(self, request: Any) -> Response:
+    def create(self, request: Request) -> Response:
         """Start a workflow run: 201, 400 for an unknown workflow or bad arguments, 409 if the id is in use."""
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -278,7 +289,7 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
         )
         return self.created(handle)
 
-    def destroy(self, request: Any, workflow_id: str) -> Response:
+    def destroy(self, request: Request, workflow_id: str) -> Response:
         """Purge: delete every run of the workflow id (or the ``?run_id=`` run) with its history (204).
 
         409 ``workflow_open`` while one of them is open.
@@ -293,7 +304,7 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
         return f"{namespace}:{name}" if namespace else name
 
     @action(detail=True, methods=["get"])
-    def history(self, request: Any, workflow_id: str) -> Response:
+    def history(self, request: Request, workflow_id: str) -> Response:
         """The run's history events in order, paginated (``?limit=&offset=``)."""
         instance = self.get_object()
         events = HistoryEvent.objects.filter(instance_id=instance.pk).order_by("seq")
@@ -302,7 +313,7 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
         return self.get_paginated_response(serializer.data)
 
     @action(detail=True, methods=["post"])
-    def terminate(self, request: Any, workflow_id: str) -> Response:
+    def terminate(self, request: Request, workflow_id: str) -> Response:
         """Close the run now (202); no workflow code runs. 409 if it is already closed."""
         data = self.validated(request)
         handle = self.handle_of(self.get_object())
@@ -310,7 +321,7 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
         return self.accepted(handle)
 
     @action(detail=True, methods=["post"])
-    def signal(self, request: Any, workflow_id: str) -> Response:
+    def signal(self, request: Request, workflow_id: str) -> Response:
         """Send the run an external event (202): ``ctx.wait_for_event(name)`` returns its payload.
         409 if the run is closed."""
         data = self.validated(request)
@@ -319,7 +330,7 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
         return self.accepted(handle)
 
     @action(detail=True, methods=["post"])
-    def cancel(self, request: Any, workflow_id: str) -> Response:
+    def cancel(self, request: Request, workflow_id: str) -> Response:
         """Ask the run to cancel (202): its code sees CancelledError at its next durable call, and
         its activities see cancel_requested on their next heartbeat. 409 if the run is closed."""
         self.validated(request)
@@ -328,7 +339,7 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
         return self.accepted(handle)
 
     @action(detail=True, methods=["post"])
-    def suspend(self, request: Any, workflow_id: str) -> Response:
+    def suspend(self, request: Request, workflow_id: str) -> Response:
         """Pause the run (202): no workflow code runs and no new activity starts until resumed.
         409 if it is closed or already suspended."""
         data = self.validated(request)
@@ -337,7 +348,7 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
         return self.accepted(handle)
 
     @action(detail=True, methods=["post"])
-    def resume(self, request: Any, workflow_id: str) -> Response:
+    def resume(self, request: Request, workflow_id: str) -> Response:
         """Let a suspended run go on (202). 409 if it is closed or not suspended."""
         self.validated(request)
         handle = self.handle_of(self.get_object())
@@ -345,7 +356,7 @@ class WorkflowViewSet(DurableAPIMixin, mixins.ListModelMixin, mixins.RetrieveMod
         return self.accepted(handle)
 
     @action(detail=True, methods=["post"])
-    def rerun(self, request: Any, workflow_id: str) -> Response:
+    def rerun(self, request: Request, workflow_id: str) -> Response:
         """Start a new run (201) whose history is events 1 .. from_event-1 of this closed run; the
         current code goes on from there. 409 if the run is open, if from_event is past its history,
         or if the new run's workflow id has an open run."""
@@ -364,15 +375,15 @@ class SchemaView(APIView):
 
     renderer_classes = [JSONOpenAPIRenderer]
     parser_classes = [JSONParser]
-    authentication_classes: list[Any] = []
+    authentication_classes: Sequence[type[BaseAuthentication]] = []
     permission_classes = [AllowAny]
     schema = None  # not itself part of the document
-    patterns: list[Any] = []  # set by urls.py
+    patterns: list[URLPattern | URLResolver] = []  # set by urls.py
 
-    def get_exception_handler(self) -> Any:
+    def get_exception_handler(self) -> ExceptionHandler:
         return exception_handler
 
-    def get(self, request: Any) -> Response:
+    def get(self, request: Request) -> Response:
         from django_durable import __version__
 
         root = posixpath.dirname(request.path.rstrip("/")) + "/"

@@ -97,8 +97,7 @@ class WorkflowContext:
         horizon = [*history, *lookahead]
         self._history_closed = any(event.kind in CLOSE_KINDS for event in horizon)
         self._markers.update(event.name for event in lookahead if event.kind == EventKind.PATCH_MARKER)
-        assert self.started_at is not None, "history must contain a WorkflowTaskStarted event"
-        self._now = self.started_at
+        self._now = self._first_task_time()
         self._next_task_id = 0
         self._max_recorded = max(self._recorded, default=0)
         self._patch_horizon = max((e.task_id or 0 for e in horizon if e.kind in COMMAND_KINDS), default=0)
@@ -153,6 +152,12 @@ class WorkflowContext:
             elif kind == EventKind.TIMER_CANCELED:
                 assert event.task_id is not None
                 self._canceled_timers.add(event.task_id)
+
+    def _first_task_time(self) -> datetime.datetime:
+        # A method of its own: in __init__, mypy would keep started_at narrowed to the None
+        # assigned before _index() set it, and take the rest of __init__ for unreachable.
+        assert self.started_at is not None, "history must contain a WorkflowTaskStarted event"
+        return self.started_at
 
     def extend(self, events: Sequence[Event]) -> None:
         """Start a new workflow task of resident code: ``events`` are the history events

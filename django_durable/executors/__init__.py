@@ -7,6 +7,8 @@ An executor with ``send_workflow_task`` can take workflow tasks too, when
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 from django.utils.module_loading import import_string
 
 BUILTIN_EXECUTORS = {"celery": "django_durable.executors.celery.CeleryExecutor"}
@@ -23,8 +25,15 @@ class ActivityExecutor:
     def send(self, item_id: int, queue: str) -> None:
         raise NotImplementedError
 
-    # Optional: ``send_workflow_task(item_id, queue)``, claimed and run with
-    # ``remote.run_workflow_task_item()`` on the receiving side.
+    # Optional: ``send_workflow_task(item_id, queue)`` (see ``WorkflowTaskExecutor``).
+
+
+@runtime_checkable
+class WorkflowTaskExecutor(Protocol):
+    """An executor that takes workflow tasks too: the receiving side claims the item and runs
+    it with ``remote.run_workflow_task_item()``."""
+
+    def send_workflow_task(self, item_id: int, queue: str) -> None: ...
 
 
 def load_executor(name: str) -> ActivityExecutor | None:

@@ -155,6 +155,7 @@ def _commit_tasks(ran: list[_RanTask], eager: store.Eager | None) -> DatabaseErr
     try:
         store.complete_workflow_tasks([task.completion for task in ran], eager=eager)
     except DatabaseError as exc:
+        _give_back(eager, room)  # nothing of the transaction was leased
         if len(ran) == 1:
             return exc
         logger.warning(
@@ -162,11 +163,13 @@ def _commit_tasks(ran: list[_RanTask], eager: store.Eager | None) -> DatabaseErr
         )
         close_old_connections()
     except store.LeaseLost:
+        _give_back(eager, room)
         if len(ran) == 1:
             ran[0].completion.lost = ran[0].settled = True
             return None
         logger.warning("A workflow task of %d was lost as they committed; committing them again, one by one.", len(ran))
     except Exception as exc:  # a bug in a task's writes: that task backs off
+        _give_back(eager, room)
         if len(ran) == 1:
             try:
                 record_workflow_task_failure(ran[0].completion.item, ran[0].input.workflow_id, exc)
@@ -179,14 +182,17 @@ def _commit_tasks(ran: list[_RanTask], eager: store.Eager | None) -> DatabaseErr
         for task in ran:
             task.settled = True
         return None
-    if eager is not None and room is not None:
-        eager.limit, eager.spare = room  # nothing of the batch was leased
     first = None
     for task in ran:
         task.completion.committed = task.completion.lost = False
         error = _commit_tasks([task], eager)
         first = first or error
     return first
+
+
+def _give_back(eager: store.Eager | None, room: tuple[int, int] | None) -> None:
+    if eager is not None and room is not None:
+        eager.limit, eager.spare = room
 
 
 def _after_commit(task: _RanTask, cache: RunCache | None) -> None:

@@ -24,6 +24,7 @@ import datetime
 import sys
 import types
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import testclock
 from .activities import (
@@ -88,19 +89,28 @@ from .records import (
     CLAIM_FIELDS,
     CLOSING_STATUSES,
     EVENT_FIELDS,
+    JSON,
     LOCKED_FIELDS,
+    ActivityOptions,
+    ActivityPayload,
     Claim,
     Completion,
     Continuation,
+    DashboardStats,
     Eager,
     FinishedTask,
     HistorySize,
     LeaseLost,
     LeaseRenewal,
     LockedRun,
+    OverdueItem,
+    OverdueWork,
+    PendingWork,
+    RunToReplay,
     StoredTask,
     TaskCompletion,
     TaskDecisions,
+    WorkerRow,
     WorkflowTaskInput,
 )
 from .runs import (
@@ -129,24 +139,33 @@ __all__ = [
     "CLAIM_FIELDS",
     "CLOSING_STATUSES",
     "EVENT_FIELDS",
+    "JSON",
     "LOCKED_FIELDS",
     "OVERDUE_AFTER",
     "PRUNE_COUNT_KEYS",
     "RECENT_WINDOW",
     "WORKER_ROW_RETENTION",
+    "ActivityOptions",
+    "ActivityPayload",
     "Claim",
     "Completion",
     "Continuation",
+    "DashboardStats",
     "Eager",
     "FinishedTask",
     "HistorySize",
     "LeaseLost",
     "LeaseRenewal",
     "LockedRun",
+    "OverdueItem",
+    "OverdueWork",
+    "PendingWork",
+    "RunToReplay",
     "StoredTask",
     "TaskCompletion",
     "TaskDecisions",
     "TransactionNow",
+    "WorkerRow",
     "WorkflowTaskInput",
     "_apply_id_reuse_policy",
     "apply_parent_close_policies",
@@ -211,6 +230,11 @@ __all__ = [
     "worker_stopped",
     "write_transaction",
 ]
+
+
+if TYPE_CHECKING:
+    # What ``_Store`` makes of the module: the test clock, read and set through the package.
+    clock_override: Callable[[], datetime.datetime] | None
 
 
 class _Store(types.ModuleType):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from ..engine.events import Event, EventKind
 from ..exceptions import ActivityNotPending
@@ -21,13 +21,13 @@ from ..tokens import TaskToken
 from .claims import _claim_rows, _fence, attempt_deadline, lease_lost
 from .clock import _seconds, db_now
 from .dialects import dialect_for
-from .records import Claim, Completion, Continuation, Eager, LockedRun, TaskDecisions
+from .records import JSON, Claim, Completion, Continuation, Eager, LockedRun, TaskDecisions, activity_options
 from .runs import _deliver, _lock_instance, _lock_instances, _parked_at, get_instance
 from .transactions import write_transaction
 from .workflow_tasks import _commit_task, _TaskWrite, _write_batch
 
 
-def _attempt_fence(item: Claim, now: datetime.datetime, *, live_only: bool) -> Any:
+def _attempt_fence(item: Claim, now: datetime.datetime, *, live_only: bool) -> QuerySet[WorkItem]:
     """The item while it still is this attempt; with ``live_only`` also not timed out
     (a lease that has expired but is not reaped yet is no longer pending)."""
     fence = _fence(item)
@@ -36,10 +36,11 @@ def _attempt_fence(item: Claim, now: datetime.datetime, *, live_only: bool) -> A
     return fence
 
 
-def _finish_attempt(item: Claim, instance: LockedRun, now: datetime.datetime, *, live_only: bool) -> bool:
+def _finish_attempt(item: Claim, instance: LockedRun, *, live_only: bool) -> bool:
     """Delete the attempt's item if it still is this attempt (else False), and set the
     locked run's ``has_workflow_task`` and ``has_inbox`` (on PostgreSQL see ``_finish_attempts``)."""
-    deleted, _ = _attempt_fence(item, now, live_only=live_only).delete()
+    assert instance.now is not None  # _lock_instances reads it with the lock
+    deleted, _ = _attempt_fence(item, instance.now, live_only=live_only).delete()
     instance.has_workflow_task = WorkItem.objects.filter(
         instance_id=item.instance_id, kind=WorkItemKind.WORKFLOW
     ).exists()
@@ -55,16 +56,12 @@ def _finish_attempts(items: Sequence[Claim], runs: dict[int, LockedRun], *, live
     finished = dialect_for(connection).finish_attempts(items, runs, live_only=live_only)
     if finished is not None:
         return finished
-    return {
-        item.id
-        for item in items
-        if _finish_attempt(item, runs[item.instance_id], runs[item.instance_id].now, live_only=live_only)
-    }
+    return {item.id for item in items if _finish_attempt(item, runs[item.instance_id], live_only=live_only)}
 
 
 def complete_activity(
     item: Claim,
-    result: Any,
+    result: JSON,
     *,
     live_only: bool = False,
     continue_run: Callable[[Continuation], TaskDecisions | None] | None = None,
@@ -109,6 +106,7 @@ def complete_activities(
         for instance_id, group in by_run.items():
             instance = runs[instance_id]
             now = instance.now
+            assert now is not None  # _lock_instances reads it with the lock
             events = []
             for completion in group:
                 crash_point("before_activity_commit")
@@ -162,7 +160,7 @@ def await_completion(item: Claim, heartbeat_at: datetime.datetime | None) -> Non
         raise lease_lost(item)
 
 
-def record_heartbeat(item: Claim, details: Any, *, lease_seconds: float, live_only: bool = False) -> datetime.datetime:
+def record_heartbeat(item: Claim, details: JSON, *, lease_seconds: float, live_only: bool = False) -> datetime.datetime:
     """Keep ``details`` for the next attempt and push out the attempt's heartbeat deadline."""
     with write_transaction():
         now = db_now()
@@ -228,7 +226,7 @@ def fail_late_attempt(item: Claim) -> bool:
     deadline: with the previous attempt's error (a retry due just before the deadline
     was claimed just after it), or a TimeoutError when no attempt ever started.
     Returns False (and writes nothing) when the attempt is not late."""
-    limit = (item.payload.get("options") or {}).get("schedule_to_close_timeout")
+    limit = activity_options(item.payload).get("schedule_to_close_timeout")
     if limit is None or item.claimed_at < item.created_at + _seconds(limit):
         return False
     with write_transaction():
@@ -260,15 +258,16 @@ def fail_late_attempt(item: Claim) -> bool:
 
 def _fail_attempt(
     item: Claim,
-    fence: Any,
+    fence: QuerySet[WorkItem],
     instance: LockedRun,
     failure: dict[str, Any],
     *,
     retryable: bool,
     now: datetime.datetime,
 ) -> datetime.datetime | None:
-    options = item.payload.get("options") or {}
-    policy = RetryPolicy.from_json(options["retry"]) if options.get("retry") else RetryPolicy()
+    options = activity_options(item.payload)
+    retry = options.get("retry")
+    policy = RetryPolicy.from_json(retry) if retry else RetryPolicy()
     retry_at = None
     if retryable and policy.allows_retry(item.attempt, failure.get("type", ""), tuple(failure.get("mro", ()))):
         retry_at = now + _seconds(policy.delay(item.attempt))

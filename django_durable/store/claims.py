@@ -8,23 +8,23 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db import connection
-from django.db.models import F, Q, Value
+from django.db.models import F, Q, QuerySet, Value
 from django.db.models.functions import Greatest
 
 from ..models import WorkItem, WorkItemKind
 from ..statelog import state_change
 from .clock import TransactionNow, _seconds, db_now
 from .dialects import dialect_for
-from .records import CLAIM_FIELDS, Claim, LeaseLost, LeaseRenewal
+from .records import CLAIM_FIELDS, Claim, LeaseLost, LeaseRenewal, activity_options
 from .transactions import write_transaction
 
 
-def _claim_rows(items: Any, *extra: str) -> Any:
+def _claim_rows(items: QuerySet[WorkItem], *extra: str) -> QuerySet[WorkItem, dict[str, Any]]:
     """``values()`` for building ``Claim``s, with the run's ids joined in (no query per item)."""
     return items.values(*CLAIM_FIELDS, *extra, workflow_id=F("instance__workflow_id"), run_id=F("instance__run_id"))
 
 
-def _claimable(now: datetime.datetime | TransactionNow, **filters: Any) -> Any:
+def _claimable(now: datetime.datetime | TransactionNow, **filters: Any) -> QuerySet[WorkItem]:
     """Work items anyone may claim now: unleased, unparked and due."""
     return WorkItem.objects.filter(lease_owner__isnull=True, parked_at__isnull=True, due_at__lte=now, **filters)
 
@@ -175,7 +175,7 @@ def renew_leases(*, owner: str, leases: Sequence[LeaseRenewal], lease_seconds: f
         return set(lost.values_list("id", flat=True))
 
 
-def _fence(item: Claim) -> Any:
+def _fence(item: Claim) -> QuerySet[WorkItem]:
     return WorkItem.objects.filter(id=item.id, lease_owner=item.owner, attempt=item.attempt)
 
 
@@ -191,12 +191,15 @@ def discard(item: Claim) -> None:
 
 def attempt_deadline(item: Claim, heartbeat_at: datetime.datetime | None) -> datetime.datetime | None:
     """When this attempt times out: its start-to-close or heartbeat timeout, or None."""
-    options = item.payload.get("options") or {}
+    options = activity_options(item.payload)
+    start_to_close = options.get("start_to_close_timeout")
+    heartbeat = options.get("heartbeat_timeout")
+    schedule_to_close = options.get("schedule_to_close_timeout")
     deadlines = []
-    if options.get("start_to_close_timeout") is not None:
-        deadlines.append(item.claimed_at + _seconds(options["start_to_close_timeout"]))
-    if options.get("heartbeat_timeout") is not None:
-        deadlines.append((heartbeat_at or item.claimed_at) + _seconds(options["heartbeat_timeout"]))
-    if options.get("schedule_to_close_timeout") is not None:
-        deadlines.append(item.created_at + _seconds(options["schedule_to_close_timeout"]))
+    if start_to_close is not None:
+        deadlines.append(item.claimed_at + _seconds(start_to_close))
+    if heartbeat is not None:
+        deadlines.append((heartbeat_at or item.claimed_at) + _seconds(heartbeat))
+    if schedule_to_close is not None:
+        deadlines.append(item.created_at + _seconds(schedule_to_close))
     return min(deadlines, default=None)

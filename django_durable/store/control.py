@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
-from typing import Any
 
 from django.db import IntegrityError, connection
 from django.db.models import Q
@@ -28,7 +27,7 @@ from ..models import (
 )
 from ..statelog import state_change
 from .clock import db_now
-from .records import EVENT_FIELDS, LockedRun
+from .records import EVENT_FIELDS, JSON, LockedRun
 from .runs import (
     _append_event,
     _apply_id_reuse_policy,
@@ -44,7 +43,7 @@ from .runs import (
 from .transactions import write_transaction
 
 
-def signal(workflow_id: str, run_id: str | None, name: str, payload: Any) -> None:
+def signal(workflow_id: str, run_id: str | None, name: str, payload: JSON) -> None:
     """Put an external event in the run's inbox; waits consume them in arrival order."""
     with write_transaction():
         instance_id, instance = _lock_open_run(workflow_id, run_id)

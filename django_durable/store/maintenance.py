@@ -18,7 +18,7 @@ from .activities import _fail_attempt
 from .claims import _claim_rows, _claimable, _fence
 from .clock import _seconds, db_now
 from .dialects import dialect_for
-from .records import Claim, LeaseLost
+from .records import Claim, LeaseLost, activity_options
 from .runs import _deliver, _lock_instance
 from .transactions import write_transaction
 from .workflow_tasks import fail_workflow_task
@@ -42,7 +42,7 @@ def fire_due_timers(*, queues: Sequence[str], limit: int) -> int:
             instance = _lock_instance(instance_id, skip_locked=True)
             now = (instance.now if instance else None) or db_now()
             deleted, _ = WorkItem.objects.filter(id=item_id).delete() if instance else (0, None)
-            if not deleted:
+            if instance is None or not deleted:
                 continue  # fired by another worker, the run is busy or closed: next round
             _deliver(
                 instance_id,
@@ -118,7 +118,7 @@ def _reap_activity(item: Claim) -> None:
         now = db_now()
         if instance is None:
             raise LeaseLost(f"run of work item {item.id} no longer exists")
-        options = item.payload.get("options") or {}
+        options = activity_options(item.payload)
         timeout = options.get("start_to_close_timeout")
         heartbeat_timeout = options.get("heartbeat_timeout")
         total_timeout = options.get("schedule_to_close_timeout")

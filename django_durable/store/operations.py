@@ -5,10 +5,9 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from django.db import IntegrityError, connection
-from django.db.models import Count, Exists, F, OuterRef, Q
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 
 from ..conf import durable_settings
 from ..models import (
@@ -24,6 +23,15 @@ from ..models import (
 from ..statelog import state_change
 from .clock import db_now
 from .dialects import dialect_for
+from .dialects.base import column
+from .records import (
+    DashboardStats,
+    DashboardWorker,
+    OldestPending,
+    OverdueWork,
+    StatusCounts,
+    WorkerRow,
+)
 from .transactions import write_transaction
 
 logger = logging.getLogger("django_durable.store")
@@ -82,7 +90,7 @@ def worker_stopped(name: str) -> None:
 
 def dashboard_stats(
     now: datetime.datetime | None = None, *, failing_tasks_limit: int = 10, workers_limit: int = 50
-) -> dict[str, Any]:
+) -> DashboardStats:
     """The operator's overview, in a fixed number of queries whatever the number of runs,
     work items and workers: runs by status (and closed within RECENT_WINDOW), work by kind
     (due, overdue, running, lease expired, awaiting completion, parked, scheduled), the
@@ -92,7 +100,7 @@ def dashboard_stats(
     since = now - RECENT_WINDOW
     stale_before = now - worker_stale_after()
 
-    by_status = {status: {"count": 0, "recent": 0} for status in WorkflowStatus.values}
+    by_status: dict[str, StatusCounts] = {status: {"count": 0, "recent": 0} for status in WorkflowStatus.values}
     rows = (
         WorkflowInstance.objects.order_by()
         .values("status")
@@ -121,11 +129,13 @@ def dashboard_stats(
         "total": Count("id"),
     }
     by_kind = {kind: dict.fromkeys(work_counts, 0) for kind in WorkItemKind.values}
-    for row in WorkItem.objects.order_by().values("kind").annotate(**work_counts):
-        by_kind[row.pop("kind")] = row
+    for kind, *counts in (
+        WorkItem.objects.order_by().values("kind").annotate(**work_counts).values_list("kind", *work_counts)
+    ):
+        by_kind[kind] = dict(zip(work_counts, counts, strict=True))
     work_totals = {key: sum(counts[key] for counts in by_kind.values()) for key in work_counts}
 
-    oldest = (
+    due = (
         WorkItem.objects.filter(claimable, due_at__lte=now)
         .order_by("due_at", "id")
         .values(
@@ -142,8 +152,7 @@ def dashboard_stats(
         )
         .first()
     )
-    if oldest is not None:
-        oldest["waited"] = now - oldest["due_at"]
+    oldest: OldestPending | None = None if due is None else {**due, "waited": now - due["due_at"]}
 
     # Workflow tasks that failed at engine level (crash, non-determinism): retrying or parked.
     failing_tasks = list(
@@ -170,15 +179,19 @@ def dashboard_stats(
         stale=Count("id", filter=stale),
         stopped=Count("id", filter=Q(stopped_at__isnull=False)),
     )
-    workers = list(
-        seen.order_by("-last_seen_at", "name").values(
+    workers: list[DashboardWorker] = [
+        {
+            **worker,
+            "state": "stopped"
+            if worker["stopped_at"]
+            else "stale"
+            if worker["last_seen_at"] < stale_before
+            else "alive",
+        }
+        for worker in seen.order_by("-last_seen_at", "name").values(
             "name", "hostname", "pid", "queues", "concurrency", "started_at", "last_seen_at", "stopped_at"
         )[:workers_limit]
-    )
-    for worker in workers:
-        worker["state"] = (
-            "stopped" if worker["stopped_at"] else "stale" if worker["last_seen_at"] < stale_before else "alive"
-        )
+    ]
 
     return {
         "now": now,
@@ -199,14 +212,19 @@ def dashboard_stats(
         "work": {"by_kind": by_kind, "total": work_totals},
         "oldest_pending": oldest,
         "failing_tasks": failing_tasks,
-        "workers": {**worker_counts, "list": workers},
+        "workers": {
+            "alive": worker_counts["alive"],
+            "stale": worker_counts["stale"],
+            "stopped": worker_counts["stopped"],
+            "list": workers,
+        },
     }
 
 
 PRUNE_COUNT_KEYS = ("runs", "history_events", "inbox_events", "work_items")
 
 
-def _closed_before(closed_before: datetime.datetime, workflow_names: Sequence[str]) -> Any:
+def _closed_before(closed_before: datetime.datetime, workflow_names: Sequence[str]) -> QuerySet[WorkflowInstance]:
     runs = WorkflowInstance.objects.exclude(status__in=OPEN_STATUSES).filter(closed_at__lt=closed_before)
     if workflow_names:
         runs = runs.filter(workflow_name__in=list(workflow_names))
@@ -278,7 +296,7 @@ def prune_batch(
         with connection.cursor() as cursor:
             cursor.execute(
                 f"DELETE FROM {connection.ops.quote_name(meta.db_table)} "
-                f"WHERE {connection.ops.quote_name(meta.pk.column)} IN ({', '.join(['%s'] * len(ids))})",
+                f"WHERE {connection.ops.quote_name(column(meta.pk))} IN ({', '.join(['%s'] * len(ids))})",
                 ids,
             )
             counts["runs"] = cursor.rowcount
@@ -312,7 +330,7 @@ def unapplied_migrations(app_label: str = "django_durable") -> tuple[list[str], 
     return unapplied, [f"{app}.{name}" for app, name in leaves]
 
 
-def worker_rows(*, hostname: str | None = None) -> tuple[datetime.datetime, list[dict[str, Any]]]:
+def worker_rows(*, hostname: str | None = None) -> tuple[datetime.datetime, list[WorkerRow]]:
     """The database's clock and every worker that has not said it stopped, latest seen first."""
     workers = WorkerHeartbeat.objects.filter(stopped_at__isnull=True)
     if hostname is not None:
@@ -321,7 +339,7 @@ def worker_rows(*, hostname: str | None = None) -> tuple[datetime.datetime, list
     return db_now(), rows
 
 
-def overdue_work(*, overdue_after: datetime.timedelta, queues: Sequence[str] = ()) -> dict[str, Any]:
+def overdue_work(*, overdue_after: datetime.timedelta, queues: Sequence[str] = ()) -> OverdueWork:
     """Work no worker is keeping up with: unclaimed items due for longer than ``overdue_after``
     and leases expired that long ago without being reaped; with the oldest of each, the
     oldest due item whatever its wait, and the parked count (parked work waits for a person)."""
@@ -342,4 +360,11 @@ def overdue_work(*, overdue_after: datetime.timedelta, queues: Sequence[str] = (
     oldest_expired = None
     if counts["lease_expired"]:
         oldest_expired = items.filter(unreaped).order_by("lease_expires_at", "id").values(*fields, **run_ids).first()
-    return {"now": now, **counts, "oldest_due": oldest_due, "oldest_lease_expired": oldest_expired}
+    return {
+        "now": now,
+        "overdue": counts["overdue"],
+        "lease_expired": counts["lease_expired"],
+        "parked": counts["parked"],
+        "oldest_due": oldest_due,
+        "oldest_lease_expired": oldest_expired,
+    }

@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, TypedDict
 
 from ..engine.events import Event
 from ..models import WorkflowStatus
 
 if TYPE_CHECKING:
     from ..engine import TaskOutcome
+
+# A value as the JSON columns hold it: what the data converter makes of a workflow's values.
+JSON: TypeAlias = "dict[str, JSON] | list[JSON] | str | int | float | bool | None"
 
 EVENT_FIELDS = ("seq", "kind", "name", "task_id", "payload", "timestamp")
 
@@ -54,6 +57,31 @@ CLOSING_STATUSES = (
     WorkflowStatus.CANCELED,
     WorkflowStatus.CONTINUED_AS_NEW,
 )
+
+
+class ActivityOptions(TypedDict, total=False):
+    """An activity's options as its ``ActivityScheduled`` event records them (see
+    ``registry.activity_call_options``); timeouts in seconds."""
+
+    queue: str | None
+    retry: dict[str, JSON] | None  # RetryPolicy.to_json()
+    start_to_close_timeout: float | None
+    schedule_to_close_timeout: float | None
+    heartbeat_timeout: float | None
+
+
+class ActivityPayload(TypedDict, total=False):
+    """A work item's payload: an activity's arguments and options (``{}`` for workflow
+    tasks and timers)."""
+
+    args: list[JSON]
+    kwargs: dict[str, JSON]
+    options: ActivityOptions
+
+
+def activity_options(payload: Mapping[str, Any]) -> ActivityOptions:
+    """The options in an activity's payload (its work item's, or its ``ActivityScheduled`` event's)."""
+    return payload.get("options") or ActivityOptions()
 
 
 class LeaseLost(Exception):
@@ -118,14 +146,14 @@ class Claim:
     queue: str
     name: str
     task_id: int | None
-    payload: dict[str, Any]
+    payload: ActivityPayload
     attempt: int
     owner: str
     claimed_at: datetime.datetime
     lease_expires_at: datetime.datetime
     created_at: datetime.datetime
     failures: int = 0
-    heartbeat_details: Any = None
+    heartbeat_details: JSON = None
     heartbeat_at: datetime.datetime | None = None
     workflow_id: str = ""
     run_id: str = ""
@@ -145,12 +173,24 @@ class WorkflowTaskInput:
     known_length: int | None = None
 
 
+class StoredRun(TypedDict):
+    """The run's fields a workflow task's input needs."""
+
+    workflow_id: str
+    run_id: uuid.UUID
+    workflow_name: str
+    queue: str
+    status: str
+    history_length: int
+
+
 class StoredTask(NamedTuple):
-    """A workflow task's input as read: the run's fields, its inbox rows (each with its id)
+    """A workflow task's input as read: the run's fields, its inbox events with their ids
     and, where the same statement read it, the history after the known length."""
 
-    run: dict[str, Any]
-    inbox_rows: list[dict[str, Any]]
+    run: StoredRun
+    inbox_ids: list[int]
+    inbox: list[Event]
     history: list[Event] | None
 
 
@@ -175,9 +215,9 @@ class TaskDecisions:
 
     new_events: Sequence[Event]
     status: str
-    vars: dict[str, Any]
-    result: Any = None
-    error: dict[str, Any] | None = None
+    vars: dict[str, JSON]
+    result: JSON = None
+    error: dict[str, JSON] | None = None
     waiting_on: str | None = None
 
     @classmethod
@@ -228,7 +268,165 @@ class Completion:
     attempt is no longer ours: nothing of it was written)."""
 
     item: Claim
-    result: Any
+    result: JSON
     continue_run: Callable[[Continuation], TaskDecisions | None] | None = None
     ran: bool = False
     lost: bool = False
+
+
+class CarriedEvent(TypedDict):
+    """An inbox event that a run continuing as new hands to its next run."""
+
+    kind: str
+    name: str
+    payload: dict[str, JSON]
+
+
+class PendingWork(TypedDict):
+    """One of a run's outstanding work items (``pending_work``)."""
+
+    kind: str
+    name: str
+    task_id: int | None
+    queue: str
+    due_at: datetime.datetime
+    attempt: int
+    lease_owner: str | None
+    lease_expires_at: datetime.datetime | None
+    failures: int
+    parked_at: datetime.datetime | None
+    last_error: dict[str, Any] | None
+
+
+class RunToReplay(TypedDict):
+    """A run for ``durable_replay`` to check (``runs_to_replay``)."""
+
+    id: int
+    workflow_id: str
+    run_id: uuid.UUID
+    workflow_name: str
+    queue: str
+    status: str
+
+
+class WorkerRow(TypedDict):
+    """A worker that has not said it stopped (``worker_rows``)."""
+
+    name: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    last_seen_at: datetime.datetime
+
+
+class OverdueItem(TypedDict):
+    """The oldest of the overdue work items or expired leases (``overdue_work``)."""
+
+    id: int
+    kind: str
+    name: str
+    queue: str
+    due_at: datetime.datetime
+    attempt: int
+    lease_owner: str | None
+    lease_expires_at: datetime.datetime | None
+    workflow_id: str
+    run_id: uuid.UUID
+
+
+class OverdueWork(TypedDict):
+    """Work no worker is keeping up with (``overdue_work``)."""
+
+    now: datetime.datetime
+    overdue: int
+    lease_expired: int
+    parked: int
+    oldest_due: OverdueItem | None
+    oldest_lease_expired: OverdueItem | None
+
+
+class StatusCounts(TypedDict):
+    count: int
+    recent: int  # closed within RECENT_WINDOW
+
+
+class RunCounts(TypedDict):
+    by_status: dict[str, StatusCounts]
+    total: int
+    open: int
+
+
+class FailureCounts(TypedDict):
+    failed: int
+    terminated: int
+    workflow_tasks_failing: int
+    workflow_tasks_parked: int
+
+
+class WorkCounts(TypedDict):
+    by_kind: dict[str, dict[str, int]]  # kind -> the dashboard's work counts by name
+    total: dict[str, int]
+
+
+class OldestPending(TypedDict):
+    """The oldest unclaimed due work item, and how long it has waited."""
+
+    id: int
+    kind: str
+    name: str
+    queue: str
+    due_at: datetime.datetime
+    attempt: int
+    instance_id: int
+    workflow_id: str
+    workflow_name: str
+    run_id: uuid.UUID
+    waited: datetime.timedelta
+
+
+class FailingTask(TypedDict):
+    """A workflow task that failed at engine level: retrying or parked."""
+
+    instance_id: int
+    failures: int
+    parked_at: datetime.datetime | None
+    due_at: datetime.datetime
+    last_error: dict[str, Any] | None
+    workflow_id: str
+    workflow_name: str
+    run_id: uuid.UUID
+    status: str
+
+
+class DashboardWorker(TypedDict):
+    name: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    started_at: datetime.datetime
+    last_seen_at: datetime.datetime
+    stopped_at: datetime.datetime | None
+    state: str  # alive, stale or stopped
+
+
+class WorkerCounts(TypedDict):
+    alive: int
+    stale: int
+    stopped: int
+    list: list[DashboardWorker]
+
+
+class DashboardStats(TypedDict):
+    """The operator's overview (``dashboard_stats``)."""
+
+    now: datetime.datetime
+    since: datetime.datetime
+    overdue_after: datetime.timedelta
+    stale_after: datetime.timedelta
+    runs: RunCounts
+    failures: FailureCounts
+    work: WorkCounts
+    oldest_pending: OldestPending | None
+    failing_tasks: list[FailingTask]
+    workers: WorkerCounts

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Sum, TextField
@@ -27,8 +27,33 @@ from ..models import (
 from ..statelog import state_change
 from .clock import db_now
 from .dialects import dialect_for
-from .records import EVENT_FIELDS, HistorySize, LockedRun
+from .dialects.base import RunUpdates
+from .records import (
+    EVENT_FIELDS,
+    JSON,
+    HistorySize,
+    LockedRun,
+    PendingWork,
+    RunToReplay,
+    activity_options,
+)
 from .transactions import write_transaction
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's own from Python 3.11
+
+
+class RunRelations(TypedDict, total=False):
+    """What a new run may carry beyond its start (``_create_run``): its place in a chain of
+    runs (parent, continue-as-new, rerun) and, for a rerun, when it started."""
+
+    parent_id: int | None
+    parent_task_id: int | None
+    parent_close_policy: str
+    continued_from_id: int
+    rerun_of: WorkflowInstance
+    rerun_from_seq: int
+    started_at: datetime.datetime | None
 
 
 def _lock_instance(instance_id: int, *, skip_locked: bool = False) -> LockedRun | None:
@@ -87,8 +112,8 @@ def create_instance(
     workflow_name: str,
     workflow_id: str,
     queue: str,
-    args: list[Any],
-    kwargs: dict[str, Any],
+    args: list[JSON],
+    kwargs: dict[str, JSON],
     start_at: datetime.datetime | None,
     id_reuse_policy: IdReusePolicy = IdReusePolicy.ALLOW_DUPLICATE,
 ) -> WorkflowInstance:
@@ -116,12 +141,12 @@ def _create_run(
     workflow_id: str,
     workflow_name: str,
     queue: str,
-    args: list[Any],
-    kwargs: dict[str, Any],
+    args: list[JSON],
+    kwargs: dict[str, JSON],
     now: datetime.datetime,
     start_at: datetime.datetime | None = None,
     history: Sequence[Event] = (),
-    **relations: Any,
+    **relations: Unpack[RunRelations],
 ) -> WorkflowInstance:
     """Insert a run, its history (by default just ``ExecutionStarted``) and a due workflow task."""
     history = list(history) or [
@@ -184,7 +209,7 @@ def _history_rows(instance_id: int, first_seq: int, events: Iterable[Event]) -> 
 
 
 def _write_task(
-    instance_id: int, history: list[HistoryEvent], updates: dict[str, Any], items: Sequence[WorkItem] = ()
+    instance_id: int, history: list[HistoryEvent], updates: RunUpdates, items: Sequence[WorkItem] = ()
 ) -> None:
     """Append a workflow task's history, update its run and insert its work items (their
     ``pk`` set where the database returns it): on PostgreSQL in one statement."""
@@ -192,7 +217,7 @@ def _write_task(
 
 
 def _write_tasks(
-    runs: Sequence[tuple[int, dict[str, Any]]], history: list[HistoryEvent], items: Sequence[WorkItem] = ()
+    runs: Sequence[tuple[int, RunUpdates]], history: list[HistoryEvent], items: Sequence[WorkItem] = ()
 ) -> None:
     """``_write_task`` for the tasks of several runs (each run's updates with the same
     keys): on PostgreSQL still one statement."""
@@ -251,7 +276,7 @@ def history_window(instance_id: int, first: int, last: int) -> list[Event]:
 
 def runs_to_replay(
     *, names: Sequence[str], workflow_ids: Sequence[str], include_closed: bool, limit: int | None
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[RunToReplay]:
     """Runs for ``durable_replay`` to check, by workflow name, each name's newest first."""
     runs = WorkflowInstance.objects.all()
     if not include_closed:
@@ -270,7 +295,7 @@ def runs_to_replay(
         yield from of_name[:limit] if limit is not None else of_name.iterator()
 
 
-def pending_work(instance_id: int) -> list[dict[str, Any]]:
+def pending_work(instance_id: int) -> list[PendingWork]:
     return list(
         WorkItem.objects.filter(instance_id=instance_id).values(
             "kind",
@@ -366,7 +391,7 @@ def _log_history(instance: LockedRun, first_seq: int, events: Sequence[Event]) -
 
 
 def _terminate_locked(instance_id: int, instance: LockedRun, reason: str, now: datetime.datetime) -> None:
-    error = {"type": "django_durable.Terminated", "message": reason}
+    error: dict[str, JSON] = {"type": "django_durable.Terminated", "message": reason}
     seq = _append_event(
         instance_id, instance, Event(kind=EventKind.WORKFLOW_TERMINATED, payload={"reason": reason}, timestamp=now)
     )
@@ -390,7 +415,7 @@ def _work_items_for(
     items = []
     for event in events:
         if event.kind == EventKind.ACTIVITY_SCHEDULED:
-            options = event.payload.get("options") or {}
+            options = activity_options(event.payload)
             items.append(
                 WorkItem(
                     kind=WorkItemKind.ACTIVITY,
@@ -464,7 +489,7 @@ def _start_children(
 
 
 def _notify_parent(
-    child: LockedRun, status: str, result: Any, error: dict[str, Any] | None, now: datetime.datetime
+    child: LockedRun, status: str, result: JSON, error: dict[str, JSON] | None, now: datetime.datetime
 ) -> None:
     """A child closed: tell its parent run, if that is still open. Locks child, then parent."""
     if child.parent_id is None:

@@ -25,8 +25,12 @@ from ..statelog import state_change
 from .claims import _cap_leases, _fence, _log_claims, lease_lost
 from .clock import _seconds, db_now
 from .dialects import dialect_for
+from .dialects.base import RunUpdates
 from .records import (
     CLOSING_STATUSES,
+    JSON,
+    ActivityOptions,
+    CarriedEvent,
     Claim,
     Eager,
     FinishedTask,
@@ -36,6 +40,7 @@ from .records import (
     TaskCompletion,
     TaskDecisions,
     WorkflowTaskInput,
+    activity_options,
 )
 from .runs import (
     _create_run,
@@ -83,8 +88,7 @@ def load_workflow_task(item: Claim, *, known_length: int | None = None) -> Workf
 
 
 def _task_input_of(item: Claim, stored: StoredTask, known_length: int | None) -> WorkflowTaskInput:
-    instance, inbox_rows, history = stored
-    inbox_ids = [row.pop("id") for row in inbox_rows]
+    instance, inbox_ids, inbox, history = stored
     if known_length is not None and known_length > instance["history_length"]:
         known_length, history = None, None  # cannot be ours: read it all
     return WorkflowTaskInput(
@@ -94,7 +98,7 @@ def _task_input_of(item: Claim, stored: StoredTask, known_length: int | None) ->
         queue=instance["queue"],
         status=instance["status"],
         history=history if history is not None else get_history(item.instance_id, after=known_length or 0),
-        inbox=[Event(**row) for row in inbox_rows],
+        inbox=inbox,
         inbox_ids=inbox_ids,
         history_length=instance["history_length"],
         known_length=known_length,
@@ -107,9 +111,9 @@ def complete_workflow_task(
     new_events: Sequence[Event],
     inbox_ids: Sequence[int],
     status: str,
-    vars: dict[str, Any],
-    result: Any = None,
-    error: dict[str, Any] | None = None,
+    vars: dict[str, JSON],
+    result: JSON = None,
+    error: dict[str, JSON] | None = None,
     waiting_on: str | None = None,
     eager: Eager | None = None,
 ) -> bool:
@@ -145,6 +149,7 @@ def complete_workflow_tasks(tasks: Sequence[TaskCompletion], *, eager: Eager | N
                 task.lost = True  # the run is gone (purged)
                 continue
             item, decisions, now = task.item, task.decisions, instance.now
+            assert now is not None  # _lock_instances reads it with the lock
             closing = decisions.status in CLOSING_STATUSES
             # A run that would close while a signal it has not seen waits gets its task again.
             check_signals = closing and decisions.status != WorkflowStatus.CONTINUED_AS_NEW
@@ -217,7 +222,7 @@ def _commit_task(
     closing = status in CLOSING_STATUSES
     first_seq = instance.history_length + 1
     history = _history_rows(instance_id, first_seq, new_events)
-    updates: dict[str, Any] = {
+    updates: RunUpdates = {
         "history_length": first_seq + len(new_events) - 1,
         "vars": decisions.vars,
         # A run suspended while this task ran stays suspended.
@@ -229,8 +234,8 @@ def _commit_task(
     if instance.started_at is None:
         updates["started_at"] = new_events[0].timestamp
     if closing:
-        updates.update(result=decisions.result, error=decisions.error, closed_at=now)
-        late: list[dict[str, Any]] = []
+        updates.update({"result": decisions.result, "error": decisions.error, "closed_at": now})
+        late: list[CarriedEvent] = []
         if status == WorkflowStatus.CONTINUED_AS_NEW:
             # Signals and a cancel request that arrived while this task ran go to the next run.
             late = list(
@@ -280,7 +285,7 @@ class _TaskWrite:
     instance_id: int
     instance: LockedRun
     now: datetime.datetime
-    updates: dict[str, Any]
+    updates: RunUpdates
     history: list[HistoryEvent]
     items: list[WorkItem]
     leased: list[WorkItem]
@@ -318,7 +323,7 @@ def _lease_eagerly(items: list[WorkItem], eager: Eager | None, now: datetime.dat
         # The room is shared by every task of a batch.
         if eager.limit > 0:
             eager.limit -= 1
-        elif eager.spare > 0 and not _attempt_clock_runs(item.payload.get("options") or {}):
+        elif eager.spare > 0 and not _attempt_clock_runs(activity_options(item.payload)):
             eager.spare -= 1
         else:
             continue
@@ -328,7 +333,7 @@ def _lease_eagerly(items: list[WorkItem], eager: Eager | None, now: datetime.dat
     return leased
 
 
-def _attempt_clock_runs(options: dict[str, Any]) -> bool:
+def _attempt_clock_runs(options: ActivityOptions) -> bool:
     """Whether an attempt has a timeout that starts with its claim."""
     return options.get("start_to_close_timeout") is not None or options.get("heartbeat_timeout") is not None
 
@@ -354,25 +359,27 @@ def _hand_over(leased: list[WorkItem], instance: LockedRun, now: datetime.dateti
     """Give the activities leased as they were inserted to ``eager``, once committed."""
     if not leased or eager is None:
         return
-    claims = [
-        Claim(
-            id=item.pk,
-            kind=item.kind,
-            instance_id=item.instance_id,
-            queue=item.queue,
-            name=item.name,
-            task_id=item.task_id,
-            payload=item.payload,
-            attempt=1,
-            owner=eager.owner,
-            claimed_at=now,
-            lease_expires_at=item.lease_expires_at,
-            created_at=now,
-            workflow_id=instance.workflow_id,
-            run_id=str(instance.run_id),
+    claims = []
+    for item in leased:
+        assert item.lease_expires_at is not None  # _lease_eagerly leased it
+        claims.append(
+            Claim(
+                id=item.pk,
+                kind=item.kind,
+                instance_id=item.instance_id,
+                queue=item.queue,
+                name=item.name,
+                task_id=item.task_id,
+                payload=item.payload,
+                attempt=1,
+                owner=eager.owner,
+                claimed_at=now,
+                lease_expires_at=item.lease_expires_at,
+                created_at=now,
+                workflow_id=instance.workflow_id,
+                run_id=str(instance.run_id),
+            )
         )
-        for item in leased
-    ]
     _cap_leases(claims)
     _log_claims(claims, eager=True)
     # Only once committed: a rolled-back schedule must not run anything.
@@ -397,7 +404,7 @@ def _continue_as_new(
     instance_id: int,
     instance: LockedRun,
     request: dict[str, Any],
-    late: Sequence[dict[str, Any]],
+    late: Sequence[CarriedEvent],
     now: datetime.datetime,
 ) -> None:
     """Start the next run of a run that continued as new (same transaction, same workflow id)."""
@@ -413,7 +420,7 @@ def _continue_as_new(
         parent_task_id=instance.parent_task_id,
         parent_close_policy=instance.parent_close_policy,
     )
-    carried = [
+    carried: list[CarriedEvent] = [
         {"kind": EventKind.EVENT_RAISED, "name": event["name"], "payload": event["payload"]}
         for event in request.get("events", ())
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -100,9 +101,9 @@ class Command(BaseCommand):
             }
             self.stdout.write(json.dumps(report, indent=2))
         else:
-            for run in broken:
-                error_type = run["error"]["type"].rsplit(".", 1)[-1]
-                self.stdout.write(f"{describe_run(run)}: {error_type}: {run['error']['message']}")
+            for broken_run in broken:
+                error_type = broken_run["error"]["type"].rsplit(".", 1)[-1]
+                self.stdout.write(f"{describe_run(broken_run)}: {error_type}: {broken_run['error']['message']}")
             for name, count in sorted(skipped.items()):
                 self.stderr.write(f"Skipped {count} run(s) of {name!r}: no workflow is registered under that name.")
             summary = f"Checked {checked}, broken {len(broken)}, skipped {sum(skipped.values())}."
@@ -111,7 +112,7 @@ class Command(BaseCommand):
             sys.exit(1)  # like makemigrations --check: the report is the output, the status the verdict
 
 
-def report_fields(run: dict[str, Any]) -> dict[str, str]:
+def report_fields(run: store.RunToReplay) -> dict[str, str]:
     return {
         "workflow_id": run["workflow_id"],
         "run_id": str(run["run_id"]),
@@ -120,5 +121,5 @@ def report_fields(run: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def describe_run(run: dict[str, Any]) -> str:
+def describe_run(run: Mapping[str, Any]) -> str:
     return f"{run['workflow_id']} (run {run['run_id']}, {run['workflow_name']}, {run['status']})"

@@ -1,4 +1,5 @@
 import logging
+from typing import Any
 
 from django.core import checks
 from django.core.management.base import BaseCommand, CommandParser
@@ -24,8 +25,8 @@ class Command(BaseCommand):
         )
         parser.add_argument("--name", default=None, help="Worker name recorded as lease owner.")
 
-    def handle(self, *args: object, **options: object) -> None:
-        self._configure_logging(int(options["verbosity"]))  # type: ignore[arg-type]
+    def handle(self, *args: object, **options: Any) -> None:
+        self._configure_logging(int(options["verbosity"]))
         # Django runs the database checks only under migrate and check --database; a setting
         # that would let workers run an activity twice must stop this one before it claims
         # anything (SystemCheckError: the messages, exit status 1). The store's database.
@@ -33,9 +34,9 @@ class Command(BaseCommand):
         queues = [q.strip() for q in str(options["queues"]).split(",") if q.strip()] if options["queues"] else None
         Worker(
             queues=queues,
-            concurrency=options["concurrency"],  # type: ignore[arg-type]
+            concurrency=options["concurrency"],
             batch=bool(options["batch"]),
-            name=options["name"],  # type: ignore[arg-type]
+            name=options["name"],
         ).run()
 
     def _configure_logging(self, verbosity: int) -> None:

@@ -7,7 +7,7 @@ test clock, so every store module may use them.
 
 from __future__ import annotations
 
-from typing import Any
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .base import Dialect, SqlNow
 from .postgresql import PostgreSQLDialect
@@ -19,7 +19,7 @@ _DIALECTS: dict[str, type[Dialect]] = {"postgresql": PostgreSQLDialect, "sqlite"
 _chosen: dict[str, Dialect] = {}
 
 
-def dialect_for(connection: Any) -> Dialect:
+def dialect_for(connection: BaseDatabaseWrapper) -> Dialect:
     """The dialect of ``connection``'s database (a ``DatabaseWrapper``, or ``django.db.connection``).
     The store's statements run on ``django.db.connection``, as everywhere in the store."""
     vendor = connection.vendor

@@ -9,23 +9,43 @@ from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ...engine.events import Event
 from ...models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem
 from .. import testclock
-from ..records import EVENT_FIELDS, LOCKED_FIELDS, Claim, FinishedTask, LockedRun, StoredTask
+from ..records import EVENT_FIELDS, JSON, LOCKED_FIELDS, Claim, FinishedTask, LockedRun, StoredRun, StoredTask
+
+
+class RunUpdates(TypedDict, total=False):
+    """What a workflow task writes to its run's row (``Dialect.write_tasks``)."""
+
+    history_length: int
+    vars: dict[str, JSON]
+    status: str
+    waiting_on: str
+    task_error: dict[str, JSON] | None
+    updated_at: datetime.datetime
+    started_at: datetime.datetime
+    result: JSON
+    error: dict[str, JSON] | None
+    closed_at: datetime.datetime
+
+
+# A due timer: its work item's id, its run's id, its task id and when it fell due.
+DueTimer = tuple[int, int, int | None, datetime.datetime]
 
 
 class SqlNow(NamedTuple):
     """The current time as a statement writes it: ``sql``, which takes ``params``."""
 
     sql: str
-    params: list[Any]
+    params: list[datetime.datetime]
 
 
 class Dialect:
@@ -46,7 +66,7 @@ class Dialect:
         """Whether workers can be woken by notifications (see ``notify``)."""
         return False
 
-    def write_transaction(self) -> AbstractContextManager[Any]:
+    def write_transaction(self) -> AbstractContextManager[None]:
         """``transaction.atomic()`` for a transaction that writes (see ``store.write_transaction``)."""
         return transaction.atomic()
 
@@ -78,7 +98,7 @@ class Dialect:
         return None
 
     def write_tasks(
-        self, runs: Sequence[tuple[int, dict[str, Any]]], history: list[HistoryEvent], items: Sequence[WorkItem]
+        self, runs: Sequence[tuple[int, RunUpdates]], history: list[HistoryEvent], items: Sequence[WorkItem]
     ) -> list[int]:
         """Append the history, update each run and insert the work items; the items' ids, in
         their order, where the database returns them."""
@@ -105,7 +125,7 @@ class Dialect:
     def read_task(self, instance_id: int, *, known_length: int | None) -> StoredTask | None:
         """A workflow task's run and inbox (and, where the statement can, the history after
         ``known_length``); None when the run is gone."""
-        instance = (
+        instance: StoredRun | None = (
             WorkflowInstance.objects.filter(pk=instance_id)
             .values("workflow_id", "run_id", "workflow_name", "queue", "status", "history_length")
             .first()
@@ -117,7 +137,17 @@ class Dialect:
                 "id", "kind", "name", "task_id", "payload", "timestamp"
             )
         )
-        return StoredTask(instance, inbox_rows, None)
+        inbox = [
+            Event(
+                kind=row["kind"],
+                name=row["name"],
+                task_id=row["task_id"],
+                payload=row["payload"],
+                timestamp=row["timestamp"],
+            )
+            for row in inbox_rows
+        ]
+        return StoredTask(instance, [row["id"] for row in inbox_rows], inbox, None)
 
     def read_tasks(self, runs: Sequence[tuple[int, int]]) -> dict[int, StoredTask] | None:
         """``read_task`` for ``(run id, known length)`` pairs, by run id, in one statement."""
@@ -141,7 +171,7 @@ class Dialect:
         """``_finish_attempts`` in one statement."""
         return None
 
-    def due_timers(self, *, kind: str, queues: Sequence[str], limit: int) -> list[tuple[Any, ...]] | None:
+    def due_timers(self, *, kind: str, queues: Sequence[str], limit: int) -> list[DueTimer] | None:
         """Up to ``limit`` due timers of ``queues`` as ``(id, instance id, task id, due at)``,
         the clock read in the statement."""
         return None
@@ -166,13 +196,13 @@ _PLAIN_FIELD_TYPES = frozenset(
 )
 
 
-def _prepare(field: Any, value: Any, db: Any) -> Any:
+def _prepare(field: models.Field[Any, Any], value: Any, db: BaseDatabaseWrapper) -> Any:
     return (
         value if value is None or field.get_internal_type() in _PLAIN_FIELD_TYPES else field.get_db_prep_save(value, db)
     )
 
 
-def _insert_sql(rows: Sequence[Any], *, returning_ids: bool = False) -> tuple[str, list[Any]]:
+def _insert_sql(rows: Sequence[models.Model], *, returning_ids: bool = False) -> tuple[str, list[Any]]:
     """One INSERT of ``rows`` (model instances of one model), values prepared by their
     fields as ``bulk_create`` would; with ``returning_ids`` it returns their ids. Built by
     hand: the ORM's compiler costs more client CPU than the statement on every step."""
@@ -184,23 +214,36 @@ def _insert_sql(rows: Sequence[Any], *, returning_ids: bool = False) -> tuple[st
 
 
 @functools.cache
-def _insert_parts(model: type[Any], vendor: str) -> tuple[str, str, str, list[Any]]:
+def _insert_parts(model: type[models.Model], vendor: str) -> tuple[str, str, str, list[models.Field[Any, Any]]]:
     """``INSERT INTO table (columns)``, one row's placeholders, ``RETURNING pk`` and the fields."""
     quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
     fields = [field for field in model._meta.concrete_fields if not field.primary_key]
-    into = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in fields)})"
+    into = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(column(field)) for field in fields)})"
     placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    return into, placeholders, f" RETURNING {quote(model._meta.pk.column)}", fields
+    return into, placeholders, f" RETURNING {quote(column(model._meta.pk))}", fields
 
 
-def _update_sql(model: type[Any], pk: int, values: dict[str, Any]) -> tuple[str, list[Any]]:
+def _update_sql(model: type[models.Model], pk: int, values: Mapping[str, object]) -> tuple[str, list[Any]]:
     """The UPDATE ``model.objects.filter(pk=pk).update(**values)`` would run (plain values only)."""
     db = connections[DEFAULT_DB_ALIAS]
     quote = db.ops.quote_name
-    fields = [model._meta.get_field(name) for name in values]
-    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    fields = [concrete_field(model, name) for name in values]
+    assignments = ", ".join(f"{quote(column(field))} = %s" for field in fields)
     params = [_prepare(field, values[field.name], db) for field in fields]
     return (
-        f"UPDATE {quote(model._meta.db_table)} SET {assignments} WHERE {quote(model._meta.pk.column)} = %s",
+        f"UPDATE {quote(model._meta.db_table)} SET {assignments} WHERE {quote(column(model._meta.pk))} = %s",
         [*params, pk],
     )
+
+
+def concrete_field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    """``model``'s field ``name``, which has a column (not a relation's other side)."""
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field), f"{model.__name__}.{name} is not a concrete field"
+    return field
+
+
+def column(field: models.Field[Any, Any]) -> str:
+    """The column of a concrete field (only fields without one, like many-to-many, have None)."""
+    assert field.column is not None, f"{field} has no column"
+    return field.column

@@ -6,16 +6,17 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.dateparse import parse_datetime
 
 from ...engine.events import Event, EventKind
 from ...models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem, WorkItemKind
-from ..records import CLAIM_FIELDS, LOCKED_FIELDS, Claim, FinishedTask, LockedRun, StoredTask
-from .base import Dialect
+from ..records import CLAIM_FIELDS, LOCKED_FIELDS, Claim, FinishedTask, LockedRun, StoredRun, StoredTask
+from .base import Dialect, DueTimer, RunUpdates, column, concrete_field
 
 
 class PostgreSQLDialect(Dialect):
@@ -49,13 +50,13 @@ class PostgreSQLDialect(Dialect):
             return {row[0]: LockedRun(*row[1:]) for row in cursor.fetchall()}
 
     def write_tasks(
-        self, runs: Sequence[tuple[int, dict[str, Any]]], history: list[HistoryEvent], items: Sequence[WorkItem]
+        self, runs: Sequence[tuple[int, RunUpdates]], history: list[HistoryEvent], items: Sequence[WorkItem]
     ) -> list[int]:
         """In one statement, whatever the number of runs."""
         with connection.cursor() as cursor:
             update_sql, update_params = _update_json_sql(WorkflowInstance, runs)
             ctes: list[str] = []
-            params: list[Any] = []
+            params: list[str] = []
             for name, rows in (("history", history), ("work", items)):
                 if rows:
                     text, values = _insert_json_sql(rows, returning_ids=name == "work")
@@ -94,14 +95,20 @@ class PostgreSQLDialect(Dialect):
         """One round trip, no transaction block: the ORM needs four (the clock, the locking
         select, the update, the read back)."""
         now = self.now(placeholder="%(now)s")
-        columns = {field: WorkItem._meta.get_field(field).column for field in CLAIM_FIELDS}
+        columns = {field: column(concrete_field(WorkItem, field)) for field in CLAIM_FIELDS}
         sql = _CLAIM_SQL.format(
             items=connection.ops.quote_name(WorkItem._meta.db_table),
             runs=connection.ops.quote_name(WorkflowInstance._meta.db_table),
             fields=", ".join(f"item.{connection.ops.quote_name(column)}" for column in columns.values()),
             now=now.sql,
         )
-        params = {"kind": kind, "queues": list(queues), "limit": limit, "owner": owner, "lease": lease_seconds}
+        params: dict[str, str | list[str] | int | float | datetime.datetime] = {
+            "kind": kind,
+            "queues": list(queues),
+            "limit": limit,
+            "owner": owner,
+            "lease": lease_seconds,
+        }
         if now.params:
             params["now"] = now.params[0]
         with connection.cursor() as cursor:
@@ -162,7 +169,7 @@ class PostgreSQLDialect(Dialect):
                 finished.add(item_id)
         return finished
 
-    def due_timers(self, *, kind: str, queues: Sequence[str], limit: int) -> list[tuple[Any, ...]]:
+    def due_timers(self, *, kind: str, queues: Sequence[str], limit: int) -> list[DueTimer]:
         # Every worker loop asks: hand-written (the ORM's query building costs more than
         # the query), and the clock is read in the query, not before it.
         now = self.now()
@@ -171,7 +178,7 @@ class PostgreSQLDialect(Dialect):
             return cursor.fetchall()
 
 
-_LOCKED_COLUMNS = ", ".join(WorkflowInstance._meta.get_field(name).column for name in LOCKED_FIELDS)
+_LOCKED_COLUMNS = ", ".join(column(concrete_field(WorkflowInstance, name)) for name in LOCKED_FIELDS)
 
 
 @functools.cache
@@ -193,67 +200,68 @@ def _int_array(values: Iterable[int]) -> str:
     return "{" + ",".join(str(int(value)) for value in values) + "}"
 
 
-def _recordset(fields: Sequence[Any], db: Any) -> str:
+def _recordset(fields: Sequence[models.Field[Any, Any]], db: BaseDatabaseWrapper) -> str:
     """``json_to_recordset(%s::json) AS r (column type, ...)`` for ``fields``."""
     quote = db.ops.quote_name
-    return f"json_to_recordset(%s::json) AS r ({', '.join(f'{quote(f.column)} {f.db_type(db)}' for f in fields)})"
+    return f"json_to_recordset(%s::json) AS r ({', '.join(f'{quote(column(f))} {f.db_type(db)}' for f in fields)})"
 
 
-def _json_records(records: list[dict[str, Any]]) -> str:
+def _json_records(records: Sequence[Mapping[str, object]]) -> str:
     return json.dumps(records, default=_json_scalar, separators=(",", ":"))
 
 
-def _json_scalar(value: Any) -> Any:
+def _json_scalar(value: object) -> str:
     """Column values JSON has no type for: PostgreSQL reads them from their text."""
     if isinstance(value, (datetime.datetime, datetime.date)):
         return value.isoformat()
     return str(value)  # UUID, Decimal
 
 
-def _insert_json_sql(rows: Sequence[Any], *, returning_ids: bool = False) -> tuple[str, list[Any]]:
+def _insert_json_sql(rows: Sequence[models.Model], *, returning_ids: bool = False) -> tuple[str, list[str]]:
     """``_insert_sql`` on PostgreSQL, the rows sent as one JSON document: the statement's
     text is the same whatever their number, so psycopg converts it once (a long VALUES
     list is parsed again on every execution), and the rows are dumped by one json.dumps."""
     text, fields = _insert_json_parts(type(rows[0]), returning_ids)
-    return text, [_json_records([{field.column: field.pre_save(row, True) for field in fields} for row in rows])]
+    return text, [_json_records([{column(field): field.pre_save(row, True) for field in fields} for row in rows])]
 
 
 @functools.cache
-def _insert_json_parts(model: type[Any], returning_ids: bool) -> tuple[str, list[Any]]:
+def _insert_json_parts(model: type[models.Model], returning_ids: bool) -> tuple[str, list[models.Field[Any, Any]]]:
     db = connections[DEFAULT_DB_ALIAS]
     quote = db.ops.quote_name
     fields = [field for field in model._meta.concrete_fields if not field.primary_key]
-    columns = ", ".join(quote(field.column) for field in fields)
+    columns = ", ".join(quote(column(field)) for field in fields)
     text = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) SELECT {columns} FROM {_recordset(fields, db)}"
-    return text + (f" RETURNING {quote(model._meta.pk.column)}" if returning_ids else ""), fields
+    return text + (f" RETURNING {quote(column(model._meta.pk))}" if returning_ids else ""), fields
 
 
-def _update_json_sql(model: type[Any], rows: Sequence[tuple[int, dict[str, Any]]]) -> tuple[str, list[Any]]:
+def _update_json_sql(model: type[models.Model], rows: Sequence[tuple[int, RunUpdates]]) -> tuple[str, list[str]]:
     """One PostgreSQL UPDATE giving each row (pk, values) its own values, sent as one JSON
     document (see ``_insert_json_sql``); every row's values have the same keys."""
     db = connections[DEFAULT_DB_ALIAS]
     quote = db.ops.quote_name
     pk = model._meta.pk
-    fields = [pk, *(model._meta.get_field(name) for name in rows[0][1])]
-    assignments = ", ".join(f"{quote(field.column)} = r.{quote(field.column)}" for field in fields[1:])
+    by_name = {name: concrete_field(model, name) for name in rows[0][1]}
+    fields = [pk, *by_name.values()]
+    assignments = ", ".join(f"{quote(column(field))} = r.{quote(column(field))}" for field in fields[1:])
+    pk_column = column(pk)
     text = (
         f"UPDATE {quote(model._meta.db_table)} AS t SET {assignments} FROM {_recordset(fields, db)} "
-        f"WHERE t.{quote(pk.column)} = r.{quote(pk.column)}"
+        f"WHERE t.{quote(pk_column)} = r.{quote(pk_column)}"
     )
-    records = [
-        {pk.column: key, **{model._meta.get_field(name).column: value for name, value in values.items()}}
-        for key, values in rows
-    ]
+    columns = {name: column(field) for name, field in by_name.items()}
+    records = [{pk_column: key, **{columns[name]: value for name, value in values.items()}} for key, values in rows]
     return text, [_json_records(records)]
 
 
 def _stored_task(row: Sequence[Any]) -> StoredTask:
     """A task's input from a row of ``_LOAD_TASK_SQL`` (run, inbox and history as JSON)."""
-    instance = dict(
-        zip(("workflow_id", "run_id", "workflow_name", "queue", "status", "history_length"), row[:6], strict=True)
+    instance = StoredRun(
+        workflow_id=row[0], run_id=row[1], workflow_name=row[2], queue=row[3], status=row[4], history_length=row[5]
     )
     history = [Event(**event) for event in _json_events(row[-1])]
-    return StoredTask(instance, _json_events(row[-2]), history)
+    inbox = _json_events(row[-2])
+    return StoredTask(instance, [event.pop("id") for event in inbox], [Event(**event) for event in inbox], history)
 
 
 def _json_events(events: list[dict[str, Any]] | str) -> list[dict[str, Any]]:

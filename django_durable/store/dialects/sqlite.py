@@ -29,13 +29,15 @@ class SQLiteDialect(Dialect):
                 yield
             return
         connection.ensure_connection()  # connecting sets transaction_mode from the settings
-        configured, connection.transaction_mode = connection.transaction_mode, "IMMEDIATE"
+        # The ignores: django-stubs does not know SQLite's transaction_mode (Django 5.1).
+        configured, connection.transaction_mode = connection.transaction_mode, "IMMEDIATE"  # type: ignore[attr-defined]
         try:
             with transaction.atomic():
-                connection.transaction_mode = configured  # it began: nested blocks are savepoints
+                # It began: nested blocks are savepoints.
+                connection.transaction_mode = configured  # type: ignore[attr-defined]
                 yield
         finally:
-            connection.transaction_mode = configured
+            connection.transaction_mode = configured  # type: ignore[attr-defined]
 
     def read_clock(self) -> datetime.datetime:
         # SQLite runs in this process, on this machine's clock.
