@@ -139,6 +139,68 @@ def grant(user: Any, *codenames: str) -> Any:
     return user
 
 
+# The tiers, cheapest first (setup.cfg registers them); each test carries exactly one.
+TIERS = ("engine", "database", "workers", "http", "browser")
+# Fixtures a test cannot request below a tier: the tier it needs at least.
+TIER_OF_FIXTURE = {
+    "db": "database",
+    "transactional_db": "database",
+    "django_db_reset_sequences": "database",
+    "django_db_serialized_rollback": "database",
+    "start_worker": "workers",
+    "live_server": "http",
+}
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The tier marker nearest to ``item``: its own, else its class's, else its module's ``pytestmark``."""
+    for node in reversed(item.listchain()):
+        tiers = [mark.name for mark in node.own_markers if mark.name in TIERS]
+        if len(tiers) > 1:
+            raise ValueError(f"has more than one tier marker ({', '.join(tiers)}) on {node.nodeid or 'its module'}")
+        if tiers:
+            return tiers[0]
+    raise ValueError(f"has no tier marker: mark its module (pytestmark) or it with one of {', '.join(TIERS)}")
+
+
+def tier_problem(item: pytest.Item, tier: str) -> str | None:
+    """Why ``tier`` is too low for what ``item`` requests, or None."""
+    from django.test import TransactionTestCase
+
+    needs = {TIER_OF_FIXTURE[name]: name for name in getattr(item, "fixturenames", ()) if name in TIER_OF_FIXTURE}
+    if item.get_closest_marker("django_db"):
+        needs.setdefault("database", "the django_db marker")
+    cls = getattr(item, "cls", None)
+    if cls is not None and issubclass(cls, TransactionTestCase) and cls.databases:
+        needs.setdefault("database", f"a {TransactionTestCase.__name__} with databases")
+    for needed, why in needs.items():
+        if TIERS.index(needed) > TIERS.index(tier):
+            return f"is marked {tier} but uses {why}, which needs at least the {needed} tier"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the markers this moves
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    problems: list[str] = []
+    tiers: dict[pytest.Item, str] = {}
+    for item in items:
+        try:
+            tiers[item] = tier_of(item)
+        except ValueError as error:
+            problems.append(f"  {item.nodeid}: {error}")
+            continue
+        if problem := tier_problem(item, tiers[item]):
+            problems.append(f"  {item.nodeid}: {problem}")
+    if problems:
+        raise pytest.UsageError("tests with a wrong tier marker (see tests/conftest.py):\n" + "\n".join(problems))
+    # `-m` matches any marker up the chain: leave each test only its nearest tier, on itself.
+    for item, tier in tiers.items():
+        for node in item.listchain()[:-1]:
+            node.own_markers[:] = [mark for mark in node.own_markers if mark.name not in TIERS]
+        if not any(mark.name == tier for mark in item.own_markers):
+            item.add_marker(tier)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     engine = settings.DATABASES["default"]["ENGINE"]
     return f"django-durable database: {engine} ({os.environ.get('DURABLE_TEST_DB', 'sqlite')})"

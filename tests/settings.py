@@ -14,6 +14,9 @@ ARTIFACTS = Path(os.environ.get("DURABLE_ARTIFACTS", BASE_DIR / "test-artifacts"
 ARTIFACTS.mkdir(exist_ok=True)
 
 SECRET_KEY = "tests-only-not-secret"
+# Django's default PBKDF2 takes about 0.3 s a password here, and hundreds of fixtures create a user
+# (and Basic auth checks the password on every request).
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEBUG = False
 USE_TZ = True
 TIME_ZONE = "UTC"

@@ -17,11 +17,14 @@ from django_durable.models import WorkflowInstance, WorkItem
 from django_durable.tokens import TaskToken, read_task_token
 from tests.testapp.workflows import fan_out
 
+pytestmark = pytest.mark.engine
+
 SVG = "{http://www.w3.org/2000/svg}"
 T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
 SIGNED = re.compile(r"\.?[\w-]+:[0-9A-Za-z]+:[\w-]+")  # django.core.signing.dumps: payload:timestamp:signature
 
 
+@pytest.mark.database
 @pytest.mark.django_db
 def test_change_page_shows_history_work_and_the_token_of_an_awaiting_attempt(admin_client):
     handle = durable.start_workflow(fan_out, 2, workflow_id="admin-1")
@@ -58,6 +61,7 @@ def test_change_page_shows_history_work_and_the_token_of_an_awaiting_attempt(adm
 # -- the timeline picture ---------------------------------------------------------------
 
 
+@pytest.mark.database
 @pytest.mark.django_db
 def test_a_view_only_user_does_not_see_task_tokens(client, django_user_model):
     from django.contrib.auth.models import Permission

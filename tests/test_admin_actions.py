@@ -25,7 +25,7 @@ from django_durable.testing import WorkflowEnvironment
 from tests.conftest import WORKFLOW_PERMISSIONS
 from tests.testapp import actions_workflows as aw
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.database]
 
 START = datetime.datetime(2026, 3, 1, 9, 0, tzinfo=datetime.timezone.utc)
 ADMIN = "/admin/django_durable/workflowinstance/"

@@ -32,6 +32,8 @@ from django_durable.models import WorkflowInstance
 from django_durable.testing import WorkflowEnvironment
 from tests.testapp import browser_workflows as bw
 
+pytestmark = pytest.mark.browser
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 VIEWPORT = {"width": 1280, "height": 900}
 PASSWORD = "browser-test-password"

@@ -24,6 +24,8 @@ from tests.conftest import wait_for
 from tests.testapp import dashboard_workflows as dw
 from tests.testapp.orchestration_workflows import ow_returns_at_once
 
+pytestmark = pytest.mark.database
+
 START = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
 URL = "/admin/django_durable/workflowinstance/dashboard/"
 CHANGELIST = "/admin/django_durable/workflowinstance/"
@@ -268,6 +270,7 @@ def test_queries_do_not_grow_with_runs_work_or_workers(db: None, admin_client) -
     assert small[0] <= 7 and small[1] <= small[0] + 2  # the page adds the session and the user
 
 
+@pytest.mark.workers
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_reports_while_running_and_says_when_it_stopped(start_worker, admin_client) -> None:
     worker = start_worker()
@@ -292,6 +295,7 @@ def test_a_worker_reports_while_running_and_says_when_it_stopped(start_worker, a
     assert re.search(rf'<tr class="worker-stopped">\s*<td>{re.escape(row.name)}</td>', page)
 
 
+@pytest.mark.workers
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_whose_heartbeat_cannot_be_written_keeps_working(start_worker) -> None:
     table = WorkerHeartbeat._meta.db_table

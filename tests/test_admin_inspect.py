@@ -31,7 +31,7 @@ from tests.testapp import inspect_workflows as iw
 from tests.testapp import testing_workflows as tw
 from tests.testapp.workflows import fan_out, tw_explodes
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.database]
 
 LIST = reverse("admin:django_durable_workflowinstance_changelist")
 # In the past, so that the real clock the pages use runs after every event.

@@ -25,6 +25,8 @@ from django_durable.testing import WorkflowEnvironment
 from tests.test_engine import Run, activity_options, completed, failed, fired, workflow_options
 from tests.testapp import timetravel_workflows as tt
 
+pytestmark = pytest.mark.database
+
 START = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -86,6 +88,7 @@ COUNTED_KINDS = [
 COUNTER_AT = [None, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3]
 
 
+@pytest.mark.engine
 def test_vars_at_every_event_are_what_the_code_had_set_once_it_knew_that_event():
     run = counted_run()
     assert [e.kind for e in run.history] == COUNTED_KINDS
@@ -106,6 +109,7 @@ def test_vars_at_every_event_are_what_the_code_had_set_once_it_knew_that_event()
     assert run.history == before  # read-only
 
 
+@pytest.mark.engine
 def test_seq_outside_the_history_is_refused():
     run = counted_run()
     for seq in (0, -1, 13):
@@ -119,6 +123,7 @@ class Basket:
     total: int
 
 
+@pytest.mark.engine
 def test_vars_come_decoded_and_as_stored():
     def shopping(ctx):
         ctx.set_var("basket", Basket(["tea"], 3))
@@ -132,6 +137,7 @@ def test_vars_come_decoded_and_as_stored():
     assert state.raw_vars["basket"]["fields"] == {"items": ["tea"], "total": 3}
 
 
+@pytest.mark.engine
 def test_code_that_no_longer_matches_reports_the_error_instead_of_vars():
     run = counted_run()
 
@@ -149,6 +155,7 @@ def test_code_that_no_longer_matches_reports_the_error_instead_of_vars():
         assert state.status == "unknown" and state.vars == {} and state.raw_vars == {}
 
 
+@pytest.mark.engine
 def test_a_close_event_the_code_would_no_longer_write_is_an_error_at_that_event_only():
     run = counted_run()
 
@@ -165,6 +172,7 @@ def test_a_close_event_the_code_would_no_longer_write_is_an_error_at_that_event_
     assert "WorkflowCompleted" in str(closed.error)
 
 
+@pytest.mark.engine
 def test_a_workflow_failure_is_a_status_with_the_failure_not_an_error():
     def strict(ctx):
         ctx.set_var("stage", "charging")
@@ -185,6 +193,7 @@ class UnreadableConverter(JSONDataConverter):
         raise ValueError("cannot read what was stored")
 
 
+@pytest.mark.engine
 def test_a_crash_in_replay_is_reported_not_raised():
     run = counted_run()
     run.converter = UnreadableConverter()
@@ -196,6 +205,7 @@ def appended(run: Run, kind: str, **payload: Any) -> None:
     run.history.append(Event(kind=kind, timestamp=run.clock, payload=payload, seq=len(run.history) + 1))
 
 
+@pytest.mark.engine
 def test_suspended_terminated_and_canceled_runs():
     run = Run(counter, 3)
     appended(run, "ExecutionSuspended", reason="before it started")

@@ -35,6 +35,8 @@ from tests.test_engine import Run, activity_options, completed, fired, workflow_
 from tests.test_engine_orchestration import cancel_requested, raised
 from tests.testapp import timetravel_workflows as tt
 
+pytestmark = pytest.mark.database
+
 START = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
 BOUND = 10.0  # seconds: far above the 0.5 s task timeout, far below the 20 s the code blocks for
 
@@ -150,6 +152,7 @@ def busy_run() -> Run:
     return run
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("make_run", [counted_run, busy_run])
 def test_the_variables_before_an_event_are_those_a_replay_of_the_events_before_it_has(make_run):
     run = make_run()
@@ -267,6 +270,7 @@ def test_a_history_over_the_byte_limit_is_not_replayed(admin_client, counted):
     assert "Not replayed" not in page and tt.STARTS["tt_counter"] == 1
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("value", [0, -1, 1.5, "2000", True])
 def test_a_limit_that_is_not_a_positive_integer_or_none_is_a_system_check_error(value):
     for key in ("TIME_TRAVEL_MAX_EVENTS", "TIME_TRAVEL_MAX_BYTES"):

@@ -30,6 +30,8 @@ from django_durable.tokens import make_task_token
 from tests.conftest import grant
 from tests.testapp.workflows import api_greet
 
+pytestmark = pytest.mark.database
+
 API = "/durable/api/"
 COMPLETE, FAIL, HEARTBEAT = (f"{API}activities/{name}/" for name in ("complete", "fail", "heartbeat"))
 WORKFLOWS = f"{API}workflows/"
@@ -824,11 +826,13 @@ def test_browsable_api(admin_api, started):
 # -- system checks ------------------------------------------------------------------------
 
 
+@pytest.mark.engine
 def test_api_checks_pass_with_a_fixed_rest_framework():
     assert api_checks.api_in_use()
     assert api_checks.check_rest_framework() == []
 
 
+@pytest.mark.engine
 def test_outdated_rest_framework_is_an_error(monkeypatch):
     monkeypatch.setattr(api_checks, "installed_drf_version", lambda: (3, 17, 1))
     (error,) = api_checks.check_rest_framework()
@@ -838,11 +842,13 @@ def test_outdated_rest_framework_is_an_error(monkeypatch):
     assert api_checks.check_rest_framework() == []
 
 
+@pytest.mark.engine
 def test_rest_framework_must_be_installed_as_an_app(settings):
     settings.INSTALLED_APPS = [app for app in settings.INSTALLED_APPS if app != "rest_framework"]
     assert [e.id for e in api_checks.check_rest_framework()] == ["django_durable.E011"]
 
 
+@pytest.mark.engine
 def test_api_checks_are_silent_when_the_api_is_not_mounted(monkeypatch, settings):
     monkeypatch.setattr(api_checks, "api_in_use", lambda: False)
     monkeypatch.setattr(api_checks, "installed_drf_version", lambda: (3, 0, 0))
@@ -850,6 +856,7 @@ def test_api_checks_are_silent_when_the_api_is_not_mounted(monkeypatch, settings
     assert api_checks.check_rest_framework() == []
 
 
+@pytest.mark.engine
 def test_version_parsing():
     assert api_checks._parse_version("3.17.2") == (3, 17, 2)
     assert api_checks._parse_version("3.18.0rc1") == (3, 18, 0)
@@ -865,6 +872,7 @@ def test_manage_py_check_runs_the_api_checks(db):
     call_command("check")
 
 
+@pytest.mark.workers
 def test_manage_py_check_reports_a_missing_rest_framework_app(tmp_path):
     import os
     import subprocess
@@ -963,6 +971,7 @@ def operations(openapi: dict) -> list[tuple[str, str, dict]]:
 OPERATION_COUNT = 14
 
 
+@pytest.mark.engine
 def test_fuzz_covers_every_operation(openapi):
     assert len(operations(openapi)) == OPERATION_COUNT
 

@@ -20,6 +20,8 @@ from tests.test_api import COMPLETE, FAIL, HEARTBEAT, assert_error, detail, post
 from tests.testapp.async_workflows import ac_approval
 from tests.testapp.workflows import api_greet
 
+pytestmark = pytest.mark.workers
+
 
 def handed_out(folder: Path, attempt: int = 1) -> dict:
     path = folder / f"token-{attempt}"
@@ -220,6 +222,7 @@ def http_post(url: str, data: Any, headers: dict[str, str] | None = None) -> tup
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.http
 def test_live_server(live_server, start_worker, tmp_path):
     handle = durable.start_workflow(ac_approval, str(tmp_path))
     start_worker()

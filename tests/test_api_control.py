@@ -41,6 +41,8 @@ from tests.testapp.api_control_workflows import (
 from tests.testapp.async_workflows import ac_approval
 from tests.testapp.workflows import api_greet
 
+pytestmark = pytest.mark.database
+
 TIMEOUT = 60
 
 
@@ -328,6 +330,7 @@ def test_signal_body_size_limit(admin_api, runs):
     assert snapshot() == before
 
 
+@pytest.mark.workers
 def test_signal_reaches_a_waiting_workflow(start_worker, admin_api):
     response = post_json(
         admin_api, WORKFLOWS, {"workflow": "apc_waits_for", "args": ["approval"], "workflow_id": "awaits"}
@@ -376,6 +379,7 @@ def test_cancel_ignores_fields_it_does_not_take(admin_api, runs):
     assert run_row(runs["suspended"].run_id).cancel_requested_at is not None
 
 
+@pytest.mark.workers
 def test_cancel_reaches_the_workflow(start_worker, admin_api):
     durable.start_workflow(apc_waits_for, "never", workflow_id="cancel-me")
     durable.start_workflow(apc_cleans_up_on_cancel, "never", workflow_id="clean-up")
@@ -441,6 +445,7 @@ def test_suspend_validation(admin_api, runs, data):
     assert snapshot() == before
 
 
+@pytest.mark.workers
 def test_a_suspended_run_waits_for_resume(start_worker, admin_api):
     handle = greet("paused")
     assert post_json(admin_api, detail("paused", "suspend/"), {}).status_code == 202
@@ -535,6 +540,7 @@ def test_rerun_validation(admin_api, runs, data, field):
     assert snapshot() == before
 
 
+@pytest.mark.workers
 def test_a_rerun_runs(start_worker, admin_api):
     closed("again")
     response = post_json(admin_api, detail("again", "rerun/"), {"from_event": 2})
@@ -591,6 +597,7 @@ def test_purging_a_parent_leaves_its_children(admin_api, db):
 # -- describe: cancel request and lineage ------------------------------------------------------
 
 
+@pytest.mark.workers
 def test_describe_shows_lineage(start_worker, admin_api):
     durable.start_workflow(apc_parent, "the-child", workflow_id="the-parent")
     first = durable.start_workflow(apc_counts_down, 2, workflow_id="countdown")
@@ -636,6 +643,7 @@ def test_list_rows_cost_no_extra_queries(admin_api, db):
 # -- heartbeat: cancel_requested ---------------------------------------------------------------
 
 
+@pytest.mark.workers
 def test_heartbeat_answers_cancel_requested(start_worker, admin_api, tmp_path):
     """The workflow catches the cancel request and still waits for the activity, so the
     attempt stays pending: the activity hears of the cancel, then reports its result."""
@@ -658,6 +666,7 @@ def test_heartbeat_answers_cancel_requested(start_worker, admin_api, tmp_path):
     assert admin_api.get(detail("approval")).json()["status"] == "completed"
 
 
+@pytest.mark.workers
 def test_heartbeat_of_a_suspended_run_asked_to_cancel(start_worker, admin_api, tmp_path):
     """A run that lets CancelledError propagate: suspended first, so that it cannot close
     before the heartbeat; once resumed it closes as canceled and the token goes stale."""
@@ -693,6 +702,7 @@ def http(method: str, url: str, data: Any = None, *, auth: tuple[str, str] | Non
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.http
 def test_control_verbs_over_real_http(live_server, start_worker, django_user_model):
     grant(django_user_model.objects.create_user("operator", password="pw", is_staff=True))
     staff = ("operator", "pw")

@@ -12,14 +12,18 @@ from django.conf import settings
 from django.test import override_settings
 
 import django_durable as durable
-from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem
+from django_durable.models import HistoryEvent, InboxEvent, WorkerHeartbeat, WorkflowInstance, WorkItem
+from django_durable.store import db_now
 from tests.conftest import wait_for
 from tests.testapp.async_workflows import (
+    HEARTBEAT_TIMEOUT,
     ac_approval,
     ac_approval_with_deadline,
     ac_approval_with_heartbeat,
     ac_long_work,
 )
+
+pytestmark = pytest.mark.workers
 
 
 def handed_out(folder: Path, attempt: int = 1) -> dict:
@@ -35,6 +39,18 @@ def awaiting(handle) -> WorkItem:
         ).first(),
         what="the attempt to await completion",
     )
+
+
+def renewal_rounds(count: int) -> None:
+    """Wait for ``count`` more rounds of the (one) worker's lease renewer: each round ends
+    by updating the worker's row."""
+    seen: set[datetime.datetime] = set()
+
+    def rounds() -> bool:
+        seen.update(WorkerHeartbeat.objects.filter(stopped_at__isnull=True).values_list("last_seen_at", flat=True))
+        return len(seen) > count
+
+    wait_for(rounds, timeout=60, what=f"{count} rounds of lease renewal")
 
 
 def snapshot() -> tuple:
@@ -115,6 +131,7 @@ def test_by_id_names_the_attempt_without_a_token_so_no_age_limit_applies(start_w
     assert handle.result(timeout=60) == {"result": "by id"}
 
 
+@pytest.mark.database
 @pytest.mark.parametrize(
     "token",
     ["", "garbage", "a" * 5000, None, 42],
@@ -160,13 +177,15 @@ def test_heartbeats_keep_an_awaiting_attempt_alive(start_worker, tmp_path):
     start_worker()
     token = handed_out(tmp_path, 1)["token"]
     item = awaiting(handle)
-    # Heartbeat for well over the 1 s heartbeat timeout; the attempt stays live.
-    for step in range(8):
+    # Heartbeat for well over the heartbeat timeout; the attempt stays live.
+    began, step = time.monotonic(), 0
+    while time.monotonic() - began < 2.5 * HEARTBEAT_TIMEOUT:
         assert durable.heartbeat_activity(token, {"step": step}) is False
-        time.sleep(0.25)  # the point: time passing between heartbeats
+        step += 1
+        time.sleep(HEARTBEAT_TIMEOUT / 10)  # the point: time passing between heartbeats
     assert not (tmp_path / "token-2").exists()
     item.refresh_from_db()
-    assert item.attempt == 1 and item.heartbeat_details == {"step": 7}
+    assert item.attempt == 1 and item.heartbeat_details == {"step": step - 1}
     durable.complete_activity(token, "done")
     assert handle.result(timeout=60) == {"result": "done"}
 
@@ -184,7 +203,8 @@ def test_a_missed_heartbeat_times_the_awaiting_attempt_out(start_worker, tmp_pat
 
 def test_running_activity_heartbeats_against_its_heartbeat_timeout(start_worker):
     beating = durable.start_workflow(ac_long_work, 2.5, True)
-    silent = durable.start_workflow(ac_long_work, 2.5, False)
+    # Silent for six of its 1 s heartbeat timeouts: each attempt is reaped long before it could finish.
+    silent = durable.start_workflow(ac_long_work, 6.0, False)
     start_worker()
     assert beating.result(timeout=60) == {"result": "done"}
     outcome = silent.result(timeout=60)
@@ -224,7 +244,11 @@ def test_lease_renewal_leaves_an_awaiting_attempt_alone(start_worker, tmp_path):
     deadline = item.claimed_at + datetime.timedelta(seconds=60)
     assert item.lease_expires_at == deadline
     # Several renewal rounds (every LEASE_SECONDS / 3) and a lease's length go by.
-    time.sleep(2.5)
+    renewal_rounds(3)
+    wait_for(
+        lambda: db_now() > item.claimed_at + datetime.timedelta(seconds=settings.DURABLE["LEASE_SECONDS"]),
+        what="a lease's length",
+    )
     item.refresh_from_db()
     assert (item.attempt, item.lease_expires_at) == (1, deadline)
     durable.complete_activity(token, "approved")
@@ -234,6 +258,9 @@ def test_lease_renewal_leaves_an_awaiting_attempt_alone(start_worker, tmp_path):
 def test_heartbeats_keep_a_short_heartbeat_timeout_from_expiring(start_worker):
     from tests.testapp.async_workflows import ac_quick_heartbeat_work
 
-    handle = durable.start_workflow(ac_quick_heartbeat_work, 2.0)
-    start_worker()
+    # Its leases renewed every 10 s: for the 6 s it runs (three heartbeat timeouts) only its
+    # heartbeats keep it alive. (A renewal falls in that time at most once, and extends the
+    # lease at most one heartbeat timeout past itself.)
+    handle = durable.start_workflow(ac_quick_heartbeat_work, 6.0)
+    start_worker(env={"DURABLE_TEST_LEASE_SECONDS": "30"})
     assert handle.result(timeout=60) == {"result": 1}  # attempt 1 was never reaped

@@ -32,6 +32,8 @@ pytest.importorskip("celery")
 from celery import Celery
 from kombu import Connection
 
+pytestmark = pytest.mark.workers
+
 REDIS_URL = os.environ.get("DURABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 RABBITMQ_URL = os.environ.get("DURABLE_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 TIMEOUT = 60
@@ -293,6 +295,7 @@ def test_workflow_tasks_run_in_the_celery_worker_with_celery_workflow_tasks(
     assert len(succeeded()) == 3, celery_worker.log()
 
 
+@pytest.mark.database
 def test_a_workflow_task_is_dispatched_again_whenever_it_becomes_claimable_again(db, monkeypatch, queue, key) -> None:
     """Each path that hands a sent workflow task back clears its sending: it goes out
     again at once, not after DISPATCH_TIMEOUT."""
@@ -346,6 +349,7 @@ def test_a_workflow_task_is_dispatched_again_whenever_it_becomes_claimable_again
     assert handle.status() == "running"
 
 
+@pytest.mark.engine
 def test_checks_reject_a_bad_executor(settings) -> None:
     from django_durable.checks import check_activity_executor
 

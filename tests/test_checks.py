@@ -1,9 +1,12 @@
 """System checks: ids, messages and hints."""
 
+import pytest
 from django.core import checks
 from django.test import override_settings
 
 from django_durable.checks import check_settings, check_sqlite
+
+pytestmark = pytest.mark.engine
 
 
 def ids(messages):

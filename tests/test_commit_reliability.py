@@ -34,6 +34,8 @@ from tests.faults.kit import UPPER, holds_transaction, stop, verdict, wait_log
 from tests.testapp.models import ActivityRun
 from tests.testapp.worker_orchestration_workflows import wo_fan_out_records
 
+pytestmark = pytest.mark.workers
+
 # DATABASES["default"]["OPTIONS"] as Django's startproject writes them (none), with the
 # timeout a new user adds once "database is locked" shows: no transaction_mode, no WAL.
 # A longer lease than the suite's: on a loaded machine no lease runs out while a worker
@@ -154,6 +156,7 @@ def test_the_worker_starts_on_sqlite_as_startproject_configures_it_with_a_warnin
     stop(worker)
 
 
+@pytest.mark.database
 @pytest.mark.django_db(transaction=True)
 def test_a_store_transaction_on_sqlite_begins_immediate_whatever_transaction_mode_says(db_vendor):
     if db_vendor != "sqlite":
@@ -180,6 +183,7 @@ def test_a_store_transaction_on_sqlite_begins_immediate_whatever_transaction_mod
         connection.close()
 
 
+@pytest.mark.engine
 def test_record_outcome_tries_a_transient_error_again_only_while_the_lease_holds():
     failures = [OperationalError("database is locked"), InterfaceError("connection already closed")]
 

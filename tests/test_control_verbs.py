@@ -16,6 +16,8 @@ from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, Wo
 from tests.testapp import orchestration_workflows as ow
 from tests.testapp.models import ActivityRun
 
+pytestmark = pytest.mark.database
+
 TIMEOUT = 60
 
 
@@ -174,6 +176,7 @@ def test_a_rerun_whose_source_is_purged_meanwhile_says_so_and_writes_nothing(mon
     assert not WorkflowInstance.objects.filter(workflow_id=handle.workflow_id).exists()  # nor a new run
 
 
+@pytest.mark.workers
 def test_rerun_from_a_failed_step_recovers_the_run(start_worker):
     key = unique("rerun")
     ActivityRun.objects.create(key=ow.bad_deploy_flag(f"{key}:3"), attempt=0, pid=0)  # a bad deploy breaks step 3
@@ -215,6 +218,7 @@ def test_rerun_from_a_failed_step_recovers_the_run(start_worker):
     assert instance.rerun_of.run_id == uuid.UUID(handle.run_id) and instance.rerun_from_seq == third.seq
 
 
+@pytest.mark.workers
 def test_rerun_from_a_completion_runs_the_unanswered_activity_again(start_worker):
     key = unique("rerun-mid")
     handle = durable.start_workflow(ow.ow_three_steps, key, workflow_id=key)
@@ -245,6 +249,7 @@ def test_rerun_refuses_an_open_run():
 # -- child workflows ------------------------------------------------------------------
 
 
+@pytest.mark.workers
 def test_children_are_linked_to_their_parent_and_report_back(start_worker):
     handle = durable.start_workflow(ow.ow_parent, [1, 2, 3], workflow_id=unique("parent"))
     worker = start_worker(batch=True)
@@ -259,6 +264,7 @@ def test_children_are_linked_to_their_parent_and_report_back(start_worker):
     assert kinds.count("ChildWorkflowScheduled") == 3 and kinds.count("ChildWorkflowCompleted") == 3
 
 
+@pytest.mark.workers
 def test_a_failing_child_reaches_the_parent_as_an_error(start_worker):
     handle = durable.start_workflow(ow.ow_parent, [1, -1], workflow_id=unique("parent-fail"))
     worker = start_worker(batch=True)
@@ -269,6 +275,7 @@ def test_a_failing_child_reaches_the_parent_as_an_error(start_worker):
     assert result["failed"] == f"{handle.workflow_id}:2:{handle.run_id[:8]}"
 
 
+@pytest.mark.workers
 def test_a_child_whose_id_is_taken_fails_to_start_without_harming_the_parent(start_worker):
     taken = unique("taken")
     blocker = durable.start_workflow(ow.ow_waiter, workflow_id=taken)

@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.http
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import time
 
 import pytest
 from django.core import checks
@@ -45,7 +44,7 @@ BACKEND = {
     },
 }
 
-pytestmark = pytest.mark.usefixtures("durable_tasks_backend")
+pytestmark = [pytest.mark.usefixtures("durable_tasks_backend"), pytest.mark.workers]
 
 
 @pytest.fixture
@@ -114,21 +113,24 @@ def test_run_after_is_respected(start_worker) -> None:
     run_after = timezone.now() + datetime.timedelta(seconds=3)
     result = record_run.using(run_after=run_after).enqueue("later")
     assert durable.get_workflow(result.id).describe().scheduled_start_at == run_after
-    start_worker()  # not --batch: nothing is due yet
-    time.sleep(1.5)
+    worker = start_worker()  # not --batch: nothing is due yet
+    wait_for(lambda: "started on queues" in worker.log(), what="the worker to start")
     result.refresh()
-    assert result.status == TaskResultStatus.READY
-    assert not ActivityRun.objects.filter(key="later").exists()
+    ran = ActivityRun.objects.filter(key="later").exists()
+    if timezone.now() < run_after:  # read before run_after: a serving worker had to leave it alone
+        assert result.status == TaskResultStatus.READY and not ran
     wait_for(lambda: finished(result), what="the deferred task to run")
     assert result.status == TaskResultStatus.SUCCESSFUL
+    # Nothing of it ran before run_after, however late the check above came.
+    assert durable.get_workflow(result.id).describe().started_at >= run_after
     assert ActivityRun.objects.get(key="later").created_at >= run_after
 
 
 def test_queue_name_is_mapped_to_a_durable_queue(start_worker) -> None:
     result = record_run.using(queue_name="reports").enqueue("queued")
     assert durable.get_workflow(result.id).describe().queue == "durable-reports"
-    start_worker(batch=True, queues="default,reports")
-    time.sleep(2)
+    elsewhere = start_worker(batch=True, queues="default,reports")
+    assert elsewhere.wait(60) == 0, elsewhere.log()  # --batch: gone once nothing on its queues is due
     result.refresh()
     assert result.status == TaskResultStatus.READY
     assert not ActivityRun.objects.filter(key="queued").exists()
@@ -138,6 +140,7 @@ def test_queue_name_is_mapped_to_a_durable_queue(start_worker) -> None:
     assert result.task.queue_name == "reports"
 
 
+@pytest.mark.database
 @pytest.mark.django_db
 def test_invalid_calls_are_rejected_at_enqueue() -> None:
     with pytest.raises(TypeError, match="cannot be called"):
@@ -155,6 +158,7 @@ def test_invalid_calls_are_rejected_at_enqueue() -> None:
     assert not WorkflowInstance.objects.exists()
 
 
+@pytest.mark.database
 @pytest.mark.django_db
 def test_priority_is_recorded_when_accepted() -> None:
     with override_settings(TASKS={"default": {**BACKEND, "OPTIONS": {"ACCEPT_PRIORITY": True}}}):
@@ -163,12 +167,14 @@ def test_priority_is_recorded_when_accepted() -> None:
         assert task_backends["default"].get_result(result.id).task.priority == 7
 
 
+@pytest.mark.database
 @pytest.mark.django_db
 def test_unknown_result_id() -> None:
     with pytest.raises(TaskResultDoesNotExist):
         task_backends["default"].get_result("no-such-task")
 
 
+@pytest.mark.engine
 def test_check_warns_when_the_tasks_api_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert durable_tasks.check_tasks_backend() == []
     monkeypatch.setattr(durable_tasks, "TASKS_API", None)

@@ -19,6 +19,8 @@ from django_durable.converter import JSONDataConverter
 from django_durable.engine import Event, TaskOutcome, run_workflow_task
 from django_durable.engine.resident import ResidentRun
 
+pytestmark = pytest.mark.engine
+
 UTC = timezone.utc
 CREATED = datetime(2024, 1, 1, 11, 59, 59, tzinfo=UTC)  # when start_workflow() wrote the run
 T0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)  # the first workflow task

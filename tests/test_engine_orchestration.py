@@ -29,6 +29,8 @@ from tests.test_engine import (  # noqa: F401 - engine_mode runs each test in bo
     workflow_options,
 )
 
+pytestmark = pytest.mark.engine
+
 
 def raised(name: str, payload: Any = None) -> Event:
     return Event(kind="EventRaised", timestamp=None, name=name, payload={"payload": payload})  # type: ignore[arg-type]

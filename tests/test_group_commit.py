@@ -20,6 +20,8 @@ from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, Wo
 from tests.testapp import orchestration_workflows as ow
 from tests.testapp.workflows import crasher, fan_out, sequence
 
+pytestmark = pytest.mark.database
+
 OWNER = "group-commit-test"
 
 

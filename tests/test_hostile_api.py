@@ -42,6 +42,8 @@ from tests.conftest import grant, wait_for
 from tests.testapp.models import ActivityRun
 from tests.testapp.workflows import ac_approval, api_greet
 
+pytestmark = pytest.mark.http
+
 API = "/durable/api/"
 ACTIVITY_ENDPOINTS = [f"{API}activities/{name}/" for name in ("complete", "fail", "heartbeat")]
 OPERATION_IDS = [
@@ -137,8 +139,6 @@ class Live:
 
 @pytest.fixture
 def live(live_server, settings, django_user_model) -> Live:
-    # Basic auth checks the password on every request: a fast hasher keeps the fuzzing fast.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # Long polls (``?wait=``) of open runs are answered within this many seconds.
     settings.DURABLE = {**settings.DURABLE, "API_MAX_WAIT": 0.05}
     grant(django_user_model.objects.create_user("staff", password="pw", is_staff=True))

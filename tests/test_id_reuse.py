@@ -6,7 +6,7 @@ import django_durable as durable
 from django_durable.models import WorkflowInstance, WorkflowStatus
 from tests.testapp.workflows import fan_out
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.database]
 
 
 def close(handle, status=WorkflowStatus.COMPLETED):

@@ -10,7 +10,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 import django_durable
+
+pytestmark = pytest.mark.engine
 
 PACKAGE = Path(django_durable.__file__).parent
 # The one module of the package below the engine: the exception hierarchy, which imports
@@ -128,6 +132,7 @@ def test_the_cycle_finder_finds_a_cycle():
     assert cycles(graph) == [["a", "b", "c"]]
 
 
+@pytest.mark.workers
 def test_the_package_is_importable_before_django_setup():
     env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
     probe = (

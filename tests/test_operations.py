@@ -38,6 +38,8 @@ from django_durable.testing import WorkflowEnvironment
 from tests.conftest import REPO, wait_for
 from tests.testapp.workflows import fan_out, sleeper
 
+pytestmark = pytest.mark.database
+
 TIMEOUT = 30.0
 DAY = datetime.timedelta(days=1)
 
@@ -408,6 +410,7 @@ def test_prune_rejects_bad_input_and_changes_nothing(closed_weeks_ago, settings)
     assert (report["runs"], report["batches"]) == (5, 3)
 
 
+@pytest.mark.workers
 def test_prune_and_healthcheck_exit_status_from_the_command_line(db):
     bad = manage("durable_prune", "--older-than", "a while")
     assert bad.returncode == 2 and "is not a duration" in bad.stderr, bad
@@ -416,6 +419,7 @@ def test_prune_and_healthcheck_exit_status_from_the_command_line(db):
     assert manage("durable_healthcheck", "--skip", "database").returncode == 2
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize(
     "value, seconds",
     [
@@ -437,6 +441,7 @@ def test_parse_duration(value, seconds):
     assert operations.parse_duration(value) == datetime.timedelta(seconds=seconds)
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("value", ["", "soon", "-5d", "5 days", "d", "1h 30m", "5y", True, None, -1])
 def test_parse_duration_refuses(value):
     with pytest.raises(ValueError, match="duration|negative"):
@@ -548,6 +553,7 @@ def test_healthcheck_reports_unapplied_migrations(db):
     assert statuses(report) == {"database": "ok", "migrations": "fail", "workers": "ok", "overdue": "ok"}
 
 
+@pytest.mark.workers
 @pytest.mark.skipif(
     os.environ.get("DURABLE_TEST_DB", "sqlite") != "sqlite",
     reason="migrates a database of its own, an SQLite file; the migration check itself runs on both",
@@ -570,6 +576,7 @@ def test_healthcheck_on_a_database_migrated_back(tmp_path):
     assert manage("durable_healthcheck", "--min-workers", "0", db_name=database).returncode == 0
 
 
+@pytest.mark.workers
 def test_healthcheck_when_the_database_is_unreachable(db, tmp_path):
     if connection.vendor == "sqlite":
         unreachable = manage("durable_healthcheck", "--json", db_name=str(tmp_path / "no-such-dir" / "db.sqlite3"))
@@ -588,6 +595,7 @@ def worker(start_worker) -> Iterator[Any]:
     yield process
 
 
+@pytest.mark.workers
 def test_healthcheck_is_healthy_with_a_real_worker_and_writes_nothing(worker):
     handle = durable.start_workflow(fan_out, 3)
     assert handle.result(timeout=TIMEOUT) == [0, 2, 4]
@@ -642,6 +650,7 @@ def test_healthcheck_rejects_bad_thresholds(db, settings):
     assert report["checks"]["overdue"]["overdue_after_seconds"] == 300
 
 
+@pytest.mark.engine
 def test_format_duration():
     assert [operations.format_duration(s) for s in (0.0004, 0.85, 12, 200, 14400, 2592000 + 7200 + 5)] == [
         "0ms",

@@ -29,6 +29,8 @@ from tests.conftest import grant
 from tests.testapp.models import ActivityRun
 from tests.testapp.workflows import ac_approval, add, api_greet, sequence
 
+pytestmark = pytest.mark.database
+
 PAYLOAD_ERROR = "django_durable.exceptions.PayloadTooLarge"
 HISTORY_ERROR = "django_durable.exceptions.HistoryTooLarge"
 
@@ -78,6 +80,7 @@ def pl_doubling(ctx: durable.WorkflowContext, text: str) -> int:
 # -- settings and system checks ---------------------------------------------------------
 
 
+@pytest.mark.engine
 def test_payload_limit_forms(settings):
     assert payload_limits() == dict.fromkeys(PAYLOAD_KINDS, 2 * 1024 * 1024)
     limit(settings, PAYLOAD_MAX_BYTES=1000)
@@ -97,6 +100,7 @@ def test_payload_limit_forms(settings):
     }
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize(
     "overrides, check_id",
     [
@@ -121,6 +125,7 @@ def test_system_checks_refuse_bad_limits(settings, overrides, check_id):
     assert "DURABLE[" in messages[0].msg
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -369,6 +374,7 @@ def test_api_answers_413_for_a_payload_over_its_limit(staff_api, settings, tmp_p
 # -- a real worker -------------------------------------------------------------------------------
 
 
+@pytest.mark.workers
 def test_worker_fails_runs_over_the_limits_and_goes_on(start_worker, tmp_path):
     (tmp_path / "limits_settings.py").write_text(
         "from tests.settings import *  # noqa: F403\n"

@@ -28,6 +28,8 @@ from tests.test_api_activities import awaiting, handed_out
 from tests.testapp import testing_workflows as tw
 from tests.testapp.async_workflows import ac_approval
 
+pytestmark = pytest.mark.engine
+
 LARGE_COLUMNS = ("input", "result", "vars", "error", "task_error")
 
 
@@ -45,6 +47,7 @@ def selects_column(sql: str, column: str) -> bool:
     return f'."{column}"' in sql or f".`{column}`" in sql
 
 
+@pytest.mark.database
 @pytest.mark.django_db
 def test_the_workflow_list_reads_none_of_the_large_columns(superuser_api: APIClient) -> None:
     big = "x" * 100_000
@@ -68,6 +71,7 @@ def test_the_workflow_list_reads_none_of_the_large_columns(superuser_api: APICli
     assert big not in response.content.decode()
 
 
+@pytest.mark.database
 @pytest.mark.django_db
 def test_a_run_description_still_has_its_large_columns(superuser_api: APIClient) -> None:
     durable.start_workflow(tw.th_long_sleep, 5, workflow_id="described")
@@ -125,6 +129,7 @@ def live_attempt(start_worker: Any, tmp_path: Any) -> tuple[durable.WorkflowHand
     return handle, token
 
 
+@pytest.mark.workers
 def test_an_old_token_is_refused_over_http_and_changes_nothing(live_attempt: Any) -> None:
     handle, token = live_attempt
     old = made_ago(token, 3600)
@@ -179,6 +184,7 @@ def sleeping_run(db: None) -> Iterator[WorkflowInstance]:
         yield WorkflowInstance.objects.get(run_id=handle.run_id)
 
 
+@pytest.mark.database
 def test_every_debugger_page_refuses_to_be_framed(admin_client: Any, sleeping_run: WorkflowInstance) -> None:
     from django.conf import settings
 

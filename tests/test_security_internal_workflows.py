@@ -37,6 +37,8 @@ if durable_tasks.TASKS_API == "django_tasks":
 
 from tests.testapp.django_tasks import plain_record_task, record_run
 
+pytestmark = pytest.mark.database
+
 WORKFLOWS = "/durable/api/workflows/"
 ADMIN = "/admin/django_durable/workflowinstance/"
 RUN_TASK = "django_durable.run_task"
@@ -163,12 +165,14 @@ def test_api_startable_workflows_limits_what_http_may_start() -> None:
     assert list(WorkflowInstance.objects.values_list("workflow_name", flat=True)) == ["api_greet"]
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("value", ["api_greet", {"api_greet": True}, ["api_greet", 7], 3])
 def test_the_check_refuses_an_allow_list_that_is_not_a_list_of_names(value) -> None:
     with override_settings(DURABLE={**settings.DURABLE, "API_STARTABLE_WORKFLOWS": value}):
         assert [message.id for message in check_api_startable_workflows()] == ["django_durable.E008"]
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("value", [None, [], ["api_greet"], ("api_greet", "sequence")])
 def test_the_check_accepts_none_or_a_list_of_names(value) -> None:
     with override_settings(DURABLE={**settings.DURABLE, "API_STARTABLE_WORKFLOWS": value}):
@@ -218,6 +222,7 @@ def test_call_task_refuses_a_task_enqueued_for_another_backend() -> None:
 # -- the worker refuses, for good -----------------------------------------------------------------
 
 
+@pytest.mark.workers
 @pytest.mark.parametrize(
     ("target", "options", "refusal"),
     [
@@ -246,6 +251,7 @@ def test_a_worker_refuses_what_is_not_a_task_of_the_backend(start_worker, target
     assert "Refused to call" in worker.log()
 
 
+@pytest.mark.workers
 def test_a_worker_without_the_backend_fails_a_run_task_activity_without_importing(start_worker) -> None:
     with WITH_BACKEND:
         handle = durable.start_workflow(RUN_TASK, "tests.testapp.django_tasks.record_run", ["nb"], {}, {"retry": {}})

@@ -1,5 +1,9 @@
+import pytest
+
 import django_durable as durable
 from tests.testapp.workflows import fan_out
+
+pytestmark = pytest.mark.workers
 
 
 def test_fan_out_through_a_real_worker(start_worker):

@@ -23,6 +23,8 @@ from tests.test_api_activities import awaiting, handed_out
 from tests.testapp import testing_workflows as tw
 from tests.testapp.async_workflows import ac_approval
 
+pytestmark = pytest.mark.database
+
 START = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -88,6 +90,7 @@ def test_prune_logs_what_each_batch_deleted(state_log: pytest.LogCaptureFixture)
     assert pruned["runs"] == counts["runs"] >= 1 and pruned["history_events"] == counts["history_events"] >= 2
 
 
+@pytest.mark.engine
 def test_the_json_formatter_puts_the_fields_at_the_top_level() -> None:
     record = logging.LogRecord("django_durable.state", logging.INFO, __file__, 1, "%s %s", ("claimed", "x=1"), None)
     record.durable = {"change": "claimed", "attempt": 2, "lease_expires_at": START}
@@ -128,6 +131,7 @@ def test_values_that_are_not_printable_are_quoted_with_their_control_characters_
     assert control_characters(formatted) == [] and json.loads(formatted)["ansi"] == hostile["ansi"]
 
 
+@pytest.mark.workers
 def test_error_messages_sent_over_http_reach_the_log_escaped(
     start_worker,
     tmp_path,

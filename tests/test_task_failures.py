@@ -12,6 +12,8 @@ from tests.testapp.workflows import (
     retrying,
 )
 
+pytestmark = pytest.mark.workers
+
 
 def test_a_failing_workflow_task_backs_off_and_is_parked(start_worker):
     handle = durable.start_workflow(crasher)

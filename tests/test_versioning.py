@@ -36,6 +36,8 @@ from tests.test_engine import (  # noqa: F401 - engine_mode runs each engine tes
 from tests.testapp import versioning_workflows as vw
 from tests.testapp.models import ActivityRun
 
+pytestmark = pytest.mark.engine
+
 TIMEOUT = 60
 
 
@@ -353,6 +355,7 @@ def broken_ids(report: dict) -> set[tuple[str, str]]:
     return {(run["workflow_id"], run["run_id"]) for run in report["broken_runs"]}
 
 
+@pytest.mark.workers
 def test_durable_replay_reports_the_open_runs_that_would_break(recorded_under_v1, monkeypatch):
     ann, bea = recorded_under_v1["ann"], recorded_under_v1["bea"]
     code, out, _ = durable_replay(monkeypatch, "1")
@@ -379,6 +382,7 @@ def test_durable_replay_reports_the_open_runs_that_would_break(recorded_under_v1
     assert f"signup-ann (run {ann.run_id}, versioned_signup, running): replays" in out
 
 
+@pytest.mark.workers
 def test_durable_replay_json_workflow_id_all_and_limit(recorded_under_v1, monkeypatch):
     ann, bea, cy = (recorded_under_v1[user] for user in ("ann", "bea", "cy"))
 
@@ -411,6 +415,7 @@ def test_durable_replay_json_workflow_id_all_and_limit(recorded_under_v1, monkey
     assert (code, report["checked"], report["broken"]) == (1, 2, 1)  # one signup, one reminder
 
 
+@pytest.mark.workers
 def test_durable_replay_skips_runs_of_workflows_no_longer_registered(recorded_under_v1, monkeypatch):
     reminder = recorded_under_v1["reminder"]
     WorkflowInstance.objects.filter(workflow_id=reminder.workflow_id).update(workflow_name="retired_reminder")
@@ -427,6 +432,7 @@ def test_durable_replay_skips_runs_of_workflows_no_longer_registered(recorded_un
     assert error.value.returncode == 2
 
 
+@pytest.mark.database
 @pytest.mark.django_db
 def test_unknown_workflow_names_and_a_bad_limit_are_command_errors(monkeypatch):
     with pytest.raises(CommandError) as error:
@@ -473,6 +479,7 @@ def patch_markers(handle) -> list[str]:
     return [event.name for event in handle.history() if event.kind == "PatchMarker"]
 
 
+@pytest.mark.workers
 def test_deploy_story_durable_replay_gates_the_change_and_patched_makes_it_safe(start_worker):
     ann = durable.start_workflow(vw.versioned_signup, "ann", workflow_id="signup-ann")
     finished(start_worker(batch=True, env=V1))
@@ -525,6 +532,7 @@ def test_deploy_story_durable_replay_gates_the_change_and_patched_makes_it_safe(
     ) in broken["error"]["message"]
 
 
+@pytest.mark.workers
 def test_deploy_story_the_patched_call_goes_once_no_open_run_predates_it(recorded_under_v1, monkeypatch, start_worker):
     ann, bea = recorded_under_v1["ann"], recorded_under_v1["bea"]
     patched_version = {vw.VERSION_VARIABLE: "2-patched"}

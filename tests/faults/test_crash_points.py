@@ -30,11 +30,18 @@ from tests.conftest import REPO
 from tests.faults.kit import UPPER, completions, crashed_at, runs, stop, verdict
 from tests.testapp.workflows import retrying, sequence, sleeper, wo_one_gate
 
+pytestmark = pytest.mark.workers
+
 
 def armed(spec: str) -> dict[str, str]:
     # A short lease for the worker that crashes: it has expired by the time the next
     # worker has booted, so recovery starts at once. (Its work never outlives it.)
     return {"DURABLE_CRASH_POINTS": spec, "DURABLE_TEST_LEASE_SECONDS": "0.5"}
+
+
+# A long lease for the worker that recovers: a loaded machine starving its renewer must not
+# expire its own attempts, so each run or retry these tests count comes from the crash alone.
+CLEAN = {"DURABLE_TEST_LEASE_SECONDS": "20"}
 
 
 def events_of(handle: durable.WorkflowHandle, kind: str) -> list[dict]:
@@ -56,6 +63,7 @@ def leased_by(item: WorkItem, worker: object) -> bool:
 # -- the spec ------------------------------------------------------------------------
 
 
+@pytest.mark.engine
 def test_the_spec_is_read_strictly():
     entries = faults.parse(
         " after_claim:workflow , before_task_commit@3, after_activity_commit%0.5=stop,before_activity_commit@2=error"
@@ -116,7 +124,7 @@ def test_after_claim_of_a_workflow_task(start_worker):
     task = the_item(handle, WorkItemKind.WORKFLOW)
     assert task.attempt == 1 and leased_by(task, first)
 
-    second = start_worker()
+    second = start_worker(env=CLEAN)
     assert handle.result(timeout=UPPER) == 2
     stop(second)
     assert "Reaped workflow sequence" in second.log()
@@ -133,7 +141,7 @@ def test_after_claim_of_an_activity(start_worker):
     assert item.attempt == 1 and leased_by(item, first)
     assert runs("aca") == []
 
-    second = start_worker()
+    second = start_worker(env=CLEAN)
     assert handle.result(timeout=UPPER) == 2  # the attempt that ran
     stop(second)
     assert runs("aca") == [2]  # attempt 1 was claimed, never run
@@ -156,7 +164,7 @@ def test_before_a_workflow_task_commits(start_worker):
     ]
     assert leased_by(the_item(handle, WorkItemKind.WORKFLOW), first)
 
-    second = start_worker()
+    second = start_worker(env=CLEAN)
     assert handle.result(timeout=UPPER) == 1
     stop(second)
     assert runs("btc:0") == [1]  # scheduled once, by the second worker's task
@@ -175,7 +183,7 @@ def test_after_a_workflow_task_commits(start_worker):
     assert item.lease_owner is None or leased_by(item, first)
     assert runs("atc") == []
 
-    second = start_worker()
+    second = start_worker(env=CLEAN)
     assert handle.result(timeout=UPPER) == item.attempt + 1
     stop(second)
     assert runs("atc") == [item.attempt + 1]
@@ -198,7 +206,7 @@ def test_before_an_activity_result_is_recorded(start_worker, point):
     item = the_item(handle, WorkItemKind.ACTIVITY)
     assert item.attempt == 1 and leased_by(item, first)
 
-    second = start_worker()
+    second = start_worker(env=CLEAN)
     assert handle.result(timeout=UPPER) == 2
     stop(second)
     assert "Reaped activity flaky" in second.log()
@@ -215,7 +223,7 @@ def test_after_an_activity_result_commits(start_worker):
     assert [e["payload"]["attempt"] for e in events_of(handle, EventKind.ACTIVITY_COMPLETED)] == [1]
     assert not WorkItem.objects.filter(instance__run_id=handle.run_id, kind=WorkItemKind.ACTIVITY, task_id=1).exists()
 
-    second = start_worker()
+    second = start_worker(env=CLEAN)
     assert handle.result(timeout=UPPER) == 2
     stop(second)
     assert runs("aac:0") == [1]  # recorded, so never run again
@@ -234,7 +242,7 @@ def test_before_a_heartbeat_is_recorded(start_worker, tmp_path):
     assert item.heartbeat_at is None and leased_by(item, first)
 
     (gate / "release-a").touch()
-    second = start_worker()
+    second = start_worker(env=CLEAN)
     assert handle.result(timeout=UPPER) == "bhb"
     stop(second)
     assert runs("bhb") == [1, 2] and runs("bhb:done") == [2]
@@ -253,7 +261,7 @@ def test_before_a_timer_firing_commits(start_worker):
     assert timer.lease_owner is None
     assert events_of(handle, EventKind.TIMER_FIRED) == []
 
-    second = start_worker()
+    second = start_worker(env=CLEAN)
     result = handle.result(timeout=UPPER)
     stop(second)
     assert result["slept"] >= 0.3

@@ -37,7 +37,6 @@ from tests.conftest import REPO, wait_for
 from tests.faults import pgcluster
 from tests.faults.invariants import Outcome
 from tests.faults.kit import (
-    LEASE,
     ON_POSTGRES,
     UPPER,
     all_closed,
@@ -65,6 +64,8 @@ from tests.testapp.workflows import (
     wo_one_gate,
 )
 
+pytestmark = pytest.mark.workers
+
 postgres_only = pytest.mark.skipif(
     not ON_POSTGRES, reason="a PostgreSQL scenario (server restarts, backends, its clock): the PostgreSQL pass runs it"
 )
@@ -73,6 +74,11 @@ postgres_only = pytest.mark.skipif(
 def holding(point: str, folder: Path) -> dict[str, str]:
     """Worker env: park the thread that reaches ``point`` on a file in ``folder``."""
     return {"DURABLE_CRASH_POINTS": f"{point}=hold", "DURABLE_CRASH_DIR": str(folder)}
+
+
+# A long lease for the worker that takes over: the retry it runs must be the only one, on a
+# loaded machine too (a starved renewer would let a 2 s lease run out and the retry run again).
+TAKING_OVER = {"DURABLE_TEST_LEASE_SECONDS": "20"}
 
 
 def slept_at_least(seconds: float) -> Outcome:
@@ -147,67 +153,6 @@ class Mix:
         self.complete_tokens()
 
 
-# -- the checker itself ----------------------------------------------------------------------
-
-
-def test_the_checker_reports_each_broken_invariant(db):
-    """Every invariant the scenarios rely on, broken on purpose, is reported (a checker
-    that cannot fail would prove nothing)."""
-    from django_durable.testing import WorkflowEnvironment
-
-    with WorkflowEnvironment() as env:
-        handles = {wid: env.start(sequence, wid, 2, workflow_id=wid) for wid in ("ok", "dup", "gap", "twice", "late")}
-        env.run_until_idle()
-    assert verdict({wid: 2 for wid in handles}).ok, verdict({wid: 2 for wid in handles}).summary()
-    assert "result 2, expected 3" in "\n".join(verdict({"ok": 3}).problems)
-    assert verdict({"ghost": 1}).problems == ["workflow ghost: no run at all"]
-
-    dup = WorkflowInstance.objects.get(workflow_id="dup")
-    completed = HistoryEvent.objects.filter(instance=dup, kind=EventKind.ACTIVITY_COMPLETED).first()
-    HistoryEvent.objects.create(
-        instance=dup,
-        seq=dup.history_length + 1,
-        kind=completed.kind,
-        task_id=completed.task_id,
-        payload=completed.payload,
-        timestamp=completed.timestamp,
-    )
-    WorkflowInstance.objects.filter(pk=dup.pk).update(history_length=dup.history_length + 1)
-    gap = WorkflowInstance.objects.get(workflow_id="gap")
-    HistoryEvent.objects.filter(instance=gap, seq=gap.history_length).update(seq=gap.history_length + 1)
-    ActivityRun.objects.create(key="twice:0", attempt=1, pid=0)  # attempt 1 ran twice
-    ActivityRun.objects.create(key="late:1", attempt=4, pid=0)  # ran after attempt 1 finished it
-    WorkItem.objects.create(
-        kind=WorkItemKind.ACTIVITY,
-        instance=gap,
-        queue="default",
-        name="record",
-        task_id=9,
-        due_at=db_now(),
-        attempt=1,
-        lease_owner="someone",
-    )
-    durable.start_workflow(sequence, "never-ran", 1, workflow_id="never-ran")
-
-    found = verdict({wid: 2 for wid in handles})
-    text = "\n".join(found.problems)
-    for says in [
-        "dup (run",
-        "answered 2 times",
-        "close events",  # a second completion, after the close
-        "history seqs are not 1..",
-        "gap (run",  # a hole in the numbering
-        "activity twice:0: attempt(s) [1] executed more than once",
-        "activity late:1: executed by attempt 4 after attempt 1 finished it",
-        "still leased by someone",
-        "left behind by a closed run",
-        "never-ran (run",
-        "still pending",
-    ]:
-        assert says in text, f"{says!r} not reported:\n{found.summary()}"
-    assert found.counts["duplicated"] >= 4 and found.counts["lost"] >= 1 and found.counts["stuck"] >= 2, found.counts
-
-
 # -- SIGKILL at random times ---------------------------------------------------------------
 
 
@@ -262,7 +207,7 @@ def test_a_paused_workers_late_heartbeat_is_fenced(start_worker, tmp_path):
     held.unlink()  # it goes on from there once woken
     assert runs("late-beat") == [1]
 
-    second = start_worker()
+    second = start_worker(env=TAKING_OVER)
     try:
         wait_for(lambda: runs("late-beat") == [1, 2], timeout=UPPER, what="the retry to start")
     finally:
@@ -288,7 +233,7 @@ def test_a_paused_workers_late_completion_is_fenced(start_worker, tmp_path):
     held.unlink()
     assert runs("late-result") == [1]
 
-    second = start_worker()
+    second = start_worker(env=TAKING_OVER)
     try:
         assert handle.result(timeout=UPPER) == 2
     finally:
@@ -441,7 +386,12 @@ def test_connection_terminated_mid_commit(start_worker, point):
     a new connection, and the activity does not run again."""
     key = f"mid-{point}".replace("_", "-")
     handle = durable.start_workflow(retrying, key, 0, workflow_id=key)
-    worker = start_worker(env={"DURABLE_CRASH_POINTS": f"{point}=stop"})
+    env = {"DURABLE_CRASH_POINTS": f"{point}=stop"}
+    if point == "before_activity_commit":
+        # The attempt's lease must outlast the stop and the reconnect on a loaded machine:
+        # the result is recorded again while the lease holds, never reaped.
+        env["DURABLE_TEST_LEASE_SECONDS"] = "30"
+    worker = start_worker(env=env)
     wait_stopped(worker, point)
     try:
         # Its own, and any other thread's the stop froze mid-transaction.
@@ -483,7 +433,8 @@ def test_a_worker_frozen_inside_a_transaction_does_not_stall_the_others(start_wo
             what="the frozen worker's lease to expire",
         )
         other = durable.start_workflow(sequence, "unaffected", 1, workflow_id="unaffected")
-        assert other.result(timeout=10) == 1
+        # Stalled, it would wait for the frozen worker, which only the finally below wakes.
+        assert other.result(timeout=UPPER) == 1
     finally:
         first.signal(signal.SIGCONT)
     # The activity the frozen task scheduled was leased to it from the frozen transaction's
@@ -512,10 +463,19 @@ def test_workers_with_clocks_hours_off_neither_steal_leases_nor_fire_timers_earl
     if library is None:
         cannot_run("Debian's faketime is not installed (apt-get install faketime)")
 
+    # Longer than the suite's 2 s: a lease lost here must be the skew's doing, not a loaded
+    # machine starving the renewer (which a 2 s lease does not survive for long).
+    lease = 6.0
+
     def skewed(offset: str) -> dict[str, str]:
         # Only the wall clock is off: monotonic clocks do not follow a wrong time of day.
         # (libfaketime then breaks time.sleep(), which the worker does not use.)
-        return {"LD_PRELOAD": library, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+        return {
+            "LD_PRELOAD": library,
+            "FAKETIME": offset,
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "DURABLE_TEST_LEASE_SECONDS": str(lease),
+        }
 
     probe = subprocess.run(
         [sys.executable, "-c", "import time; print(time.time())"],
@@ -538,9 +498,9 @@ def test_workers_with_clocks_hours_off_neither_steal_leases_nor_fire_timers_earl
     # while the one 3 h ahead looks for expired leases.
     item = WorkItem.objects.get(instance__run_id=held.run_id, kind=WorkItemKind.ACTIVITY)
     wait_for(
-        lambda: db_now() > item.claimed_at + datetime.timedelta(seconds=3 * LEASE),
+        lambda: db_now() > item.claimed_at + datetime.timedelta(seconds=2 * lease),
         timeout=UPPER,
-        what="three lease periods",
+        what="two lease periods",
     )
     item.refresh_from_db()
     assert item.attempt == 1 and f":{behind.pid}:" in item.lease_owner and item.lease_expires_at > db_now()

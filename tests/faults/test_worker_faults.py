@@ -31,6 +31,7 @@ from django_durable.store import db_now
 from tests.conftest import wait_for
 from tests.faults.kit import UPPER, assert_no_trouble, runs, stop, wait_file, wait_log, wait_ready
 from tests.testapp.models import ActivityRun
+from tests.testapp.worker_orchestration_workflows import wo_one_gate
 from tests.testapp.workflows import (
     fan_out,
     one_gated,
@@ -41,7 +42,13 @@ from tests.testapp.workflows import (
     times_out,
 )
 
+pytestmark = pytest.mark.workers
+
 LEASE = 2.0  # tests.settings DURABLE["LEASE_SECONDS"]
+# For a worker that must keep a lease while a test watches: renewed every third of it, it
+# survives a loaded machine starving its renewer for seconds, where 2 s would not.
+PATIENT_LEASE = 6.0
+PATIENT = {"DURABLE_TEST_LEASE_SECONDS": str(PATIENT_LEASE)}
 
 
 def gate_started(gate: Path, attempt: int) -> int:
@@ -121,12 +128,26 @@ def test_first_signal_finishes_the_running_activity_and_exits_0(start_worker, tm
 
 
 def test_sigterm_during_a_timed_activity_keeps_its_lease_until_it_finishes(start_worker, tmp_path):
-    """``one_slow`` runs longer than a lease: the stopping worker keeps renewing it."""
-    started = tmp_path / "started"
-    handle = durable.start_workflow(one_slow, "slow-graceful", LEASE * 1.5, str(started))
-    worker = start_worker()
-    assert int(wait_file(started)) == worker.pid
+    """The stopping worker keeps renewing the lease of the activity it finishes (``wo_gate``
+    has a start-to-close timeout, which caps each renewal), past the lease it held when
+    the signal came; the activity finishes once, with attempt 1."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    handle = durable.start_workflow(wo_one_gate, "slow-graceful", str(gate))
+    worker = start_worker(env=PATIENT)
+    assert int(wait_file(gate / "started-a")) == worker.pid
     worker.terminate()
+    wait_log(worker, "SIGTERM received")
+    held_at_signal = activity_item(handle).lease_expires_at
+    wait_for(
+        lambda: activity_item(handle).lease_expires_at > held_at_signal,
+        timeout=UPPER,
+        what="a renewal after SIGTERM",
+    )
+    wait_for(lambda: db_now() > held_at_signal, timeout=UPPER, what="the lease held at SIGTERM to run out")
+    item = activity_item(handle)
+    assert (item.attempt, item.lease_expires_at > db_now()) == (1, True), item
+    (gate / "release-a").touch()
     assert worker.wait(UPPER) == 0, worker.log()
     assert "Lost the lease" not in worker.log()
     others = [] if is_closed(handle) else [start_worker()]
@@ -322,7 +343,8 @@ def test_workers_killed_at_random_lose_nothing(start_worker):
         killed_pids.add(victim.pid)
         kills += 1
     assert kills >= 5, f"only {kills} kills: the chaos was too mild to mean anything"
-    clean = [start_worker(), start_worker()]
+    # Long leases: every execution but the last must have been cut short by a kill, not a slow renewal.
+    clean = [start_worker(env={"DURABLE_TEST_LEASE_SECONDS": "20"}) for _ in range(2)]
     wait_for(all_closed, timeout=120, what="every workflow to close")
 
     for instance in WorkflowInstance.objects.all():
@@ -423,7 +445,7 @@ def test_paused_worker_loses_its_lease_and_its_retry_keeps_a_renewed_lease(start
     gate = tmp_path / "gate"
     gate.mkdir()
     handle = durable.start_workflow(one_gated, "paused", str(gate))
-    worker = start_worker(concurrency=4)
+    worker = start_worker(concurrency=4, env=PATIENT)
     assert gate_started(gate, 1) == worker.pid
 
     worker.signal(signal.SIGSTOP)
@@ -435,17 +457,17 @@ def test_paused_worker_loses_its_lease_and_its_retry_keeps_a_renewed_lease(start
 
     # On waking it finds the lease lost, reaps its own attempt and claims the retry.
     assert gate_started(gate, 2) == worker.pid
-    retry_claimed_at = activity_item(handle).claimed_at
     release(gate, 1)  # the stale attempt ends now; its result must be discarded
     wait_log(worker, "Activity outcome discarded")
+    discarded_at = db_now()
     assert runs("paused:done") == [1]
     assert not InboxEvent.objects.filter(instance__run_id=handle.run_id).exists()
 
-    # The retry is still running: its lease must be kept alive by renewal, beyond 2 leases.
+    # The retry is still running: its lease is renewed after the stale attempt's thread ended.
     wait_for(
-        lambda: db_now() > retry_claimed_at + datetime.timedelta(seconds=2 * LEASE),
+        lambda: activity_item(handle).lease_expires_at > discarded_at + datetime.timedelta(seconds=PATIENT_LEASE),
         timeout=UPPER,
-        what="two lease periods",
+        what="a renewal of attempt 2's lease after the stale attempt ended",
     )
     log = worker.log()
     assert "(attempt 2): lease of" not in log and not (gate / "started-3").exists(), (

@@ -35,7 +35,11 @@ def ac_request_with_deadline(folder: str) -> None:
     raise durable.ResultPending()
 
 
-@durable.activity(retry=RETRY, heartbeat_timeout=1)
+# Ten times the interval the tests heartbeat at (0.2 s): a loaded machine does not make them miss it.
+HEARTBEAT_TIMEOUT = 2.0
+
+
+@durable.activity(retry=RETRY, heartbeat_timeout=HEARTBEAT_TIMEOUT)
 def ac_request_with_heartbeat(folder: str) -> None:
     _hand_out(folder)
     raise durable.ResultPending()
@@ -89,9 +93,10 @@ def ac_approval_with_long_deadline(ctx: durable.WorkflowContext, folder: str) ->
     return _outcome(ctx, ac_request_with_long_deadline, folder)
 
 
-@durable.activity(retry=durable.RetryPolicy(initial_interval=0.05, maximum_attempts=2), heartbeat_timeout=0.4)
+@durable.activity(retry=durable.RetryPolicy(initial_interval=0.05, maximum_attempts=2), heartbeat_timeout=2.0)
 def ac_quick_heartbeats(seconds: float) -> int:
-    """A heartbeat timeout far shorter than the lease renewal interval."""
+    """A heartbeat timeout far shorter than the lease renewal interval (the test's worker
+    renews every 10 s), and forty times the interval it heartbeats at."""
     beats = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

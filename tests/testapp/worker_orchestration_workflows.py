@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import django_durable as durable
+from django_durable.models import WorkItem
 
 from .models import ActivityRun
 
@@ -88,8 +89,13 @@ def wo_gate(key: str, gate_dir: str, name: str, beat: bool = False, pause: float
     return key
 
 
+# Long enough for an attempt that heartbeats or returns at once never to miss it on a loaded
+# machine; short enough that a stalled attempt is soon reaped.
+STALL_TIMEOUT = 2.0
+
+
 @durable.activity(
-    heartbeat_timeout=0.5,
+    heartbeat_timeout=STALL_TIMEOUT,
     start_to_close_timeout=GATE_LIMIT + 30,
     retry=durable.RetryPolicy(initial_interval=0.05, maximum_attempts=3),
 )
@@ -113,7 +119,14 @@ def wo_beats_then_stalls(key: str, gate_dir: str, stalling_attempts: int) -> dic
     retry=durable.RetryPolicy(initial_interval=0.1, backoff_coefficient=1.0, maximum_attempts=0),
 )
 def wo_keeps_failing(key: str) -> None:
+    """Records itself, and how long after the activity was scheduled this attempt was
+    claimed (``<key>:claimed-after:<seconds>``, by the database's clock, read from its work item)."""
     _record(key)
+    info = durable.activity_info()
+    claimed_at, scheduled_at = WorkItem.objects.values_list("claimed_at", "created_at").get(
+        instance__run_id=info.run_id, task_id=int(info.activity_id), attempt=info.attempt
+    )
+    _record(f"{key}:claimed-after:{(claimed_at - scheduled_at).total_seconds():.6f}")
     raise ConnectionError("the service is still down")
 
 
