@@ -175,6 +175,35 @@ def check_isolation_level(app_configs: Any = None, databases: Any = None, **kwar
     return errors
 
 
+@checks.register(checks.Tags.database)
+def check_database_server(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The server's own settings, read from it: what OPTIONS cannot show."""
+    errors: list[checks.CheckMessage] = []
+    for alias in databases or []:
+        for problem in dialect_for(connections[alias]).server_problems():
+            if problem.setting == "isolation":
+                errors.append(
+                    checks.Error(
+                        f"Database {alias!r} runs its transactions at isolation level {problem.value}: "
+                        "django-durable relies on READ COMMITTED (a statement after a row lock sees what "
+                        "committed while it waited). durable_worker refuses to start.",
+                        hint=problem.hint,
+                        id="django_durable.E005",
+                    )
+                )
+            else:
+                errors.append(
+                    checks.Error(
+                        f"Database {alias!r} logs statements to its binary log (binlog_format {problem.value}), "
+                        "which makes SKIP LOCKED unsafe: the server refuses the claims (MariaDB error 4175) or "
+                        "replicas replay them differently. durable_worker refuses to start.",
+                        hint=problem.hint,
+                        id="django_durable.E041",
+                    )
+                )
+    return errors
+
+
 @checks.register()
 def check_activity_executor(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     from .executors import BUILTIN_EXECUTORS

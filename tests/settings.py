@@ -68,6 +68,23 @@ if os.environ.get("DURABLE_TEST_DB", "sqlite") == "postgres":
             "TEST": {"NAME": os.environ.get("DURABLE_TEST_DB_NAME", "test_django_durable")},
         }
     }
+elif os.environ.get("DURABLE_TEST_DB") == "mariadb":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": os.environ.get("DURABLE_DB_NAME", os.environ.get("DURABLE_MARIADB_NAME", "test")),
+            "USER": os.environ.get("DURABLE_MARIADB_USER", "root"),
+            "PASSWORD": os.environ.get("DURABLE_MARIADB_PASSWORD", ""),
+            "HOST": os.environ.get("DURABLE_MARIADB_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("DURABLE_MARIADB_PORT", "3306"),
+            "OPTIONS": {"charset": "utf8mb4"},
+            "TEST": {
+                "NAME": os.environ.get("DURABLE_TEST_DB_NAME", "test_django_durable"),
+                "CHARSET": "utf8mb4",
+                "COLLATION": "utf8mb4_bin",
+            },
+        }
+    }
 else:
     _path = str(ARTIFACTS / "test-durable.sqlite3")
     DATABASES = {

@@ -184,11 +184,14 @@ def test_the_list_reads_the_same_queries_for_5_and_50_runs_and_never_the_big_jso
     with django_assert_num_queries(len(five.captured_queries)):
         assert len(listed(admin_client)) == 50
 
-    (rows,) = [q["sql"] for q in five.captured_queries if '"task_failing"' in q["sql"]]
+    # MySQL quotes names with backticks, the others with double quotes.
+    (rows,) = [sql for q in five.captured_queries if '"task_failing"' in (sql := q["sql"].replace("`", '"'))]
     selected = rows.split(" FROM ")[0]
     for column in set(PAYLOAD_COLUMNS) - {"task_error"}:
         assert f'."{column}"' not in selected, column
-    assert selected.count('."task_error"') == selected.count('."task_error" IS NOT NULL') == 1
+    # Only whether it is set (MySQL's JSON_UNQUOTE(...) IS NOT NULL reads no more to the client).
+    assert selected.count('."task_error"') == 1
+    assert re.search(r'\."task_error"\)? IS NOT NULL', selected)
 
 
 # -- inspect: one run --------------------------------------------------------------------

@@ -222,7 +222,7 @@ def test_code_that_queries_the_database_is_refused(admin_client, guarded, monkey
         page = response.content.decode()
         shown = problem(page)
         assert "django_durable.exceptions.DatabaseAccessInWorkflow" in shown
-        assert "Workflow code ran a database query (SELECT COUNT(*)" in shown
+        assert "Workflow code ran a database query (SELECT " in shown
         assert "query the database in an activity" in shown
         assert 'data-var="runs"' not in page and tt.STARTS["tt_guarded"] == 1
 
@@ -310,7 +310,7 @@ def test_durable_replay_runs_the_code_under_the_worker_guards(guarded, monkeypat
     assert code == 1 and report["broken"] == 1
     error = report["broken_runs"][0]["error"]
     assert error["type"] == "django_durable.exceptions.DatabaseAccessInWorkflow"
-    assert "Workflow code ran a database query (SELECT COUNT(*)" in error["message"]
+    assert "Workflow code ran a database query (SELECT " in error["message"]
 
     monkeypatch.setattr(tt, "GUARDED_MISCHIEF", "block")
     began = time.monotonic()

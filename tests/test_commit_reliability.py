@@ -133,7 +133,11 @@ def test_a_stopping_worker_keeps_trying_a_failing_commit_and_a_second_sigterm_st
     [
         ("sqlite", {"AUTOCOMMIT": False}, "django_durable.E009"),
         ("postgresql", {"OPTIONS": {"isolation_level": 4}}, "django_durable.E005"),  # psycopg's SERIALIZABLE
+        ("mysql", {"OPTIONS": {"charset": "utf8mb4", "isolation_level": "repeatable read"}}, "django_durable.E005"),
+        # The server's own settings, which OPTIONS do not show: read from it.
+        ("mysql", {"OPTIONS": {"init_command": "SET SESSION binlog_format = 'STATEMENT'"}}, "django_durable.E041"),
     ],
+    ids=["sqlite-autocommit-off", "postgresql-serializable", "mysql-repeatable-read", "mysql-statement-binlog"],
 )
 def test_the_worker_refuses_to_start_on_a_database_check_error(start_worker, db_vendor, vendor, settings, check_id):
     if db_vendor != vendor:

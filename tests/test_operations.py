@@ -336,7 +336,7 @@ def test_prune_goes_in_batches_of_one_statement_per_table(db):
             counts = store.prune_batch(closed_before=cutoff, batch_size=size)
         assert counts["runs"] == size and counts["history_events"] > size
         deletes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("DELETE")]
-        tables = [sql.split()[2].strip('"') for sql in deletes]
+        tables = [sql.split()[2].strip('"`') for sql in deletes]
         assert sorted(tables) == sorted(
             model._meta.db_table for model in (HistoryEvent, InboxEvent, WorkItem, WorkflowInstance)
         ), deletes
@@ -581,7 +581,7 @@ def test_healthcheck_when_the_database_is_unreachable(db, tmp_path):
     if connection.vendor == "sqlite":
         unreachable = manage("durable_healthcheck", "--json", db_name=str(tmp_path / "no-such-dir" / "db.sqlite3"))
     else:
-        unreachable = manage("durable_healthcheck", "--json", env={"DURABLE_PG_PORT": "1"})
+        unreachable = manage("durable_healthcheck", "--json", env={"DURABLE_PG_PORT": "1", "DURABLE_MARIADB_PORT": "1"})
     assert unreachable.returncode == 1, unreachable
     report = json.loads(unreachable.stdout)
     assert statuses(report) == {"database": "fail", "migrations": "skipped", "workers": "skipped", "overdue": "skipped"}

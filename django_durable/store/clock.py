@@ -4,9 +4,12 @@ ORM expression."""
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from django.db import connection
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import DateTimeField, Func
+from django.db.models.sql.compiler import SQLCompiler
 
 from . import testclock
 from .dialects import dialect_for
@@ -23,8 +26,19 @@ class TransactionNow(Func):
     """The database's clock as ``db_now()`` reads it: the transaction's start (Django's
     ``Now()`` is the statement's on PostgreSQL, later within one transaction)."""
 
-    template = "CURRENT_TIMESTAMP"
     output_field = DateTimeField()
+
+    def as_sql(
+        self,
+        compiler: SQLCompiler,
+        connection: BaseDatabaseWrapper,
+        function: str | None = None,
+        template: str | None = None,
+        arg_joiner: str | None = None,
+        **extra_context: Any,
+    ) -> tuple[str, tuple[str | int, ...]]:
+        template = dialect_for(connection).clock_sql
+        return super().as_sql(compiler, connection, function, template, arg_joiner, **extra_context)
 
 
 def _seconds(value: float) -> datetime.timedelta:

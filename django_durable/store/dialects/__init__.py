@@ -10,12 +10,17 @@ from __future__ import annotations
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .base import Dialect, SqlNow
+from .mysql import MySQLDialect
 from .postgresql import PostgreSQLDialect
 from .sqlite import SQLiteDialect
 
 __all__ = ["Dialect", "SqlNow", "dialect_for"]
 
-_DIALECTS: dict[str, type[Dialect]] = {"postgresql": PostgreSQLDialect, "sqlite": SQLiteDialect}
+_DIALECTS: dict[str, type[Dialect]] = {
+    "mysql": MySQLDialect,  # MariaDB too
+    "postgresql": PostgreSQLDialect,
+    "sqlite": SQLiteDialect,
+}
 _chosen: dict[str, Dialect] = {}
 
 

@@ -48,6 +48,22 @@ class SqlNow(NamedTuple):
     params: list[datetime.datetime]
 
 
+class SchemaExtra(NamedTuple):
+    """Schema that Django's migrations cannot express on a database (see ``Dialect.schema_extras``)."""
+
+    name: str
+    create: str
+    drop: str
+
+
+class ServerProblem(NamedTuple):
+    """A server setting under which workers could run one activity twice (see ``checks``)."""
+
+    setting: str  # "isolation" or "binlog_format"
+    value: str
+    hint: str
+
+
 class Dialect:
     """The ORM's way, which every database understands."""
 
@@ -57,6 +73,8 @@ class Dialect:
     needs_autocommit = False
     wants_wal = False
     needs_read_committed = False
+    # The database's clock in SQL, in UTC (the transaction's start where the database has one).
+    clock_sql = "CURRENT_TIMESTAMP"
 
     def __init__(self, vendor: str) -> None:
         self.vendor = vendor
@@ -65,6 +83,16 @@ class Dialect:
     def has_listen_notify(self) -> bool:
         """Whether workers can be woken by notifications (see ``notify``)."""
         return False
+
+    def schema_extras(self) -> list[SchemaExtra]:
+        """What the models declare that this database would not get from Django's own
+        migrations (migration 0007 creates it): none where Django creates every constraint."""
+        return []
+
+    def server_problems(self) -> list[ServerProblem]:
+        """What the server's own settings break, read from the server (``OPTIONS`` are checked
+        without a connection, in ``checks``)."""
+        return []
 
     def write_transaction(self) -> AbstractContextManager[None]:
         """``transaction.atomic()`` for a transaction that writes (see ``store.write_transaction``)."""
@@ -75,13 +103,13 @@ class Dialect:
         under the test clock its value, bound to ``placeholder``, so that tests run the same
         statements as production."""
         if testclock.clock_override is None:
-            return SqlNow("CURRENT_TIMESTAMP", [])
+            return SqlNow(self.clock_sql, [])
         return SqlNow(placeholder, [testclock.clock_override()])
 
     def read_clock(self) -> datetime.datetime:
         """The database's clock (``db_now()`` without the test clock)."""
         with connection.cursor() as cursor:
-            cursor.execute("SELECT CURRENT_TIMESTAMP")
+            cursor.execute(f"SELECT {self.clock_sql}")
             (now,) = cursor.fetchone()
         return now
 

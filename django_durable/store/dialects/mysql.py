@@ -1,0 +1,90 @@
+"""MySQL and MariaDB (InnoDB): the portable statements, on the server's UTC clock."""
+
+from __future__ import annotations
+
+import datetime
+
+from django.db import connection
+
+from ...models import OPEN_STATUSES, WorkflowInstance, WorkItem, WorkItemKind
+from .base import Dialect, SchemaExtra, ServerProblem, column, concrete_field
+
+
+class MySQLDialect(Dialect):
+    # Django's MySQL backend asks for READ COMMITTED unless OPTIONS say otherwise; under
+    # REPEATABLE READ a statement after a row lock would not see what committed while it waited.
+    needs_read_committed = True
+    # UTC whatever the session's time zone, with microseconds (CURRENT_TIMESTAMP has neither).
+    # MySQL has no clock of the transaction's start: this is the statement's.
+    clock_sql = "UTC_TIMESTAMP(6)"
+
+    def schema_extras(self) -> list[SchemaExtra]:
+        """The models' conditional unique constraints, which Django skips here (no partial
+        indexes): each as a unique index on a generated column that is NULL where the
+        condition is false (a unique index admits any number of NULLs)."""
+        return [
+            _unique_where(
+                WorkflowInstance,
+                "durable_one_open_run_per_workflow_id",
+                generated="durable_open_workflow_id",
+                value="workflow_id",
+                condition="`{status}` IN ({open})".format(
+                    status=column(concrete_field(WorkflowInstance, "status")),
+                    open=", ".join(f"'{status.value}'" for status in OPEN_STATUSES),
+                ),
+            ),
+            _unique_where(
+                WorkItem,
+                "durable_one_workflow_task_per_run",
+                generated="durable_workflow_task_run",
+                value="instance",
+                condition=f"`{column(concrete_field(WorkItem, 'kind'))}` = '{WorkItemKind.WORKFLOW.value}'",
+            ),
+        ]
+
+    def server_problems(self) -> list[ServerProblem]:
+        # MariaDB before 11.1 names the session's isolation tx_isolation, MySQL 8 only transaction_isolation.
+        mariadb = connection.mysql_is_mariadb  # type: ignore[attr-defined]  # the MySQL backend's own
+        isolation = "tx_isolation" if mariadb and connection.mysql_version < (11, 1) else "transaction_isolation"  # type: ignore[attr-defined]
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT @@session.{isolation}, @@session.binlog_format")
+            level, binlog_format = cursor.fetchone()
+        problems = []
+        if str(level).upper().replace("-", " ") != "READ COMMITTED":
+            problems.append(
+                ServerProblem(
+                    "isolation",
+                    str(level),
+                    "Leave OPTIONS['isolation_level'] unset (Django's MySQL backend then asks for READ COMMITTED) "
+                    "and take any SET of the isolation level out of OPTIONS['init_command'].",
+                )
+            )
+        if str(binlog_format).upper() == "STATEMENT":
+            problems.append(
+                ServerProblem(
+                    "binlog_format",
+                    str(binlog_format),
+                    "Set binlog_format = ROW (or MIXED) in the server's configuration, or for these connections "
+                    "with OPTIONS['init_command'] = \"SET SESSION binlog_format = 'ROW'\".",
+                )
+            )
+        return problems
+
+    def read_clock(self) -> datetime.datetime:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {self.clock_sql}")
+            (now,) = cursor.fetchone()
+        return now.replace(tzinfo=datetime.timezone.utc)
+
+
+def _unique_where(
+    model: type[WorkflowInstance | WorkItem], name: str, *, generated: str, value: str, condition: str
+) -> SchemaExtra:
+    table, source = model._meta.db_table, concrete_field(model, value)
+    return SchemaExtra(
+        name,
+        f"ALTER TABLE `{table}` ADD COLUMN `{generated}` {source.db_type(connection)} "
+        f"AS (CASE WHEN {condition} THEN `{column(source)}` END) STORED, "
+        f"ADD UNIQUE INDEX `{name}` (`{generated}`)",
+        f"ALTER TABLE `{table}` DROP INDEX `{name}`, DROP COLUMN `{generated}`",
+    )
