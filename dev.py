@@ -281,6 +281,60 @@ def postgres_reachable() -> tuple[bool, str]:
     return proc.returncode == 0, f"{where}: {proc.stderr.strip() or 'ok'}"
 
 
+def mariadb_settings() -> dict[str, str]:
+    e = os.environ.get
+    return {
+        "host": e("DURABLE_MARIADB_HOST", "127.0.0.1"),
+        "port": e("DURABLE_MARIADB_PORT", "3306"),
+        "user": e("DURABLE_MARIADB_USER", "root"),
+        "password": e("DURABLE_MARIADB_PASSWORD", ""),
+        "database": e("DURABLE_MARIADB_NAME", "test"),
+    }
+
+
+def mariadb_reachable() -> tuple[bool, str]:
+    """Connect with the venv's mysqlclient; return (ok, what was tried and why it failed)."""
+    my = mariadb_settings()
+    where = f"{my['user']}@{my['host']}:{my['port']}/{my['database']}"
+    code = (
+        "import json, sys\n"
+        "kw = json.loads(sys.argv[1]); kw['port'] = int(kw['port'])\n"
+        "try:\n"
+        "    import MySQLdb; MySQLdb.connect(connect_timeout=5, **kw).close()\n"
+        "except Exception as e:\n"
+        "    sys.exit(type(e).__name__ + ': ' + ' '.join(str(e).split()))\n"
+    )
+    proc = subprocess.run([str(VENV_PY), "-c", code, json.dumps(my)], check=False, capture_output=True, text=True)
+    return proc.returncode == 0, f"{where}: {proc.stderr.strip() or 'ok'}"
+
+
+def install_mysqlclient() -> bool:
+    """``pip install -e .[mysql]`` into the venv, unless mysqlclient is there; it builds against the
+    MariaDB client headers, which Debian's libmariadb-dev and pkg-config give (installed as root)."""
+    probe = [str(VENV_PY), "-c", "import MySQLdb"]
+    if subprocess.run(probe, check=False, capture_output=True).returncode == 0:
+        return True
+    headers = shutil.which("pkg-config") and any(
+        subprocess.run(["pkg-config", "--exists", name], check=False).returncode == 0
+        for name in ("libmariadb", "mysqlclient")
+    )
+    if not headers:
+        if not shutil.which("apt-get") or getattr(os, "geteuid", lambda: -1)() != 0:
+            loud(
+                "mysqlclient needs the MariaDB client headers, and only root with apt-get installs them here:"
+                " install libmariadb-dev and pkg-config"
+            )
+            return False
+        say("installing Debian's libmariadb-dev and pkg-config for mysqlclient (apt-get)")
+        env = child_env(DEBIAN_FRONTEND="noninteractive")
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "libmariadb-dev", "pkg-config"]
+        if run(["apt-get", "update"], env) != 0 or run(install, env) != 0:
+            loud("apt-get install libmariadb-dev pkg-config failed")
+            return False
+    say(f"installing mysqlclient into {VENV.name}: pip install -e .[mysql]")
+    return run([str(VENV_PY), "-m", "pip", "install", "-e", ".[mysql]", *([DJANGO] if DJANGO else [])]) == 0
+
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -333,11 +387,21 @@ def install_faketime() -> str | None:
     return find_faketime()
 
 
+DATABASES = ("sqlite", "postgres", "mariadb")
+# The passes `dev.py test` runs without --db.
+DEFAULT_DATABASES = ("sqlite", "postgres")
 # The tiers `--fast` runs: in-process, no worker subprocess, live server or browser (see setup.cfg's markers).
 FAST_TIERS = "engine or database"
 
 
-def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: list[str], fast: bool = False) -> int:
+def test(
+    dbs: list[str],
+    require_pg: bool,
+    require_browser: bool,
+    pytest_args: list[str],
+    fast: bool = False,
+    require_mariadb: bool = False,
+) -> int:
     results: dict[str, str] = {}  # step -> "passed" | "FAILED ..." | "SKIPPED ..."
     if fast:
         pytest_args = ["-m", FAST_TIERS, *pytest_args]
@@ -358,6 +422,16 @@ def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: l
         if not ok:
             loud(f"PostgreSQL not reachable: the PostgreSQL pass was SKIPPED ({where})")
             results["postgres"] = "SKIPPED (PostgreSQL not reachable)"
+    if "mariadb" in dbs:
+        ok, where = (True, "") if install_mysqlclient() else (False, "mysqlclient could not be installed")
+        if ok:
+            ok, where = mariadb_reachable()
+        if not ok and require_mariadb:
+            loud(f"MariaDB not reachable ({where}) and it is required: failing")
+            return 1
+        if not ok:
+            loud(f"MariaDB not reachable: the MariaDB pass was SKIPPED ({where})")
+            results["mariadb"] = "SKIPPED (MariaDB not reachable)"
     # The PostgreSQL pass runs a worker with its clock hours off (tests/faults/test_scenarios.py).
     faketime = find_faketime() if "postgres" in dbs and "postgres" not in results else "not needed"
     if faketime is None and require_pg:
@@ -367,6 +441,8 @@ def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: l
             return 1
     # With PostgreSQL required, its scenarios that lack a tool (a private cluster, faketime) fail, never skip.
     require_env = {"DURABLE_REQUIRE_POSTGRES": "1"} if require_pg else {}
+    if require_mariadb:
+        require_env["DURABLE_REQUIRE_MARIADB"] = "1"
 
     def outcome(code: int) -> str:
         return "passed" if code == 0 else f"FAILED (exit code {code})"
@@ -383,11 +459,13 @@ def test(dbs: list[str], require_pg: bool, require_browser: bool, pytest_args: l
         results[db] = outcome(run([str(VENV_PY), "-m", "pytest", *pytest_args], env))
 
     say("summary")
-    for step in ("migrations", "sqlite", "postgres"):
+    for step in ("migrations", "sqlite", "postgres", "mariadb"):
         if step in results:
             print(f"  {step:<11} {results[step]}")
     if results.get("postgres", "").startswith("SKIPPED"):
         loud("PostgreSQL not reachable: the PostgreSQL pass was SKIPPED")
+    if results.get("mariadb", "").startswith("SKIPPED"):
+        loud("MariaDB not reachable: the MariaDB pass was SKIPPED")
     if browser is None and not fast:
         loud("no Chromium found: the browser test (tests/test_admin_browser.py) skips")
     if faketime is None:
@@ -454,7 +532,7 @@ def main(argv: list[str]) -> int:
         help="run the test suite on SQLite and PostgreSQL",
         epilog="Any other arguments are passed to pytest.",
     )
-    p_test.add_argument("--db", choices=("sqlite", "postgres"), help="run only this pass")
+    p_test.add_argument("--db", choices=DATABASES, help="run only this pass")
     p_test.add_argument(
         "--fast",
         action="store_true",
@@ -471,6 +549,11 @@ def main(argv: list[str]) -> int:
         help="fail when PostgreSQL is unreachable (also when CI=true or with --db postgres)",
     )
     p_test.add_argument(
+        "--require-mariadb",
+        action="store_true",
+        help="fail when MariaDB is unreachable (also when CI=true or with --db mariadb)",
+    )
+    p_test.add_argument(
         "--require-browser",
         action="store_true",
         help="fail the browser test when no Chromium is found (as root on Debian, apt-get installs one first)",
@@ -484,7 +567,7 @@ def main(argv: list[str]) -> int:
     if (
         args.command == "test"
         and args.fast
-        and (args.db == "postgres" or args.require_postgres or args.require_browser)
+        and (args.db not in (None, "sqlite") or args.require_postgres or args.require_mariadb or args.require_browser)
     ):
         parser.error("--fast runs on SQLite only, without the browser tier")
 
@@ -503,9 +586,11 @@ def main(argv: list[str]) -> int:
         return docs(args.serve)
     if "--" in extra:  # `dev.py test -- -x`: the separator is dev.py's, not pytest's
         extra.remove("--")
-    dbs = ["sqlite"] if args.fast else [args.db] if args.db else ["sqlite", "postgres"]
-    require_pg = args.require_postgres or args.db == "postgres" or os.environ.get("CI", "").lower() in ("true", "1")
-    return test(dbs, require_pg, args.require_browser, extra, fast=args.fast)
+    dbs = ["sqlite"] if args.fast else [args.db] if args.db else list(DEFAULT_DATABASES)
+    ci = os.environ.get("CI", "").lower() in ("true", "1")
+    require_pg = args.require_postgres or args.db == "postgres" or ci
+    require_mariadb = args.require_mariadb or args.db == "mariadb" or (ci and "mariadb" in dbs)
+    return test(dbs, require_pg, args.require_browser, extra, fast=args.fast, require_mariadb=require_mariadb)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,8 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
     else:
         with write_transaction():
             now = db_now()
-            candidates = _claimable(now, kind=kind, queue__in=list(queues)).order_by("due_at")
-            if connection.features.has_select_for_update_skip_locked:
-                candidates = candidates.select_for_update(skip_locked=True)
-            ids = list(candidates.values_list("id", flat=True)[:limit])
+            due = dialect_for(connection).lock_first_due(_claimable(now, kind=kind), queues, limit)
+            ids = [item_id for item_id, _ in due]
             claims = _lease_items(ids, owner=owner, now=now, lease_seconds=lease_seconds) if ids else []
     _log_claims(claims)
     return claims
@@ -102,14 +100,10 @@ def dispatch(*, kind: str, queues: Sequence[str], limit: int, dispatch_timeout: 
         return []
     with write_transaction():
         now = db_now()
-        candidates = (
-            _claimable(now, kind=kind, queue__in=list(queues))
-            .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=now - _seconds(dispatch_timeout)))
-            .order_by("due_at")
+        candidates = _claimable(now, kind=kind).filter(
+            Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=now - _seconds(dispatch_timeout))
         )
-        if connection.features.has_select_for_update_skip_locked:
-            candidates = candidates.select_for_update(skip_locked=True)
-        rows = list(candidates.values_list("id", "queue")[:limit])
+        rows = dialect_for(connection).lock_first_due(candidates, queues, limit)
         if rows:
             WorkItem.objects.filter(id__in=[item_id for item_id, _ in rows]).update(dispatched_at=now)
         return rows

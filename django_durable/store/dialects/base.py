@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, TypedDict
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import QuerySet
 
 from ...engine.events import Event
 from ...models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem
@@ -180,6 +181,16 @@ class Dialect:
     def read_tasks(self, runs: Sequence[tuple[int, int]]) -> dict[int, StoredTask] | None:
         """``read_task`` for ``(run id, known length)`` pairs, by run id, in one statement."""
         return None
+
+    def lock_first_due(
+        self, candidates: QuerySet[WorkItem], queues: Sequence[str], limit: int
+    ) -> list[tuple[int, str]]:
+        """``(id, queue)`` of up to ``limit`` of ``candidates`` in ``queues``, earliest due first,
+        locked (where the database locks rows) and skipping those another transaction locked."""
+        candidates = candidates.filter(queue__in=list(queues)).order_by("due_at")
+        if connection.features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True)
+        return list(candidates.values_list("id", "queue")[:limit])
 
     def claim(
         self, *, owner: str, kind: str, queues: Sequence[str], limit: int, lease_seconds: float
