@@ -1,25 +1,35 @@
 #!/usr/bin/env python3
-"""django-durable side by side with its peers, on one PostgreSQL server (a benchmark, not a test).
+"""django-durable side by side with its peers, on PostgreSQL and MariaDB (a benchmark, not a test).
 
     .venv/bin/pip install -e .[bench]        # once: DBOS Transact, Celery + Redis, psycopg
-    .venv/bin/python benchmarks/compare.py --quick     # about 3 minutes
-    .venv/bin/python benchmarks/compare.py --full      # about 15 minutes
+    .venv/bin/python benchmarks/compare.py --quick     # about 7 minutes
+    .venv/bin/python benchmarks/compare.py --full      # about 20 minutes
+    .venv/bin/python benchmarks/compare.py --smoke --only durable,idle,skiplocked,mariadb   # seconds: does it run?
 
 Every measurement is a subprocess of this one, run one after another (never two at
 once) against the same PostgreSQL server (127.0.0.1:5432, user postgres; BENCH_PG_*
-override) and, for Celery, the same Redis server (database 7, flushed first):
+override), the MariaDB server for its rows and, for Celery, the same Redis server
+(database 7, flushed first):
 
 - django-durable (benchmarks/run.py --json): N workflows x K=10 sequential no-op
   activities with W=2 durable_worker processes; the fan-out variant; per-step cost as
   history grows (K = 10, 100, 1000, the same N at every K so that as many workflows are
   in flight and only the history length changes); schedule-to-start latency with idle
-  workers (run.py --idle, the product's default POLL_INTERVAL).
+  workers (run.py --idle, the product's default POLL_INTERVAL), and the database load of
+  one idle worker (run.py --idle-load).
 - DBOS Transact (benchmarks/peers/dbos_bench.py): the same N x K workflows of
   @DBOS.step no-ops, enqueued before 2 executor processes dequeue them.
 - Celery (benchmarks/peers/celery_bench.py): N chains of K no-op tasks, Redis broker, 2
   ``celery worker --pool prefork --concurrency 1`` processes.
 - The raw ``FOR UPDATE SKIP LOCKED`` limit (benchmarks/peers/skip_locked.py): 4 processes,
   1 and 32 items per claim.
+- MariaDB (the ``mariadb`` part; 127.0.0.1:3306, user root, BENCH_MARIADB_* override),
+  in the same run: django-durable's sequential and fan-out runs on MariaDB (run.py --db
+  mariadb) next to the PostgreSQL ones in each round, the bare SKIP LOCKED queue on
+  MariaDB next to PostgreSQL's, and the idle runs: as on PostgreSQL (0.1 s apart: a
+  worker recently busy), and ``idle_long``, starts 3 to 4 s apart, so that a worker
+  without LISTEN/NOTIFY has backed off to polling every POLL_INTERVAL. Every idle run
+  also measures the database load of one idle worker (run.py --idle-load).
 
 It prints a table, the ratios and the issue's targets as pass/fail lines, and writes
 everything (machine, versions, parameters, how each system was measured, every run's
@@ -47,7 +57,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import busy_cpus, cpu_model, git_revision, loadavg, pg_params
+from benchmarks.run import (
+    busy_cpus,
+    cpu_model,
+    git_revision,
+    idle_load_line,
+    loadavg,
+    mariadb_connect,
+    mariadb_params,
+    pg_params,
+)
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 PEERS = ROOT / "benchmarks" / "peers"
@@ -70,6 +89,12 @@ class Profile:
     scaling_steps: tuple[int, ...] = (10, 100, 1000)
     idle_workflows: int = 20
     idle_spacing_s: float = 0.1
+    # MariaDB's long-idle run: gaps past the polling back-off (0.05 s doubling to POLL_INTERVAL,
+    # 1 s), with a random part so that starts fall at every phase of the polls.
+    idle_long_workflows: int = 20
+    idle_long_spacing_s: float = 3.0
+    idle_long_jitter_s: float = 1.0
+    idle_load_s: float = 20.0  # per idle run: one idle worker's database load, and a baseline as long
     skip_locked_items: dict[int, int] = field(default_factory=dict)  # batch -> items
     dbos_worker_concurrency: int = 16
     repeats: int = 1  # of each comparison run; the table shows the median one
@@ -95,18 +120,33 @@ PROFILES = {
         skip_locked_items={1: 10000, 32: 200000},
         repeats=3,
     ),
+    # Only proves that every part runs (seconds, not minutes): its numbers mean nothing.
+    "smoke": Profile(
+        name="smoke",
+        workflows=20,
+        fanout_workflows=10,
+        scaling_workflows=2,
+        scaling_steps=(3, 6, 12),
+        idle_workflows=5,
+        idle_long_workflows=4,
+        idle_load_s=5.0,
+        skip_locked_items={1: 500, 32: 2000},
+        timeout_s=120.0,
+    ),
 }
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="small runs, about 3 minutes (default)")
-    size.add_argument("--full", action="store_true", help="bigger runs, about 15 minutes")
+    size.add_argument("--quick", action="store_true", help="small runs, about 7 minutes (default)")
+    size.add_argument("--full", action="store_true", help="bigger runs, about 20 minutes")
+    size.add_argument("--smoke", action="store_true", help="tiny runs that only show every part works")
     p.add_argument(
         "--only",
         default="",
-        help="comma-separated subset of: durable, fanout, scaling, idle, dbos, celery, skiplocked",
+        help="comma-separated subset of: durable, fanout, scaling, idle, dbos, celery, skiplocked, mariadb "
+        "(mariadb: the MariaDB rows of the durable, fanout, idle and skiplocked parts chosen)",
     )
     p.add_argument(
         "--repeats",
@@ -135,6 +175,8 @@ def preflight(wanted: set[str]) -> None:
         modules["dbos"] = "dbos"
     if "celery" in wanted:
         modules.update(celery="celery", redis="redis")
+    if "mariadb" in wanted:
+        modules["mysqlclient"] = "MySQLdb"
     missing = []
     for module in modules.values():
         try:
@@ -159,13 +201,33 @@ def preflight(wanted: set[str]) -> None:
             redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).ping()
         except redis.RedisError as exc:
             sys.exit(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    if "mariadb" in wanted:
+        import MySQLdb
+
+        try:
+            mariadb_connect().close()
+        except MySQLdb.Error as exc:
+            p = mariadb_params()
+            sys.exit(
+                f"MariaDB is not reachable at {p['host']}:{p['port']}: {exc}\n"
+                "Start it, or leave its rows out: --only durable,fanout,scaling,idle,dbos,celery,skiplocked"
+            )
 
 
-def server_versions() -> dict[str, str | None]:
+def server_versions(wanted: set[str]) -> dict[str, str | None]:
     import psycopg
 
     with psycopg.connect(dbname="postgres", **pg_params()) as conn:
         postgres = conn.execute("SELECT version()").fetchone()[0]
+    mariadb: str | None = None
+    if "mariadb" in wanted:
+        conn = mariadb_connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute("SELECT VERSION()")
+            mariadb = cursor.fetchone()[0]
+        finally:
+            conn.close()
     redis_version: str | None = None
     try:
         import redis
@@ -173,7 +235,7 @@ def server_versions() -> dict[str, str | None]:
         redis_version = redis.Redis.from_url(REDIS_URL).info("server").get("redis_version")
     except Exception as exc:  # noqa: BLE001 - Redis is only needed by the Celery runs
         redis_version = f"unknown ({exc})"
-    return {"postgres": postgres, "redis_server": redis_version}
+    return {"postgres": postgres, "mariadb": mariadb, "redis_server": redis_version}
 
 
 # -- running one measurement ----------------------------------------------------------------
@@ -209,14 +271,14 @@ def run_json(label: str, cmd: list[str], out: Path, timeout: float) -> dict[str,
 
 
 def durable_run(
-    label: str, out_dir: Path, timeout: float, *extra: str, db_name: str = "durable_bench_compare"
+    label: str, out_dir: Path, timeout: float, *extra: str, db: str = "postgres", db_name: str = "durable_bench_compare"
 ) -> dict[str, Any]:
     out = out_dir / f"{label}.json"
     cmd = [
         sys.executable,
         str(ROOT / "benchmarks" / "run.py"),
         "--db",
-        "postgres",
+        db,
         "--db-name",
         db_name,
         "--workers",
@@ -263,6 +325,8 @@ def durable_row(data: dict[str, Any]) -> dict[str, Any]:
         "handoff": history.get("schedule_to_start", {}),
         "cpu_per_step_ms": run.get("cpu_per_step_ms", {}),
         "worker_transactions_per_step": (run.get("postgres") or {}).get("worker_transactions_per_step"),
+        "worker_statements_per_step": (run.get("mariadb") or {}).get("worker_statements_per_step"),
+        "worker_commits_per_step": (run.get("mariadb") or {}).get("worker_commits_per_step"),
     }
 
 
@@ -311,8 +375,10 @@ def measure(profile: Profile, wanted: set[str], out_dir: Path) -> dict[str, Any]
     celery_common = ["--processes", str(WORKERS), "--concurrency", "1", "--redis-url", REDIS_URL]
     celery_common += ["--timeout", str(t), *logs]
 
-    def durable(*extra: str) -> Any:
-        return lambda label: durable_run(label, out_dir, t, *extra)
+    def durable(*extra: str, db: str = "postgres") -> Any:
+        return lambda label: durable_run(label, out_dir, t, *extra, db=db)
+
+    mariadb = "mariadb" in wanted
 
     def peer(script: str, *extra: str) -> Any:
         return lambda label: peer_run(label, script, out_dir, t + 120, *extra)
@@ -322,6 +388,8 @@ def measure(profile: Profile, wanted: set[str], out_dir: Path) -> dict[str, Any]
     if "durable" in wanted:
         sequential.append(("durable_sequential", durable("-n", n, "-k", k)))
         sequential.append(("durable_threads64_sequential", durable("-n", n, "-k", k, "--concurrency", "64")))
+        if mariadb:
+            sequential.append(("durable_mariadb_sequential", durable("-n", n, "-k", k, db="mariadb")))
     if "dbos" in wanted:
         sequential.append(("dbos_sequential", peer("dbos_bench.py", "-n", n, "-k", k, *dbos_common)))
     if "celery" in wanted:
@@ -330,6 +398,8 @@ def measure(profile: Profile, wanted: set[str], out_dir: Path) -> dict[str, Any]
     if "fanout" in wanted:
         fanout.append(("durable_fanout", durable("-n", nf, "-k", k, "--fanout")))
         fanout.append(("durable_threads64_fanout", durable("-n", nf, "-k", k, "--fanout", "--concurrency", "64")))
+        if mariadb:
+            fanout.append(("durable_mariadb_fanout", durable("-n", nf, "-k", k, "--fanout", db="mariadb")))
         if "dbos" in wanted:
             fan = ("-n", nf, "-k", k, "--fanout", *dbos_common)
             fanout.append(("dbos_fanout", peer("dbos_bench.py", *fan)))
@@ -341,17 +411,27 @@ def measure(profile: Profile, wanted: set[str], out_dir: Path) -> dict[str, Any]
         for batch, items in profile.skip_locked_items.items():
             sl = ("--processes", "4", "--batch", str(batch), "--items", str(items))
             skip_locked.append((f"skip_locked_batch{batch}", peer("skip_locked.py", *sl)))
+            if mariadb:
+                skip_locked.append(
+                    (f"skip_locked_mariadb_batch{batch}", peer("skip_locked.py", "--db", "mariadb", *sl))
+                )
     once: list[tuple[str, Any]] = []
     if "idle" in wanted:
-        idle = (
-            "-n",
-            str(profile.idle_workflows),
-            "-k",
-            "1",
-            "--spacing",
-            str(profile.idle_spacing_s),
-        )
+        idle = ("-n", str(profile.idle_workflows), "-k", "1", "--spacing", str(profile.idle_spacing_s))
+        idle += ("--idle-load", str(profile.idle_load_s))
         once.append(("durable_idle", durable("--idle", *idle)))
+        if mariadb:
+            once.append(("durable_mariadb_idle", durable("--idle", *idle, db="mariadb")))
+            idle_long = (
+                "-n",
+                str(profile.idle_long_workflows),
+                "-k",
+                "1",
+                "--spacing",
+                str(profile.idle_long_spacing_s),
+            )
+            idle_long += ("--spacing-jitter", str(profile.idle_long_jitter_s), "--idle-load", "0")
+            once.append(("durable_mariadb_idle_long", durable("--idle", *idle_long, db="mariadb")))
     if "scaling" in wanted:
         for steps in profile.scaling_steps:
             scale = ("--warmup", "-n", str(profile.scaling_workflows), "-k", str(steps))
@@ -377,6 +457,33 @@ def pick_median(runs: dict[str, Any], group: str, value: Any) -> tuple[str | Non
     if not ok:
         return (labels[0] if labels else None), [v for v, _ in values]
     return ok[(len(ok) - 1) // 2][1], [v for v, _ in values]
+
+
+IDLE_RUNS = {
+    "durable_idle": "PostgreSQL, LISTEN/NOTIFY",
+    "durable_mariadb_idle": "MariaDB, polling, a recently busy worker",
+    "durable_mariadb_idle_long": "MariaDB, polling, a worker idle for seconds",
+}
+
+
+def idle_of(data: dict[str, Any]) -> dict[str, Any]:
+    """An idle run's latencies and idle-worker load, from run.py --idle's JSON."""
+    idle = (data.get("results") or {}).get("idle", {}) if "error" not in data else {}
+    config = data.get("config") or {}
+    out: dict[str, Any] = {
+        key: idle.get(key, {})
+        for key in ("start_to_first_claim", "schedule_to_start", "start_to_first_activity_start", "start_to_close")
+    }
+    out |= {
+        "poll_interval": config.get("poll_interval"),
+        "db": config.get("db"),
+        "workflows": config.get("workflows"),
+        "spacing_s": config.get("spacing_s"),
+        "spacing_jitter_s": config.get("spacing_jitter_s"),
+        "idle_load": idle.get("idle_load"),
+        "error": data.get("error") or (None if (idle.get("completion") or {}).get("finished") else "not finished"),
+    }
+    return out
 
 
 def summarise(profile: Profile, runs: dict[str, Any]) -> dict[str, Any]:
@@ -423,31 +530,22 @@ def summarise(profile: Profile, runs: dict[str, Any]) -> dict[str, Any]:
             high.get("worker_cpu_ms_per_step"), mid.get("worker_cpu_ms_per_step")
         )
 
-    idle_data = runs.get("durable_idle", {})
-    idle = (idle_data.get("results") or {}).get("idle", {}) if "error" not in idle_data else {}
-    idle_summary = {
-        key: idle.get(key, {})
-        for key in (
-            "start_to_first_claim",
-            "schedule_to_start",
-            "start_to_first_activity_start",
-            "start_to_close",
-        )
-    }
-    idle_summary["poll_interval"] = (idle_data.get("config") or {}).get("poll_interval")
+    idle_summary = idle_of(runs.get("durable_idle", {}))
+    idle_runs = {key: idle_of(runs[key]) for key in IDLE_RUNS if key in runs}
     skip: dict[str, Any] = {}
-    for batch in profile.skip_locked_items:
-        group = f"skip_locked_batch{batch}"
-        label, repeats = pick_median(runs, group, lambda d: d.get("items_per_s"))
-        if label is not None:
-            data = runs[label]
-            skip[group] = {
-                "items_per_s": data.get("items_per_s"),
-                "cpu_per_item_ms": data.get("cpu_per_item_ms"),
-                "error": data.get("error"),
-                "run": label,
-                "repeats_items_per_s": repeats,
-            }
+    for db in ("", "mariadb_"):
+        for batch in profile.skip_locked_items:
+            group = f"skip_locked_{db}batch{batch}"
+            label, repeats = pick_median(runs, group, lambda d: d.get("items_per_s"))
+            if label is not None:
+                data = runs[label]
+                skip[group] = {
+                    "items_per_s": data.get("items_per_s"),
+                    "cpu_per_item_ms": data.get("cpu_per_item_ms"),
+                    "error": data.get("error"),
+                    "run": label,
+                    "repeats_items_per_s": repeats,
+                }
 
     ratios = {
         "durable_vs_dbos_sequential": ratio(steady("durable_sequential"), steady("dbos_sequential")),
@@ -465,6 +563,16 @@ def summarise(profile: Profile, runs: dict[str, Any]) -> dict[str, Any]:
         ),
         "durable_sequential_steps_vs_skip_locked_batch32_items": ratio(
             steady("durable_sequential"), skip.get("skip_locked_batch32", {}).get("items_per_s")
+        ),
+        "durable_mariadb_vs_postgres_sequential": ratio(
+            steady("durable_mariadb_sequential"), steady("durable_sequential")
+        ),
+        "durable_mariadb_vs_postgres_fanout": ratio(steady("durable_mariadb_fanout"), steady("durable_fanout")),
+        "durable_mariadb_sequential_steps_vs_skip_locked_mariadb_batch1_items": ratio(
+            steady("durable_mariadb_sequential"), skip.get("skip_locked_mariadb_batch1", {}).get("items_per_s")
+        ),
+        "durable_mariadb_sequential_steps_vs_skip_locked_mariadb_batch32_items": ratio(
+            steady("durable_mariadb_sequential"), skip.get("skip_locked_mariadb_batch32", {}).get("items_per_s")
         ),
     }
 
@@ -533,6 +641,7 @@ def summarise(profile: Profile, runs: dict[str, Any]) -> dict[str, Any]:
         "scaling": scaling,
         "scaling_ratio": scaling_ratio,
         "idle": idle_summary,
+        "idle_runs": idle_runs,
         "skip_locked": skip,
         "ratios": ratios,
         "targets": targets,
@@ -553,10 +662,12 @@ def fmt(value: Any, digits: int = 1) -> str:
 SYSTEM_ROWS = [
     ("durable_sequential", "django-durable", "sequential"),
     ("durable_threads64_sequential", "django-durable, 64 thr", "sequential"),
+    ("durable_mariadb_sequential", "django-durable, MariaDB", "sequential"),
     ("dbos_sequential", "DBOS Transact", "sequential"),
     ("celery_sequential", "Celery chains", "sequential"),
     ("durable_fanout", "django-durable", "fan-out"),
     ("durable_threads64_fanout", "django-durable, 64 thr", "fan-out"),
+    ("durable_mariadb_fanout", "django-durable, MariaDB", "fan-out"),
     ("dbos_fanout", "DBOS Transact", "fan-out"),
     ("celery_fanout", "Celery chords", "fan-out"),
 ]
@@ -574,12 +685,13 @@ def print_report(report: dict[str, Any]) -> None:
     print(
         f"versions: Python {v['python']}, Django {v['django']}, DBOS {v['dbos']}, Celery {v['celery']}, "
         f"psycopg {v['psycopg']}, {(v['postgres'] or '').split(' on ')[0]}, Redis {v['redis_server']}"
+        + (f", MariaDB {v['mariadb']} (mysqlclient {v['mysqlclient']})" if v.get("mariadb") else "")
     )
     print(f"workload: N x K={STEPS} no-op steps, started before the workers run; {WORKERS} worker processes per system")
     print()
     header = (
-        f"  {'system':<22} {'workload':<16} {'steps/s':>9} {'(spawn)':>9} {'wf/s':>7} "
-        f"{'hand-off p50/p99 ms':>21} {'CPU ms/step wrk/pg/all':>24} {'busy':>5}"
+        f"  {'system':<24} {'workload':<16} {'steps/s':>9} {'(spawn)':>9} {'wf/s':>7} "
+        f"{'hand-off p50/p99 ms':>21} {'CPU ms/step wrk/db/all':>24} {'busy':>5}"
     )
     print(header)
     print("  " + "-" * (len(header) - 2))
@@ -592,28 +704,29 @@ def print_report(report: dict[str, Any]) -> None:
         workload = f"{shape} N={n}" if n else shape
         busy = (data.get("_harness") or {}).get("busy_cpus_before")
         if "error" in row:
-            print(f"  {system:<22} {workload:<16} FAILED: {row['error']}")
+            print(f"  {system:<24} {workload:<16} FAILED: {row['error']}")
             continue
         handoff = row.get("handoff") or {}
         cpu = row.get("cpu_per_step_ms") or {}
         print(
-            f"  {system:<22} {workload:<16} {fmt(row.get('steady_steps_per_s')):>9} "
+            f"  {system:<24} {workload:<16} {fmt(row.get('steady_steps_per_s')):>9} "
             f"{fmt(row.get('steps_per_s')):>9} {fmt(row.get('steady_workflows_per_s')):>7} "
             f"{fmt(handoff.get('p50_ms')) + ' / ' + fmt(handoff.get('p99_ms')):>21} "
-            f"{fmt(cpu.get('workers'), 2) + ' / ' + fmt(cpu.get('postgres_server'), 2) + ' / ' + fmt(cpu.get('machine'), 2):>24} "
+            f"{fmt(cpu.get('workers'), 2) + ' / ' + fmt(cpu.get('database_server'), 2) + ' / ' + fmt(cpu.get('machine'), 2):>24} "
             f"{fmt(busy, 2):>5}" + ("" if row.get("finished") else "  NOT FINISHED")
         )
     for key, data in s["skip_locked"].items():
-        batch = key.removeprefix("skip_locked_batch")
+        batch = key.rsplit("batch", 1)[1]
+        system = "SKIP LOCKED, MariaDB" if "mariadb" in key else "SKIP LOCKED"
         if data.get("error"):
-            print(f"  {'SKIP LOCKED':<22} {'claim ' + batch:<16} FAILED: {data['error']}")
+            print(f"  {system:<24} {'claim ' + batch:<16} FAILED: {data['error']}")
             continue
         cpu = data.get("cpu_per_item_ms") or {}
         busy = (report["runs"][data["run"]].get("_harness") or {}).get("busy_cpus_before")
         print(
-            f"  {'SKIP LOCKED':<22} {'4 procs, claim ' + batch:<16} {fmt(data.get('items_per_s')):>9} "
+            f"  {system:<24} {'4 procs, claim ' + batch:<16} {fmt(data.get('items_per_s')):>9} "
             f"{'items/s':>9} {'':>7} {'':>21} "
-            f"{fmt(cpu.get('workers'), 3) + ' / ' + fmt(cpu.get('postgres_server'), 3) + ' / ' + fmt(cpu.get('machine'), 3):>24} "
+            f"{fmt(cpu.get('workers'), 3) + ' / ' + fmt(cpu.get('database_server'), 3) + ' / ' + fmt(cpu.get('machine'), 3):>24} "
             f"{fmt(busy, 2):>5}"
         )
     print()
@@ -621,13 +734,14 @@ def print_report(report: dict[str, Any]) -> None:
     print("  hand-off: django-durable activity start - claim of the workflow task that scheduled it; DBOS step start -")
     print("  previous step end (fan-out: - workflow dequeue); Celery task start - previous task end (the broker hop).")
     print("  busy: CPUs other processes kept busy in the half second before the run (0 = quiet machine).")
+    print("  CPU db: the row's database server, all of it (PostgreSQL's processes, or the one mariadbd process).")
     if p["repeats"] > 1:
         print(f"  each row: the median of {p['repeats']} runs by steps/s, in rounds; every run's steps/s:")
         for key, row in s["rows"].items():
             if not key.startswith("durable_scaling"):
-                print(f"    {key:<20} {', '.join(fmt(v) for v in row['repeats_steady_steps_per_s'])}")
+                print(f"    {key:<26} {', '.join(fmt(v) for v in row['repeats_steady_steps_per_s'])}")
         for key, data in s["skip_locked"].items():
-            print(f"    {key:<20} {', '.join(fmt(v) for v in data['repeats_items_per_s'])}")
+            print(f"    {key:<26} {', '.join(fmt(v) for v in data['repeats_items_per_s'])}")
 
     if s["scaling"]:
         print()
@@ -650,13 +764,18 @@ def print_report(report: dict[str, Any]) -> None:
                 "and close cost)"
             )
 
-    idle = s["idle"]
-    if any(idle.get(k) for k in ("schedule_to_start", "start_to_first_claim")):
+    for run_key, idle in s.get("idle_runs", {}).items():
         print()
-        print(
-            f"  idle workers (django-durable, {p['idle_workflows']} one-step workflows {p['idle_spacing_s']} s apart, "
-            f"POLL_INTERVAL {idle.get('poll_interval')} s)"
+        spacing = f"{idle.get('spacing_s')} s" + (
+            f" + 0..{idle['spacing_jitter_s']} s" if idle.get("spacing_jitter_s") else ""
         )
+        print(
+            f"  idle workers, {IDLE_RUNS[run_key]} ({run_key}: {idle.get('workflows')} one-step workflows "
+            f"{spacing} apart, {WORKERS} workers, POLL_INTERVAL {idle.get('poll_interval')} s)"
+        )
+        if idle.get("error"):
+            print(f"  FAILED: {idle['error']}")
+            continue
         for key, label in (
             ("start_to_first_claim", "start -> first claim"),
             ("schedule_to_start", "activity schedule-to-start"),
@@ -664,14 +783,17 @@ def print_report(report: dict[str, Any]) -> None:
         ):
             st = idle.get(key) or {}
             print(
-                f"  {label:<28} p50 {fmt(st.get('p50_ms'), 2)} ms, p99 {fmt(st.get('p99_ms'), 2)} ms, "
-                f"max {fmt(st.get('max_ms'), 2)} ms"
+                f"  {label:<28} p50 {fmt(st.get('p50_ms'), 2)} ms, p90 {fmt(st.get('p90_ms'), 2)} ms, "
+                f"p99 {fmt(st.get('p99_ms'), 2)} ms, max {fmt(st.get('max_ms'), 2)} ms"
             )
+        load = idle.get("idle_load")
+        if load:
+            print(f"  {'one idle worker':<28} {idle_load_line(load)}")
 
     print()
     print("  ratios (steps/s from first claim)")
     for key, value in s["ratios"].items():
-        print(f"  {key:<55} {fmt(value, 3)}")
+        print(f"  {key:<72} {fmt(value, 3)}")
     print()
     print("  targets (issue 7)")
     for t in s["targets"]:
@@ -682,14 +804,16 @@ def print_report(report: dict[str, Any]) -> None:
 
 def main() -> int:
     args = parse_args()
-    profile = PROFILES["full" if args.full else "quick"]
+    profile = PROFILES["full" if args.full else "smoke" if args.smoke else "quick"]
     if args.repeats is not None:
         profile = dataclasses.replace(profile, repeats=max(1, args.repeats))
-    everything = {"durable", "fanout", "scaling", "idle", "dbos", "celery", "skiplocked"}
+    everything = {"durable", "fanout", "scaling", "idle", "dbos", "celery", "skiplocked", "mariadb"}
     wanted = {w.strip() for w in args.only.split(",") if w.strip()} or everything
     unknown = wanted - everything
     if unknown:
         sys.exit(f"unknown --only parts: {', '.join(sorted(unknown))}")
+    if "mariadb" in wanted and not wanted & {"durable", "fanout", "idle", "skiplocked"}:
+        sys.exit("--only mariadb adds the MariaDB rows of durable, fanout, idle and skiplocked: name some of them")
     preflight(wanted)
 
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -717,7 +841,8 @@ def main() -> int:
             "kombu": dist_version("kombu"),
             "redis_py": dist_version("redis"),
             "psycopg": dist_version("psycopg"),
-            **server_versions(),
+            "mysqlclient": dist_version("mysqlclient"),
+            **server_versions(wanted),
         },
         "parameters": {
             "profile": profile.name,
@@ -730,18 +855,35 @@ def main() -> int:
             "scaling_steps": list(profile.scaling_steps),
             "idle_workflows": profile.idle_workflows,
             "idle_spacing_s": profile.idle_spacing_s,
+            "idle_long_workflows": profile.idle_long_workflows,
+            "idle_long_spacing_s": profile.idle_long_spacing_s,
+            "idle_long_jitter_s": profile.idle_long_jitter_s,
+            "idle_load_s": profile.idle_load_s,
             "skip_locked_items": {str(b): n for b, n in profile.skip_locked_items.items()},
             "dbos_worker_concurrency": profile.dbos_worker_concurrency,
             "repeats": profile.repeats,
             "redis_url": REDIS_URL,
             "postgres": {k: v for k, v in pg_params().items() if k != "password"},
+            "mariadb": {k: v for k, v in mariadb_params().items() if k != "password"} if "mariadb" in wanted else None,
         },
         "how": {
             "django-durable": (
                 f"benchmarks/run.py --db postgres: N workflows started with start_workflow (one transaction each) "
                 f"before {WORKERS} `durable_worker` processes start (POLL_INTERVAL 0.01 s, default concurrency); "
                 "database durable_bench_compare, dropped and recreated per run. Idle run: run.py --idle, workers "
-                "started and warmed up first, POLL_INTERVAL left at the product default."
+                "started and warmed up first, POLL_INTERVAL left at the product default; then one idle worker's "
+                f"database load (run.py --idle-load {profile.idle_load_s}: transactions of the benchmark database "
+                "with one idle worker, less a window as long without it)."
+            ),
+            "django-durable on MariaDB": (
+                "benchmarks/run.py --db mariadb: the same runs on the MariaDB server (database durable_bench_compare, "
+                "utf8mb4 / utf8mb4_bin, READ COMMITTED as Django's MySQL backend asks), run right after the "
+                "PostgreSQL ones in each round. No LISTEN/NOTIFY: idle workers poll (0.05 s after work, doubling up "
+                "to POLL_INTERVAL). Idle runs as on PostgreSQL, and durable_mariadb_idle_long with starts "
+                f"{profile.idle_long_spacing_s} s + 0..{profile.idle_long_jitter_s} s apart (a worker backed off to "
+                "POLL_INTERVAL). Each idle run also measures one idle worker's database load over "
+                f"{profile.idle_load_s} s against a baseline as long without it (MariaDB: statements, SHOW GLOBAL "
+                "STATUS Questions, server-wide; PostgreSQL: transactions of the benchmark database)"
             ),
             "scaling": (
                 "benchmarks/run.py --warmup: the same N at every K, so that the number of workflows in flight "

@@ -6,15 +6,18 @@
     python benchmarks/run.py --db sqlite --workflows 100 --steps 10 --workers 1
     python benchmarks/run.py --db postgres --workflows 1000 --steps 10 --workers 0   # start only
     python benchmarks/run.py --db postgres --idle --workflows 20 --steps 1 --spacing 0.1 --workers 2
+    python benchmarks/run.py --db mariadb --workflows 200 --steps 10 --workers 2
+    python benchmarks/run.py --db mariadb --idle --workflows 20 --steps 1 --spacing 3 --spacing-jitter 1 --workers 2
 
-Run it with the project's virtualenv (Django, psycopg): ``.venv/bin/python benchmarks/run.py``
-(``python3 dev.py test`` creates .venv). Options: ``--help``.
+Run it with the project's virtualenv (Django, psycopg; mysqlclient for MariaDB):
+``.venv/bin/python benchmarks/run.py`` (``python3 dev.py test`` creates .venv). Options: ``--help``.
 
 What one run does, in order:
 
 1. Creates a fresh database: PostgreSQL ``durable_bench`` (dropped and created
-   through psycopg on the ``postgres`` or ``test`` maintenance database) or a new
-   SQLite file under benchmarks/results/; migrates it.
+   through psycopg on the ``postgres`` or ``test`` maintenance database), MariaDB
+   ``durable_bench`` (utf8mb4, utf8mb4_bin, through MySQLdb; BENCH_MARIADB_* for the
+   server) or a new SQLite file under benchmarks/results/; migrates it.
 2. Starts N workflows with ``start_workflow`` before any worker runs (timed on
    its own; by default each start is its own transaction, as in a web request).
 3. Spawns W ``python -m django durable_worker --settings benchmarks.settings``
@@ -37,7 +40,22 @@ transaction, as in a web request), and reports per workflow: start to the first
 workflow-task claim, the activities' schedule-to-start, and start to close. The
 workers' POLL_INTERVAL is then the product's default unless ``--poll-interval``
 is given, so the figure shows how fast an idle worker wakes up, not how often
-the harness makes it poll.
+the harness makes it poll. Without LISTEN/NOTIFY (MariaDB, SQLite) a worker polls,
+waiting 0.05 s after work and doubling the wait up to POLL_INTERVAL: a short
+``--spacing`` measures a recently busy worker, a spacing of a few POLL_INTERVALs with
+``--spacing-jitter`` (a random extra per gap, so that starts fall at every phase of the
+polls) one that has been idle long.
+
+Then (``--idle-load``, 20 s by default) the database load of one idle worker: all
+workers but the first are stopped and, with the harness's own connection closed, the
+database's counters are read over the window with that worker idle, then over a window
+as long with no worker at all (the baseline: whatever else uses the server); the
+worker's figure is the difference. MariaDB: statements (SHOW GLOBAL STATUS
+``Questions``, server-wide; the reading connection's own statements subtracted) and
+the ``Com_*`` commands among them. PostgreSQL: transactions of the benchmark database
+(pg_stat_database ``xact_commit + xact_rollback``; every autocommit statement is one,
+so not the same unit; backends report at most once a second). Also the worker's and the
+database server's CPU, and the connections the idle worker holds.
 
 Definitions (also written into the JSON):
 
@@ -53,9 +71,11 @@ Definitions (also written into the JSON):
 - ``schedule_to_start``: the no-op activity returns ``time.time()`` when it
   starts; minus ``ActivityScheduled.timestamp``. Same start point as above.
 - CPU per step: CPU time (user + system, from /proc) of the worker processes,
-  of the whole PostgreSQL server (every live ``postgres`` process plus the
-  backends the postmaster reaped meanwhile, so short-lived connections count;
-  other databases' load on the same server would count too), of the harness,
+  of the whole database server (PostgreSQL: every live ``postgres`` process plus
+  the backends the postmaster reaped meanwhile, so short-lived connections count;
+  MariaDB: the one ``mariadbd``/``mysqld`` process, whose /proc stat sums all its
+  threads, exited ones included; either way other databases' load on the same
+  server would count too), of the harness,
   and of the whole machine (/proc/stat; "other" is the rest), between the
   first observed workflow task claim (polled every 20 ms) and the last
   completion observed (polled every 50 ms), divided by N * K.
@@ -65,15 +85,22 @@ Definitions (also written into the JSON):
   spawned and just after they exit: connections opened (``sessions``) and
   transactions committed by the workers (every autocommit query is one, read-only
   ones included; the harness's own polling queries are subtracted), per step.
+- ``mariadb``: from SHOW GLOBAL STATUS, server-wide (other clients of the server
+  count too), between the same two moments: connections opened (``Connections``),
+  statements (``Questions``; the harness's own, read from its session's status,
+  subtracted), commits (``Com_commit``: explicit COMMITs; autocommit statements are
+  not counted there) and every ``Com_*`` command that moved, per step.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
+import random
 import re
 import signal
 import sqlite3
@@ -105,7 +132,7 @@ LOG_PATTERNS = {
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    p.add_argument("--db", choices=["sqlite", "postgres", "mariadb"], default="sqlite")
     p.add_argument("--workflows", "-n", type=int, default=100, help="N: workflows to start")
     p.add_argument("--steps", "-k", type=int, default=10, help="K: no-op activities per workflow")
     p.add_argument(
@@ -141,6 +168,20 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--spacing", type=float, default=0.1, help="--idle: seconds between two starts")
     p.add_argument(
+        "--spacing-jitter",
+        type=float,
+        default=0.0,
+        help="--idle: add a uniformly random 0..J s to each gap (seeded), so that the starts of a polling "
+        "worker's run fall at every phase of its polls",
+    )
+    p.add_argument(
+        "--idle-load",
+        type=float,
+        default=20.0,
+        help="--idle: afterwards, seconds of the database-load window with one idle worker (and as many "
+        "with none, the baseline); 0 skips it",
+    )
+    p.add_argument(
         "--idle-settle",
         type=float,
         default=1.0,
@@ -155,7 +196,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--db-name",
         default=None,
-        help="PostgreSQL database to create and drop (default durable_bench), or SQLite file path "
+        help="PostgreSQL or MariaDB database to create and drop (default durable_bench), or SQLite file path "
         "(default benchmarks/results/<timestamp>.sqlite3)",
     )
     p.add_argument("--lease-seconds", type=float, default=30.0, help="DURABLE LEASE_SECONDS for the workers")
@@ -309,6 +350,45 @@ def _is_postmaster(entry: Path) -> bool:
         return False
 
 
+MARIADB_COMMANDS = ("mariadbd", "mysqld")
+
+
+def mariadb_server_pid() -> int | None:
+    """The MariaDB (or MySQL) server on this machine: the first process named mariadbd/mysqld."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() in MARIADB_COMMANDS:
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def database_server_cpu_seconds(db: str) -> float | None:
+    """CPU seconds of the whole database server (every database on it): PostgreSQL's processes
+    with the backends reaped meanwhile; MariaDB's one process, whose /proc stat sums all its
+    threads (a connection is a thread), exited ones included. None for SQLite (in-process)
+    or a server that is not on this machine."""
+    if db == "postgres":
+        pg = postgres_cpu_seconds()
+        return pg["live"] + pg["reaped"] if pg["processes"] else None
+    if db == "mariadb":
+        pid = mariadb_server_pid()
+        return None if pid is None else proc_cpu_seconds(pid)
+    return None
+
+
+def server_command_prefixes(db: str) -> tuple[str, ...]:
+    """How the measured database server's processes' command lines start (kept out of 'other')."""
+    if db == "postgres":
+        return ("postgres", "/usr/lib/postgresql")
+    if db == "mariadb":
+        return (*MARIADB_COMMANDS, *(f"/usr/sbin/{c}" for c in MARIADB_COMMANDS))
+    return ()
+
+
 def all_processes_cpu() -> dict[int, tuple[str, float]]:
     """Every process on the machine: pid -> (command line, CPU seconds incl. reaped children)."""
     out: dict[int, tuple[str, float]] = {}
@@ -327,13 +407,18 @@ def all_processes_cpu() -> dict[int, tuple[str, float]]:
 
 
 def top_other_processes(
-    a: dict[int, tuple[str, float]], b: dict[int, tuple[str, float]], exclude: set[int], n: int = 5
+    a: dict[int, tuple[str, float]],
+    b: dict[int, tuple[str, float]],
+    exclude: set[int],
+    server_commands: tuple[str, ...],
+    n: int = 5,
 ) -> list[dict[str, Any]]:
-    """The processes (not ours, not PostgreSQL) that used the most CPU between two snapshots,
-    counting the children they reaped meanwhile (e.g. a test run's short-lived workers)."""
+    """The processes (not ours, not the measured database server's) that used the most CPU
+    between two snapshots, counting the children they reaped meanwhile (e.g. a test run's
+    short-lived workers)."""
     used = []
     for pid, (cmd, cpu) in b.items():
-        if pid in exclude or cmd.startswith(("postgres", "/usr/lib/postgresql")):
+        if pid in exclude or (server_commands and cmd.startswith(server_commands)):
             continue
         delta = cpu - (a.get(pid, ("", 0.0))[1])
         if delta > 0:
@@ -369,8 +454,7 @@ def cpu_snapshot(worker_pids: list[int], db: str) -> dict[str, Any]:
         "workers": {pid: proc_cpu_seconds(pid) for pid in worker_pids},
         "all": all_processes_cpu(),
     }
-    if db == "postgres":
-        snap["postgres"] = postgres_cpu_seconds()
+    snap["database_server"] = database_server_cpu_seconds(db)
     return snap
 
 
@@ -383,12 +467,10 @@ def cpu_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
         "interval_s": b["t"] - a["t"],
         "machine_busy_s": b["machine"] - a["machine"],
         "workers_s": summed(a["workers"], b["workers"]),
-        "postgres_s": None,
+        "database_server_s": None,
     }
-    if "postgres" in a:
-        delta["postgres_s"] = (b["postgres"]["live"] + b["postgres"]["reaped"]) - (
-            a["postgres"]["live"] + a["postgres"]["reaped"]
-        )
+    if a["database_server"] is not None and b["database_server"] is not None:
+        delta["database_server_s"] = b["database_server"] - a["database_server"]
     delta.update(
         {
             f"machine_{name}_s": b["machine_breakdown"][name] - a["machine_breakdown"][name]
@@ -397,8 +479,10 @@ def cpu_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
         }
     )
     delta["harness_s"] = (b["harness"] or 0.0) - (a["harness"] or 0.0)
-    # Whatever else ran on the machine meanwhile (other programs, the postmaster, the kernel).
-    delta["other_s"] = delta["machine_busy_s"] - sum(delta[k] or 0.0 for k in ("workers_s", "postgres_s", "harness_s"))
+    # Whatever else ran on the machine meanwhile (other programs, the kernel).
+    delta["other_s"] = delta["machine_busy_s"] - sum(
+        delta[k] or 0.0 for k in ("workers_s", "database_server_s", "harness_s")
+    )
     return delta
 
 
@@ -429,10 +513,148 @@ def pg_admin(sql: str) -> None:
     raise RuntimeError(f"cannot reach a PostgreSQL maintenance database: {last}")
 
 
+def mariadb_params() -> dict[str, str]:
+    return {
+        "host": os.environ.get("BENCH_MARIADB_HOST", "127.0.0.1"),
+        "port": os.environ.get("BENCH_MARIADB_PORT", "3306"),
+        "user": os.environ.get("BENCH_MARIADB_USER", "root"),
+        "password": os.environ.get("BENCH_MARIADB_PASSWORD", ""),
+    }
+
+
+def mariadb_connect(dbname: str | None = None) -> Any:
+    """A MySQLdb connection in autocommit, utf8mb4, to ``dbname`` or to no database."""
+    import MySQLdb
+
+    p = mariadb_params()
+    kwargs: dict[str, Any] = {
+        "host": p["host"],
+        "port": int(p["port"]),
+        "user": p["user"],
+        "passwd": p["password"],
+        "charset": "utf8mb4",
+        "autocommit": True,
+    }
+    if dbname:
+        kwargs["db"] = dbname
+    return MySQLdb.connect(**kwargs)
+
+
+MARIADB_CHARSET = "utf8mb4"
+MARIADB_COLLATION = "utf8mb4_bin"  # as the test settings: workflow ids compare case- and accent-sensitively
+
+
+def mariadb_fresh_database(name: str, *, create: bool = True) -> None:
+    """Drop ``name`` (first ending the connections still on it, as PostgreSQL's FORCE does)
+    and, with ``create``, create it again."""
+    import MySQLdb
+
+    conn = mariadb_connect()
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()", [name])
+        for (thread_id,) in cursor.fetchall():
+            with contextlib.suppress(MySQLdb.OperationalError):  # it ended meanwhile
+                cursor.execute(f"KILL {int(thread_id)}")
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        if create:
+            cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET {MARIADB_CHARSET} COLLATE {MARIADB_COLLATION}")
+    finally:
+        conn.close()
+
+
+class MariaDBCounters:
+    """SHOW GLOBAL STATUS read over one connection kept open, which counts what it sends itself:
+    between two reads the server sees from it the second read and nothing else it does not know of.
+    Counters are server-wide: every client of the server counts."""
+
+    NAMES = ("Questions", "Connections", "Com_commit", "Com_rollback")
+
+    def __init__(self) -> None:
+        self.conn = mariadb_connect()
+        self.thread_id = int(self.conn.thread_id())
+        # Our own statements so far, by the Com_ counter each one moves.
+        self.sent: dict[str, int] = {"Com_show_status": 0, "Com_select": 0}
+
+    def read(self) -> dict[str, int]:
+        cursor = self.conn.cursor()
+        cursor.execute("SHOW GLOBAL STATUS")
+        self.sent["Com_show_status"] += 1
+        values = {
+            str(name): int(value)
+            for name, value in cursor.fetchall()
+            if (name in self.NAMES or str(name).startswith("Com_")) and str(value).isdigit()
+        }
+        # Up to and including this one: Questions counts a statement as it starts.
+        values |= {f"_sent_{k}": v for k, v in self.sent.items()}
+        return values
+
+    def connections(self, exclude_db: str | None = None) -> list[dict[str, Any]]:
+        """The server's client connections besides this one (and, with exclude_db, besides those
+        on that database): who else could be sending statements."""
+        cursor = self.conn.cursor()
+        cursor.execute(
+            "SELECT ID, USER, HOST, DB, COMMAND FROM information_schema.PROCESSLIST "
+            "WHERE ID <> %s AND COMMAND NOT IN ('Daemon', 'Binlog Dump') AND USER <> 'system user'",
+            [self.thread_id],
+        )
+        self.sent["Com_select"] += 1
+        return [
+            {"id": int(i), "user": user, "host": host, "db": dbname, "command": command}
+            for i, user, host, dbname, command in cursor.fetchall()
+            if exclude_db is None or dbname != exclude_db
+        ]
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @staticmethod
+    def delta(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+        """b - a, less this reader's own statements in between."""
+        out = {name: b[name] - a.get(name, 0) for name in b if not name.startswith("_")}
+        out["reader_statements"] = 0
+        for name in ("Com_show_status", "Com_select"):
+            own = b[f"_sent_{name}"] - a[f"_sent_{name}"]
+            out[name] -= own
+            out["reader_statements"] += own
+        out["Questions"] -= out["reader_statements"]
+        return out
+
+
+def mariadb_session_status() -> dict[str, int]:
+    """This process's own Django connection's counters (what the harness sent on it)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS WHERE Variable_name IN ('Questions', 'Com_commit', 'Com_rollback')")
+        return {str(name): int(value) for name, value in cursor.fetchall()}
+
+
+def mariadb_usage(before: dict[str, int], after: dict[str, int], harness: dict[str, int], steps: int) -> dict[str, Any]:
+    """The workers' share of the server's counters between two reads."""
+    d = MariaDBCounters.delta(before, after)
+    worker_statements = d["Questions"] - harness.get("Questions", 0)
+    worker_commits = d["Com_commit"] - harness.get("Com_commit", 0)
+    return {
+        "scope": "SHOW GLOBAL STATUS, server-wide: other clients of the server count too",
+        "connections_opened": d["Connections"] - 1,  # less the harness's own reconnection
+        "statements": d["Questions"],
+        "harness_statements": harness.get("Questions", 0),
+        "worker_statements": worker_statements,
+        "worker_statements_per_step": round(worker_statements / steps, 2) if steps else None,
+        "worker_commits": worker_commits,
+        "worker_commits_per_step": round(worker_commits / steps, 2) if steps else None,
+        "rollbacks": d["Com_rollback"] - harness.get("Com_rollback", 0),
+        "commands": {k: v for k, v in sorted(d.items(), key=lambda kv: -kv[1]) if k.startswith("Com_") and v > 0},
+    }
+
+
 def fresh_database(db: str, name: str) -> None:
     if db == "postgres":
         pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         pg_admin(f'CREATE DATABASE "{name}"')
+    elif db == "mariadb":
+        mariadb_fresh_database(name)
     else:
         drop_database(db, name)
 
@@ -440,6 +662,8 @@ def fresh_database(db: str, name: str) -> None:
 def drop_database(db: str, name: str) -> None:
     if db == "postgres":
         pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    elif db == "mariadb":
+        mariadb_fresh_database(name, create=False)
     else:
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(name + suffix).unlink(missing_ok=True)
@@ -452,6 +676,11 @@ def database_version(db: str) -> str:
         with connection.cursor() as cursor:
             cursor.execute("SELECT version()")
             return cursor.fetchone()[0]
+    if db == "mariadb":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT VERSION(), @@version_comment")
+            number, comment = cursor.fetchone()
+        return f"{comment} {number}" if "mariadb" not in number.lower() else f"MariaDB {number}"
     return f"SQLite {sqlite3.sqlite_version}"
 
 
@@ -725,17 +954,19 @@ def wait_for_prefix_closed(prefix: str, n: int, procs: list[subprocess.Popen], t
         time.sleep(0.02)
 
 
-def start_spaced(prefix: str, n: int, steps: int, spacing: float) -> list[float]:
-    """Start n sequential workflows one at a time, ``spacing`` s apart; each start's duration."""
+def start_spaced(prefix: str, n: int, steps: int, spacing: float, jitter: float = 0.0) -> list[float]:
+    """Start n sequential workflows one at a time, ``spacing`` s apart plus a random 0..``jitter`` s
+    (the same sequence every run); each start's duration."""
     import django_durable as durable
     from benchmarks.workflows import bench_sequence
 
+    gaps = random.Random(0)
     durations = []
     for i in range(n):
         t0 = time.perf_counter()
         durable.start_workflow(bench_sequence, steps, workflow_id=f"{prefix}{i}")
         durations.append(time.perf_counter() - t0)
-        time.sleep(spacing)
+        time.sleep(spacing + (gaps.uniform(0.0, jitter) if jitter > 0 else 0.0))
     return durations
 
 
@@ -784,6 +1015,134 @@ def idle_metrics(prefix: str) -> dict[str, Any]:
     }
 
 
+def pg_connections(dbname: str) -> dict[str, int] | None:
+    """Client backends on ``dbname`` and on every other database (the reader's own excluded)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(dbname="postgres", autocommit=True, **pg_params()) as conn:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE datname = %s), count(*) FILTER (WHERE datname IS DISTINCT FROM %s) "
+                "FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                [dbname, dbname],
+            ).fetchone()
+    except psycopg.Error:
+        return None
+    return {"on_benchmark_database": int(row[0]), "elsewhere": int(row[1])}
+
+
+def load_window(db: str, db_name: str, seconds: float, worker_pids: list[int]) -> dict[str, Any]:
+    """The database's counters, the workers' and the server's CPU over ``seconds`` of doing nothing."""
+    counters = MariaDBCounters() if db == "mariadb" else None
+    try:
+        if counters is not None:
+            others_before = counters.connections(exclude_db=db_name)
+            ours_before = [c for c in counters.connections() if c["db"] == db_name]
+            before: Any = counters.read()
+        else:
+            conns = pg_connections(db_name)
+            others_before, ours_before = (conns or {}).get("elsewhere"), (conns or {}).get("on_benchmark_database")
+            before = pg_database_stats(db_name) if db == "postgres" else None
+        cpu_before = {pid: proc_cpu_seconds(pid) for pid in worker_pids}
+        server_before = database_server_cpu_seconds(db)
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        if counters is not None:
+            after: Any = counters.read()
+        else:
+            after = pg_database_stats(db_name) if db == "postgres" else None
+        interval = time.monotonic() - t0
+        cpu_after = {pid: proc_cpu_seconds(pid) for pid in worker_pids}
+        server_after = database_server_cpu_seconds(db)
+        if counters is not None:
+            others_after = counters.connections(exclude_db=db_name)
+        else:
+            others_after = (pg_connections(db_name) or {}).get("elsewhere")
+    finally:
+        if counters is not None:
+            counters.close()
+
+    def per_s(value: float | None, scale: float = 1.0) -> float | None:
+        return None if value is None else round(value * scale / interval, 3)
+
+    out: dict[str, Any] = {"seconds": round(interval, 3)}
+    if db == "mariadb":
+        d = MariaDBCounters.delta(before, after)
+        out |= {
+            "statements": d["Questions"],
+            "statements_per_s": per_s(d["Questions"]),
+            "commands_per_s": {k: per_s(v) for k, v in sorted(d.items()) if k.startswith("Com_") and v > 0},
+            "connections_opened": d["Connections"],
+            "our_connections": len(ours_before),
+            "other_connections": {"before": others_before, "after": others_after},
+            "quiet": not others_before and not others_after,
+        }
+    elif db == "postgres" and before and after:
+        transactions = (after["xact_commit"] + after["xact_rollback"]) - (
+            before["xact_commit"] + before["xact_rollback"]
+        )
+        out |= {
+            "transactions": transactions,
+            "transactions_per_s": per_s(transactions),
+            "connections_opened": after["sessions"] - before["sessions"],
+            "our_connections": ours_before,
+            "other_connections": {"before": others_before, "after": others_after},
+            # The counters are the benchmark database's own: other clients do not count in them.
+            "quiet": True,
+        }
+    worker_cpu = sum((cpu_after[p] or 0.0) - (cpu_before[p] or 0.0) for p in worker_pids if cpu_before[p] is not None)
+    server_cpu = None if server_before is None or server_after is None else server_after - server_before
+    out["worker_cpu_ms_per_s"] = per_s(worker_cpu, 1000.0) if worker_pids else None
+    out["database_server_cpu_ms_per_s"] = per_s(server_cpu, 1000.0)
+    return out
+
+
+def idle_load(
+    args: argparse.Namespace, worker: subprocess.Popen, db_name: str, seconds: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The load one idle worker puts on the database: a window with it idle, then one as long with no
+    worker (the baseline), and the difference. The harness's own Django connection is closed first."""
+    from django.db import connection
+
+    connection.close()
+    # Past the polling back-off (0.05 s doubling up to POLL_INTERVAL) and any statistics still pending.
+    settle = max(3.0, 3 * args.poll_interval)
+    time.sleep(settle)
+    with_worker = load_window(args.db, db_name, seconds, [worker.pid])
+    stopped = stop_workers([worker])
+    time.sleep(1.5)  # PostgreSQL: the backend's statistics are flushed at its exit
+    baseline = load_window(args.db, db_name, seconds, [])
+    unit = {"mariadb": "statements", "postgres": "transactions"}.get(args.db)
+    result: dict[str, Any] = {
+        "unit": unit,
+        "counted": {
+            "mariadb": "SHOW GLOBAL STATUS Questions (statements the server received from clients, server-wide; "
+            "the reading connection's own statements subtracted); health-check pings are not in Questions but in "
+            "Com_admin_commands (worker_pings_per_s)",
+            "postgres": "pg_stat_database xact_commit + xact_rollback of the benchmark database (every autocommit "
+            "statement is a transaction, a transaction of several statements one; backends report at most "
+            "once a second, so a window's edges are approximate)",
+        }.get(args.db),
+        "settle_s": settle,
+        "poll_interval": args.poll_interval,
+        "one_idle_worker": with_worker,
+        "no_worker_baseline": baseline,
+    }
+    if unit:
+        key = f"{unit}_per_s"
+        if with_worker.get(key) is not None and baseline.get(key) is not None:
+            result[f"worker_{key}"] = round(with_worker[key] - baseline[key], 3)
+        result["quiet"] = bool(with_worker.get("quiet") and baseline.get("quiet"))
+    if args.db == "mariadb":
+        pings = [w.get("commands_per_s", {}).get("Com_admin_commands", 0.0) for w in (with_worker, baseline)]
+        result["worker_pings_per_s"] = round(pings[0] - pings[1], 3)
+    server = (with_worker["database_server_cpu_ms_per_s"], baseline["database_server_cpu_ms_per_s"])
+    result["worker_database_server_cpu_ms_per_s"] = round(server[0] - server[1], 3) if None not in server else None
+    result["worker_cpu_ms_per_s"] = with_worker["worker_cpu_ms_per_s"]
+    result["worker_connections"] = with_worker.get("our_connections")
+    return result, stopped
+
+
 def main_idle(
     args: argparse.Namespace,
     report: dict[str, Any],
@@ -807,15 +1166,23 @@ def main_idle(
             durable.start_workflow(bench_sequence, args.steps, workflow_id=f"warmup-{i}")
         warmup = wait_for_prefix_closed("warmup-", args.workers, procs, timeout)
         time.sleep(args.idle_settle)
-        starts = start_spaced("idle-", args.workflows, args.steps, args.spacing)
+        starts = start_spaced("idle-", args.workflows, args.steps, args.spacing, args.spacing_jitter)
         completion = wait_for_prefix_closed("idle-", args.workflows, procs, timeout)
-        stopped = stop_workers(procs)
+        metrics = idle_metrics("idle-")
+        load: dict[str, Any] | None = None
+        if args.idle_load > 0 and args.db != "sqlite" and procs:
+            stopped = stop_workers(procs[1:])
+            load, last = idle_load(args, procs[0], db_name, args.idle_load)
+            stopped += last
+        else:
+            stopped = stop_workers(procs)
         report["results"]["idle"] = {
             "workers_ready": ready,
             "warmup": warmup,
             "completion": completion,
             "start_call": summary_ms(starts),
-            **idle_metrics("idle-"),
+            **metrics,
+            "idle_load": load,
             "workers_stopped": stopped,
             "worker_logs": scan_logs(logs),
         }
@@ -825,6 +1192,7 @@ def main_idle(
             "start_to_first_activity_start": "time.time() at the start of the first activity - WorkflowInstance.created_at",
             "start_to_close": "closed_at - created_at",
             "start_call": "harness wall time of one start_workflow call (its own transaction)",
+            "idle_load": "after the latency runs: all workers but one stopped, the harness's connection closed; the database's counters, the worker's CPU and the database server's CPU over --idle-load s with that worker idle (one_idle_worker), then as long with no worker (no_worker_baseline); worker_<unit>_per_s is the difference. unit: MariaDB statements (SHOW GLOBAL STATUS Questions, server-wide), PostgreSQL transactions (pg_stat_database of the benchmark database)",
         }
     finally:
         for proc in procs:
@@ -863,8 +1231,11 @@ def print_idle_table(r: dict[str, Any]) -> None:
             "workload",
             (
                 f"{cfg['workflows']} workflows x K={cfg['steps']}, started one at a time "
-                f"{cfg['spacing_s']} s apart after {cfg['idle_settle_s']} s idle; "
+                f"{cfg['spacing_s']} s apart"
+                + (f" + 0..{cfg['spacing_jitter_s']} s random" if cfg.get("spacing_jitter_s") else "")
+                + f" after {cfg['idle_settle_s']} s idle; "
                 f"W={cfg['workers']} workers, POLL_INTERVAL {cfg['poll_interval']} s"
+                + (", LISTEN/NOTIFY" if cfg["db"] == "postgres" else ", polling (no LISTEN/NOTIFY)")
             ),
         ),
         (
@@ -878,11 +1249,34 @@ def print_idle_table(r: dict[str, Any]) -> None:
         ("start to close", line(idle["start_to_close"])),
         ("start_workflow call", line(idle["start_call"])),
     ]
+    load = idle.get("idle_load")
+    if load:
+        rows.append(("idle worker's load", idle_load_line(load)))
     width = max(len(k) for k, _ in rows)
     print()
     for key, value in rows:
         print(f"  {key.ljust(width)}  {value}")
     print()
+
+
+def idle_load_line(load: dict[str, Any]) -> str:
+    unit = load.get("unit") or "?"
+    w, b = load["one_idle_worker"], load["no_worker_baseline"]
+    key = f"{unit}_per_s"
+    text = (
+        f"{fmt(load.get(f'worker_{key}'), '', 2)} {unit}/s (window {fmt(w.get(key), '', 2)} with the worker, "
+        f"{fmt(b.get(key), '', 2)} without, {w['seconds']} s each), {load.get('worker_connections')} connections, "
+        f"worker CPU {fmt(load.get('worker_cpu_ms_per_s'), ' ms/s', 2)}, "
+        f"database server CPU {fmt(load.get('worker_database_server_cpu_ms_per_s'), ' ms/s', 2)}"
+    )
+    commands = w.get("commands_per_s")
+    if "worker_pings_per_s" in load:
+        text += f", pings {fmt(load['worker_pings_per_s'], '/s', 2)}"
+    if commands:
+        text += "; server-wide [" + ", ".join(f"{k.removeprefix('Com_')} {v}/s" for k, v in commands.items()) + "]"
+    if not load.get("quiet"):
+        text += "  NOT QUIET: other clients were connected to the server (see the JSON)"
+    return text
 
 
 # -- output -------------------------------------------------------------------------
@@ -968,7 +1362,7 @@ def print_table(r: dict[str, Any]) -> None:
             (
                 "CPU per step",
                 (
-                    f"workers {fmt(cpu['workers'], ' ms', 2)}, postgres server {fmt(cpu['postgres_server'], ' ms', 2)}, "
+                    f"workers {fmt(cpu['workers'], ' ms', 2)}, {cfg['db']} server {fmt(cpu['database_server'], ' ms', 2)}, "
                     f"harness {fmt(cpu['harness'], ' ms', 2)}, "
                     f"other processes {fmt(cpu['other_processes'], ' ms', 2)}, whole machine {fmt(cpu['machine'], ' ms', 2)}"
                 ),
@@ -989,6 +1383,19 @@ def print_table(r: dict[str, Any]) -> None:
                     f"{run['postgres']['transactions_rolled_back']} rolled back"
                 )
                 if run["postgres"]
+                else "n/a",
+            )
+            if cfg["db"] != "mariadb"
+            else (
+                "mariadb (server-wide)",
+                (
+                    f"{run['mariadb']['connections_opened']} connections opened, "
+                    f"{run['mariadb']['worker_statements_per_step']} worker statements per step, "
+                    f"{run['mariadb']['worker_commits_per_step']} COMMITs per step, "
+                    f"{run['mariadb']['rollbacks']} rolled back"
+                    + ("" if run["mariadb"]["quiet"] else "  NOT QUIET: other clients were connected (see the JSON)")
+                )
+                if run.get("mariadb")
                 else "n/a",
             ),
             (
@@ -1038,10 +1445,11 @@ def main() -> int:
     Path(args.log_dir).mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
     stamp = now.strftime("%Y%m%dT%H%M%SZ") + f"-{args.db}" + ("-idle" if args.idle else "")
+    server = args.db in ("postgres", "mariadb")
     if args.db_name:
-        db_name = args.db_name if args.db == "postgres" else str(Path(args.db_name).resolve())
+        db_name = args.db_name if server else str(Path(args.db_name).resolve())
     else:
-        db_name = "durable_bench" if args.db == "postgres" else str(RESULTS_DIR / f"{stamp}.sqlite3")
+        db_name = "durable_bench" if server else str(RESULTS_DIR / f"{stamp}.sqlite3")
     if args.poll_interval is None:
         args.poll_interval = product_poll_interval() if args.idle else 0.01
 
@@ -1074,7 +1482,13 @@ def main() -> int:
     call_command("migrate", verbosity=0)
     migrate_s = time.perf_counter() - t0
 
-    import psycopg
+    from importlib.metadata import PackageNotFoundError, version
+
+    def driver_version(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
 
     report: dict[str, Any] = {
         "date": now.isoformat(timespec="seconds"),
@@ -1087,17 +1501,21 @@ def main() -> int:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "django": django.get_version(),
-            "psycopg": psycopg.__version__ if args.db == "postgres" else None,
+            "psycopg": driver_version("psycopg") if args.db == "postgres" else None,
+            "mysqlclient": driver_version("mysqlclient") if args.db == "mariadb" else None,
             "database_version": database_version(args.db),
             "loadavg_before": loadavg(),
             "busy_cpus_in_the_second_before": busy_cpus(),
         },
         "config": {
             "db": args.db,
-            "database": db_name if args.db == "postgres" else display_path(db_name),
+            "database": db_name if server else display_path(db_name),
+            "mariadb_charset": f"{MARIADB_CHARSET}, {MARIADB_COLLATION}" if args.db == "mariadb" else None,
             "mode": "idle latency" if args.idle else "throughput",
             "spacing_s": args.spacing if args.idle else None,
+            "spacing_jitter_s": args.spacing_jitter if args.idle else None,
             "idle_settle_s": args.idle_settle if args.idle else None,
+            "idle_load_s": args.idle_load if args.idle else None,
             "workflows": args.workflows,
             "steps": args.steps,
             "fanout": args.fanout,
@@ -1121,8 +1539,9 @@ def main() -> int:
                     "steps: workflows * steps activity executions",
                     "schedule_to_close: ActivityCompleted.timestamp - ActivityScheduled.timestamp; ActivityScheduled carries the claim time of the workflow task that scheduled it",
                     "schedule_to_start: time.time() at the start of the no-op activity - ActivityScheduled.timestamp",
-                    "cpu_per_step_ms: CPU seconds (user+system, /proc) between the first observed workflow-task claim (polled every 20 ms) and the last completion observed (polled every 50 ms), / steps; postgres_server = every postgres process incl. backends reaped meanwhile (all databases); machine = /proc/stat busy time of all processes; other_processes = machine minus the rest",
+                    "cpu_per_step_ms: CPU seconds (user+system, /proc) between the first observed workflow-task claim (polled every 20 ms) and the last completion observed (polled every 50 ms), / steps; database_server = PostgreSQL: every postgres process incl. backends reaped meanwhile, MariaDB: the mariadbd process (all its threads, exited ones included), either way all databases of the server; machine = /proc/stat busy time of all processes; other_processes = machine minus the rest",
                     "postgres: pg_stat_database counters of the benchmark database from just before worker spawn to just after the workers exited: sessions_opened (connections), transactions committed by the workers (each autocommit query counts, read-only ones too; the harness's polling queries are subtracted) and per step",
+                    "mariadb: SHOW GLOBAL STATUS from just before worker spawn to just after the workers exited, server-wide (other clients of the server count too): connections_opened (Connections, less the harness's reconnection), statements (Questions) less the harness's own (its session's Questions), commits (Com_commit: explicit COMMITs, autocommit statements not included) less the harness's, per step; commands: every Com_ counter that moved",
                     "wall_ms_per_step: steady_elapsed_s / steps",
                 ]
             )
@@ -1153,10 +1572,17 @@ def main() -> int:
                 procs, logs = spawn_workers(args, worker_env, stamp)
                 report["results"]["warmup"] = warm_up(args, procs)
             pg_before = None
+            mariadb_counters: MariaDBCounters | None = None
+            mariadb_before: dict[str, int] | None = None
             if args.db == "postgres":
                 connection.close()  # flushes this backend's statistics
                 time.sleep(1.1)
                 pg_before = pg_database_stats(db_name)
+            elif args.db == "mariadb":
+                connection.close()  # the harness's next connection counts its own statements from zero
+                mariadb_counters = MariaDBCounters()
+                others_at_start = mariadb_counters.connections(exclude_db=db_name)
+                mariadb_before = mariadb_counters.read()
             spawned_at = datetime.datetime.now(datetime.timezone.utc)
             if not warm:
                 procs, logs = spawn_workers(args, worker_env, stamp)
@@ -1175,6 +1601,13 @@ def main() -> int:
             stopped = stop_workers(procs)
             steps = args.workflows * args.steps
             pg_usage: dict[str, Any] | None = None
+            mariadb_use: dict[str, Any] | None = None
+            if mariadb_counters is not None and mariadb_before is not None:
+                harness_status = mariadb_session_status()
+                mariadb_use = mariadb_usage(mariadb_before, mariadb_counters.read(), harness_status, steps)
+                others = {"start": others_at_start, "end": mariadb_counters.connections(exclude_db=db_name)}
+                mariadb_use |= {"other_connections": others, "quiet": not others["start"] and not others["end"]}
+                mariadb_counters.close()
             if args.db == "postgres":
                 connection.close()
                 time.sleep(1.1)
@@ -1214,7 +1647,7 @@ def main() -> int:
                 "wall_ms_per_step": per_step(steady),
                 "cpu_per_step_ms": {
                     "workers": per_step(steady_cpu["workers_s"]),
-                    "postgres_server": per_step(steady_cpu["postgres_s"]),
+                    "database_server": per_step(steady_cpu["database_server_s"]),
                     "harness": per_step(steady_cpu["harness_s"]),
                     "other_processes": per_step(steady_cpu["other_s"]),
                     "machine": per_step(steady_cpu["machine_busy_s"]),
@@ -1225,9 +1658,11 @@ def main() -> int:
                     snaps.get("first_claim", snaps["spawn"])["all"],
                     snaps["done"]["all"],
                     exclude={os.getpid(), *pids},
+                    server_commands=server_command_prefixes(args.db),
                 ),
                 "history": hist,
                 "postgres": pg_usage,
+                "mariadb": mariadb_use,
                 "workers_stopped": stopped,
                 "worker_logs": scan_logs(logs),
             }

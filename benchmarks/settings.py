@@ -3,9 +3,10 @@
 Everything that varies between runs comes from environment variables that
 run.py sets for itself and for the ``durable_worker`` subprocesses it starts:
 
-    BENCH_DB              sqlite (default) or postgres
-    BENCH_DB_NAME         database name (postgres, default durable_bench) or SQLite file path
+    BENCH_DB              sqlite (default), postgres or mariadb
+    BENCH_DB_NAME         database name (postgres, mariadb: default durable_bench) or SQLite file path
     BENCH_PG_HOST/PORT/USER/PASSWORD   PostgreSQL server (127.0.0.1, 5432, postgres, empty)
+    BENCH_MARIADB_HOST/PORT/USER/PASSWORD   MariaDB server (127.0.0.1, 3306, root, empty)
     BENCH_POLL_INTERVAL   DURABLE["POLL_INTERVAL"] (default 0.01)
     BENCH_LEASE_SECONDS   DURABLE["LEASE_SECONDS"] (default 30)
     BENCH_CONN_MAX_AGE    the database's CONN_MAX_AGE: seconds, or "none" for persistent
@@ -54,6 +55,21 @@ if DB == "postgres":
             ),
         }
     }
+elif DB == "mariadb":
+    # No isolation_level in OPTIONS: Django's MySQL backend then asks for READ COMMITTED,
+    # which the product requires (check E005).
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": os.environ.get("BENCH_DB_NAME", "durable_bench"),
+            "USER": os.environ.get("BENCH_MARIADB_USER", "root"),
+            "PASSWORD": os.environ.get("BENCH_MARIADB_PASSWORD", ""),
+            "HOST": os.environ.get("BENCH_MARIADB_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("BENCH_MARIADB_PORT", "3306"),
+            "CONN_MAX_AGE": CONN_MAX_AGE,
+            "OPTIONS": {"charset": "utf8mb4"},
+        }
+    }
 elif DB == "sqlite":
     DATABASES = {
         "default": {
@@ -68,7 +84,7 @@ elif DB == "sqlite":
         }
     }
 else:
-    raise RuntimeError(f"BENCH_DB must be 'sqlite' or 'postgres', not {DB!r}")
+    raise RuntimeError(f"BENCH_DB must be 'sqlite', 'postgres' or 'mariadb', not {DB!r}")
 
 DURABLE = {
     "POLL_INTERVAL": float(os.environ.get("BENCH_POLL_INTERVAL", "0.01")),

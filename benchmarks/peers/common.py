@@ -1,7 +1,7 @@
-"""What the peer benchmarks share: the PostgreSQL server, process trees, CPU accounting, output.
+"""What the peer benchmarks share: the database servers, process trees, CPU accounting, output.
 
-The helpers for the machine and PostgreSQL come from benchmarks/run.py, so that every
-system in a comparison is measured the same way.
+The helpers for the machine, PostgreSQL and MariaDB come from benchmarks/run.py, so that
+every system in a comparison is measured the same way.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.run import (
     CLK_TCK,
+    database_server_cpu_seconds,
     machine_cpu_seconds,
+    mariadb_connect,
+    mariadb_fresh_database,
     pg_admin,
     pg_params,
-    postgres_cpu_seconds,
     summary_ms,
 )
 
@@ -33,6 +35,8 @@ __all__ = [
     "CpuWindow",
     "drop_pg_database",
     "fresh_pg_database",
+    "mariadb_connect",
+    "mariadb_fresh_database",
     "pg_params",
     "pg_url",
     "spawn",
@@ -141,12 +145,12 @@ def tree_cpu_seconds(roots: list[int]) -> float:
 
 
 class CpuWindow:
-    """CPU of the benchmarked workers, of the whole PostgreSQL server and of the machine
-    between two snapshots (the same accounting as benchmarks/run.py)."""
+    """CPU of the benchmarked workers, of the whole database server (``server``: postgres or
+    mariadb) and of the machine between two snapshots (the same accounting as benchmarks/run.py)."""
 
-    def __init__(self, worker_pids: list[int], with_postgres: bool = True) -> None:
+    def __init__(self, worker_pids: list[int], server: str | None = "postgres") -> None:
         self.worker_pids = worker_pids
-        self.with_postgres = with_postgres
+        self.server = server
 
     def snapshot(self) -> dict[str, float]:
         snap = {
@@ -155,9 +159,10 @@ class CpuWindow:
             "machine": machine_cpu_seconds(),
             "harness": _own_cpu_seconds(),
         }
-        if self.with_postgres:
-            pg = postgres_cpu_seconds()
-            snap["postgres"] = pg["live"] + pg["reaped"]
+        if self.server is not None:
+            server = database_server_cpu_seconds(self.server)
+            if server is not None:
+                snap["database_server"] = server
         return snap
 
     @staticmethod
@@ -169,7 +174,7 @@ class CpuWindow:
 
         return {
             "workers": ms("workers"),
-            "postgres_server": ms("postgres"),
+            "database_server": ms("database_server"),
             "harness": ms("harness"),
             "machine": ms("machine"),
         }
