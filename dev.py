@@ -441,8 +441,6 @@ def test(
             return 1
     # With PostgreSQL required, its scenarios that lack a tool (a private cluster, faketime) fail, never skip.
     require_env = {"DURABLE_REQUIRE_POSTGRES": "1"} if require_pg else {}
-    if require_mariadb:
-        require_env["DURABLE_REQUIRE_MARIADB"] = "1"
 
     def outcome(code: int) -> str:
         return "passed" if code == 0 else f"FAILED (exit code {code})"
