@@ -2,8 +2,8 @@
 """Developer entry point for django-durable. Needs only a Python >= 3.10.
 
     python3 dev.py demo [--port 8000] [--exit]   run the demo: worker, admin, a workflow
-    python3 dev.py test [--db sqlite|postgres] [--django 5.2|6.0] [--require-postgres] [--require-browser]
-                        [pytest args...]
+    python3 dev.py test [--db sqlite|postgres|mariadb] [--django 5.2|6.0] [--require-postgres]
+                        [--require-mariadb] [--require-browser] [pytest args...]
     python3 dev.py test --fast [pytest args...]  the inner loop: the engine and database tiers on SQLite
     python3 dev.py lint                          ruff check, ruff format --check, mypy: fails on any finding
     python3 dev.py docs [--serve]                build the documentation site (site/), warnings as errors
@@ -16,6 +16,9 @@ and the first Python found (python3.N on PATH, then pyenv's) that it supports.
 
 PostgreSQL for the tests: DURABLE_PG_HOST (127.0.0.1), DURABLE_PG_PORT (5432),
 DURABLE_PG_USER (postgres), DURABLE_PG_PASSWORD (empty), DURABLE_PG_NAME (test).
+MariaDB: DURABLE_MARIADB_HOST (127.0.0.1), DURABLE_MARIADB_PORT (3306), DURABLE_MARIADB_USER
+(root), DURABLE_MARIADB_PASSWORD (empty), DURABLE_MARIADB_NAME (test); its pass installs
+mysqlclient (and, as root on Debian, the libmariadb-dev and pkg-config it builds with).
 
 The browser test drives a headless Chromium: DURABLE_CHROMIUM (its path), else
 chromium, chromium-browser or google-chrome on PATH. Without one it is skipped;
@@ -389,7 +392,7 @@ def install_faketime() -> str | None:
 
 DATABASES = ("sqlite", "postgres", "mariadb")
 # The passes `dev.py test` runs without --db.
-DEFAULT_DATABASES = ("sqlite", "postgres")
+DEFAULT_DATABASES = ("sqlite", "postgres", "mariadb")
 # The tiers `--fast` runs: in-process, no worker subprocess, live server or browser (see setup.cfg's markers).
 FAST_TIERS = "engine or database"
 

@@ -121,6 +121,12 @@ def db_vendor() -> str:
     return connection.vendor
 
 
+def has_row_locks() -> bool:
+    """Whether the test database locks rows (PostgreSQL, and MariaDB's InnoDB), where SQLite
+    serialises writers instead (one write lock, taken at BEGIN)."""
+    return connection.vendor in ("postgresql", "mysql")
+
+
 # The model permissions of WorkflowInstance that the API and the admin's actions check.
 WORKFLOW_PERMISSIONS = (
     "view_workflowinstance",

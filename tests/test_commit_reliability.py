@@ -77,7 +77,7 @@ def rollback_journal(db_vendor: str, transactional_db: None) -> Iterator[None]:
     is. WAL is a property of the file, which the suite's own connection set; it is set
     again once the workers are gone (request this fixture before ``start_worker``)."""
     if db_vendor != "sqlite":
-        pytest.skip("SQLite's configuration: PostgreSQL has row locks and no such setting")
+        pytest.skip("SQLite's configuration: PostgreSQL and MariaDB lock rows and have no such setting")
     assert journal_mode("DELETE") == "delete"
     yield
     assert journal_mode("WAL") == "wal"

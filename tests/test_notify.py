@@ -4,7 +4,8 @@ API's ``?wait=`` long poll waking on a run's close, and an idle worker process w
 
 Where a test closes a run it goes through the store (``store.terminate``, a workflow task), which
 announces the close itself; the waits it ends have no fall-back poll that could end them in time.
-PostgreSQL-only tests are skipped on the SQLite pass and run (and fail) on the PostgreSQL one.
+PostgreSQL-only tests are skipped on the SQLite and MariaDB passes and run (and fail) on the PostgreSQL
+one; those two test the fallback without LISTEN/NOTIFY instead.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ ON_POSTGRES = os.environ.get("DURABLE_TEST_DB", "sqlite") == "postgres"
 postgres_only = pytest.mark.skipif(
     not ON_POSTGRES, reason="LISTEN/NOTIFY is PostgreSQL's (the PostgreSQL pass runs it)"
 )
-sqlite_only = pytest.mark.skipif(ON_POSTGRES, reason="the fallback without LISTEN/NOTIFY")
+without_notify = pytest.mark.skipif(ON_POSTGRES, reason="the fallback without LISTEN/NOTIFY, which PostgreSQL has")
 
 # Far longer than any test may take: a wait that ends sooner was ended by a notification.
 NO_FALLBACK_POLL = 60.0
@@ -420,8 +421,11 @@ def test_an_idle_worker_claims_new_work_at_once_woken_by_its_notification(start_
 # -- without LISTEN/NOTIFY ------------------------------------------------------------------------
 
 
-@sqlite_only
-def test_sqlite_has_no_notifications_but_waits_and_results_work(close_in_another_thread, django_assert_num_queries):
+@without_notify
+def test_without_listen_notify_nothing_is_sent_but_waits_and_results_work(
+    close_in_another_thread, django_assert_num_queries
+):
+    """SQLite and MariaDB: no notification costs a query, and waits end by polling."""
     assert not notify.supported()
     with django_assert_num_queries(0):
         notify.notify_work("default")

@@ -35,7 +35,7 @@ from django_durable.models import (
     WorkItem,
 )
 from django_durable.testing import WorkflowEnvironment
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, has_row_locks, wait_for
 from tests.testapp.workflows import fan_out, sleeper
 
 pytestmark = pytest.mark.database
@@ -345,12 +345,14 @@ def test_prune_goes_in_batches_of_one_statement_per_table(db):
     assert WorkflowInstance.objects.count() == 0
 
 
-@pytest.mark.skipif(os.environ.get("DURABLE_TEST_DB", "sqlite") != "postgres", reason="SQLite has no row locks")
+@pytest.mark.skipif(not has_row_locks(), reason="SQLite has no row locks")
 def test_prune_skips_runs_another_transaction_holds_instead_of_waiting(transactional_db):
     with weeks_ago(40) as env:
         for i in range(4):
             env.result(env.start(ops_done, i, workflow_id=f"held-{i}"))
-    held = {run("held-1").pk: "FOR UPDATE", run("held-2").pk: "FOR KEY SHARE"}  # a purge; a rerun's insert
+    # A purge's lock; a rerun's insert, whose foreign key to its source shares a lock on it.
+    shared = "FOR KEY SHARE" if connection.vendor == "postgresql" else "LOCK IN SHARE MODE"
+    held = {run("held-1").pk: "FOR UPDATE", run("held-2").pk: shared}
     locked, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -553,16 +555,33 @@ def test_healthcheck_reports_unapplied_migrations(db):
     assert statuses(report) == {"database": "ok", "migrations": "fail", "workers": "ok", "overdue": "ok"}
 
 
+@pytest.fixture
+def database_of_its_own(transactional_db: None, tmp_path: Any) -> Iterator[str]:
+    """The name of an empty database beside the test database: an SQLite file, or one on the
+    server (created outside any transaction: transactional_db leaves the connection in autocommit)."""
+    if connection.vendor == "sqlite":
+        yield str(tmp_path / "migrated-back.sqlite3")
+        return
+    name = f"{connection.settings_dict['NAME']}_migrated_back"
+    quoted = connection.ops.quote_name(name)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {quoted}")
+        cursor.execute(f"CREATE DATABASE {quoted}")
+    try:
+        yield name
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {quoted}")
+
+
 @pytest.mark.workers
-@pytest.mark.skipif(
-    os.environ.get("DURABLE_TEST_DB", "sqlite") != "sqlite",
-    reason="migrates a database of its own, an SQLite file; the migration check itself runs on both",
-)
-def test_healthcheck_on_a_database_migrated_back(tmp_path):
-    database = str(tmp_path / "migrated-back.sqlite3")
-    assert manage("migrate", "-v", "0", db_name=database).returncode == 0
+def test_healthcheck_on_a_database_migrated_back(database_of_its_own):
+    database = database_of_its_own
+    migrated = manage("migrate", "-v", "0", db_name=database)
+    assert migrated.returncode == 0, migrated
     latest, previous = latest_migrations()
-    assert manage("migrate", "django_durable", previous, "-v", "0", db_name=database).returncode == 0
+    back = manage("migrate", "django_durable", previous, "-v", "0", db_name=database)
+    assert back.returncode == 0, back
 
     behind = manage("durable_healthcheck", "--min-workers", "0", db_name=database)
     assert behind.returncode == 1, behind

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.apps import apps
+from django.db.models import JSONField
 from rest_framework.test import APIClient
 
 import django_durable as durable
@@ -23,7 +24,8 @@ from django_durable.checks import check_settings
 from django_durable.converter import payload_limits
 from django_durable.engine.events import PAYLOAD_KINDS
 from django_durable.exceptions import HistoryTooLarge, PayloadTooLarge, SerializationError
-from django_durable.models import HistoryEvent, WorkflowInstance, WorkItem
+from django_durable.jsontext import MAX_JSON_DEPTH
+from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem
 from django_durable.testing import WorkflowEnvironment
 from tests.conftest import grant
 from tests.testapp.models import ActivityRun
@@ -172,6 +174,27 @@ def test_start_workflow_over_the_limit_writes_nothing(db, settings):
     limit(settings, PAYLOAD_MAX_BYTES={"workflow_input": size})  # the limit itself is allowed
     durable.start_workflow(api_greet, name, punctuation="?", workflow_id="just-fits")
     assert WorkflowInstance.objects.filter(workflow_id="just-fits").exists()
+
+
+def test_every_json_column_holds_a_value_nested_as_deep_as_the_api_admits(db):
+    """The HTTP API admits MAX_JSON_DEPTH levels, and the store wraps a value in a few more (a
+    start's arguments in {"args": [...]}, a failure's details in {"error": {"details": ...}}).
+    MariaDB's JSON columns as Django makes them refuse a document 32 levels deep: migration
+    0007 lifts that there."""
+    deep = json.loads("[" * (MAX_JSON_DEPTH + 3) + "]" * (MAX_JSON_DEPTH + 3))
+    handle = durable.start_workflow(api_greet, "deep", workflow_id="deep")
+    handle.signal("go", None)
+    run = WorkflowInstance.objects.get(run_id=handle.run_id)
+    rows = {
+        WorkflowInstance: run.pk,
+        HistoryEvent: HistoryEvent.objects.get(instance=run).pk,
+        InboxEvent: InboxEvent.objects.get(instance=run).pk,
+        WorkItem: WorkItem.objects.get(instance=run).pk,
+    }
+    for model, pk in rows.items():
+        columns = [field.name for field in model._meta.concrete_fields if isinstance(field, JSONField)]
+        model.objects.filter(pk=pk).update(**dict.fromkeys(columns, deep))
+        assert model.objects.values(*columns).get(pk=pk) == dict.fromkeys(columns, deep), model
 
 
 def test_signal_over_its_own_limit_writes_nothing(db, settings):

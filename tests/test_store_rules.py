@@ -5,10 +5,10 @@ attempt tokens, lease renewal, leases capped by the attempt's timeout, claims, g
 commits, and the lock order (a run's row before its work items; claims lock no run).
 
 Time moves by the test clock (``store.clock_override``) where a lease must run out.
-Row locks are PostgreSQL's: the tests that hold one from a second connection run there;
-on SQLite, where writers are serialised instead, its rule (the write lock taken at BEGIN)
-is tested. A store call that should not wait on a held lock runs under a
-``lock_timeout``: if it waited, it fails instead of hanging.
+Row locks are PostgreSQL's and MariaDB's (InnoDB's): the tests that hold one from a second
+connection run there; on SQLite, where writers are serialised instead, its rule (the write
+lock taken at BEGIN) is tested. A store call that should not wait on a held lock runs under
+a lock timeout of a few seconds: if it waited, it fails instead of hanging.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from django_durable.exceptions import ActivityNotPending
 from django_durable.executors.workflow_tasks import execute_workflow_task
 from django_durable.models import HistoryEvent, InboxEvent, WorkflowInstance, WorkflowStatus, WorkItem, WorkItemKind
 from django_durable.tokens import make_task_token
-from tests.conftest import wait_for
+from tests.conftest import has_row_locks, wait_for
 from tests.testapp.orchestration_workflows import ow_parent
-from tests.testapp.workflows import sequence, sleeper, times_out
+from tests.testapp.workflows import fan_out, sequence, sleeper, times_out
 
 pytestmark = pytest.mark.database
 
@@ -42,8 +42,8 @@ LEASE = 10.0
 RETRY_DELAY = 1.0  # the default RetryPolicy's first interval (``record`` has no policy of its own)
 WAIT = 30.0  # an upper bound on any wait for another thread, never an expected duration
 RUNS, ITEMS = WorkflowInstance._meta.db_table, WorkItem._meta.db_table
-postgres_only = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="row locks held from a second connection: PostgreSQL's"
+row_locks_only = pytest.mark.skipif(
+    not has_row_locks(), reason="row locks held from a second connection: SQLite has none"
 )
 
 
@@ -327,12 +327,12 @@ def test_a_group_commit_records_the_live_attempts_and_marks_the_stale_one_lost(c
 
 
 def _text(sql: str) -> str:
-    return " ".join(sql.replace('"', "").split())
+    return " ".join(sql.replace('"', "").replace("`", "").split())
 
 
 def locked_tables(sql: str) -> set[str]:
-    """The tables (runs, work items) whose existing rows a PostgreSQL statement locks: by
-    UPDATE, DELETE, or SELECT ... FOR [NO KEY] UPDATE of the table last named before it."""
+    """The tables (runs, work items) whose existing rows a statement locks: by UPDATE,
+    DELETE, or SELECT ... FOR [NO KEY] UPDATE of the table last named before it."""
     text = _text(sql)
     found = {table for table in (RUNS, ITEMS) if re.search(rf"\b(UPDATE|DELETE FROM) {table}\b", text)}
     for match in re.finditer(r"\bFOR (NO KEY )?UPDATE\b", text):
@@ -415,7 +415,7 @@ LOCKING: dict[str, tuple[Callable[[Clock], Callable[[], object]], set[str]]] = {
 }
 
 
-@postgres_only
+@row_locks_only
 @pytest.mark.parametrize("operation", list(LOCKING))
 def test_a_run_is_locked_before_its_work_items(clock: Clock, operation: str) -> None:
     setup, expected = LOCKING[operation]
@@ -429,7 +429,7 @@ def test_a_run_is_locked_before_its_work_items(clock: Clock, operation: str) -> 
     assert first_run < first_item, [query["sql"] for query in queries.captured_queries]
 
 
-@postgres_only
+@row_locks_only
 def test_a_closing_child_locks_its_parent_with_itself_in_id_order(clock: Clock) -> None:
     """Not after itself: against a batch that locks the parent first that would deadlock."""
     parent = scheduled("parent", ow_parent, [1])
@@ -438,9 +438,13 @@ def test_a_closing_child_locks_its_parent_with_itself_in_id_order(clock: Clock) 
     with CaptureQueriesContext(connection) as queries:
         execute_workflow_task(child_task)
     run_locks = [_text(q["sql"]) for q in queries.captured_queries if RUNS in locked_tables(q["sql"])]
-    assert run_locks and "ORDER BY id FOR NO KEY UPDATE" in run_locks[0], run_locks
     first = sorted((parent.pk, child_task.instance_id))
-    assert "{" + ",".join(map(str, first)) + "}" in run_locks[0], run_locks[0]
+    if connection.vendor == "postgresql":  # in one statement
+        assert run_locks and "ORDER BY id FOR NO KEY UPDATE" in run_locks[0], run_locks
+        assert "{" + ",".join(map(str, first)) + "}" in run_locks[0], run_locks[0]
+    else:  # a statement a run
+        locked = [re.search(rf"WHERE {RUNS}\.id = (\d+) ", sql) for sql in run_locks[:2]]
+        assert [int(match[1]) if match else None for match in locked] == first, run_locks
     assert WorkflowInstance.objects.get(pk=child_task.instance_id).status == WorkflowStatus.COMPLETED
     assert InboxEvent.objects.filter(instance=parent, kind=EventKind.CHILD_WORKFLOW_COMPLETED).count() == 1
 
@@ -488,24 +492,27 @@ def held(sql: str, params: list[Any]) -> Iterator[None]:
 @contextlib.contextmanager
 def not_waiting() -> Iterator[None]:
     """Statements here that would wait on a row lock fail after a few seconds instead."""
+    postgresql = connection.vendor == "postgresql"
     with connection.cursor() as cursor:
-        cursor.execute("SET lock_timeout = '5s'")
+        cursor.execute("SET lock_timeout = '5s'" if postgresql else "SET SESSION innodb_lock_wait_timeout = 5")
     try:
         yield
     finally:
         with connection.cursor() as cursor:
-            cursor.execute("RESET lock_timeout")
+            cursor.execute("RESET lock_timeout" if postgresql else "SET SESSION innodb_lock_wait_timeout = DEFAULT")
 
 
 def lock_run(instance_id: int) -> tuple[str, list[Any]]:
-    return f"SELECT id FROM {RUNS} WHERE id = %s FOR NO KEY UPDATE", [instance_id]
+    """The lock the store takes on a run's row (PostgreSQL's weaker one lets foreign keys to it be checked)."""
+    strength = "NO KEY UPDATE" if connection.vendor == "postgresql" else "UPDATE"
+    return f"SELECT id FROM {RUNS} WHERE id = %s FOR {strength}", [instance_id]
 
 
 def lock_item(item_id: int) -> tuple[str, list[Any]]:
     return f"SELECT id FROM {ITEMS} WHERE id = %s FOR UPDATE", [item_id]
 
 
-@postgres_only
+@row_locks_only
 @pytest.mark.django_db(transaction=True)
 def test_a_claim_skips_a_locked_item_and_does_not_wait_for_its_run() -> None:
     run = scheduled()
@@ -519,7 +526,37 @@ def test_a_claim_skips_a_locked_item_and_does_not_wait_for_its_run() -> None:
     assert claimed.id == item.pk
 
 
-@postgres_only
+@row_locks_only
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_by_id_skips_an_item_locked_elsewhere_on_postgresql_and_waits_for_it_on_mariadb() -> None:
+    """A remote executor's claim of the item it was sent. A PostgreSQL row lock is a claimer's
+    or a finisher's: the item is taken. InnoDB also locks, for a moment, rows a scan passes over
+    (a dispatch's, a run's close): there the claim waits, or the item would wait DISPATCH_TIMEOUT."""
+    run = scheduled()
+    item = WorkItem.objects.get(instance=run, kind=WorkItemKind.ACTIVITY)
+    if connection.vendor == "postgresql":
+        with held(*lock_item(item.pk)), not_waiting():
+            assert store.claim_item(item.pk, owner="remote", lease_seconds=LEASE) is None
+        assert item_row(item.pk)["lease_owner"] is None
+        return
+    claimed: list[store.Claim | None] = []
+
+    def claim() -> None:
+        try:
+            claimed.append(store.claim_item(item.pk, owner="remote", lease_seconds=LEASE))
+        finally:
+            connection.close()
+
+    claimer = threading.Thread(target=claim)
+    with held(*lock_item(item.pk)):
+        claimer.start()
+        wait_for(someone_waits_on_a_lock, timeout=WAIT, interval=LOCK_POLL, what="the claim to wait on the item")
+    claimer.join(WAIT)
+    assert len(claimed) == 1 and claimed[0] is not None and claimed[0].owner == "remote", claimed
+    assert item_row(item.pk)["lease_owner"] == "remote"
+
+
+@row_locks_only
 @pytest.mark.django_db(transaction=True)
 def test_a_renewal_skips_an_item_being_finished_instead_of_waiting() -> None:
     scheduled()
@@ -533,7 +570,7 @@ def test_a_renewal_skips_an_item_being_finished_instead_of_waiting() -> None:
     assert item_row(item.id)["lease_expires_at"] > before
 
 
-@postgres_only
+@row_locks_only
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("what", ["reaper", "timer"])
 def test_the_reaper_and_timers_skip_a_run_locked_by_someone_else(what: str) -> None:
@@ -551,8 +588,25 @@ def test_the_reaper_and_timers_skip_a_run_locked_by_someone_else(what: str) -> N
     assert act() == 1
 
 
+@row_locks_only
+@pytest.mark.django_db(transaction=True)
+def test_closing_a_run_waits_on_no_other_runs_items() -> None:
+    """A run's close deletes its outstanding work items. InnoDB locks each row a DELETE scans,
+    and scans the whole table for a run that holds much of it: the close would wait on another
+    run's item being finished (two such closes deadlock) unless it deletes by primary key."""
+    big = scheduled("big", fan_out, 12)
+    other = scheduled("other")
+    item = WorkItem.objects.get(instance=other, kind=WorkItemKind.ACTIVITY)
+    assert WorkItem.objects.filter(instance=big).count() == 12
+    with held(*lock_item(item.pk)), not_waiting():
+        store.terminate("big", None, "enough")
+    assert not WorkItem.objects.filter(instance=big).exists()
+    assert WorkItem.objects.filter(pk=item.pk).exists()
+
+
 # Deadlocks: PostgreSQL aborts one of two transactions that wait on each other (after its
-# deadlock_timeout) with "deadlock detected"; the store's order must never let that happen.
+# deadlock_timeout) with "deadlock detected", InnoDB at once with "Deadlock found"; the
+# store's order must never let that happen.
 
 
 def race_a_completion(item: store.Claim, run_id: int, first: str) -> list[str]:
@@ -591,7 +645,12 @@ def race_a_completion(item: store.Claim, run_id: int, first: str) -> list[str]:
     completion = threading.Thread(target=complete)
     completion.start()
     try:
-        wait_for(someone_waits_on_a_lock, timeout=WAIT, what="the completion to wait on the held lock")
+        wait_for(
+            someone_waits_on_a_lock,
+            timeout=WAIT,
+            interval=LOCK_POLL,
+            what="the completion to wait on the held lock",
+        )
     finally:
         waiting_seen.set()
         holder.join(WAIT)
@@ -600,16 +659,28 @@ def race_a_completion(item: store.Claim, run_id: int, first: str) -> list[str]:
     return errors
 
 
+# InnoDB refreshes its copy of INNODB_TRX only when nobody read it for 0.1 s: a faster poll
+# would read the same stale copy for ever.
+LOCK_POLL = 0.05 if connection.vendor == "postgresql" else 0.25
+
+
 def someone_waits_on_a_lock() -> bool:
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
-        )
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+            )
+        else:
+            cursor.execute(
+                "SELECT count(*) FROM information_schema.INNODB_TRX t "
+                "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+                "WHERE p.DB = DATABASE() AND t.trx_state = 'LOCK WAIT'"
+            )
         return bool(cursor.fetchone()[0])
 
 
-@postgres_only
+@row_locks_only
 @pytest.mark.django_db(transaction=True)
 def test_a_transaction_that_locks_the_run_first_never_deadlocks_with_a_completion() -> None:
     """A verb, the reaper or a timer locks the run, then its items; a completion waits for
@@ -620,7 +691,7 @@ def test_a_transaction_that_locks_the_run_first_never_deadlocks_with_a_completio
     assert completed_attempts("rules") == [("done", 1)]
 
 
-@postgres_only
+@row_locks_only
 @pytest.mark.django_db(transaction=True)
 def test_the_deadlock_the_lock_order_prevents_is_detected_here() -> None:
     """The check above can fail: a transaction that locks the item first, then the run,
@@ -628,7 +699,7 @@ def test_the_deadlock_the_lock_order_prevents_is_detected_here() -> None:
     run = scheduled()
     item = lease("w")
     errors = race_a_completion(item, run.pk, first="item")
-    assert any("deadlock detected" in error for error in errors), errors
+    assert any(re.search(r"deadlock (detected|found)", error, re.IGNORECASE) for error in errors), errors
 
 
 @pytest.mark.django_db(transaction=True)
@@ -636,7 +707,7 @@ def test_a_write_transaction_takes_sqlites_write_lock_at_begin() -> None:
     """Whatever OPTIONS["transaction_mode"] says: two deferred transactions that both read,
     then write, deadlock on the lock upgrade (SQLite fails one at once)."""
     if connection.vendor != "sqlite":
-        pytest.skip("SQLite's rule; PostgreSQL locks rows")
+        pytest.skip("SQLite's rule; PostgreSQL and MariaDB lock rows")
     options = connection.settings_dict["OPTIONS"]
     configured = options.pop("transaction_mode", None)
     connection.close()  # connecting reads the transaction mode

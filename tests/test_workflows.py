@@ -695,9 +695,8 @@ def _run(command: list[str], **env: str) -> subprocess.CompletedProcess:
 
 def _scratch_db_name(tmp_path) -> str:
     """A database for commands that peek at one: never the suite's own."""
-    return (
-        "postgres" if os.environ.get("DURABLE_TEST_DB", "sqlite") == "postgres" else str(tmp_path / "scratch.sqlite3")
-    )
+    scratch = {"postgres": "postgres", "mariadb": "information_schema"}
+    return scratch.get(os.environ.get("DURABLE_TEST_DB", "sqlite"), str(tmp_path / "scratch.sqlite3"))
 
 
 def test_system_checks_pass_without_warnings(tmp_path):

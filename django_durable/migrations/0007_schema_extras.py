@@ -1,5 +1,6 @@
 """What the models declare that a database does not get from Django's migrations: on MySQL and
-MariaDB, the conditional unique constraints (see ``Dialect.schema_extras``). Nothing elsewhere."""
+MariaDB, the conditional unique constraints and the claim index, and on MariaDB JSON columns that
+hold any depth (see ``MySQLDialect.schema_extras``). Nothing elsewhere."""
 
 from django.apps.registry import Apps
 from django.db import migrations

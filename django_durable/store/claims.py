@@ -120,7 +120,7 @@ def claim_item(item_id: int, *, owner: str, lease_seconds: float, kind: str = Wo
         now = db_now()
         claimable = _claimable(now, id=item_id, kind=kind)
         if connection.features.has_select_for_update_skip_locked:
-            claimable = claimable.select_for_update(skip_locked=True)
+            claimable = claimable.select_for_update(skip_locked=dialect_for(connection).claim_by_id_skips_locked)
         if not claimable.exists():
             # Parked or not yet due: forget the sending, so it is sent again once claimable.
             WorkItem.objects.filter(id=item_id, lease_owner__isnull=True).filter(

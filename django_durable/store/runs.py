@@ -395,8 +395,8 @@ def _terminate_locked(instance_id: int, instance: LockedRun, reason: str, now: d
     seq = _append_event(
         instance_id, instance, Event(kind=EventKind.WORKFLOW_TERMINATED, payload={"reason": reason}, timestamp=now)
     )
-    WorkItem.objects.filter(instance_id=instance_id).delete()
-    InboxEvent.objects.filter(instance_id=instance_id).delete()
+    dialect_for(connection).delete_run_rows(WorkItem.objects.filter(instance_id=instance_id))
+    dialect_for(connection).delete_run_rows(InboxEvent.objects.filter(instance_id=instance_id))
     WorkflowInstance.objects.filter(pk=instance_id).update(
         status=WorkflowStatus.TERMINATED,
         error=error,

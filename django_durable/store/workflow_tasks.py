@@ -246,8 +246,8 @@ def _commit_task(
                 .values("kind", "name", "payload")
             )
         # Outstanding activities and timers die with the run; late results find no item.
-        WorkItem.objects.filter(instance_id=instance_id).delete()
-        InboxEvent.objects.filter(instance_id=instance_id).delete()
+        dialect_for(connection).delete_run_rows(WorkItem.objects.filter(instance_id=instance_id))
+        dialect_for(connection).delete_run_rows(InboxEvent.objects.filter(instance_id=instance_id))
         _write_task(instance_id, history, updates)
         if status == WorkflowStatus.CONTINUED_AS_NEW:
             _continue_as_new(instance_id, instance, new_events[-1].payload, late, now)
@@ -260,9 +260,9 @@ def _commit_task(
     else:
         canceled_timers = {e.task_id for e in new_events if e.kind == EventKind.TIMER_CANCELED}
         if canceled_timers:
-            WorkItem.objects.filter(
-                instance_id=instance_id, kind=WorkItemKind.TIMER, task_id__in=canceled_timers
-            ).delete()
+            dialect_for(connection).delete_run_rows(
+                WorkItem.objects.filter(instance_id=instance_id, kind=WorkItemKind.TIMER, task_id__in=canceled_timers)
+            )
         # A timer started and canceled in this very task gets no work item.
         scheduled = [e for e in new_events if not (e.kind == EventKind.TIMER_STARTED and e.task_id in canceled_timers)]
         items = _work_items_for(instance_id, instance, scheduled, now)

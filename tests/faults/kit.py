@@ -110,7 +110,7 @@ def wait_held(folder: Path, worker: WorkerProcess, point: str) -> Path:
 
 def holds_transaction() -> bool:
     """Whether another process holds a write transaction (SQLite's one write lock) or any
-    open transaction or running statement (PostgreSQL) on the test database."""
+    open transaction or running statement (PostgreSQL, MariaDB) on the test database."""
     if connection.vendor == "sqlite":
         probe = sqlite3.connect(connection.settings_dict["NAME"], timeout=0.05, isolation_level=None)
         try:
@@ -121,6 +121,20 @@ def holds_transaction() -> bool:
             return True
         finally:
             probe.close()
+    if connection.vendor == "mysql":
+        # InnoDB serves INNODB_TRX from a copy it refreshes only when nobody read it for 0.1 s:
+        # the second read, 0.15 s after the first, sees the other sessions' transactions as they are.
+        for _ in range(2):
+            time.sleep(0.15)
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM information_schema.PROCESSLIST p "
+                    "LEFT JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID "
+                    "WHERE p.DB = DATABASE() AND p.ID <> CONNECTION_ID() "
+                    "AND (p.COMMAND = 'Query' OR t.trx_id IS NOT NULL)"
+                )
+                (count,) = cursor.fetchone()
+        return bool(count)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "

@@ -4,9 +4,11 @@ PostgreSQL restarted under them, their connections terminated mid-claim and
 mid-commit, a worker whose clock is hours off, and a short seeded chaos soak.
 
 PostgreSQL restarts run on a private cluster (tests/faults/pgcluster.py), never the shared
-server; scenarios that need PostgreSQL, its server binaries or Debian's faketime skip
-on SQLite and without those tools, and fail instead in CI (CI=true or
-``dev.py --require-postgres``). Every wait awaits an event, with a generous bound.
+server. Scenarios of PostgreSQL itself skip on SQLite and MariaDB (MariaDB's own are in
+tests/faults/test_mariadb_faults.py), those of a database server's row locks and clock skip
+on SQLite; without PostgreSQL's server binaries or Debian's faketime they skip, and fail
+instead in CI (CI=true or ``dev.py --require-postgres``). Every wait awaits an event, with a
+generous bound.
 """
 
 from __future__ import annotations
@@ -67,7 +69,14 @@ from tests.testapp.workflows import (
 pytestmark = pytest.mark.workers
 
 postgres_only = pytest.mark.skipif(
-    not ON_POSTGRES, reason="a PostgreSQL scenario (server restarts, backends, its clock): the PostgreSQL pass runs it"
+    not ON_POSTGRES,
+    reason="a PostgreSQL scenario (its server restarted, its backends terminated): the PostgreSQL pass runs it "
+    "(MariaDB's KILL of a connection: tests/faults/test_mariadb_faults.py)",
+)
+# SQLite has one write lock, which a frozen transaction holds from every other worker, and no
+# server: there every process is its own database clock, so a skewed clock is a skewed database.
+server_only = pytest.mark.skipif(
+    connection.vendor == "sqlite", reason="row locks and a database server's clock: not SQLite's"
 )
 
 
@@ -415,7 +424,7 @@ def test_connection_terminated_mid_commit(start_worker, point):
     verdict({key: runs(key)[-1]}).assert_ok()
 
 
-@postgres_only
+@server_only
 def test_a_worker_frozen_inside_a_transaction_does_not_stall_the_others(start_worker):
     """A worker frozen (GC pause, suspended VM) with a workflow task's transaction open
     holds that run's row lock. Its lease runs out; the other workers must go on serving
@@ -454,9 +463,9 @@ def faketime_library() -> str | None:
     return found[0] if found else None
 
 
-@postgres_only
+@server_only
 def test_workers_with_clocks_hours_off_neither_steal_leases_nor_fire_timers_early(start_worker, tmp_path):
-    """Leases, due times and retries are compared with PostgreSQL's clock: a worker 3 h
+    """Leases, due times and retries are compared with the database server's clock: a worker 3 h
     ahead must not reap the lease of one 3 h behind, nor fire a timer early. (On SQLite
     every process is its own database clock, so there a skewed clock is a skewed database.)"""
     library = faketime_library()

@@ -76,6 +76,10 @@ class Dialect:
     needs_read_committed = False
     # The database's clock in SQL, in UTC (the transaction's start where the database has one).
     clock_sql = "CURRENT_TIMESTAMP"
+    # Whether a claim by id (``claim_item``) skips its row while another transaction locks it:
+    # yes where only a claimer or a finisher locks a work item. Where a scan locks, for a moment,
+    # rows it passes over (InnoDB), a skip could pass over a free item: the claim waits instead.
+    claim_by_id_skips_locked = True
 
     def __init__(self, vendor: str) -> None:
         self.vendor = vendor
@@ -181,6 +185,10 @@ class Dialect:
     def read_tasks(self, runs: Sequence[tuple[int, int]]) -> dict[int, StoredTask] | None:
         """``read_task`` for ``(run id, known length)`` pairs, by run id, in one statement."""
         return None
+
+    def delete_run_rows(self, rows: QuerySet[Any]) -> int:
+        """Delete ``rows``, some of a run's work items or inbox events (``instance_id=``), its row locked."""
+        return rows.delete()[0]
 
     def lock_first_due(
         self, candidates: QuerySet[WorkItem], queues: Sequence[str], limit: int

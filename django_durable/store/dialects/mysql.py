@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
+from typing import Any
 
-from django.db import connection
+from django.db import connection, models
 from django.db.models import QuerySet
 
-from ...models import OPEN_STATUSES, WorkflowInstance, WorkItem, WorkItemKind
+from ...models import OPEN_STATUSES, HistoryEvent, InboxEvent, WorkflowInstance, WorkItem, WorkItemKind
 from .base import Dialect, SchemaExtra, ServerProblem, column, concrete_field
 
 
@@ -19,6 +20,10 @@ class MySQLDialect(Dialect):
     # UTC whatever the session's time zone, with microseconds (CURRENT_TIMESTAMP has neither).
     # MySQL has no clock of the transaction's start: this is the statement's.
     clock_sql = "UTC_TIMESTAMP(6)"
+    # InnoDB locks each row a locking read or a DELETE scans, if only until it finds the row
+    # does not match: a dispatch scan passing over an item it sent could make the claim of that
+    # very item skip it, and the item would wait DISPATCH_TIMEOUT to be sent again.
+    claim_by_id_skips_locked = False
 
     def schema_extras(self) -> list[SchemaExtra]:
         """The models' conditional unique constraints and indexes, which Django skips here (no
@@ -26,8 +31,9 @@ class MySQLDialect(Dialect):
         where the condition is false (a unique index admits any number of NULLs). An index
         becomes one whose leading columns hold the condition: InnoDB locks every index record a
         locking read scans, so a claim must find its rows, in its order, in one range of one
-        index, or it locks rows it does not return and the next worker finds nothing to claim."""
-        return [
+        index, or it locks rows it does not return and the next worker finds nothing to claim.
+        On MariaDB, JSON columns without the CHECK that limits a document's depth (``_JSON_COLUMNS``)."""
+        extras = [
             _unique_where(
                 WorkflowInstance,
                 "durable_one_open_run_per_workflow_id",
@@ -51,6 +57,9 @@ class MySQLDialect(Dialect):
             # reaper as it is, and durable_workitem_claimable without its, which this one supersedes.)
             _index(WorkItem, "durable_workitem_claim_order", ["kind", "lease_owner", "parked_at", "queue", "due_at"]),
         ]
+        if connection.mysql_is_mariadb:  # type: ignore[attr-defined]  # the MySQL backend's own
+            extras += [_any_json_depth(model, names) for model, names in _JSON_COLUMNS]
+        return extras
 
     def server_problems(self) -> list[ServerProblem]:
         # MariaDB before 11.1 names the session's isolation tx_isolation, MySQL 8 only transaction_isolation.
@@ -102,11 +111,51 @@ class MySQLDialect(Dialect):
             taken += rows.values_list("id", "queue")[: limit - len(taken)]
         return taken
 
+    def delete_run_rows(self, rows: QuerySet[Any]) -> int:
+        """Row by row, by primary key. InnoDB serves ``instance_id = %s``, and ``id IN (...)`` of
+        as many ids, with a scan of the whole table when the run holds much of it, and a DELETE
+        locks each row it scans, waiting on rows of runs other transactions are closing: a
+        deadlock. The ids are read without locks: the run's row, locked, keeps anyone else from
+        adding its rows meanwhile."""
+        table, pk = rows.model._meta.db_table, rows.model._meta.pk
+        ids = [(item_id,) for item_id in rows.values_list("pk", flat=True)]
+        if not ids:
+            return 0
+        with connection.cursor() as cursor:
+            cursor.executemany(f"DELETE FROM `{table}` WHERE `{column(pk)}` = %s", ids)
+            return cursor.rowcount
+
     def read_clock(self) -> datetime.datetime:
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT {self.clock_sql}")
             (now,) = cursor.fetchone()
         return now.replace(tzinfo=datetime.timezone.utc)
+
+
+# MariaDB's JSON is LONGTEXT with CHECK (JSON_VALID(...)), and its JSON functions give up on a
+# document nested 32 levels deep: a payload that PostgreSQL and SQLite store, and the HTTP API
+# admits (jsontext.MAX_JSON_DEPTH levels), would fail the check. The store writes only what
+# json.dumps wrote. The columns as they were when migration 0007 ran.
+_JSON_COLUMNS: list[tuple[type[models.Model], list[str]]] = [
+    (WorkflowInstance, ["input", "result", "error", "vars", "task_error"]),
+    (HistoryEvent, ["payload"]),
+    (InboxEvent, ["payload"]),
+    (WorkItem, ["payload", "last_error", "heartbeat_details"]),
+]
+
+
+def _any_json_depth(model: type[models.Model], names: list[str]) -> SchemaExtra:
+    def modify(field: models.Field[Any, Any], type_: str) -> str:
+        return f"MODIFY `{column(field)}` {type_} {'NULL' if field.null else 'NOT NULL'}"
+
+    table, fields = model._meta.db_table, [concrete_field(model, name) for name in names]
+    return SchemaExtra(
+        f"durable_any_json_depth_{table}",
+        f"ALTER TABLE `{table}` "
+        + ", ".join(modify(field, "LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin") for field in fields),
+        # MariaDB gives a JSON column its CHECK (JSON_VALID(...)) again.
+        f"ALTER TABLE `{table}` " + ", ".join(modify(field, "JSON") for field in fields),
+    )
 
 
 def _index(model: type[WorkItem], name: str, fields: list[str]) -> SchemaExtra:
