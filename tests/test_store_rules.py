@@ -442,6 +442,9 @@ def test_a_closing_child_locks_its_parent_with_itself_in_id_order(clock: Clock) 
     if connection.vendor == "postgresql":  # in one statement
         assert run_locks and "ORDER BY id FOR NO KEY UPDATE" in run_locks[0], run_locks
         assert "{" + ",".join(map(str, first)) + "}" in run_locks[0], run_locks[0]
+    elif connection.vendor == "mysql":  # in one statement too
+        assert run_locks and "ORDER BY id FOR UPDATE" in run_locks[0], run_locks
+        assert f"IN ({', '.join(map(str, first))})" in run_locks[0], run_locks[0]
     else:  # a statement a run
         locked = [re.search(rf"WHERE {RUNS}\.id = (\d+) ", sql) for sql in run_locks[:2]]
         assert [int(match[1]) if match else None for match in locked] == first, run_locks

@@ -46,7 +46,7 @@ class SqlNow(NamedTuple):
     """The current time as a statement writes it: ``sql``, which takes ``params``."""
 
     sql: str
-    params: list[datetime.datetime]
+    params: list[datetime.datetime | str]  # str: a datetime as the driver takes it
 
 
 class SchemaExtra(NamedTuple):

@@ -1,16 +1,26 @@
-"""MySQL and MariaDB (InnoDB): the portable statements, on the server's UTC clock."""
+"""MySQL and MariaDB (InnoDB): the store's hot path as hand-written statements, on the server's
+UTC clock, each reading or locking rows by one range of one index.
+
+No ``UPDATE ... RETURNING`` and no JSON record sets here: a claim is a locking read and an
+update by primary key, an attempt's finish a delete by primary key. Their gain over the ORM's
+statements is the client CPU of building them, which on every step costs more than the query."""
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import connection, models
 from django.db.models import QuerySet
+from django.db.models.expressions import Col
 
+from ...engine.events import Event, EventKind
 from ...models import OPEN_STATUSES, HistoryEvent, InboxEvent, WorkflowInstance, WorkItem, WorkItemKind
-from .base import Dialect, SchemaExtra, ServerProblem, column, concrete_field
+from .. import testclock
+from ..records import CLAIM_FIELDS, EVENT_FIELDS, LOCKED_FIELDS, Claim, FinishedTask, LockedRun, StoredRun, StoredTask
+from .base import Dialect, DueTimer, SchemaExtra, ServerProblem, SqlNow, column, concrete_field
 
 
 class MySQLDialect(Dialect):
@@ -129,7 +139,180 @@ class MySQLDialect(Dialect):
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT {self.clock_sql}")
             (now,) = cursor.fetchone()
-        return now.replace(tzinfo=datetime.timezone.utc)
+        return _utc(now)
+
+    def now(self, placeholder: str = "%s") -> SqlNow:
+        if testclock.clock_override is None:
+            return SqlNow(self.clock_sql, [])
+        return SqlNow(placeholder, [_adapt(testclock.clock_override())])
+
+    def _clock(self, read: datetime.datetime) -> datetime.datetime:
+        """``db_now()`` from the clock a statement read (the test clock's, when it is set)."""
+        return testclock.clock_override() if testclock.clock_override is not None else _utc(read)
+
+    def lock_run(self, instance_id: int, *, skip_locked: bool = False) -> LockedRun | None:
+        with connection.cursor() as cursor:
+            cursor.execute(_LOCK_RUN_SQL + (" SKIP LOCKED" if skip_locked else ""), [instance_id])
+            row = cursor.fetchone()
+        return None if row is None else self._locked_run(row)
+
+    def lock_runs(self, ids: Sequence[int]) -> dict[int, LockedRun]:
+        if not ids:
+            return {}
+        # FORCE INDEX: on a small table InnoDB may prefer a scan to the ids' ranges, and a
+        # locking scan waits on every row other transactions hold.
+        with connection.cursor() as cursor:
+            cursor.execute(_LOCK_RUNS_SQL.format(ids=_placeholders(ids)), list(ids))
+            return {row[0]: self._locked_run(row[1:]) for row in cursor.fetchall()}
+
+    def _locked_run(self, row: Sequence[Any]) -> LockedRun:
+        run = LockedRun(*_decode(WorkflowInstance, LOCKED_FIELDS, row[:-1]))
+        run.now = self._clock(row[-1])
+        return run
+
+    def claim(self, *, owner: str, kind: str, queues: Sequence[str], limit: int, lease_seconds: float) -> list[Claim]:
+        """A locking read of the due items (queue by queue, as ``lock_first_due``), then an
+        update of what it locked by primary key and a read of their runs' ids."""
+        with self.write_transaction(), connection.cursor() as cursor:
+            rows: list[Sequence[Any]] = []
+            for queue in self._queues_by_head(cursor, kind, queues):
+                now = self.now()
+                cursor.execute(_CLAIM_SQL.format(now=now.sql), [kind, queue, *now.params, limit - len(rows)])
+                rows += cursor.fetchall()
+                if len(rows) == limit:
+                    break
+            if not rows:
+                return []
+            now_value = self._clock(rows[0][-1])
+            lease_expires_at = now_value + datetime.timedelta(seconds=lease_seconds)
+            ids = [row[0] for row in rows]
+            cursor.execute(
+                _LEASE_SQL.format(ids=_placeholders(ids)),
+                [owner, _adapt(now_value), _adapt(lease_expires_at), *ids],
+            )
+            claims = []
+            for row in rows:
+                values = dict(zip(CLAIM_FIELDS, _decode(WorkItem, CLAIM_FIELDS, row[:-1]), strict=True))
+                values.update(
+                    claimed_at=now_value,
+                    lease_expires_at=lease_expires_at,
+                    attempt=values["attempt"] + 1,
+                    heartbeat_at=None,
+                )
+                claims.append(Claim(owner=owner, **values))
+            run_ids = sorted({claim.instance_id for claim in claims})
+            cursor.execute(_RUN_IDS_SQL.format(ids=_placeholders(run_ids)), run_ids)
+            names = {row[0]: _decode(WorkflowInstance, ("workflow_id", "run_id"), row[1:]) for row in cursor.fetchall()}
+        for claim in claims:
+            workflow_id, run_id = names[claim.instance_id]
+            claim.workflow_id, claim.run_id = workflow_id, str(run_id)
+        return claims
+
+    def _queues_by_head(self, cursor: Any, kind: str, queues: Sequence[str]) -> list[str]:
+        """``queues``, the one whose next due item has waited longest first (see ``lock_first_due``)."""
+        if len(queues) == 1:
+            return list(queues)
+        heads = []
+        for queue in queues:
+            now = self.now()
+            cursor.execute(_HEAD_SQL.format(now=now.sql), [kind, queue, *now.params])
+            row = cursor.fetchone()
+            if row is not None:
+                heads.append((row[0], queue))
+        return [queue for _, queue in sorted(heads)]
+
+    def due_timers(self, *, kind: str, queues: Sequence[str], limit: int) -> list[DueTimer]:
+        if not queues:
+            return []
+        now = self.now()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _DUE_TIMERS_SQL.format(now=now.sql, queues=_placeholders(queues)),
+                [kind, *queues, *now.params, limit],
+            )
+            return [(item_id, run, task_id, _utc(due_at)) for item_id, run, task_id, due_at in cursor.fetchall()]
+
+    def finish_attempts(self, items: Sequence[Claim], runs: dict[int, LockedRun], *, live_only: bool) -> set[int]:
+        """Each attempt deleted by primary key (a DELETE locks every row it scans), then the
+        busy flags of the runs whose attempts finished, in one read (their rows are locked)."""
+        finished: set[int] = set()
+        with connection.cursor() as cursor:
+            for item in items:
+                params: list[Any] = [item.id, item.owner, item.attempt]
+                if live_only:
+                    params.append(_adapt(runs[item.instance_id].now))
+                cursor.execute(_FINISH_ATTEMPT_SQL + (_LIVE_SQL if live_only else ""), params)
+                if cursor.rowcount:
+                    finished.add(item.id)
+            busy = sorted({item.instance_id for item in items if item.id in finished})
+            if busy:
+                cursor.execute(_BUSY_SQL.format(ids=_placeholders(busy)), [WorkItemKind.WORKFLOW.value, *busy])
+                for instance_id, has_workflow_task, has_inbox in cursor.fetchall():
+                    runs[instance_id].has_workflow_task = bool(has_workflow_task)
+                    runs[instance_id].has_inbox = bool(has_inbox)
+        return finished
+
+    def finish_workflow_task(
+        self, item: Claim, inbox_ids: Sequence[int], *, closing: bool, check_signals: bool
+    ) -> FinishedTask:
+        with connection.cursor() as cursor:
+            unseen = f" AND id NOT IN ({_placeholders(inbox_ids)})" if inbox_ids else ""
+            cursor.execute(
+                _TASK_STATE_SQL.format(unseen=unseen),
+                [
+                    item.id,
+                    item.owner,
+                    item.attempt,
+                    item.instance_id,
+                    *inbox_ids,
+                    item.instance_id,
+                    EventKind.EVENT_RAISED.value,
+                    *inbox_ids,
+                ],
+            )
+            held, more, unseen_signal = cursor.fetchone()
+            if not held:
+                return FinishedTask(False, False, False)
+            if check_signals and unseen_signal:
+                return FinishedTask(True, True, False)
+            if inbox_ids:
+                cursor.executemany(_DELETE_INBOX_SQL, [(inbox_id,) for inbox_id in inbox_ids])
+            deleted = 0
+            if closing or not more:
+                cursor.execute(_FINISH_ATTEMPT_SQL, [item.id, item.owner, item.attempt])
+                deleted = cursor.rowcount
+        return FinishedTask(bool(more), False, bool(deleted))
+
+    def read_task(self, instance_id: int, *, known_length: int | None) -> StoredTask | None:
+        with connection.cursor() as cursor:
+            cursor.execute(_READ_RUN_SQL, [instance_id])
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            workflow_id, run_id, workflow_name, queue, status, history_length = _decode(
+                WorkflowInstance, _STORED_RUN_FIELDS, row
+            )
+            run = StoredRun(
+                workflow_id=workflow_id,
+                run_id=run_id,
+                workflow_name=workflow_name,
+                queue=queue,
+                status=status,
+                history_length=history_length,
+            )
+            cursor.execute(_INBOX_SQL, [instance_id])
+            inbox_rows = cursor.fetchall()
+            history = self._history(cursor, instance_id, known_length or 0)
+        inbox = [_event(InboxEvent, _INBOX_FIELDS, row[1:]) for row in inbox_rows]
+        return StoredTask(run, [row[0] for row in inbox_rows], inbox, history)
+
+    def history(self, instance_id: int, *, after: int = 0) -> list[Event]:
+        with connection.cursor() as cursor:
+            return self._history(cursor, instance_id, after)
+
+    def _history(self, cursor: Any, instance_id: int, after: int) -> list[Event]:
+        cursor.execute(_HISTORY_SQL, [instance_id, after])
+        return [_event(HistoryEvent, EVENT_FIELDS, row) for row in cursor.fetchall()]
 
 
 # MariaDB's JSON is LONGTEXT with CHECK (JSON_VALID(...)), and its JSON functions give up on a
@@ -174,3 +357,104 @@ def _unique_where(
         f"ADD UNIQUE INDEX `{name}` (`{generated}`)",
         f"ALTER TABLE `{table}` DROP INDEX `{name}`, DROP COLUMN `{generated}`",
     )
+
+
+def _utc(value: datetime.datetime) -> datetime.datetime:
+    return value.replace(tzinfo=datetime.timezone.utc)
+
+
+def _adapt(value: datetime.datetime | None) -> str:
+    """An aware datetime as the server takes it (MySQLdb would write its offset, which it refuses)."""
+    adapted = connection.ops.adapt_datetimefield_value(value)
+    assert adapted is not None, "a datetime is required here"
+    return adapted
+
+
+def _placeholders(values: Sequence[object]) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+@functools.cache
+def _converters(model: type[models.Model], names: tuple[str, ...]) -> list[tuple[int, Col, Callable[..., Any]]]:
+    """The ORM's converters of ``model``'s fields ``names`` (they read only the settings)."""
+    converters = []
+    for index, name in enumerate(names):
+        col = concrete_field(model, name).get_col(model._meta.db_table)
+        for converter in [*connection.ops.get_db_converters(col), *col.get_db_converters(connection)]:
+            converters.append((index, col, converter))
+    return converters
+
+
+def _decode(model: type[models.Model], names: tuple[str, ...], row: Sequence[Any]) -> list[Any]:
+    """``row``'s values of ``model``'s fields ``names`` as the ORM reads them: aware
+    datetimes, UUIDs, decoded JSON, booleans."""
+    values = list(row)
+    for index, col, converter in _converters(model, names):
+        values[index] = converter(values[index], col, connection)
+    return values
+
+
+def _event(model: type[models.Model], names: tuple[str, ...], row: Sequence[Any]) -> Event:
+    return Event(**dict(zip(names, _decode(model, names, row), strict=True)))
+
+
+def _table(model: type[models.Model]) -> str:
+    return f"`{model._meta.db_table}`"
+
+
+def _select_list(model: type[models.Model], names: Sequence[str]) -> str:
+    return ", ".join(f"`{column(concrete_field(model, name))}`" for name in names)
+
+
+_RUNS, _ITEMS, _INBOX, _HISTORY = _table(WorkflowInstance), _table(WorkItem), _table(InboxEvent), _table(HistoryEvent)
+_STORED_RUN_FIELDS = ("workflow_id", "run_id", "workflow_name", "queue", "status", "history_length")
+_INBOX_FIELDS = ("kind", "name", "task_id", "payload", "timestamp")
+
+# The clock is read in the statement that takes the lock, so that it is at least the time
+# the previous holder committed at.
+_LOCK_RUN_SQL = (
+    f"SELECT {_select_list(WorkflowInstance, LOCKED_FIELDS)}, UTC_TIMESTAMP(6) FROM {_RUNS} WHERE id = %s FOR UPDATE"
+)
+_LOCK_RUNS_SQL = (
+    f"SELECT id, {_select_list(WorkflowInstance, LOCKED_FIELDS)}, UTC_TIMESTAMP(6) "
+    f"FROM {_RUNS} FORCE INDEX (PRIMARY) WHERE id IN ({{ids}}) ORDER BY id FOR UPDATE"
+)
+_RUN_IDS_SQL = f"SELECT id, workflow_id, run_id FROM {_RUNS} WHERE id IN ({{ids}})"
+_READ_RUN_SQL = f"SELECT {_select_list(WorkflowInstance, _STORED_RUN_FIELDS)} FROM {_RUNS} WHERE id = %s"
+_INBOX_SQL = f"SELECT id, {_select_list(InboxEvent, _INBOX_FIELDS)} FROM {_INBOX} WHERE instance_id = %s ORDER BY id"
+_HISTORY_SQL = (
+    f"SELECT {_select_list(HistoryEvent, EVENT_FIELDS)} FROM {_HISTORY} "
+    "WHERE instance_id = %s AND seq > %s ORDER BY seq"
+)
+
+# Claims, due timers and the heads of queues: one range of durable_workitem_claim_order
+# (kind, lease_owner, parked_at, queue, due_at), in due_at order.
+_CLAIMABLE = "kind = %s AND lease_owner IS NULL AND parked_at IS NULL"
+_CLAIM_SQL = (
+    f"SELECT {_select_list(WorkItem, CLAIM_FIELDS)}, UTC_TIMESTAMP(6) FROM {_ITEMS} "
+    f"WHERE {_CLAIMABLE} AND queue = %s AND due_at <= {{now}} ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+_HEAD_SQL = (
+    f"SELECT due_at FROM {_ITEMS} WHERE {_CLAIMABLE} AND queue = %s AND due_at <= {{now}} ORDER BY due_at LIMIT 1"
+)
+_LEASE_SQL = (
+    f"UPDATE {_ITEMS} SET lease_owner = %s, claimed_at = %s, lease_expires_at = %s, attempt = attempt + 1, "
+    "heartbeat_at = NULL, awaiting_completion = FALSE WHERE id IN ({ids})"
+)
+_DUE_TIMERS_SQL = (
+    f"SELECT id, instance_id, task_id, due_at FROM {_ITEMS} "
+    f"WHERE {_CLAIMABLE} AND queue IN ({{queues}}) AND due_at <= {{now}} LIMIT %s"
+)
+
+_FINISH_ATTEMPT_SQL = f"DELETE FROM {_ITEMS} WHERE id = %s AND lease_owner = %s AND attempt = %s"
+_LIVE_SQL = " AND (lease_expires_at IS NULL OR lease_expires_at > %s)"
+_BUSY_SQL = (
+    f"SELECT id, EXISTS (SELECT 1 FROM {_ITEMS} WHERE instance_id = run.id AND kind = %s), "
+    f"EXISTS (SELECT 1 FROM {_INBOX} WHERE instance_id = run.id) FROM {_RUNS} run WHERE id IN ({{ids}})"
+)
+_TASK_STATE_SQL = (
+    f"SELECT EXISTS (SELECT 1 FROM {_ITEMS} WHERE id = %s AND lease_owner = %s AND attempt = %s), "
+    f"EXISTS (SELECT 1 FROM {_INBOX} WHERE instance_id = %s{{unseen}}), "
+    f"EXISTS (SELECT 1 FROM {_INBOX} WHERE instance_id = %s AND kind = %s{{unseen}})"
+)
+_DELETE_INBOX_SQL = f"DELETE FROM {_INBOX} WHERE id = %s"
