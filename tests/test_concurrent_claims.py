@@ -143,6 +143,7 @@ def plans(operation: Callable[[], object], marker: str) -> list[dict[str, object
 
 
 def assert_index(found: list[dict[str, object]], index: str, *, locking: bool) -> None:
+    assert found, "no plan read the work items"
     for plan in found:
         assert plan["key"] == index, plan
         # A locking read that sorts locks every row it sorted (the reaper's read locks nothing,

@@ -7,12 +7,13 @@ statements is the client CPU of building them, which on every step costs more th
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from django.db import connection, models
+from django.db import DatabaseError, connection, models, transaction
 from django.db.models import QuerySet
 from django.db.models.expressions import Col
 
@@ -171,9 +172,9 @@ class MySQLDialect(Dialect):
         return run
 
     def claim(self, *, owner: str, kind: str, queues: Sequence[str], limit: int, lease_seconds: float) -> list[Claim]:
-        """A locking read of the due items (queue by queue, as ``lock_first_due``), then an
-        update of what it locked by primary key and a read of their runs' ids."""
-        with self.write_transaction(), connection.cursor() as cursor:
+        """A locking read of the due items with their runs' ids (queue by queue, as
+        ``lock_first_due``), then an update of what it locked, by primary key."""
+        with connection.cursor() as cursor, _short_transaction(cursor):
             rows: list[Sequence[Any]] = []
             for queue in self._queues_by_head(cursor, kind, queues):
                 now = self.now()
@@ -190,22 +191,17 @@ class MySQLDialect(Dialect):
                 _LEASE_SQL.format(ids=_placeholders(ids)),
                 [owner, _adapt(now_value), _adapt(lease_expires_at), *ids],
             )
-            claims = []
-            for row in rows:
-                values = dict(zip(CLAIM_FIELDS, _decode(WorkItem, CLAIM_FIELDS, row[:-1]), strict=True))
-                values.update(
-                    claimed_at=now_value,
-                    lease_expires_at=lease_expires_at,
-                    attempt=values["attempt"] + 1,
-                    heartbeat_at=None,
-                )
-                claims.append(Claim(owner=owner, **values))
-            run_ids = sorted({claim.instance_id for claim in claims})
-            cursor.execute(_RUN_IDS_SQL.format(ids=_placeholders(run_ids)), run_ids)
-            names = {row[0]: _decode(WorkflowInstance, ("workflow_id", "run_id"), row[1:]) for row in cursor.fetchall()}
-        for claim in claims:
-            workflow_id, run_id = names[claim.instance_id]
-            claim.workflow_id, claim.run_id = workflow_id, str(run_id)
+        claims = []
+        for row in rows:
+            values = dict(zip(CLAIM_FIELDS, _decode(WorkItem, CLAIM_FIELDS, row[:-3]), strict=True))
+            workflow_id, run_id = _decode(WorkflowInstance, ("workflow_id", "run_id"), row[-3:-1])
+            values.update(
+                claimed_at=now_value,
+                lease_expires_at=lease_expires_at,
+                attempt=values["attempt"] + 1,
+                heartbeat_at=None,
+            )
+            claims.append(Claim(owner=owner, workflow_id=workflow_id, run_id=str(run_id), **values))
         return claims
 
     def _queues_by_head(self, cursor: Any, kind: str, queues: Sequence[str]) -> list[str]:
@@ -359,6 +355,25 @@ def _unique_where(
     )
 
 
+@contextlib.contextmanager
+def _short_transaction(cursor: Any) -> Iterator[None]:
+    """A transaction begun and committed by statements: two round trips where ``atomic()``
+    takes four (it turns autocommit off, commits, and turns it on again). Inside a transaction
+    (a test's, or the caller's), ``atomic()``'s savepoint."""
+    if connection.in_atomic_block or not connection.get_autocommit():
+        with transaction.atomic():
+            yield
+        return
+    cursor.execute("START TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(DatabaseError):  # a lost connection has rolled back already
+            cursor.execute("ROLLBACK")
+        raise
+    cursor.execute("COMMIT")
+
+
 def _utc(value: datetime.datetime) -> datetime.datetime:
     return value.replace(tzinfo=datetime.timezone.utc)
 
@@ -419,7 +434,6 @@ _LOCK_RUNS_SQL = (
     f"SELECT id, {_select_list(WorkflowInstance, LOCKED_FIELDS)}, UTC_TIMESTAMP(6) "
     f"FROM {_RUNS} FORCE INDEX (PRIMARY) WHERE id IN ({{ids}}) ORDER BY id FOR UPDATE"
 )
-_RUN_IDS_SQL = f"SELECT id, workflow_id, run_id FROM {_RUNS} WHERE id IN ({{ids}})"
 _READ_RUN_SQL = f"SELECT {_select_list(WorkflowInstance, _STORED_RUN_FIELDS)} FROM {_RUNS} WHERE id = %s"
 _INBOX_SQL = f"SELECT id, {_select_list(InboxEvent, _INBOX_FIELDS)} FROM {_INBOX} WHERE instance_id = %s ORDER BY id"
 _HISTORY_SQL = (
@@ -430,16 +444,19 @@ _HISTORY_SQL = (
 # Claims, due timers and the heads of queues: one range of durable_workitem_claim_order
 # (kind, lease_owner, parked_at, queue, due_at), in due_at order.
 _CLAIMABLE = "kind = %s AND lease_owner IS NULL AND parked_at IS NULL"
+# The runs' ids in subqueries, which a locking read does not lock (a join's rows it would).
 _CLAIM_SQL = (
-    f"SELECT {_select_list(WorkItem, CLAIM_FIELDS)}, UTC_TIMESTAMP(6) FROM {_ITEMS} "
+    f"SELECT {_select_list(WorkItem, CLAIM_FIELDS)}, "
+    f"(SELECT workflow_id FROM {_RUNS} run WHERE run.id = {_ITEMS}.instance_id), "
+    f"(SELECT run_id FROM {_RUNS} run WHERE run.id = {_ITEMS}.instance_id), UTC_TIMESTAMP(6) FROM {_ITEMS} "
     f"WHERE {_CLAIMABLE} AND queue = %s AND due_at <= {{now}} ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED"
 )
 _HEAD_SQL = (
     f"SELECT due_at FROM {_ITEMS} WHERE {_CLAIMABLE} AND queue = %s AND due_at <= {{now}} ORDER BY due_at LIMIT 1"
 )
 _LEASE_SQL = (
-    f"UPDATE {_ITEMS} SET lease_owner = %s, claimed_at = %s, lease_expires_at = %s, attempt = attempt + 1, "
-    "heartbeat_at = NULL, awaiting_completion = FALSE WHERE id IN ({ids})"
+    f"UPDATE {_ITEMS} FORCE INDEX (PRIMARY) SET lease_owner = %s, claimed_at = %s, lease_expires_at = %s, "
+    "attempt = attempt + 1, heartbeat_at = NULL, awaiting_completion = FALSE WHERE id IN ({ids})"
 )
 _DUE_TIMERS_SQL = (
     f"SELECT id, instance_id, task_id, due_at FROM {_ITEMS} "
