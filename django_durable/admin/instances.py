@@ -23,7 +23,7 @@ from django.views.decorators.clickjacking import xframe_options_deny
 from ..engine.events import FAILURE_KINDS, EventKind
 from ..models import PAYLOAD_COLUMNS, WorkflowInstance, WorkflowStatus, WorkItem, WorkItemKind
 from ..tokens import make_task_token
-from . import actions, dashboard, timeline, timetravel
+from . import actions, bulk_actions, dashboard, timeline, timetravel
 
 # Columns the list never shows: they can be large, and a page of 100 runs would read them all.
 STATUS_COLOURS: dict[str, str] = {
@@ -124,7 +124,7 @@ class ReadOnlyMixin:
 
 
 @admin.register(WorkflowInstance)
-class WorkflowInstanceAdmin(ReadOnlyMixin, actions.BulkActionsMixin, admin.ModelAdmin):
+class WorkflowInstanceAdmin(ReadOnlyMixin, bulk_actions.BulkActionsMixin, admin.ModelAdmin):
     list_display = (
         "workflow_name",
         "workflow_id",
