@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .activity import ActivityInfo, ResultPending, activity_info, heartbeat
 from .engine.context import WorkflowContext
-from .engine.events import ParentClosePolicy
+from .engine.events import ParentClosePolicy, ScheduledTick
 from .engine.handles import Task
 from .exceptions import (
     ActivityError,
@@ -25,6 +25,8 @@ from .exceptions import (
     NonDeterminismError,
     NotRegistered,
     PayloadTooLarge,
+    ScheduleAlreadyExists,
+    ScheduleNotFound,
     SerializationError,
     TimeoutError,
     WorkflowAlreadyExists,
@@ -37,6 +39,7 @@ from .exceptions import (
 )
 from .registry import activity, workflow
 from .retry import RetryPolicy
+from .schedules.spec import InvalidSchedule
 
 if TYPE_CHECKING:
     from .client import (
@@ -52,6 +55,8 @@ if TYPE_CHECKING:
         heartbeat_activity_by_id,
         start_workflow,
     )
+    from .models import OverlapPolicy
+    from .schedules.client import ScheduleDescription, ScheduledRun, ScheduleHandle, create_schedule, get_schedule
 
 __version__ = "0.1.0"
 
@@ -70,11 +75,22 @@ _CLIENT_NAMES = {
 }
 
 
+_SCHEDULE_NAMES = {"create_schedule", "get_schedule", "ScheduleHandle", "ScheduleDescription", "ScheduledRun"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _CLIENT_NAMES:
         from . import client
 
         return getattr(client, name)
+    if name in _SCHEDULE_NAMES:
+        from .schedules import client as schedules
+
+        return getattr(schedules, name)
+    if name == "OverlapPolicy":
+        from .models import OverlapPolicy
+
+        return OverlapPolicy
     raise AttributeError(f"module 'django_durable' has no attribute {name!r}")
 
 
@@ -89,12 +105,20 @@ __all__ = [
     "HistoryTooLarge",
     "PayloadTooLarge",
     "IdReusePolicy",
+    "InvalidSchedule",
     "InvalidTaskToken",
     "NonDeterminismError",
     "NotRegistered",
+    "OverlapPolicy",
     "ParentClosePolicy",
     "ResultPending",
     "RetryPolicy",
+    "ScheduleAlreadyExists",
+    "ScheduleDescription",
+    "ScheduleHandle",
+    "ScheduleNotFound",
+    "ScheduledRun",
+    "ScheduledTick",
     "SerializationError",
     "Task",
     "TimeoutError",
@@ -112,11 +136,13 @@ __all__ = [
     "activity_info",
     "complete_activity",
     "complete_activity_by_id",
+    "create_schedule",
     "fail_activity",
     "fail_activity_by_id",
     "heartbeat",
     "heartbeat_activity",
     "heartbeat_activity_by_id",
+    "get_schedule",
     "get_workflow",
     "start_workflow",
     "workflow",

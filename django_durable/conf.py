@@ -255,6 +255,18 @@ SETTINGS: dict[str, Setting] = {
         "`durable_healthcheck`: unclaimed work due (or a lease expired) for longer than this is overdue. "
         'Seconds, a `timedelta` or a duration such as `"5m"`; `--overdue-after` overrides.',
     ),
+    "HEALTH_SCHEDULE_LATE_AFTER": Setting(
+        60.0,
+        "`durable_healthcheck` and the dashboard: a schedule whose next tick has been due for longer than "
+        'this is late (no worker is firing it). Seconds, a `timedelta` or a duration such as `"5m"`.',
+    ),
+    "SCHEDULES": Setting(
+        {},
+        'Schedules declared in code: `{schedule id: {"workflow": name, "cron": ... or "every": ..., '
+        "other options of `create_schedule()`}}`. Each `durable_worker` creates or updates them when it "
+        "starts (never twice); one removed from this setting is paused, with a note saying why. Schedules "
+        "created at run time are left alone. See [Schedules](schedules.md).",
+    ),
 }
 
 DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in SETTINGS.items()}

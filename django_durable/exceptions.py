@@ -65,6 +65,18 @@ class WorkflowAlreadyExists(DurableError):
     default_code = "workflow_already_exists"
 
 
+class ScheduleNotFound(DurableError, LookupError):
+    status_code = 404
+    default_detail = "Schedule not found."
+    default_code = "schedule_not_found"
+
+
+class ScheduleAlreadyExists(DurableError):
+    status_code = 409
+    default_detail = "A schedule with this id already exists."
+    default_code = "schedule_already_exists"
+
+
 class WorkflowStateError(DurableError):
     """The run is not in a state that allows this (e.g. resuming a run that is not suspended)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 
 from django.db import models
@@ -231,3 +232,70 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class OverlapPolicy(models.TextChoices):
+    """What a schedule does with a tick that falls while its previous run is still open."""
+
+    SKIP = "skip", _("Skip the tick")
+    BUFFER_ONE = "buffer_one", _("Start it when the previous run closes (one waits, more are skipped)")
+    BUFFER_ALL = "buffer_all", _("Start each in turn as the previous run closes")
+    ALLOW_ALL = "allow_all", _("Start it now, alongside")
+    CANCEL_OTHER = "cancel_other", _("Cancel the previous run, start when it has closed")
+    TERMINATE_OTHER = "terminate_other", _("Terminate the previous run, then start")
+
+
+# ``Schedule`` has a field named ``timezone``, which hides the module in its class body.
+_now = timezone.now
+
+
+class Schedule(models.Model):
+    """A workflow started on a cron expression or a fixed interval (``django_durable.schedules``).
+
+    A worker fires a tick in one transaction that locks this row, creates the tick's run and
+    moves ``next_tick_at`` on: each tick fires once, however many workers look at it.
+    """
+
+    schedule_id = models.CharField(max_length=200, unique=True)
+    workflow_name = models.CharField(max_length=255)
+    input = models.JSONField(default=dict, blank=True, help_text="{'args': [...], 'kwargs': {...}}")
+    queue = models.CharField(max_length=255)
+    # The specification (``schedules.spec.ScheduleSpec``): exactly one of cron and every.
+    cron = models.CharField(max_length=255, blank=True)
+    every = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds between ticks.")
+    timezone = models.CharField(max_length=64)
+    start_at = models.DateTimeField(null=True, blank=True)
+    end_at = models.DateTimeField(null=True, blank=True)
+    jitter = models.FloatField(null=True, blank=True, help_text="Seconds; each tick is delayed by up to this much.")
+    overlap = models.CharField(max_length=20, choices=OverlapPolicy.choices, default=OverlapPolicy.SKIP)
+    catchup_window = models.DurationField(default=datetime.timedelta(hours=1))
+    paused = models.BooleanField(default=False)
+    note = models.TextField(blank=True)
+    # Declared in settings.DURABLE["SCHEDULES"]: the workers' sync creates, updates and deletes it.
+    from_settings = models.BooleanField(default=False)
+    # The next tick not yet processed, and when a worker acts on it (the tick plus its jitter,
+    # or sooner to start a buffered run). Null while paused or once the schedule has ended.
+    next_tick_at = models.DateTimeField(null=True, blank=True)
+    next_fire_at = models.DateTimeField(null=True, blank=True)
+    last_tick_at = models.DateTimeField(null=True, blank=True)
+    # Ticks waiting for the previous run to close (buffer_one, buffer_all, cancel_other).
+    buffered = models.JSONField(default=list, blank=True)
+    # len(buffered), for the workers' look for schedules whose buffered tick may start.
+    buffered_count = models.PositiveIntegerField(default=0, db_index=True)
+    # The last runs started, newest first: {"workflow_id", "run_id", "tick", "reason", "started_at"}.
+    recent_runs = models.JSONField(default=list, blank=True)
+    last_run = models.ForeignKey(
+        WorkflowInstance, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    runs_started = models.PositiveBigIntegerField(default=0)
+    ticks_skipped = models.PositiveBigIntegerField(default=0, help_text="Dropped by the overlap policy.")
+    ticks_missed = models.PositiveBigIntegerField(default=0, help_text="Older than the catch-up window.")
+    created_at = models.DateTimeField(default=_now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["next_fire_at"], name="durable_schedule_due")]
+        ordering = ["schedule_id"]
+
+    def __str__(self) -> str:
+        return self.schedule_id

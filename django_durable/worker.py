@@ -38,6 +38,8 @@ from .executors.workflow_tasks import execute_workflow_task, execute_workflow_ta
 from .faults import crash_point
 from .lease_renewer import Held, LeaseRenewer
 from .models import WorkItemKind
+from .schedules.sync import sync_schedules
+from .store import schedules as schedule_store
 
 logger = logging.getLogger("django_durable.worker")
 
@@ -70,6 +72,7 @@ class Worker:
         self._busy = 0  # of _running, those whose function has not returned yet
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="durable-activity")
         self._last_reap = 0.0
+        self._schedules_due_at = 0.0  # time.monotonic() of the next look at the schedules
         self._db_error_backoff = 0.0
         self._workflow_tasks: list[store.Claim] = []  # claimed, being run by the main loop
         self._listener: notify.Listener | None = None
@@ -95,6 +98,7 @@ class Worker:
 
     def run(self) -> None:
         self._configure_connections()
+        sync_schedules()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._handle_signal)
             signal.signal(signal.SIGINT, self._handle_signal)
@@ -113,7 +117,7 @@ class Worker:
                 if self.batch and self._idle():
                     logger.info("No work due: exiting (--batch).")
                     break
-                self._wait(idle_wait)
+                self._wait(min(idle_wait, max(0.0, self._schedules_due_at - time.monotonic())))
                 # Notifications make polling a fall-back; without them, back off while idle.
                 idle_wait = min(idle_wait * 2, self.poll_interval)
         finally:
@@ -210,6 +214,7 @@ class Worker:
         try:
             self._reap()
             fired = store.fire_due_timers(queues=self.queues, limit=durable_settings.CLAIM_BATCH_SIZE)
+            fired += self._fire_schedules()
             if self.remote_workflow_tasks:
                 workflow_tasks: list[tuple[int, str]] | list[store.Claim] = (
                     [] if self._stopping.is_set() else self._dispatch(WorkItemKind.WORKFLOW)
@@ -247,6 +252,16 @@ class Worker:
             logger.info("Database reachable again.")
             self._db_error_backoff = 0.0
         return bool(fired or workflow_tasks or activities)
+
+    def _fire_schedules(self, *, now: bool = False) -> int:
+        """Fire the schedules' due ticks: at most every POLL_INTERVAL, and when the next is due."""
+        if not now and time.monotonic() < self._schedules_due_at:
+            return 0
+        limit = durable_settings.CLAIM_BATCH_SIZE
+        fired = schedule_store.fire_due_schedules(limit=limit)
+        wait = self.poll_interval if fired.next_in is None else min(self.poll_interval, fired.next_in)
+        self._schedules_due_at = time.monotonic() + (0.0 if fired.processed >= limit else wait)
+        return fired.processed
 
     def _claim(self, kind: str, limit: int) -> list[store.Claim]:
         items = store.claim(
@@ -319,6 +334,7 @@ class Worker:
         """
         reaped = self._reap(now=True)
         fired = store.fire_due_timers(queues=self.queues, limit=durable_settings.CLAIM_BATCH_SIZE)
+        fired += self._fire_schedules(now=True)
         workflow_tasks = self._claim(WorkItemKind.WORKFLOW, durable_settings.CLAIM_BATCH_SIZE)
         for item in workflow_tasks:
             execute_workflow_task(item, self.cache)

@@ -37,6 +37,7 @@ from .events import (
     EventKind,
     ParentClosePolicy,
     PayloadLimits,
+    ScheduledTick,
     check_payload_size,
     describe_call,
     json_size,
@@ -89,6 +90,7 @@ class WorkflowContext:
         self._task_time: datetime.datetime | None = None
         self._task_number = 0
         self.started_at: datetime.datetime | None = None
+        self.schedule: ScheduledTick | None = None  # the tick a schedule started this run for
         self._index(history)
         self._latest_task_number = self._task_number
         # A closed run went past every point of its code, recorded or not.
@@ -149,6 +151,8 @@ class WorkflowContext:
                     self._cancel_index = index
             elif kind == EventKind.PATCH_MARKER:
                 self._markers.add(event.name)
+            elif kind == EventKind.EXECUTION_STARTED:
+                self.schedule = ScheduledTick.of_start(event)
             elif kind == EventKind.TIMER_CANCELED:
                 assert event.task_id is not None
                 self._canceled_timers.add(event.task_id)

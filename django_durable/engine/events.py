@@ -93,6 +93,27 @@ class Event:
     seq: int | None = None  # position in history; None until stored
 
 
+@dataclasses.dataclass(frozen=True)
+class ScheduledTick:
+    """The schedule tick a run was started for: ``ctx.schedule``.
+
+    ``reason`` is "tick" (the schedule fired it), "trigger" (``trigger()``: ``tick`` is when) or
+    "backfill"; ``tick`` is an aware datetime in UTC."""
+
+    schedule_id: str
+    tick: datetime.datetime
+    reason: str
+
+    @classmethod
+    def of_start(cls, started: Event) -> ScheduledTick | None:
+        """Read from a run's ``ExecutionStarted`` event, if a schedule started the run."""
+        scheduled = started.payload.get("schedule")
+        if not scheduled:
+            return None
+        tick = datetime.datetime.fromisoformat(scheduled["tick"])
+        return cls(schedule_id=scheduled["schedule_id"], tick=tick, reason=scheduled["reason"])
+
+
 def describe_call(kind: str, name: str) -> str:
     what = {
         EventKind.ACTIVITY_SCHEDULED: "activity",

@@ -14,6 +14,7 @@ that writes begins with: on SQLite it takes the write lock at BEGIN);
 ``runs`` (locking, creating, history, delivering events, id reuse,
 terminating, starting children, telling parents); ``claims`` (claims, dispatch,
 leases, fencing); ``workflow_tasks``; ``activities``; ``control`` (the verbs);
+``schedules`` (schedules and firing their ticks, used as ``store.schedules``);
 ``maintenance`` (timers, reaping, the next wake-up); ``operations`` (workers,
 the dashboard, pruning, health). Callers use the names re-exported here.
 """

@@ -20,6 +20,7 @@ from .clock import _seconds, db_now
 from .dialects import dialect_for
 from .records import Claim, LeaseLost, activity_options
 from .runs import _deliver, _lock_instance
+from .schedules import next_fire_at
 from .transactions import write_transaction
 from .workflow_tasks import fail_workflow_task
 
@@ -143,7 +144,8 @@ def _reap_activity(item: Claim) -> None:
 
 def next_wakeup(*, queues: Sequence[str] | None = None) -> datetime.datetime | None:
     """When something next happens on its own on ``queues`` (all if None): an item
-    falls due or a lease expires. Parked work waits for a person, not for time."""
+    falls due, a lease expires or a schedule's tick is due (any worker fires any
+    schedule). Parked work waits for a person, not for time."""
     items = WorkItem.objects.filter(parked_at__isnull=True)
     if queues is not None:
         items = items.filter(queue__in=list(queues))
@@ -151,6 +153,7 @@ def next_wakeup(*, queues: Sequence[str] | None = None) -> datetime.datetime | N
         due=Min("due_at", filter=Q(lease_owner__isnull=True)),
         expiry=Min("lease_expires_at", filter=Q(lease_owner__isnull=False)),
     )
+    times["schedule"] = next_fire_at()
     return min((value for value in times.values() if value is not None), default=None)
 
 

@@ -14,6 +14,7 @@ from ..models import (
     OPEN_STATUSES,
     HistoryEvent,
     InboxEvent,
+    Schedule,
     WorkerHeartbeat,
     WorkflowInstance,
     WorkflowStatus,
@@ -289,6 +290,7 @@ def prune_batch(
         # one UPDATE per link instead of loading every run the ORM's cascade would).
         for link in ("parent", "continued_from", "rerun_of"):
             WorkflowInstance.objects.filter(**{f"{link}__in": ids}).update(**{link: None})
+        Schedule.objects.filter(last_run__in=ids).update(last_run=None)
         counts["history_events"] = HistoryEvent.objects.filter(instance_id__in=ids).delete()[0]
         counts["inbox_events"] = InboxEvent.objects.filter(instance_id__in=ids).delete()[0]
         counts["work_items"] = WorkItem.objects.filter(instance_id__in=ids).delete()[0]

@@ -146,16 +146,16 @@ def _create_run(
     now: datetime.datetime,
     start_at: datetime.datetime | None = None,
     history: Sequence[Event] = (),
+    schedule: dict[str, JSON] | None = None,
     **relations: Unpack[RunRelations],
 ) -> WorkflowInstance:
-    """Insert a run, its history (by default just ``ExecutionStarted``) and a due workflow task."""
+    """Insert a run, its history (by default just ``ExecutionStarted``, which names the
+    ``schedule`` tick it runs for, if any) and a due workflow task."""
+    started: dict[str, JSON] = {"args": args, "kwargs": kwargs, "queue": queue}
+    if schedule is not None:
+        started["schedule"] = schedule
     history = list(history) or [
-        Event(
-            kind=EventKind.EXECUTION_STARTED,
-            name=workflow_name,
-            payload={"args": args, "kwargs": kwargs, "queue": queue},
-            timestamp=now,
-        )
+        Event(kind=EventKind.EXECUTION_STARTED, name=workflow_name, payload=started, timestamp=now)
     ]
     instance = WorkflowInstance.objects.create(
         workflow_id=workflow_id,

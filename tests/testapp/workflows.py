@@ -19,6 +19,7 @@ from .dashboard_workflows import *  # noqa: F403
 from .inspect_workflows import *  # noqa: F403
 from .models import ActivityRun
 from .orchestration_workflows import *  # noqa: F403
+from .schedule_workflows import *  # noqa: F403
 from .testing_workflows import *  # noqa: F403
 from .timetravel_workflows import *  # noqa: F403
 from .versioning_workflows import *  # noqa: F403
