@@ -53,6 +53,9 @@ the commit never happens; an "after" point fires right after the commit returned
     store/maintenance.py: a due timer's ``TimerFired`` is delivered, its transaction not committed.
 ``before_heartbeat``
     executors/activities.py: an activity called ``heartbeat()``; nothing is written yet.
+``before_schedule_commit``
+    store/schedules.py: a schedule's due ticks are processed under its row's lock (their runs
+    created, the next tick planned), the transaction not committed.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ POINTS = frozenset(
         "after_activity_commit",
         "before_timer_commit",
         "before_heartbeat",
+        "before_schedule_commit",
     }
 )
 ACTIONS = ("exit", "kill", "stop", "hold", "error")

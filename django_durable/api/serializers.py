@@ -14,6 +14,7 @@ from .. import registry, store
 from ..conf import durable_settings
 from ..jsontext import MAX_JSON_DEPTH
 from ..models import HistoryEvent, IdReusePolicy, WorkflowInstance, WorkflowStatus
+from ..permissions import check_startable
 
 MAX_NAME_LENGTH = 255  # workflow names, ids, queues, error types: the model columns' length
 MAX_MESSAGE_LENGTH = 10_000
@@ -191,12 +192,8 @@ def refuse_internal(workflow_name: str) -> None:
 
 
 def refuse_unstartable(workflow_name: str) -> None:
-    """What ``POST workflows/`` may not start: internal workflows, and those left out of
-    ``API_STARTABLE_WORKFLOWS`` when it is set."""
-    refuse_internal(workflow_name)
-    allowed = durable_settings.API_STARTABLE_WORKFLOWS
-    if allowed is not None and workflow_name not in allowed:
-        raise registry.not_registered("workflow", workflow_name)
+    """What ``POST workflows/`` may not start (``permissions.check_startable``)."""
+    check_startable(workflow_name)
 
 
 class StartWorkflowSerializer(serializers.Serializer):

@@ -18,6 +18,7 @@ from django.db import IntegrityError, connection
 from django.db.models import QuerySet
 
 from ..exceptions import ScheduleAlreadyExists, ScheduleNotFound
+from ..faults import crash_point
 from ..models import OPEN_STATUSES, OverlapPolicy, Schedule, WorkflowInstance, WorkflowStatus
 from ..schedules.spec import ONE_MICROSECOND, ScheduleSpec, tick_workflow_id, trigger_workflow_id
 from ..statelog import state_change
@@ -200,6 +201,7 @@ def fire_due_schedules(*, limit: int) -> Fired:
             schedule = _lock_due(pk)
             if schedule is not None and _advance(schedule, db_now()):
                 schedule.save()
+                crash_point("before_schedule_commit")
                 result.processed += 1
     return result
 
