@@ -270,3 +270,28 @@ def check_api_startable_workflows(app_configs: Any = None, **kwargs: Any) -> lis
             id="django_durable.E008",
         )
     ]
+
+
+@checks.register()
+def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``DURABLE["SCHEDULES"]`` is validated here as the workers' sync would (the workflows
+    are registered by now: apps' ``workflows`` modules are imported in ``ready()``)."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .schedules.sync import declared_schedules
+
+    user = getattr(settings, "DURABLE", {})
+    if not isinstance(user, dict) or not user.get("SCHEDULES"):
+        return []
+    try:
+        declared_schedules(user["SCHEDULES"])
+    except ImproperlyConfigured as error:
+        return [
+            checks.Error(
+                str(error),
+                hint='Each entry is {"workflow": a registered name, "cron": ... or "every": seconds, and any other '
+                "option of durable.create_schedule()}; durable_worker refuses to start until it is fixed.",
+                id="django_durable.E050",
+            )
+        ]
+    return []

@@ -38,7 +38,7 @@ from .executors.workflow_tasks import execute_workflow_task, execute_workflow_ta
 from .faults import crash_point
 from .lease_renewer import Held, LeaseRenewer
 from .models import WorkItemKind
-from .schedules.sync import sync_schedules
+from .schedules.sync import declared_schedules, sync_schedules
 from .store import schedules as schedule_store
 
 logger = logging.getLogger("django_durable.worker")
@@ -73,6 +73,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="durable-activity")
         self._last_reap = 0.0
         self._schedules_due_at = 0.0  # time.monotonic() of the next look at the schedules
+        self._schedules_synced = False  # DURABLE["SCHEDULES"], once per run(), retried after database errors
         self._db_error_backoff = 0.0
         self._workflow_tasks: list[store.Claim] = []  # claimed, being run by the main loop
         self._listener: notify.Listener | None = None
@@ -98,7 +99,7 @@ class Worker:
 
     def run(self) -> None:
         self._configure_connections()
-        sync_schedules()
+        declared_schedules()  # ImproperlyConfigured before anything starts; synced in the loop
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._handle_signal)
             signal.signal(signal.SIGINT, self._handle_signal)
@@ -212,6 +213,9 @@ class Worker:
     def _iterate(self) -> bool:
         refresh_connections()
         try:
+            if not self._schedules_synced:
+                sync_schedules()
+                self._schedules_synced = True
             self._reap()
             fired = store.fire_due_timers(queues=self.queues, limit=durable_settings.CLAIM_BATCH_SIZE)
             fired += self._fire_schedules()

@@ -102,3 +102,28 @@ def test_postgres_isolation_level_other_than_read_committed_is_an_error():
         assert check_isolation_level(databases=["default"]) == []
     finally:
         del options["isolation_level"]
+
+
+@override_settings(DURABLE={"SCHEDULES": {"nightly": {"workflow": "sc_tick", "cron": "61 3 * * *"}}})
+def test_a_declared_schedule_that_cannot_be_built_is_an_error_naming_it():
+    from django_durable.checks import check_schedules
+
+    (error,) = check_schedules()
+    assert error.id == "django_durable.E050"
+    assert "nightly" in error.msg and "cron" in error.msg
+
+
+@override_settings(
+    DURABLE={"SCHEDULES": {"nightly": {"workflow": "sc_tick", "args": ["k"], "cron": "0 3 * * *", "overlap": "skip"}}}
+)
+def test_a_valid_declared_schedule_passes():
+    from django_durable.checks import check_schedules
+
+    assert check_schedules() == []
+
+
+@override_settings(DURABLE={"SCHEDULES": {"nightly": {"workflow": "not.registered", "every": 60}}})
+def test_a_declared_schedule_of_an_unknown_workflow_is_an_error():
+    from django_durable.checks import check_schedules
+
+    assert ids(check_schedules()) == ["django_durable.E050"]
