@@ -111,7 +111,12 @@ class ScheduleHandle:
         if unknown:
             raise TypeError(f"update() got unknown options {unknown}; it takes workflow, {', '.join(OPTIONS)}")
         current = schedule_store.get_schedule(self.schedule_id)
-        values = schedule_values(self.schedule_id, **{**current_options(current), **changes})
+        options = current_options(current)
+        # A cron replaces an interval and the other way round, without naming the old one None.
+        for given, other in (("cron", "every"), ("every", "cron")):
+            if changes.get(given) is not None and other not in changes:
+                options[other] = None
+        values = schedule_values(self.schedule_id, **{**options, **changes})
         changed = {name: value for name, value in values.items() if getattr(current, name) != value}
         if changed:
             schedule_store.update_schedule(self.schedule_id, changed)

@@ -20,7 +20,7 @@ from django.db.models import QuerySet
 from ..exceptions import ScheduleAlreadyExists, ScheduleNotFound
 from ..faults import crash_point
 from ..models import OPEN_STATUSES, OverlapPolicy, Schedule, WorkflowInstance, WorkflowStatus
-from ..schedules.spec import ONE_MICROSECOND, ScheduleSpec, tick_workflow_id, trigger_workflow_id
+from ..schedules.spec import ONE_MICROSECOND, InvalidSchedule, ScheduleSpec, tick_workflow_id, trigger_workflow_id
 from ..statelog import state_change
 from .clock import db_now
 from .control import _request_cancel_locked
@@ -30,13 +30,16 @@ from .transactions import write_transaction
 
 # The runs a schedule remembers for describe() and the admin (as Temporal's "recent actions").
 RECENT_RUNS = 10
-# Ticks one transaction starts at most (a long catch-up under allow_all continues in the next).
+# Ticks one transaction processes at most: a long catch-up continues in the next (the
+# schedule's row, and on SQLite the database, stay locked only that long).
 TICKS_PER_TRANSACTION = 100
 # buffer_all keeps at most this many ticks waiting; more are skipped.
 BUFFER_LIMIT = 1000
+REMOVED_NOTE = "Removed from settings.DURABLE['SCHEDULES']; declare it again to resume it."
 # Missed ticks of a cron schedule counted one by one at most, per catch-up.
 MISSED_COUNT_LIMIT = 100_000
-SPEC_FIELDS = ("cron", "every", "timezone", "start_at", "end_at", "jitter")
+# The fields that decide when a schedule ticks (jitter only delays a tick).
+TIMING_FIELDS = frozenset({"cron", "every", "timezone", "start_at", "end_at"})
 
 
 class Reason:
@@ -52,7 +55,7 @@ class Fired:
     """What one pass over the due schedules did."""
 
     processed: int = 0  # schedules whose row changed
-    next_in: float | None = None  # seconds until the earliest tick not due yet, if any
+    next_in: float | None = None  # seconds until the next tick is due (after this pass), if any
 
 
 @dataclasses.dataclass
@@ -103,18 +106,23 @@ def create_schedule(values: Mapping[str, Any]) -> Schedule:
 
 def update_schedule(schedule_id: str, values: Mapping[str, Any]) -> Schedule:
     """Change fields of a schedule; a new specification takes effect from now (ticks that
-    already fired are not fired again, the next tick is the new spec's first after now)."""
+    already fired are not fired again, the next tick is the new spec's first after now).
+    Unpausing drops the ticks that fell while paused; other changes keep a due tick due."""
     with write_transaction():
         schedule = _lock(schedule_id)
+        now = db_now()
+        changed = {name for name, value in values.items() if getattr(schedule, name) != value}
+        unpaused = "paused" in changed and schedule.paused
         for name, value in values.items():
             setattr(schedule, name, value)
-        if "paused" in values and not schedule.paused:
-            schedule.last_tick_at = db_now()  # ticks that fell while paused are dropped
-        if any(name in values for name in (*SPEC_FIELDS, "paused")):
-            now = db_now()
+        if unpaused:
+            schedule.last_tick_at = now
+        if unpaused or changed & TIMING_FIELDS:
             _plan_next(schedule, spec_of(schedule), after=max(now, schedule.last_tick_at or now))
+        elif changed & {"jitter", "paused"}:
+            _plan_fire(schedule, spec_of(schedule))
         schedule.save()
-        state_change("schedule_updated", schedule_id=schedule_id, fields=sorted(values))
+        state_change("schedule_updated", schedule_id=schedule_id, fields=sorted(changed))
         return schedule
 
 
@@ -140,7 +148,7 @@ def trigger(schedule_id: str) -> WorkflowInstance | None:
     with write_transaction():
         schedule = _lock(schedule_id)
         now = db_now()
-        started = _fire(schedule, now, trigger_workflow_id(schedule_id, now), Reason.TRIGGER, now)
+        started = _fire(schedule, now, _free_trigger_id(schedule, now), Reason.TRIGGER, now)
         schedule.save()
         return started
 
@@ -179,16 +187,12 @@ def backfill(schedule_id: str, start: datetime.datetime, end: datetime.datetime,
 
 def fire_due_schedules(*, limit: int) -> Fired:
     """Fire the ticks that are due, and start buffered ticks whose previous run has closed:
-    each schedule in a transaction of its own. Also says when the next tick falls due."""
+    each schedule in a transaction of its own. Also says when the next tick falls due (0 if
+    some are due still: more than ``limit``, or a long catch-up cut into transactions)."""
     now = db_now()
-    rows = list(
-        Schedule.objects.filter(next_fire_at__isnull=False)
-        .order_by("next_fire_at")
-        .values_list("pk", "next_fire_at")[: limit + 1]
+    due = list(
+        Schedule.objects.filter(next_fire_at__lte=now).order_by("next_fire_at").values_list("pk", flat=True)[:limit]
     )
-    due = [pk for pk, fire_at in rows if fire_at is not None and fire_at <= now][:limit]
-    later = [fire_at for _, fire_at in rows if fire_at is not None and fire_at > now]
-    result = Fired(next_in=(later[0] - now).total_seconds() if later else None)
     # Buffered ticks wait for the previous run to close; a continued run is followed to its successor.
     ready = (
         Schedule.objects.filter(buffered_count__gt=0)
@@ -196,13 +200,28 @@ def fire_due_schedules(*, limit: int) -> Fired:
         .exclude(pk__in=due)
         .values_list("pk", flat=True)[:limit]
     )
+    result = Fired()
     for pk in [*due, *ready]:
         with write_transaction():
             schedule = _lock_due(pk)
-            if schedule is not None and _advance(schedule, db_now()):
+            if schedule is None:
+                continue
+            try:
+                changed = _advance(schedule, db_now())
+            except InvalidSchedule as error:
+                # Valid when saved, no longer (a zone gone from tzdata, a row edited by hand):
+                # the schedule stops, saying why, rather than failing every worker's loop.
+                schedule.paused, schedule.next_fire_at = True, None
+                schedule.note = f"Paused by the workers: {error}"
+                state_change("schedule_invalid", schedule_id=schedule.schedule_id, error=str(error))
+                changed = True
+            if changed:
                 schedule.save()
                 crash_point("before_schedule_commit")
                 result.processed += 1
+    following = next_fire_at()
+    if following is not None:
+        result.next_in = max(0.0, (following - db_now()).total_seconds())
     return result
 
 
@@ -239,9 +258,8 @@ def sync_declared(declared: Mapping[str, Mapping[str, Any]], *, remove: str) -> 
             else:
                 outcome["created"].append(schedule_id)
             continue
+        # Declared again after its removal paused it: ``paused`` and ``note`` differ, so it resumes.
         changed = {name: value for name, value in values.items() if getattr(current, name) != value}
-        if current.paused and "paused" not in values:
-            changed["paused"] = False  # paused because it was removed, now declared again
         if changed:
             update_schedule(schedule_id, changed)
             outcome["updated"].append(schedule_id)
@@ -250,8 +268,10 @@ def sync_declared(declared: Mapping[str, Mapping[str, Any]], *, remove: str) -> 
     for schedule_id, schedule in existing.items():
         if remove == "delete":
             delete_schedule(schedule_id)
-        elif not schedule.paused:
-            set_paused(schedule_id, True, note="removed from settings.DURABLE['SCHEDULES']")
+        elif schedule.paused:
+            continue  # removed by an earlier sync (or paused before it was removed)
+        else:
+            set_paused(schedule_id, True, note=REMOVED_NOTE)
         outcome["removed"].append(schedule_id)
     return outcome
 
@@ -283,6 +303,18 @@ def _lock_due(pk: int) -> Schedule | None:
     )
 
 
+def _free_trigger_id(schedule: Schedule, now: datetime.datetime) -> str:
+    """The id of a run triggered ``now``; a trigger in the same millisecond as an earlier one
+    (a double click, or a test's clock standing still) takes the next free millisecond."""
+    waiting = {entry["workflow_id"] for entry in schedule.buffered}
+    moment = now
+    while True:
+        workflow_id = trigger_workflow_id(schedule.schedule_id, moment)
+        if workflow_id not in waiting and not WorkflowInstance.objects.filter(workflow_id=workflow_id).exists():
+            return workflow_id
+        moment += datetime.timedelta(milliseconds=1)
+
+
 def _plan_next(schedule: Schedule, spec: ScheduleSpec, *, after: datetime.datetime) -> None:
     schedule.next_tick_at = spec.next_tick(after)
     _plan_fire(schedule, spec)
@@ -299,18 +331,21 @@ def _advance(schedule: Schedule, now: datetime.datetime) -> bool:
     """Start a buffered tick if the previous run has closed, then process the due ticks:
     those older than the catch-up window are counted as missed, the others fired.
     Returns whether the row changed."""
-    before = (schedule.next_tick_at, schedule.buffered_count, schedule.last_run_id)
+    before = (schedule.next_tick_at, schedule.next_fire_at, schedule.buffered_count, schedule.last_run_id)
     spec = spec_of(schedule)
+    if schedule.paused or schedule.next_tick_at is None:
+        # Paused by a plain UPDATE (not update_schedule()): it would look due forever.
+        schedule.next_fire_at = None
     if schedule.buffered:
         _start_buffered(schedule, now)
-    started = 0
+    processed = 0
     while (
-        not schedule.paused
-        and schedule.next_tick_at is not None
+        schedule.next_tick_at is not None
         and schedule.next_fire_at is not None
         and schedule.next_fire_at <= now
-        and started < TICKS_PER_TRANSACTION
+        and processed < TICKS_PER_TRANSACTION
     ):
+        processed += 1
         tick = schedule.next_tick_at
         cutoff = now - schedule.catchup_window
         if tick < cutoff:
@@ -318,18 +353,19 @@ def _advance(schedule: Schedule, now: datetime.datetime) -> bool:
             schedule.last_tick_at = cutoff
             _plan_next(schedule, spec, after=cutoff - ONE_MICROSECOND)
             continue
-        if _fire(schedule, tick, tick_workflow_id(schedule.schedule_id, tick), Reason.TICK, now) is not None:
-            started += 1
+        _fire(schedule, tick, tick_workflow_id(schedule.schedule_id, tick), Reason.TICK, now)
         schedule.last_tick_at = tick
         _plan_next(schedule, spec, after=tick)
-    return before != (schedule.next_tick_at, schedule.buffered_count, schedule.last_run_id)
+    return before != (schedule.next_tick_at, schedule.next_fire_at, schedule.buffered_count, schedule.last_run_id)
 
 
 def _count_missed(spec: ScheduleSpec, first: datetime.datetime, cutoff: datetime.datetime) -> int:
     """The ticks from ``first`` (a tick) to before ``cutoff``."""
+    last = cutoff - ONE_MICROSECOND
     if spec.every is not None:
-        return int((cutoff - ONE_MICROSECOND - first).total_seconds() // spec.every) + 1
-    return 1 + len(spec.ticks(first, cutoff - ONE_MICROSECOND, limit=MISSED_COUNT_LIMIT))
+        last = min(last, spec.end_at or last)
+        return int((last - first).total_seconds() // spec.every) + 1
+    return 1 + len(spec.ticks(first, last, limit=MISSED_COUNT_LIMIT))
 
 
 def _fire(

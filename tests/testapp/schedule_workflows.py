@@ -8,7 +8,7 @@ import django_durable as durable
 
 from .models import ActivityRun
 
-__all__ = ["sc_record", "sc_tick", "sc_until_released"]
+__all__ = ["sc_continued", "sc_record", "sc_tick", "sc_until_released"]
 
 
 @durable.activity
@@ -32,5 +32,18 @@ def sc_until_released(ctx: durable.WorkflowContext, key: str) -> str:
     scheduled = ctx.schedule
     assert scheduled is not None, "started by a schedule"
     ctx.call_activity(sc_record, key, ctx.workflow_id, scheduled.tick.isoformat(), scheduled.reason).result()
+    ctx.wait_for_event("release")
+    return "released"
+
+
+@durable.workflow
+def sc_continued(ctx: durable.WorkflowContext, key: str, tick: str = "") -> str:
+    """Continue as new once (the tick carried along), then record and wait for "release": the
+    schedule's previous run is then the second run of the chain."""
+    if not tick:
+        scheduled = ctx.schedule
+        assert scheduled is not None, "started by a schedule"
+        ctx.continue_as_new(key, scheduled.tick.isoformat())
+    ctx.call_activity(sc_record, key, ctx.workflow_id, tick, "continued").result()
     ctx.wait_for_event("release")
     return "released"
