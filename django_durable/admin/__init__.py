@@ -3,7 +3,8 @@
 ``instances`` registers the model admins and routes the debugger's pages:
 ``timetravel`` (variables as of any history event), ``actions`` (signal, cancel,
 terminate, ...), ``dashboard`` (the operator's overview) and ``timeline`` (the
-SVG picture of a run).
+SVG picture of a run). ``schedules`` registers the schedules' admin, with its
+forms (``schedule_forms``) and actions (``schedule_actions``).
 """
 
-from . import instances  # noqa: F401  (registers the model admins)
+from . import instances, schedules  # noqa: F401  (registers the model admins)

@@ -1,4 +1,5 @@
-"""The operator's overview: runs by status, due and overdue work, workers, failures."""
+"""The operator's overview: runs by status, due and overdue work, workers, failures, and the
+schedules that fire next or are late."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from .. import store
-from ..models import OPEN_STATUSES, WorkflowStatus, WorkItemKind
-from . import timeline
+from ..models import OPEN_STATUSES, Schedule, WorkflowStatus, WorkItemKind
+from ..permissions import SCHEDULE_CHANGE, SCHEDULE_VIEW
+from ..store import schedule_views
+from ..store import schedules as schedule_store
+from . import schedule_text, timeline
 
 TEMPLATE = "admin/django_durable/workflowinstance/dashboard.html"
+SCHEDULES_LISTED = 10  # schedules in each of the dashboard's lists
 FAILURE_STATUSES = (WorkflowStatus.FAILED, WorkflowStatus.TERMINATED)
 
 
@@ -98,8 +103,39 @@ def dashboard_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
         "window_text": "hour" if window == datetime.timedelta(hours=1) else _duration(window),
         "overdue_text": _duration(stats["overdue_after"]),
         "stale_text": _duration(stats["stale_after"]),
+        "schedules": _schedules(model_admin, request, stats["now"]),
     }
     return TemplateResponse(request, TEMPLATE, context)
+
+
+def _schedules(model_admin: Any, request: HttpRequest, now: datetime.datetime) -> dict[str, Any] | None:
+    """The schedules that fire next and those that are late, for users who may see schedules."""
+    if not (request.user.has_perm(SCHEDULE_VIEW) or request.user.has_perm(SCHEDULE_CHANGE)):
+        return None
+    site = model_admin.admin_site.name
+    late_after = schedule_text.late_after()
+
+    def row(schedule: Schedule) -> dict[str, Any]:
+        assert schedule.next_fire_at is not None  # both lists hold schedules with a next fire time
+        return {
+            "schedule": schedule,
+            "url": reverse("admin:django_durable_schedule_change", args=[schedule.pk], current_app=site),
+            "spec": schedule_text.spec_text(schedule),
+            "relative": schedule_text.relative(schedule.next_fire_at, now),
+        }
+
+    return {
+        "counts": schedule_views.schedule_counts(),
+        "next": [
+            row(schedule)
+            for schedule in schedule_views.next_to_fire(not_before=now - late_after, limit=SCHEDULES_LISTED)
+        ],
+        "late": [
+            row(schedule) for schedule in schedule_store.late_schedules(late_after=late_after, limit=SCHEDULES_LISTED)
+        ],
+        "late_after_text": _duration(late_after),
+        "url": reverse("admin:django_durable_schedule_changelist", current_app=site),
+    }
 
 
 def _duration(delta: datetime.timedelta) -> str:

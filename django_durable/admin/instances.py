@@ -22,6 +22,8 @@ from django.views.decorators.clickjacking import xframe_options_deny
 
 from ..engine.events import FAILURE_KINDS, EventKind
 from ..models import PAYLOAD_COLUMNS, WorkflowInstance, WorkflowStatus, WorkItem, WorkItemKind
+from ..permissions import SCHEDULE_CHANGE, SCHEDULE_VIEW
+from ..store import schedule_views
 from ..tokens import make_task_token
 from . import actions, bulk_actions, dashboard, timeline, timetravel
 
@@ -329,12 +331,27 @@ def inspect_run(model_admin: WorkflowInstanceAdmin, request: HttpRequest, instan
         "workflow_task": next((item for item in work if item.kind == WorkItemKind.WORKFLOW), None),
         "vars": [{"name": name, "value": to_pretty(value)} for name, value in sorted((instance.vars or {}).items())],
         "related": _related(model_admin, instance),
+        "schedule": _started_by(model_admin, request, instance),
         # A task token is a capability: only operators, who may complete activities anyway, see it.
         "work": _work(instance, work[:WORK_LIMIT], now, show_tokens=actions.can_operate(request)),
         "work_more": len(work) > WORK_LIMIT,
         "history": _history(model_admin, request, instance),
         "timeline": _timeline(instance, work, now),
     }
+
+
+def _started_by(
+    model_admin: WorkflowInstanceAdmin, request: HttpRequest, instance: WorkflowInstance
+) -> dict[str, Any] | None:
+    """The schedule tick the run was started for, linked to the schedule's page: one query."""
+    started = schedule_views.started_by(instance.pk)
+    if started is None:
+        return None
+    url = ""
+    may_view = request.user.has_perm(SCHEDULE_VIEW) or request.user.has_perm(SCHEDULE_CHANGE)
+    if started["schedule_pk"] is not None and may_view:
+        url = reverse(f"{model_admin.admin_site.name}:django_durable_schedule_change", args=(started["schedule_pk"],))
+    return {**started, "url": url}
 
 
 def _error(error: Any) -> dict[str, Any] | None:
