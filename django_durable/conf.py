@@ -150,9 +150,10 @@ SETTINGS: dict[str, Setting] = {
     ),
     "API_PERMISSION_CLASSES": Setting(
         ["django_durable.api.permissions.WorkflowPermissions"],
-        "The permission classes (dotted paths) of the workflow endpoints. The default asks for the model "
-        "permission of `WorkflowInstance` that the admin needs for the same action (`view_`, `add_`, "
-        "`operate_`, `delete_`). To keep the old rule, any staff user may do everything, set it to "
+        "The permission classes (dotted paths) of the workflow and schedule endpoints. The default asks for "
+        "the model permission of `WorkflowInstance` that the admin needs for the same action (`view_`, `add_`, "
+        "`operate_`, `delete_`), and on the schedule endpoints the permissions of `Schedule` (plus `add_` of "
+        "`WorkflowInstance` where they start runs). To keep the old rule, any staff user may do everything, set it to "
         '`["rest_framework.permissions.IsAdminUser"]`.',
     ),
     "API_STARTABLE_WORKFLOWS": Setting(

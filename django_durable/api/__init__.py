@@ -9,6 +9,9 @@ Mount it with ``path("durable/api/", include("django_durable.api.urls"))`` and a
   purge (DELETE), ``workflows/<id>/history/``, and the verbs ``signal/``, ``cancel/``,
   ``suspend/``, ``resume/``, ``terminate/`` and ``rerun/`` (each needs the model
   permission of ``WorkflowInstance`` the admin needs for it: ``api.permissions``).
+- ``schedules/``: list and create schedules; ``schedules/<id>/`` describe, update
+  (PATCH) and delete, and the verbs ``pause/``, ``unpause/``, ``trigger/`` and
+  ``backfill/`` (each needs the ``Schedule`` permissions of ``permissions.SCHEDULE_PERMISSIONS``).
 - ``schema/``: the OpenAPI document.
 
 Importing this package does not import Django REST framework; its system checks

@@ -1,18 +1,20 @@
 """URLs of the HTTP API: ``path("durable/api/", include("django_durable.api.urls"))``.
 
 The URL names live in the ``durable_api`` namespace, e.g.
-``reverse("durable_api:activity-complete")`` and ``reverse("durable_api:workflow-detail", args=[id])``.
+``reverse("durable_api:activity-complete")``, ``reverse("durable_api:workflow-detail", args=[id])`` and
+``reverse("durable_api:schedule-detail", args=[id])``.
 """
 
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from . import views
+from . import schedules, views
 
 app_name = "durable_api"
 
 router = SimpleRouter()
 router.register("workflows", views.WorkflowViewSet, basename="workflow")
+router.register("schedules", schedules.ScheduleViewSet, basename="schedule")
 
 urlpatterns = [
     path("activities/complete/", views.CompleteActivityView.as_view(), name="activity-complete"),
