@@ -369,6 +369,18 @@ def test_changing_the_spec_replans_the_next_tick_through_the_store(
     assert schedule.input == {"args": ["k"], "kwargs": {}}
 
 
+def test_saving_unchanged_arguments_keeps_the_stored_input_as_it_is(
+    env: WorkflowEnvironment, admin_client: Client
+) -> None:
+    """The page shows the stored (encoded) input; saving it untouched must not encode it again."""
+    create_schedule("tagged", sc_tick, args=[{"__dict__": "looks like a tag"}], cron="0 3 * * *")
+    stored = Schedule.objects.get(schedule_id="tagged").input
+    shown = admin_client.get(change_url("tagged")).context["adminform"].form.initial["input_args"]
+    response = admin_client.post(change_url("tagged"), change_data("tagged", input_args=shown, note="edited"))
+    assert response.status_code == 302, form_errors(response)
+    assert Schedule.objects.get(schedule_id="tagged").input == stored
+
+
 def test_a_change_preview_shows_the_new_times_and_changes_nothing(
     env: WorkflowEnvironment, admin_client: Client
 ) -> None:

@@ -598,3 +598,16 @@ def test_describe_shows_the_spec_the_next_ten_fire_times_the_recent_runs_with_st
     assert [run.tick for run in description.recent_runs] == [T0 + 3 * MINUTE, T0 + 2 * MINUTE, T0 + MINUTE]
     assert (description.runs_started, description.ticks_skipped, description.ticks_missed) == (3, 0, 0)
     assert (description.buffered, description.created_at) == (0, T0)
+
+
+def test_update_keeps_the_stored_input_as_it_is(db):
+    """update() of another option does not encode the stored (already encoded) arguments again."""
+    schedule = durable.create_schedule(
+        "keeps-input", "sc_tick", args=[{"__dict__": "looks like a tag"}], kwargs={}, every=60
+    )
+    stored = Schedule.objects.get(schedule_id="keeps-input").input
+    schedule.update(note="once")
+    schedule.update(note="twice")
+    assert Schedule.objects.get(schedule_id="keeps-input").input == stored
+    schedule.update(args=["new"])
+    assert Schedule.objects.get(schedule_id="keeps-input").input == {"args": ["new"], "kwargs": stored["kwargs"]}

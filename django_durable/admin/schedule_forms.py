@@ -228,6 +228,9 @@ class ScheduleForm(forms.ModelForm):
                 queue=data.get("queue") or None,
                 note=data.get("note", ""),
             )
+            if not starts_other_runs:
+                # The page shows the stored, encoded input: encoding it again would wrap it again.
+                self.values["input"] = self.saved["input"]
         except NotRegistered as exc:
             self.add_error("workflow_name", exc.detail)
         except SerializationError as exc:  # too large, say

@@ -117,6 +117,11 @@ class ScheduleHandle:
             if changes.get(given) is not None and other not in changes:
                 options[other] = None
         values = schedule_values(self.schedule_id, **{**options, **changes})
+        # What was not given stays as stored: encoding the stored (encoded) input again would wrap it again.
+        values["input"] = {
+            name: values["input"][name] if name in changes else current.input.get(name, default)
+            for name, default in (("args", []), ("kwargs", {}))
+        }
         changed = {name: value for name, value in values.items() if getattr(current, name) != value}
         if changed:
             schedule_store.update_schedule(self.schedule_id, changed)

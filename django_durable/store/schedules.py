@@ -322,9 +322,13 @@ def _plan_next(schedule: Schedule, spec: ScheduleSpec, *, after: datetime.dateti
 
 def _plan_fire(schedule: Schedule, spec: ScheduleSpec) -> None:
     tick = schedule.next_tick_at
-    schedule.next_fire_at = (
-        None if tick is None or schedule.paused else tick + spec.jitter_for(schedule.schedule_id, tick)
-    )
+    if tick is None or schedule.paused:
+        schedule.next_fire_at = None
+        return
+    try:
+        schedule.next_fire_at = tick + spec.jitter_for(schedule.schedule_id, tick)
+    except OverflowError:  # a tick within the jitter of year 9999's end
+        schedule.next_fire_at = tick
 
 
 def _advance(schedule: Schedule, now: datetime.datetime) -> bool:
