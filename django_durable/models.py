@@ -284,9 +284,8 @@ class Schedule(models.Model):
     buffered_count = models.PositiveIntegerField(default=0, db_index=True)
     # The last runs started, newest first: {"workflow_id", "run_id", "tick", "reason", "started_at"}.
     recent_runs = models.JSONField(default=list, blank=True)
-    last_run = models.ForeignKey(
-        WorkflowInstance, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
-    )
+    # Indexed: deleting a run (purge, prune) finds the schedules that point at it.
+    last_run = models.ForeignKey(WorkflowInstance, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     runs_started = models.PositiveBigIntegerField(default=0)
     ticks_skipped = models.PositiveBigIntegerField(default=0, help_text="Dropped by the overlap policy.")
     ticks_missed = models.PositiveBigIntegerField(default=0, help_text="Older than the catch-up window.")

@@ -27,6 +27,7 @@ from . import notify, store
 from .committer import Committer
 from .conf import durable_settings
 from .connections import refresh_connections
+from .exceptions import DurableError
 from .executors import WorkflowTaskExecutor, load_executor
 from .executors.activities import (
     RunningActivity,
@@ -214,8 +215,7 @@ class Worker:
         refresh_connections()
         try:
             if not self._schedules_synced:
-                sync_schedules()
-                self._schedules_synced = True
+                self._sync_schedules()
             self._reap()
             fired = store.fire_due_timers(queues=self.queues, limit=durable_settings.CLAIM_BATCH_SIZE)
             fired += self._fire_schedules()
@@ -256,6 +256,13 @@ class Worker:
             logger.info("Database reachable again.")
             self._db_error_backoff = 0.0
         return bool(fired or workflow_tasks or activities)
+
+    def _sync_schedules(self) -> None:
+        try:
+            sync_schedules()
+        except DurableError as exc:  # e.g. a schedule deleted by hand while we synced it
+            logger.warning('DURABLE["SCHEDULES"] not fully synced: %s', exc)
+        self._schedules_synced = True
 
     def _fire_schedules(self, *, now: bool = False) -> int:
         """Fire the schedules' due ticks: at most every POLL_INTERVAL, and when the next is due."""

@@ -260,7 +260,7 @@ def test_the_workflow_choices_are_the_startable_workflows(env: WorkflowEnvironme
         ({"cron": "", "every": "0"}, "every", "every must be whole seconds, at least 1"),
         ({"timezone": "Mars/Olympus"}, "timezone", "unknown timezone 'Mars/Olympus'"),
         ({"jitter": "-1"}, "jitter", "jitter must be seconds >= 0"),
-        ({"catchup_window": "-1 00:00:00"}, "catchup_window", "catchup_window cannot be negative"),
+        ({"catchup_window": "-1 00:00:00"}, "catchup_window", "catchup_window must be at least 10 seconds"),
         (
             {"start_at_0": "2026-04-01", "start_at_1": "00:00", "end_at_0": "2026-03-01", "end_at_1": "00:00"},
             "end_at",

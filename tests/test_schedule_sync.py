@@ -99,6 +99,19 @@ def test_a_schedule_removed_from_the_setting_is_paused_with_a_note_and_resumes_w
     assert run_ids("nightly") == ["nightly-20300103T020000Z"]
 
 
+def test_an_operators_pause_of_a_declared_schedule_survives_the_next_sync(db: None) -> None:
+    """A worker restart (a deploy, a crash) does not undo a pause made in the admin or the API;
+    a setting that names ``paused`` does decide."""
+    with declare(nightly=NIGHTLY):
+        sync_schedules()
+        durable.get_schedule("nightly").pause(note="incident 42")
+        assert sync_schedules() == outcome(unchanged=["nightly"])
+    assert (row("nightly").paused, row("nightly").note, row("nightly").next_fire_at) == (True, "incident 42", None)
+    with declare(nightly={**NIGHTLY, "paused": False}):
+        assert sync_schedules() == outcome(updated=["nightly"])
+    assert (row("nightly").paused, row("nightly").note) == (False, "incident 42")
+
+
 def test_sync_leaves_schedules_created_at_run_time_alone(db: None, caplog: pytest.LogCaptureFixture) -> None:
     durable.create_schedule("runtime", sw.sc_tick, args=["runtime"], every=60)
     before = database_state()
@@ -167,9 +180,12 @@ def test_a_long_catch_up_is_cut_into_short_transactions_and_the_pass_says_more_i
     with WorkflowEnvironment(start_time=T0):
         durable.create_schedule("burst", sw.sc_until_released, args=["burst"], every=1)
     with WorkflowEnvironment(start_time=T0 + 250 * SECOND) as env:
-        fired = schedule_store.fire_due_schedules(limit=10)
-        assert (fired.processed, fired.next_in) == (1, 0.0)
-        assert row("burst").last_tick_at == T0 + schedule_store.TICKS_PER_TRANSACTION * SECOND
+        # 250 due ticks: a transaction takes 100 of them; a pass takes the schedule up to `limit` times.
+        fired = schedule_store.fire_due_schedules(limit=2)
+        assert (fired.processed, fired.next_in) == (2, 0.0)
+        assert row("burst").last_tick_at == T0 + 2 * schedule_store.TICKS_PER_TRANSACTION * SECOND
+        fired = schedule_store.fire_due_schedules(limit=2)
+        assert (fired.processed, fired.next_in) == (1, 1.0)
         env.run_until_idle()
     assert run_ids("burst") == ["burst-20300101T000001Z"]
     assert (row("burst").ticks_skipped, row("burst").ticks_missed) == (249, 0)
@@ -230,3 +246,12 @@ def test_a_schedule_paused_by_a_plain_update_stops_looking_due(db: None) -> None
         env.advance(minutes=5)  # without the fix: StepLimitExceeded, the tick due forever
         assert schedule_store.next_fire_at() is None
     assert run_ids("raw") == [minute_id("raw", 1)]
+
+
+def test_lateness_is_counted_from_a_ticks_jittered_fire_time(db: None) -> None:
+    """A jitter longer than the catch-up window does not make the tick count as missed."""
+    with WorkflowEnvironment(start_time=T0) as env:
+        durable.create_schedule("jittery", sw.sc_tick, args=["jittery"], every=60, jitter=50, catchup_window=10)
+        env.advance(minutes=5, seconds=50)
+    assert len(run_ids("jittery")) == 5
+    assert row("jittery").ticks_missed == 0

@@ -198,10 +198,10 @@ def test_a_worker_killed_in_the_middle_of_firing_a_tick_loses_nothing(start_work
 
 
 def test_workers_stopped_longer_than_the_catchup_window_miss_the_old_ticks_only(start_worker):
-    """Two schedules, catch-up windows of 2 s and 60 s, and all workers stopped for 5 s:
-    the first counts the ticks older than 2 s at restart as missed and fires the others;
+    """Two schedules, catch-up windows of 10 s (the shortest allowed) and 60 s, and all workers
+    stopped for 14 s: the first counts the ticks older than 10 s at restart as missed and fires the others;
     the second fires every tick it missed, once."""
-    durable.create_schedule("short", sc_tick, args=["short"], every=1, overlap="allow_all", catchup_window=2)
+    durable.create_schedule("short", sc_tick, args=["short"], every=1, overlap="allow_all", catchup_window=10)
     durable.create_schedule("long", sc_tick, args=["long"], every=1, overlap="allow_all", catchup_window=60)
     workers = [start_worker(env=PATIENT), start_worker(env=PATIENT)]
     wait_ticks("short", 2)
@@ -209,10 +209,10 @@ def test_workers_stopped_longer_than_the_catchup_window_miss_the_old_ticks_only(
     stop(*workers)
     stopped_at = db_now()
     before = {schedule_id: list(tick_runs(schedule_id)) for schedule_id in ("short", "long")}
-    # (Workers slow to start may have missed the first ticks of the 2 s window already.)
+    # (Workers slow to start may have missed the first ticks of the 10 s window already.)
     missed_before = the_schedule("short").ticks_missed
 
-    wait_clock(stopped_at + 5 * SECOND)
+    wait_clock(stopped_at + 14 * SECOND)
     restarted_at = db_now()
     workers = [start_worker(env=PATIENT), start_worker(env=PATIENT)]
     for schedule_id in ("short", "long"):
@@ -227,7 +227,7 @@ def test_workers_stopped_longer_than_the_catchup_window_miss_the_old_ticks_only(
     assert len(late) >= 3, late
     assert the_schedule("long").ticks_missed == 0
 
-    # Past the window: a gap of missed ticks, counted, then the ticks of the last 2 s, fired at restart.
+    # Past the window: a gap of missed ticks, counted, then the ticks of the last 10 s, fired at restart.
     by_tick = tick_runs("short")
     last_before = before["short"][-1]
     after = [tick for tick in by_tick if tick > last_before]
@@ -241,9 +241,9 @@ def test_workers_stopped_longer_than_the_catchup_window_miss_the_old_ticks_only(
     assert not WorkflowInstance.objects.filter(
         workflow_id__in=[tick_workflow_id("short", last_before + i * SECOND) for i in range(1, gap + 1)]
     ).exists()
-    # One transaction at restart: the ticks before its cutoff (now - 2 s) missed, those after fired.
+    # One transaction at restart: the ticks before its cutoff (now - 10 s) missed, those after fired.
     (caught_up,) = by_tick[resumed]
-    assert caught_up.created_at - resumed <= 2 * SECOND < caught_up.created_at - (resumed - SECOND)
+    assert caught_up.created_at - resumed <= 10 * SECOND < caught_up.created_at - (resumed - SECOND)
     in_window = [tick for tick in after if by_tick[tick][0].created_at == caught_up.created_at]
     assert len(in_window) >= 2, in_window
     assert sorted(wid for wid, _, _ in recorded("short")) == [tick_workflow_id("short", t) for t in by_tick]

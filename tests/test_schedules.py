@@ -88,7 +88,9 @@ def database_state() -> list[Any]:
         ({"every": 1.5}, durable.InvalidSchedule, "whole seconds, at least 1"),
         ({"every": datetime.timedelta(milliseconds=1500)}, durable.InvalidSchedule, "a fraction of a second"),
         ({"every": 60, "overlap": "sometimes"}, durable.InvalidSchedule, "overlap must be one of skip, buffer_one"),
-        ({"every": 60, "catchup_window": -MINUTE}, durable.InvalidSchedule, "catchup_window cannot be negative"),
+        ({"every": 60, "catchup_window": -MINUTE}, durable.InvalidSchedule, "catchup_window must be at least 10"),
+        ({"every": 60, "catchup_window": 0}, durable.InvalidSchedule, "catchup_window must be at least 10"),
+        ({"every": 60, "catchup_window": 9.5}, durable.InvalidSchedule, "catchup_window must be at least 10"),
         ({"every": 60, "args": [object()]}, SerializationError, "arguments of schedule 'bad'"),
         ({"every": 60, "kwargs": {"when": {1, 2}}}, SerializationError, "keyword arguments of schedule 'bad'"),
         ({"every": 60, "start_at": T0 + HOUR, "end_at": T0}, durable.InvalidSchedule, "must be after start_at"),
@@ -277,9 +279,9 @@ def test_catch_up_ticks_obey_the_overlap_policy_and_the_default_window_is_an_hou
     assert (row("skipper").ticks_missed, row("skipper").ticks_skipped) == (12, 5)
 
 
-def test_a_zero_catchup_window_fires_only_a_tick_that_is_due_now(db: None) -> None:
+def test_the_shortest_catchup_window_fires_only_a_tick_that_is_due_now(db: None) -> None:
     with WorkflowEnvironment(start_time=T0):
-        durable.create_schedule("strict", sw.sc_tick, args=["strict"], every=600, catchup_window=0)
+        durable.create_schedule("strict", sw.sc_tick, args=["strict"], every=600, catchup_window=10)
     with WorkflowEnvironment(start_time=T0 + 30 * MINUTE) as env:
         env.run_until_idle()
         env.advance(minutes=10)

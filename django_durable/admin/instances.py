@@ -26,6 +26,7 @@ from ..permissions import SCHEDULE_CHANGE, SCHEDULE_VIEW
 from ..store import schedule_views
 from ..tokens import make_task_token
 from . import actions, bulk_actions, dashboard, timeline, timetravel
+from .schedule_text import when
 
 # Columns the list never shows: they can be large, and a page of 100 runs would read them all.
 STATUS_COLOURS: dict[str, str] = {
@@ -62,10 +63,6 @@ def format_duration(start: datetime.datetime | None, end: datetime.datetime | No
     if start is None or end is None:
         return ""
     return timeline.format_duration(max((end - start).total_seconds(), 0.0))
-
-
-def when(at: datetime.datetime | None) -> str:
-    return timezone.localtime(at).strftime("%Y-%m-%d %H:%M:%S") if at is not None else ""
 
 
 def to_pretty(value: Any) -> str:

@@ -38,6 +38,7 @@ def spec_text(schedule: Schedule) -> str:
 
 
 def when(at: datetime.datetime | None) -> str:
+    """A moment as the admin shows it: local time, to the second."""
     return timezone.localtime(at).strftime("%Y-%m-%d %H:%M:%S") if at is not None else ""
 
 

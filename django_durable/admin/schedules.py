@@ -11,7 +11,6 @@ changing the workflow or its arguments needs ``add_workflowinstance`` too.
 from __future__ import annotations
 
 import datetime
-import json
 from typing import Any
 
 from django.contrib import admin
@@ -31,7 +30,7 @@ from ..permissions import may_schedule
 from ..store import schedule_views
 from ..store import schedules as schedule_store
 from . import schedule_actions
-from .instances import badge
+from .instances import badge, to_pretty
 from .schedule_forms import PREVIEW, ScheduleForm
 from .schedule_text import fire_times, late_after, run_counts, spec_text, when
 
@@ -47,10 +46,6 @@ class ScheduleChangeList(ChangeList):
             .defer(*(f"last_run__{name}" for name in PAYLOAD_COLUMNS))
             .annotate(late=ExpressionWrapper(Q(next_fire_at__lt=late_before), output_field=BooleanField()))
         )
-
-
-def _pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
 
 
 @admin.register(Schedule)
@@ -150,11 +145,11 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     @admin.display(description="args (JSON)")
     def input_args(self, schedule: Schedule) -> str:
-        return format_html("<pre>{}</pre>", _pretty(schedule.input.get("args", [])))
+        return format_html("<pre>{}</pre>", to_pretty(schedule.input.get("args", [])))
 
     @admin.display(description="kwargs (JSON)")
     def input_kwargs(self, schedule: Schedule) -> str:
-        return format_html("<pre>{}</pre>", _pretty(schedule.input.get("kwargs", {})))
+        return format_html("<pre>{}</pre>", to_pretty(schedule.input.get("kwargs", {})))
 
     def save_model(self, request: HttpRequest, obj: Schedule, form: Any, change: bool) -> None:
         saved = form.save_schedule()

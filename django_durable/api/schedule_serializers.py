@@ -16,7 +16,7 @@ from rest_framework import serializers
 
 from .. import registry
 from ..models import OverlapPolicy, Schedule, WorkflowStatus
-from ..schedules.client import BACKFILL_LIMIT, SCHEDULE_ID_MAX_LENGTH, ScheduleDescription
+from ..schedules.client import BACKFILL_LIMIT, MIN_CATCHUP_WINDOW, SCHEDULE_ID_MAX_LENGTH, ScheduleDescription
 from .serializers import MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH, JSONValueField
 
 # The longest interval the ``every`` column holds on every database (a 32-bit integer on
@@ -144,10 +144,10 @@ class ScheduleOptionsSerializer(serializers.Serializer):
     )
     catchup_window = SecondsField(
         required=False,
-        min_value=0,
+        min_value=MIN_CATCHUP_WINDOW.total_seconds(),
         max_value=MAX_SECONDS,
-        help_text="Seconds: ticks missed while no worker ran are fired if this recent, else counted as missed "
-        "(default: 3600).",
+        help_text="Seconds, at least 10: ticks missed while no worker ran are fired if this recent, else counted "
+        "as missed (default: 3600).",
     )
     jitter = SecondsField(
         required=False,

@@ -22,6 +22,7 @@ from .spec import InvalidSchedule, ScheduleSpec, Seconds
 SCHEDULE_ID_MAX_LENGTH = 200
 BACKFILL_LIMIT = 1000
 DEFAULT_CATCHUP_WINDOW = datetime.timedelta(hours=1)
+MIN_CATCHUP_WINDOW = datetime.timedelta(seconds=10)
 # The options create_schedule() takes beyond the id and the workflow, as update() takes them.
 OPTIONS = (
     "args",
@@ -302,6 +303,7 @@ def _catchup_window(value: object) -> datetime.timedelta:
     if isinstance(value, bool) or not isinstance(value, (int, float, datetime.timedelta)):
         raise InvalidSchedule(f"catchup_window must be seconds or a timedelta; got {value!r}")
     window = value if isinstance(value, datetime.timedelta) else datetime.timedelta(seconds=value)
-    if window < datetime.timedelta(0):
-        raise InvalidSchedule(f"catchup_window cannot be negative; got {value!r}")
+    if window < MIN_CATCHUP_WINDOW:
+        # Shorter, a worker that is late by a poll interval and a busy moment drops the tick.
+        raise InvalidSchedule(f"catchup_window must be at least 10 seconds (Temporal's minimum too); got {value!r}")
     return window

@@ -35,6 +35,9 @@ def declared_schedules(declared: object | None = None) -> dict[str, dict[str, An
             )
         try:
             values[schedule_id] = schedule_values(schedule_id, **options)
+            for operational in ("paused", "note"):  # an operator's, unless the setting names them
+                if operational not in options:
+                    del values[schedule_id][operational]
         except (ValueError, LookupError, TypeError) as error:  # InvalidSchedule, NotRegistered, SerializationError
             raise ImproperlyConfigured(f"{where}: {error}") from error
     return values
@@ -42,7 +45,7 @@ def declared_schedules(declared: object | None = None) -> dict[str, dict[str, An
 
 def sync_schedules() -> dict[str, list[str]]:
     """Create, update and pause the declared schedules (see ``store.schedules.sync_declared``)."""
-    outcome = schedule_store.sync_declared(declared_schedules(), remove="pause")
+    outcome = schedule_store.sync_declared(declared_schedules())
     for schedule_id in outcome["conflicts"]:
         logger.warning(
             'Schedule %r of DURABLE["SCHEDULES"] was not created: a schedule with this id was created at run '

@@ -20,7 +20,7 @@ from .clock import _seconds, db_now
 from .dialects import dialect_for
 from .records import Claim, LeaseLost, activity_options
 from .runs import _deliver, _lock_instance
-from .schedules import next_fire_at
+from .schedule_ticks import next_fire_at
 from .transactions import write_transaction
 from .workflow_tasks import fail_workflow_task
 
