@@ -259,7 +259,8 @@ SETTINGS: dict[str, Setting] = {
     "HEALTH_SCHEDULE_LATE_AFTER": Setting(
         60.0,
         "`durable_healthcheck` and the dashboard: a schedule whose next tick has been due for longer than "
-        'this is late (no worker is firing it). Seconds, a `timedelta` or a duration such as `"5m"`.',
+        'this is late (no worker is firing it). Seconds, a `timedelta` or a duration such as `"5m"`; '
+        "`--schedule-late-after` overrides.",
     ),
     "SCHEDULES": Setting(
         {},

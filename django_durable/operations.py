@@ -121,7 +121,10 @@ def prune(
 # -- durable_healthcheck ------------------------------------------------------------------
 
 OK, FAIL, SKIPPED = "ok", "fail", "skipped"
-CHECKS = ("database", "migrations", "workers", "overdue")
+CHECKS = ("database", "migrations", "workers", "overdue", "schedules")
+# Late schedules the report names on its line (the JSON lists up to LATE_SCHEDULES_LISTED).
+LATE_SCHEDULES_NAMED = 3
+LATE_SCHEDULES_LISTED = 10
 
 
 @dataclasses.dataclass
@@ -166,13 +169,18 @@ class Thresholds:
     min_workers: int = 1
     queues: tuple[str, ...] = ()
     hostname: str | None = None
+    schedule_late_after: datetime.timedelta = datetime.timedelta(seconds=60)
 
 
-THRESHOLD_SETTINGS = {"stale_after": "HEALTH_WORKER_STALE_AFTER", "overdue_after": "HEALTH_OVERDUE_AFTER"}
+THRESHOLD_SETTINGS = {
+    "stale_after": "HEALTH_WORKER_STALE_AFTER",
+    "overdue_after": "HEALTH_OVERDUE_AFTER",
+    "schedule_late_after": "HEALTH_SCHEDULE_LATE_AFTER",
+}
 
 
 def default_threshold(key: str) -> datetime.timedelta:
-    """``stale_after`` or ``overdue_after`` from the settings; ``ValueError`` names a bad setting."""
+    """A threshold of THRESHOLD_SETTINGS from the settings; ``ValueError`` names a bad setting."""
     setting = THRESHOLD_SETTINGS[key]
     value = getattr(durable_settings, setting)
     if value is None and key == "stale_after":
@@ -191,12 +199,16 @@ def check_health(thresholds: Thresholds, *, skip: Sequence[str] = ()) -> HealthR
         "migrations": _check_migrations,
         "workers": lambda: _check_workers(thresholds),
         "overdue": lambda: _check_overdue(thresholds),
+        "schedules": lambda: _check_schedules(thresholds),
     }
     for name, runner in runners.items():
         if name in skip:
             checks.append(Check(name, SKIPPED, "skipped (--skip)"))
         elif checks[0].status == FAIL:
             checks.append(Check(name, SKIPPED, "skipped: the database is unreachable"))
+        elif name == "schedules" and checks[1].status == FAIL:
+            # Their table may not exist yet: the failed migrations check says what to do.
+            checks.append(Check(name, SKIPPED, "skipped: migrations are not applied"))
         else:
             checks.append(_run(name, runner))
     return HealthReport(checks)
@@ -295,6 +307,40 @@ def _check_overdue(thresholds: Thresholds) -> Check:
         waited = format_duration((now - work["oldest_due"]["due_at"]).total_seconds())
         detail = f"oldest due item waiting {waited}"
     return Check("overdue", OK, f"{detail} (overdue after {threshold}){parked}", data)
+
+
+def _check_schedules(thresholds: Thresholds) -> Check:
+    health = store.schedule_health(late_after=thresholds.schedule_late_after, limit=LATE_SCHEDULES_LISTED)
+    now, threshold = health["now"], format_duration(thresholds.schedule_late_after.total_seconds())
+
+    def ago(moment: datetime.datetime) -> float:
+        return (now - moment).total_seconds()
+
+    data = {
+        "active": health["active"],
+        "late": health["late"],
+        "schedule_late_after_seconds": thresholds.schedule_late_after.total_seconds(),
+        "next_fire_at": health["next_fire_at"],
+        "late_schedules": [
+            {**row, "late_seconds": round(ago(row["next_fire_at"]), 3)} for row in health["oldest_late"]
+        ],
+    }
+    if health["late"]:
+        named = [
+            f"{row['schedule_id']!r} (due {format_duration(ago(row['next_fire_at']))} ago)"
+            for row in health["oldest_late"]
+        ]
+        shown = ", ".join(named[:LATE_SCHEDULES_NAMED])
+        if health["late"] > LATE_SCHEDULES_NAMED:
+            shown += f" and {health['late'] - LATE_SCHEDULES_NAMED} more"
+        return Check(
+            "schedules", FAIL, f"{health['late']} late (a tick due for over {threshold} not fired): {shown}", data
+        )
+    if health["next_fire_at"] is None:
+        return Check("schedules", OK, f"none active (late after {threshold})", data)
+    waiting = ago(health["next_fire_at"])
+    upcoming = f"next due {format_duration(waiting)} ago" if waiting >= 0 else f"next in {format_duration(-waiting)}"
+    return Check("schedules", OK, f"{health['active']} active, none late; {upcoming} (late after {threshold})", data)
 
 
 _Since = Literal["due_at", "lease_expires_at"]

@@ -84,8 +84,9 @@ class ScheduleHandle:
     def __repr__(self) -> str:
         return f"<ScheduleHandle {self.schedule_id!r}>"
 
-    def pause(self, note: str = "") -> None:
-        """Stop firing ticks; those that fall while paused are dropped, not fired on ``unpause()``."""
+    def pause(self, note: str | None = None) -> None:
+        """Stop firing ticks; those that fall while paused are dropped, not fired on ``unpause()``.
+        ``note`` replaces the schedule's note (None keeps it), as in the admin and the API."""
         schedule_store.set_paused(self.schedule_id, True, note)
 
     def unpause(self, note: str | None = None) -> None:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 
 from django.db import IntegrityError, connection
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, Min, OuterRef, Q, QuerySet
 
 from ..conf import durable_settings
 from ..models import (
@@ -28,8 +28,10 @@ from .dialects.base import column
 from .records import (
     DashboardStats,
     DashboardWorker,
+    LateSchedule,
     OldestPending,
     OverdueWork,
+    ScheduleHealth,
     StatusCounts,
     WorkerRow,
 )
@@ -369,4 +371,35 @@ def overdue_work(*, overdue_after: datetime.timedelta, queues: Sequence[str] = (
         "parked": counts["parked"],
         "oldest_due": oldest_due,
         "oldest_lease_expired": oldest_expired,
+    }
+
+
+def schedule_health(*, late_after: datetime.timedelta, limit: int) -> ScheduleHealth:
+    """Whether workers fire the schedules in time: how many are active (unpaused, with a tick
+    to come), how many are late (their next tick due for longer than ``late_after``, as
+    ``schedules.late_schedules``) and the ``limit`` that have waited longest, and the next
+    fire time."""
+    now = db_now()
+    late = Q(next_fire_at__lt=now - late_after)
+    counts = Schedule.objects.filter(next_fire_at__isnull=False).aggregate(
+        active=Count("id"), late=Count("id", filter=late), next_fire_at=Min("next_fire_at")
+    )
+    oldest_late: list[LateSchedule] = []
+    if counts["late"]:
+        rows = (
+            Schedule.objects.filter(late)
+            .order_by("next_fire_at", "id")
+            .values_list("schedule_id", "workflow_name", "next_tick_at", "next_fire_at")[:limit]
+        )
+        oldest_late = [
+            {"schedule_id": schedule_id, "workflow_name": name, "next_tick_at": tick, "next_fire_at": fire_at}
+            for schedule_id, name, tick, fire_at in rows
+            if tick is not None and fire_at is not None  # always: the filter reads late ones only
+        ]
+    return {
+        "now": now,
+        "active": counts["active"],
+        "late": counts["late"],
+        "next_fire_at": counts["next_fire_at"],
+        "oldest_late": oldest_late,
     }

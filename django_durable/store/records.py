@@ -345,6 +345,25 @@ class OverdueWork(TypedDict):
     oldest_lease_expired: OverdueItem | None
 
 
+class LateSchedule(TypedDict):
+    """A schedule whose next tick is late (``schedule_health``)."""
+
+    schedule_id: str
+    workflow_name: str
+    next_tick_at: datetime.datetime
+    next_fire_at: datetime.datetime
+
+
+class ScheduleHealth(TypedDict):
+    """Whether the schedules' ticks are fired in time (``schedule_health``)."""
+
+    now: datetime.datetime
+    active: int  # unpaused, with a tick to come
+    late: int
+    next_fire_at: datetime.datetime | None
+    oldest_late: list[LateSchedule]
+
+
 class StatusCounts(TypedDict):
     count: int
     recent: int  # closed within RECENT_WINDOW

@@ -15,7 +15,8 @@ from django_durable import operations
 class Command(BaseCommand):
     help = (
         "Check that the database answers, django_durable's migrations are applied, workers are "
-        "heartbeating and no work waits overdue. One line per check; exits 0 when healthy, 1 when "
+        "heartbeating, no work waits overdue and no schedule's tick is late. One line per check; "
+        "exits 0 when healthy, 1 when "
         "not, 2 for bad arguments. Reads only, so it can serve as a liveness or readiness probe."
     )
     # A probe must be fast and must not fail on an unrelated system check.
@@ -35,6 +36,13 @@ class Command(BaseCommand):
             default=None,
             help="Unclaimed work due, or a lease expired, for longer is overdue (default: "
             "DURABLE['HEALTH_OVERDUE_AFTER'], 60s).",
+        )
+        parser.add_argument(
+            "--schedule-late-after",
+            metavar="DURATION",
+            default=None,
+            help="A schedule whose next tick has been due for longer is late: no worker fires it "
+            "(default: DURABLE['HEALTH_SCHEDULE_LATE_AFTER'], 60s).",
         )
         parser.add_argument(
             "--min-workers",
@@ -57,7 +65,8 @@ class Command(BaseCommand):
             action="append",
             default=[],
             choices=operations.CHECKS[1:],
-            help="Leave out a check (may be repeated), e.g. --skip workers --skip overdue for a web pod.",
+            help="Leave out a check (may be repeated), e.g. --skip workers --skip overdue --skip schedules "
+            "for a web pod.",
         )
         parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
 
@@ -78,6 +87,7 @@ class Command(BaseCommand):
         thresholds = operations.Thresholds(
             stale_after=limits["stale_after"],
             overdue_after=limits["overdue_after"],
+            schedule_late_after=limits["schedule_late_after"],
             min_workers=options["min_workers"],
             queues=queues,
             hostname=options["hostname"],
