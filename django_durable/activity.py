@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,10 @@ class ActivityInfo:
     task_token: str = dataclasses.field(repr=False)
     # What the previous attempt last reported with heartbeat(), or None.
     heartbeat_details: Any = None
+    # When this attempt was leased, by the database's clock (its queue's rate limit counts it then).
+    started_at: datetime.datetime | None = None
+    # The call's ``concurrency_key``, or None.
+    concurrency_key: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -295,3 +295,27 @@ def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
             )
         ]
     return []
+
+
+@checks.register()
+def check_queue_limits(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``DURABLE["QUEUES"]``, the queues' limits, as the workers read them."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .queues import configured_limits
+
+    user = getattr(settings, "DURABLE", {})
+    if not isinstance(user, dict) or "QUEUES" not in user:
+        return []
+    try:
+        configured_limits(user["QUEUES"])
+    except ImproperlyConfigured as error:
+        return [
+            checks.Error(
+                str(error),
+                hint='For example {"payments": {"concurrency": 5}, "emails": {"rate_limit": {"limit": 50, '
+                '"period": 30}}}; see the flow control docs.',
+                id="django_durable.E060",
+            )
+        ]
+    return []

@@ -269,6 +269,21 @@ SETTINGS: dict[str, Setting] = {
         "starts (never twice); one removed from this setting is paused, with a note saying why. Schedules "
         "created at run time are left alone. See [Schedules](schedules.md).",
     ),
+    "QUEUES": Setting(
+        {},
+        "Flow control: `{queue: limits}` for the activity attempts of a queue, across every worker and "
+        'executor: `"concurrency"` (attempts leased at once), `"worker_concurrency"` (per worker process), '
+        '`"rate_limit": {"limit": starts, "period": seconds}` (a sliding window) and `"key_concurrency"` '
+        "(per `call_activity(concurrency_key=)`). Unlisted queues are unlimited. `manage.py check` validates "
+        "it (`django_durable.E060`); the admin's Queues page overrides it at run time. See "
+        "[Flow control](flow-control.md).",
+    ),
+    "QUEUE_LIMITS_REFRESH": Setting(
+        5.0,
+        "How often a worker (or Celery process) rereads which queues an operator's override limits (seconds): "
+        "the delay before a queue newly limited in the admin is held to it. A change to a queue that is "
+        "already limited applies at once.",
+    ),
 }
 
 DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in SETTINGS.items()}

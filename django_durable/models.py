@@ -188,6 +188,8 @@ class WorkItem(models.Model):
     dispatched_at = models.DateTimeField(null=True, blank=True)
     # Set by the store from the database's clock (schedule_to_close_timeout counts from it).
     created_at = models.DateTimeField(default=timezone.now)
+    # Activities: the key their queue's key_concurrency limits (``call_activity(concurrency_key=)``).
+    concurrency_key = models.CharField(max_length=255, blank=True, default="")
 
     class Meta:
         constraints = [
@@ -298,3 +300,29 @@ class Schedule(models.Model):
 
     def __str__(self) -> str:
         return self.schedule_id
+
+
+class QueueState(models.Model):
+    """A queue's limits as the database enforces them (``django_durable.queues``).
+
+    Workers lease the attempts of a limited queue only while they hold this row's lock (a
+    plain ``FOR UPDATE``): counting a queue's leased attempts under SKIP LOCKED would let two
+    workers take its last slot. The row also keeps the starts of the rate limit's window.
+    Unlimited queues never touch it.
+    """
+
+    queue = models.CharField(max_length=255, unique=True)
+    # An operator's override of the settings' limits (their shape), or None: the settings' own.
+    limits = models.JSONField(null=True, blank=True)
+    # When the latest attempts started (seconds since the epoch, the database's clock): the
+    # rate limit's sliding window, pruned as it slides.
+    recent_starts = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["queue"]
+        verbose_name = "queue"
+        permissions = [("override_queue_limits", "Can override a queue's limits")]
+
+    def __str__(self) -> str:
+        return self.queue

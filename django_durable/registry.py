@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from django.core.exceptions import ImproperlyConfigured
 
+from .engine.call_options import RESERVED_ACTIVITY_KEYWORDS
 from .exceptions import NotRegistered
 from .retry import RetryPolicy
 
@@ -113,6 +115,7 @@ def activity(
     """Register an activity. Timeouts are seconds or ``timedelta``."""
 
     def decorate(func: F) -> F:
+        _refuse_reserved_parameters(func, name or func.__name__)
         definition = ActivityDefinition(
             name=name or func.__name__,
             fn=func,
@@ -127,6 +130,23 @@ def activity(
         return func
 
     return decorate(fn) if fn is not None else decorate
+
+
+def _refuse_reserved_parameters(func: Callable[..., Any], name: str) -> None:
+    """An activity taking ``concurrency_key`` or ``priority`` would no longer receive it:
+    ``call_activity`` keeps those keywords for itself since flow control."""
+    try:
+        parameters = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # a callable without a signature Python can read
+        return
+    clash = [keyword for keyword in RESERVED_ACTIVITY_KEYWORDS if keyword in parameters]
+    if clash:
+        raise ImproperlyConfigured(
+            f"Activity {name!r} has a parameter named {' and '.join(map(repr, clash))}: call_activity() reserves "
+            f"{' and '.join(RESERVED_ACTIVITY_KEYWORDS)} for itself since django-durable's flow control (a "
+            "breaking change: they set the call's concurrency key and priority and are not passed to the "
+            "activity). Rename the parameter."
+        )
 
 
 def workflow_name(fn_or_name: Any) -> str:

@@ -21,7 +21,10 @@ MAX_MESSAGE_LENGTH = 10_000
 TASK_TOKEN_HEADER = "X-Durable-Task-Token"
 
 # start_workflow() takes these by keyword itself, so a workflow cannot receive them as kwargs.
-RESERVED_KWARGS = frozenset({"workflow", "workflow_id", "queue", "start_at", "id_reuse_policy"})
+# ``concurrency_key`` and ``priority``: reserved since flow control (see engine.call_options).
+RESERVED_KWARGS = frozenset(
+    {"workflow", "workflow_id", "queue", "start_at", "id_reuse_policy", "concurrency_key", "priority"}
+)
 
 
 # -- fields -------------------------------------------------------------------------

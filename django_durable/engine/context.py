@@ -27,6 +27,7 @@ from ..exceptions import (
     SerializationError,
     TimeoutError,
 )
+from .call_options import activity_call_options
 from .events import (
     CLOSE_KINDS,
     COMMAND_KINDS,
@@ -204,9 +205,12 @@ class WorkflowContext:
 
     # -- durable calls -------------------------------------------------------
 
-    def call_activity(self, activity: Any, *args: Any, **kwargs: Any) -> Task:
+    def call_activity(
+        self, activity: Any, *args: Any, concurrency_key: str | None = None, priority: int | None = None, **kwargs: Any
+    ) -> Task:
         self._check_running()
         name, options = self._activity_options(activity)
+        options |= activity_call_options(name, concurrency_key=concurrency_key, priority=priority)
         # Encoded before the call takes a sequence number, on replay too: a
         # value that cannot be encoded raises here, every time, leaving no gap.
         payload = {

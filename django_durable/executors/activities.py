@@ -18,6 +18,7 @@ from ..exceptions import (
     SerializationError,
 )
 from ..faults import crash_point
+from ..store.records import activity_options
 from ..tokens import make_task_token
 from .cache import RunCache
 from .outcomes import Lease, record_outcome
@@ -100,6 +101,8 @@ def run_activity_function(running: RunningActivity) -> store.Completion | None:
             item_id=item.id, run_id=item.run_id, task_id=item.task_id or 0, attempt=item.attempt
         ),
         heartbeat_details=from_json(item.heartbeat_details),
+        started_at=item.claimed_at,
+        concurrency_key=activity_options(item.payload).get("concurrency_key"),
     )
     scope = _current.set(_Scope(info=info, heartbeat=running.heartbeat))
     logger.debug("Running activity %s of %s (attempt %d)", item.name, item.workflow_id, item.attempt)

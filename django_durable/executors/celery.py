@@ -33,11 +33,15 @@ WORKFLOW_TASK_NAME = "django_durable.run_workflow_task"
 def _claim_and_run(task: Any, item_id: int, kind: str, run: Callable[..., None]) -> None:
     close_old_connections()
     try:
-        owner = f"celery:{socket.gethostname()}:{os.getpid()}:{task.request.id}"
+        process = f"celery:{socket.gethostname()}:{os.getpid()}:"
         lease_seconds = float(durable_settings.LEASE_SECONDS)
-        item = store.claim_item(item_id, owner=owner, lease_seconds=lease_seconds, kind=kind)
+        owner = f"{process}{task.request.id}"
+        item = store.claim_item(item_id, owner=owner, lease_seconds=lease_seconds, kind=kind, worker=process)
         if item is None:
-            logger.info("Work item %s is not claimable (running elsewhere, finished or not due): skipped.", item_id)
+            logger.info(
+                "Work item %s is not claimable (running elsewhere, finished, not due or its queue full): skipped.",
+                item_id,
+            )
             return
         run(item, lease_seconds=lease_seconds)
     finally:

@@ -13,6 +13,7 @@ from django.db.models.functions import Greatest
 
 from ..models import WorkItem, WorkItemKind
 from ..statelog import state_change
+from . import queue_limits
 from .clock import TransactionNow, _seconds, db_now
 from .dialects import dialect_for
 from .records import CLAIM_FIELDS, Claim, LeaseLost, LeaseRenewal, activity_options
@@ -33,6 +34,12 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
     """Claim up to ``limit`` due items of ``kind`` in one short transaction."""
     if limit <= 0:
         return []
+    if kind == WorkItemKind.ACTIVITY:
+        queues, limited = queue_limits.split(queues)
+        if limited:
+            return _claim_limited(owner=owner, queues=queues, limited=limited, limit=limit, lease_seconds=lease_seconds)
+    if not queues:
+        return []
     claims = dialect_for(connection).claim(
         owner=owner, kind=kind, queues=queues, limit=limit, lease_seconds=lease_seconds
     )
@@ -45,6 +52,28 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
             ids = [item_id for item_id, _ in due]
             claims = _lease_items(ids, owner=owner, now=now, lease_seconds=lease_seconds) if ids else []
     _log_claims(claims)
+    return claims
+
+
+def _claim_limited(
+    *, owner: str, queues: Sequence[str], limited: Sequence[str], limit: int, lease_seconds: float
+) -> list[Claim]:
+    """``claim()`` of activities when some of ``queues`` are limited: the unlimited ones
+    first, as ever, then each limited one in a transaction that holds its queue's lock."""
+    claims = claim(owner=owner, kind=WorkItemKind.ACTIVITY, queues=queues, limit=limit, lease_seconds=lease_seconds)
+    for queue in limited:
+        if len(claims) >= limit:
+            break
+        queue_limits.ensure_state(queue)
+        with write_transaction():
+            gate = queue_limits.lock(queue)
+            now = db_now()
+            candidates = _claimable(now, kind=WorkItemKind.ACTIVITY, queue=queue)
+            ids = gate.pick(candidates, limit - len(claims), now=now, worker=owner)
+            leased = _lease_items(ids, owner=owner, now=now, lease_seconds=lease_seconds) if ids else []
+            gate.started(len(leased), now)
+        _log_claims(leased)
+        claims += leased
     return claims
 
 
@@ -78,7 +107,7 @@ def _lease_items(ids: list[int], *, owner: str, now: datetime.datetime, lease_se
     """Lease the (claimable) items ``ids`` to ``owner``, inside the caller's transaction."""
     # On SQLite there are no row locks: the lease condition makes this a
     # compare-and-set, and IMMEDIATE transactions serialise claimers.
-    WorkItem.objects.filter(id__in=ids, lease_owner__isnull=True).update(
+    WorkItem.objects.filter(id__in=ids, lease_owner__isnull=True, parked_at__isnull=True, due_at__lte=now).update(
         lease_owner=owner,
         lease_expires_at=now + _seconds(lease_seconds),
         claimed_at=now,
@@ -98,24 +127,58 @@ def dispatch(*, kind: str, queues: Sequence[str], limit: int, dispatch_timeout: 
     sent more than ``dispatch_timeout`` seconds ago and still unclaimed (the message was lost)."""
     if limit <= 0:
         return []
+    limited: list[str] = []
+    if kind == WorkItemKind.ACTIVITY:
+        queues, limited = queue_limits.split(queues)
+    rows: list[tuple[int, str]] = []
+    if queues:
+        with write_transaction():
+            now = db_now()
+            rows = dialect_for(connection).lock_first_due(_dispatchable(now, kind, dispatch_timeout), queues, limit)
+            if rows:
+                WorkItem.objects.filter(id__in=[item_id for item_id, _ in rows]).update(dispatched_at=now)
+    for queue in limited:
+        if len(rows) >= limit:
+            break
+        rows += _dispatch_limited(queue, limit - len(rows), dispatch_timeout)
+    return rows
+
+
+def _dispatchable(now: datetime.datetime, kind: str, dispatch_timeout: float) -> QuerySet[WorkItem]:
+    """Claimable items never sent since they last became claimable, or sent and unclaimed too long."""
+    return _claimable(now, kind=kind).filter(
+        Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=now - _seconds(dispatch_timeout))
+    )
+
+
+def _dispatch_limited(queue: str, limit: int, dispatch_timeout: float) -> list[tuple[int, str]]:
+    """Send no more of a limited queue than its free slots, counting those sent and not yet claimed."""
+    queue_limits.ensure_state(queue)
     with write_transaction():
+        gate = queue_limits.lock(queue)
         now = db_now()
-        candidates = _claimable(now, kind=kind).filter(
-            Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=now - _seconds(dispatch_timeout))
-        )
-        rows = dialect_for(connection).lock_first_due(candidates, queues, limit)
-        if rows:
-            WorkItem.objects.filter(id__in=[item_id for item_id, _ in rows]).update(dispatched_at=now)
-        return rows
+        candidates = _dispatchable(now, WorkItemKind.ACTIVITY, dispatch_timeout).filter(queue=queue)
+        ids = gate.pick(candidates, limit, now=now, in_flight=queue_limits.in_flight(queue, now, dispatch_timeout))
+        if ids:
+            WorkItem.objects.filter(id__in=ids).update(dispatched_at=now)
+    return [(item_id, queue) for item_id in ids]
 
 
 def dispatch_activities(*, queues: Sequence[str], limit: int, dispatch_timeout: float) -> list[tuple[int, str]]:
     return dispatch(kind=WorkItemKind.ACTIVITY, queues=queues, limit=limit, dispatch_timeout=dispatch_timeout)
 
 
-def claim_item(item_id: int, *, owner: str, lease_seconds: float, kind: str = WorkItemKind.ACTIVITY) -> Claim | None:
+def claim_item(
+    item_id: int, *, owner: str, lease_seconds: float, kind: str = WorkItemKind.ACTIVITY, worker: str | None = None
+) -> Claim | None:
     """Claim the item ``item_id`` of ``kind`` by the rules of ``claim()`` (unleased, unparked,
-    due); None when it is not claimable (a duplicate message, or already finished)."""
+    due, and a slot free in a limited queue); None when it is not claimable (a duplicate
+    message, already finished, or its queue full). ``worker``: the prefix of the owners of
+    the claiming process's leases, which its queue's ``worker_concurrency`` counts."""
+    if kind == WorkItemKind.ACTIVITY and queue_limits.limited_queues():
+        queue = WorkItem.objects.filter(id=item_id).values_list("queue", flat=True).first()
+        if queue is not None and queue in queue_limits.limited_queues():
+            return _claim_limited_item(item_id, queue, owner=owner, worker=worker, lease_seconds=lease_seconds)
     with write_transaction():
         now = db_now()
         claimable = _claimable(now, id=item_id, kind=kind)
@@ -130,6 +193,26 @@ def claim_item(item_id: int, *, owner: str, lease_seconds: float, kind: str = Wo
         claims = _lease_items([item_id], owner=owner, now=now, lease_seconds=lease_seconds)
         _log_claims(claims)
         return claims[0] if claims else None
+
+
+def _claim_limited_item(
+    item_id: int, queue: str, *, owner: str, worker: str | None, lease_seconds: float
+) -> Claim | None:
+    """``claim_item`` of an attempt of a limited queue: leased only if the limits leave it a
+    slot; else its sending is forgotten (it is sent again when a slot frees), which is no
+    lost message."""
+    queue_limits.ensure_state(queue)
+    with write_transaction():
+        gate = queue_limits.lock(queue)
+        now = db_now()
+        ids = gate.pick(_claimable(now, id=item_id, kind=WorkItemKind.ACTIVITY), 1, now=now, worker=worker)
+        if not ids:
+            WorkItem.objects.filter(id=item_id, lease_owner__isnull=True).update(dispatched_at=None)
+            return None
+        claims = _lease_items(ids, owner=owner, now=now, lease_seconds=lease_seconds)
+        gate.started(len(claims), now)
+    _log_claims(claims)
+    return claims[0] if claims else None
 
 
 def renew_leases(*, owner: str, leases: Sequence[LeaseRenewal], lease_seconds: float) -> set[int]:

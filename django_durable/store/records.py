@@ -68,6 +68,8 @@ class ActivityOptions(TypedDict, total=False):
     start_to_close_timeout: float | None
     schedule_to_close_timeout: float | None
     heartbeat_timeout: float | None
+    concurrency_key: str  # only when the call set one
+    priority: int  # only when the call set one (recorded; the next release orders by it)
 
 
 class ActivityPayload(TypedDict, total=False):

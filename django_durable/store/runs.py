@@ -427,6 +427,7 @@ def _work_items_for(
                     due_at=now,
                     created_at=now,
                     parked_at=_parked_at(instance, now),
+                    concurrency_key=options.get("concurrency_key") or "",
                 )
             )
         elif event.kind == EventKind.TIMER_STARTED:

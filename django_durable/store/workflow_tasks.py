@@ -22,6 +22,7 @@ from ..models import (
     WorkItemKind,
 )
 from ..statelog import state_change
+from . import queue_limits
 from .claims import _cap_leases, _fence, _log_claims, lease_lost
 from .clock import _seconds, db_now
 from .dialects import dialect_for
@@ -317,8 +318,12 @@ def _lease_eagerly(items: list[WorkItem], eager: Eager | None, now: datetime.dat
     leased: list[WorkItem] = []
     if eager is None or not connection.features.can_return_rows_from_bulk_insert:
         return leased
+    # A limited queue's attempts are leased under its queue's lock only (a claim): never here.
+    limited = queue_limits.limited_queues()
     for item in items:
         if item.kind != WorkItemKind.ACTIVITY or item.parked_at is not None or item.queue not in eager.queues:
+            continue
+        if item.queue in limited:
             continue
         # The room is shared by every task of a batch.
         if eager.limit > 0:

@@ -16,6 +16,7 @@ from .async_workflows import *  # noqa: F403  (registers them with the workers)
 from .browser_workflows import *  # noqa: F403
 from .celery_workflows import *  # noqa: F403
 from .dashboard_workflows import *  # noqa: F403
+from .flow_workflows import *  # noqa: F403
 from .inspect_workflows import *  # noqa: F403
 from .models import ActivityRun
 from .orchestration_workflows import *  # noqa: F403

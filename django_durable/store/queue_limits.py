@@ -1,0 +1,195 @@
+"""Flow control where work is leased: which queues are limited, and how many of a limited
+queue's waiting attempts may be leased now, under the lock of the queue's ``QueueState`` row.
+
+The leasing of a limited queue is serialised on that row (a plain ``FOR UPDATE``; on SQLite
+the write transaction's lock): every count taken under it is exact. Unlimited queues never
+touch it; a worker learns which queues are limited from the settings and, every
+``QUEUE_LIMITS_REFRESH`` seconds, from the operators' overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from django.core.signals import setting_changed
+from django.db.models import Count, QuerySet
+
+from ..conf import durable_settings
+from ..models import QueueState, WorkItem, WorkItemKind
+from ..queues import QueueLimits, configured_limits, parse_queue_limits
+from .clock import _seconds
+
+# How many waiting attempts a pick under ``key_concurrency`` looks through for keys with a
+# free slot: beyond it, attempts of free keys wait behind those of full ones.
+KEY_SCAN = 1000
+
+
+@dataclasses.dataclass
+class _Known:
+    limits: Mapping[str, QueueLimits]
+    until: float
+
+
+_known: _Known | None = None
+_states: set[str] = set()  # queues whose QueueState row this process knows exists
+_lock = threading.Lock()
+
+
+def limited_queues() -> Mapping[str, QueueLimits]:
+    """The limited queues and their limits, as of at most ``QUEUE_LIMITS_REFRESH`` seconds ago:
+    which queues go through a queue's lock (the limits applied are read under it)."""
+    global _known
+    known = _known
+    if known is None or time.monotonic() >= known.until:
+        limits = dict(configured_limits(durable_settings.QUEUES))
+        for queue, override in QueueState.objects.filter(limits__isnull=False).values_list("queue", "limits"):
+            limits[queue] = parse_queue_limits(queue, override)
+        known = _Known(
+            {queue: limit for queue, limit in limits.items() if limit.limited},
+            time.monotonic() + float(durable_settings.QUEUE_LIMITS_REFRESH),
+        )
+        _known = known
+    return known.limits
+
+
+def forget() -> None:
+    """Reread the limits at the next lease (a changed setting, an override just saved)."""
+    global _known
+    _known = None
+
+
+def ensure_state(queue: str) -> None:
+    """Create the queue's row, before a transaction locks it: creating it inside one would
+    take a gap lock on MySQL that two workers' inserts deadlock on."""
+    if queue in _states:
+        return
+    QueueState.objects.get_or_create(queue=queue)
+    with _lock:
+        _states.add(queue)
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "DURABLE":
+        forget()
+        _states.clear()  # a test's database may have been flushed with it
+
+
+setting_changed.connect(_reload)
+
+
+def _held(queue: str) -> QuerySet[WorkItem]:
+    """The queue's attempts that hold a slot: leased and running (one waiting for completion
+    by task token does not)."""
+    return WorkItem.objects.filter(
+        kind=WorkItemKind.ACTIVITY, queue=queue, lease_owner__isnull=False, awaiting_completion=False
+    )
+
+
+@dataclasses.dataclass
+class Gate:
+    """A limited queue's row, locked for the rest of the caller's transaction."""
+
+    state_id: int
+    queue: str
+    limits: QueueLimits
+    starts: list[float]
+
+    def pick(
+        self,
+        candidates: QuerySet[WorkItem],
+        want: int,
+        *,
+        now: datetime.datetime,
+        worker: str | None = None,
+        in_flight: QuerySet[WorkItem] | None = None,
+    ) -> list[int]:
+        """The ids of up to ``want`` of ``candidates`` (waiting attempts of the queue) that the
+        limits let start now, in due order. ``worker``: the owner prefix of the leasing worker
+        process (``worker_concurrency``). ``in_flight``: attempts sent to a remote executor and
+        not yet leased, which will take slots when they are (dispatch)."""
+        limits = self.limits
+        held = _held(self.queue)
+        if in_flight is not None:
+            held = held | in_flight
+        room = want
+        if limits.concurrency is not None:
+            room = min(room, limits.concurrency - held.count())
+        if limits.worker_concurrency is not None and worker is not None:
+            room = min(
+                room, limits.worker_concurrency - _held(self.queue).filter(lease_owner__startswith=worker).count()
+            )
+        if limits.rate_limit is not None:
+            self.starts = [t for t in self.starts if t > now.timestamp() - limits.rate_limit.period]
+            pending = in_flight.count() if in_flight is not None else 0
+            room = min(room, limits.rate_limit.limit - len(self.starts) - pending)
+        if room <= 0:
+            return []
+        candidates = candidates.order_by("due_at", "id")
+        if limits.key_concurrency is None:
+            return list(candidates.values_list("id", flat=True)[:room])
+        return self._pick_by_key(candidates, room, held, limits.key_concurrency)
+
+    def _pick_by_key(
+        self, candidates: QuerySet[WorkItem], room: int, held: QuerySet[WorkItem], per_key: int
+    ) -> list[int]:
+        rows = list(candidates.values_list("id", "concurrency_key")[: max(KEY_SCAN, room)])
+        keys = {key for _, key in rows if key}
+        counts: dict[str, int] = dict(
+            held.filter(concurrency_key__in=keys)
+            .order_by()
+            .values_list("concurrency_key")
+            .annotate(n=Count("id"))
+            .values_list("concurrency_key", "n")
+        )
+        picked = []
+        for item_id, key in rows:
+            if key:  # attempts without a key are limited by the queue's limits only
+                if counts.get(key, 0) >= per_key:
+                    continue
+                counts[key] = counts.get(key, 0) + 1
+            picked.append(item_id)
+            if len(picked) == room:
+                break
+        return picked
+
+    def started(self, count: int, now: datetime.datetime) -> None:
+        """Record ``count`` attempts leased at ``now`` in the rate limit's window."""
+        if count and self.limits.rate_limit is not None:
+            self.starts += [now.timestamp()] * count
+            QueueState.objects.filter(pk=self.state_id).update(
+                recent_starts=self.starts[-self.limits.rate_limit.limit :]
+            )
+
+
+def lock(queue: str) -> Gate:
+    """Lock the queue's row (``ensure_state`` made it) in the caller's transaction, and read
+    its limits there: an override saved a moment ago applies to this very lease."""
+    state = QueueState.objects.select_for_update().values("id", "limits", "recent_starts").get(queue=queue)
+    if state["limits"] is not None:
+        limits = parse_queue_limits(queue, state["limits"])
+    else:
+        limits = configured_limits(durable_settings.QUEUES).get(queue, QueueLimits())
+    return Gate(state["id"], queue, limits, [float(t) for t in state["recent_starts"] or ()])
+
+
+def in_flight(queue: str, now: datetime.datetime, dispatch_timeout: float) -> QuerySet[WorkItem]:
+    """The queue's attempts sent to a remote executor within ``dispatch_timeout`` and not yet leased."""
+    return WorkItem.objects.filter(
+        kind=WorkItemKind.ACTIVITY,
+        queue=queue,
+        lease_owner__isnull=True,
+        dispatched_at__gt=now - _seconds(dispatch_timeout),
+    )
+
+
+def split(queues: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``queues`` as (unlimited, limited)."""
+    limited = limited_queues()
+    if not limited:
+        return list(queues), []
+    return [q for q in queues if q not in limited], [q for q in queues if q in limited]

@@ -1,0 +1,123 @@
+"""Flow control in the store: a limited queue's attempts are leased only within its limits,
+on every lease path (claim, dispatch, claim by id), and unlimited queues are left alone."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+
+from django_durable import store
+from django_durable.models import QueueState, WorkflowInstance, WorkItem, WorkItemKind
+from django_durable.queues import QueueLimits, RateLimit, configured_limits
+from django_durable.store import queue_limits
+
+pytestmark = pytest.mark.database
+
+
+def limits(**queues: dict) -> override_settings:
+    return override_settings(DURABLE={"QUEUES": queues})
+
+
+def waiting(n: int, *, queue: str = "limited", keys: list[str] | None = None) -> list[int]:
+    run = WorkflowInstance.objects.create(workflow_id=f"flow-{queue}-{n}", workflow_name="fan_out", queue="default")
+    now = store.db_now()
+    items = WorkItem.objects.bulk_create(
+        WorkItem(
+            instance=run,
+            kind=WorkItemKind.ACTIVITY,
+            queue=queue,
+            name="limited_step",
+            task_id=i,
+            due_at=now - datetime.timedelta(seconds=n - i),
+            concurrency_key=(keys[i % len(keys)] if keys else ""),
+        )
+        for i in range(n)
+    )
+    return [item.pk for item in items]
+
+
+def claim(owner: str, limit: int = 10, queues: tuple[str, ...] = ("limited",)) -> list[store.Claim]:
+    return store.claim(owner=owner, kind=WorkItemKind.ACTIVITY, queues=list(queues), limit=limit, lease_seconds=60)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrency_holds_across_owners_and_frees_on_finish() -> None:
+    with limits(limited={"concurrency": 2}):
+        waiting(5)
+        first = claim("worker-a")
+        assert len(first) == 2
+        assert claim("worker-b") == []
+        store.discard(first[0])
+        assert len(claim("worker-b")) == 1
+        assert claim("worker-a") == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unlimited_queue_never_touches_the_queue_state() -> None:
+    with limits(limited={"concurrency": 1}):
+        waiting(3, queue="free")
+        assert len(claim("worker-a", queues=("free",))) == 3
+        assert not QueueState.objects.filter(queue="free").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_concurrency_and_key_concurrency() -> None:
+    with limits(limited={"worker_concurrency": 1, "key_concurrency": 1}):
+        waiting(6, keys=["a", "a", "b"])
+        assert [item.id for item in claim("worker-a")] and len(claim("worker-a")) == 0
+        second = claim("worker-b")
+        assert len(second) == 1
+        keys = set(WorkItem.objects.filter(lease_owner__isnull=False).values_list("concurrency_key", flat=True))
+        assert keys == {"a", "b"}
+        assert claim("worker-c") == []  # both keys at their limit
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rate_limit_counts_starts_in_a_sliding_window() -> None:
+    with limits(limited={"rate_limit": {"limit": 3, "period": datetime.timedelta(hours=1)}}):
+        ids = waiting(5)
+        taken = claim("worker-a")
+        assert len(taken) == 3
+        for item in taken:
+            store.discard(item)
+        assert claim("worker-a") == []  # finished, but started within the window
+        assert len(QueueState.objects.get(queue="limited").recent_starts) == 3
+        assert WorkItem.objects.filter(id__in=ids, lease_owner__isnull=True).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dispatch_sends_no_more_than_the_free_slots_and_claim_item_refuses_beyond_them() -> None:
+    with limits(limited={"concurrency": 2}):
+        ids = waiting(4)
+        sent = store.dispatch_activities(queues=["limited"], limit=10, dispatch_timeout=60)
+        assert len(sent) == 2
+        assert store.dispatch_activities(queues=["limited"], limit=10, dispatch_timeout=60) == []
+        # A worker of the same queue takes the slots meanwhile: the messages find none.
+        waiting(1)
+        WorkItem.objects.filter(id__in=[i for i, _ in sent]).update(dispatched_at=None)
+        assert len(claim("worker-a")) == 2
+        refused = ids[3]
+        WorkItem.objects.filter(id=refused).update(dispatched_at=store.db_now())
+        assert store.claim_item(refused, owner="celery:h:1:x", lease_seconds=60, worker="celery:h:1:") is None
+        assert WorkItem.objects.get(id=refused).dispatched_at is None  # sent again when a slot frees
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_override_in_the_database_replaces_the_settings() -> None:
+    with limits(limited={"concurrency": 1}):
+        waiting(4)
+        QueueState.objects.create(queue="limited", limits={"concurrency": 3})
+        queue_limits.forget()
+        assert len(claim("worker-a")) == 3
+
+
+def test_the_setting_is_validated() -> None:
+    assert configured_limits({"q": {"rate_limit": {"limit": 5, "period": 2.5}}}) == {
+        "q": QueueLimits(rate_limit=RateLimit(5, 2.5))
+    }
+    for bad in ({"q": {"concurrency": 0}}, {"q": {"speed": 1}}, {"q": {"rate_limit": {"limit": 1}}}, ["q"]):
+        with pytest.raises(ImproperlyConfigured):
+            configured_limits(bad)
