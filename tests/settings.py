@@ -119,6 +119,9 @@ DURABLE: dict[str, Any] = {
     # A worker started with small limits (start_worker(env={...})) shows the history size checks.
     "HISTORY_WARN_EVENTS": int(os.environ.get("DURABLE_TEST_HISTORY_WARN_EVENTS", "10000")),
     "HISTORY_MAX_EVENTS": int(os.environ.get("DURABLE_TEST_HISTORY_MAX_EVENTS", "50000")),
+    # Flow control (tests/test_queue_limit_workers.py): workers started with limits as JSON.
+    "QUEUES": json.loads(os.environ.get("DURABLE_TEST_QUEUES", "{}")),
+    "QUEUE_LIMITS_REFRESH": 0.2,
 }
 
 LOGGING = {

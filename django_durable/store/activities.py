@@ -5,12 +5,13 @@ a task token or an activity id names."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from django.db import connection
 from django.db.models import Q, QuerySet
 
+from .. import notify
 from ..engine.events import Event, EventKind
 from ..exceptions import ActivityNotPending
 from ..faults import crash_point
@@ -18,6 +19,7 @@ from ..models import InboxEvent, WorkflowStatus, WorkItem, WorkItemKind
 from ..retry import RetryPolicy
 from ..statelog import state_change
 from ..tokens import TaskToken
+from . import queue_limits
 from .claims import _claim_rows, _fence, attempt_deadline, lease_lost
 from .clock import _seconds, db_now
 from .dialects import dialect_for
@@ -96,6 +98,7 @@ def complete_activities(
             runs,
             live_only=live_only,
         )
+        _wake_for_freed_slots(completion.item.queue for completion in completions if completion.item.id in finished)
         by_run: dict[int, list[Completion]] = {}
         for completion in completions:
             if completion.item.id in finished:
@@ -147,6 +150,15 @@ def complete_activities(
             for event in events:
                 _deliver(instance_id, instance, event)
         _write_batch(writes, eager)
+
+
+def _wake_for_freed_slots(queues: Iterable[str]) -> None:
+    """Attempts of limited queues finished: wake the workers waiting for their slots (once
+    committed; where LISTEN/NOTIFY exists, else they look at their next poll)."""
+    limited = queue_limits.limited_queues()
+    if limited:
+        for queue in sorted({queue for queue in queues if queue in limited}):
+            notify.notify_work(queue)
 
 
 def await_completion(item: Claim, heartbeat_at: datetime.datetime | None) -> None:
