@@ -13,10 +13,14 @@ run.py sets for itself and for the ``durable_worker`` subprocesses it starts:
                           connections (default 0, Django's default: a connection per request/task)
     BENCH_PREPARED        "1": PostgreSQL OPTIONS server_side_binding and prepare_threshold 5
                           (psycopg prepares a statement run 5 times; Django's default is neither)
+    BENCH_QUEUES          DURABLE["QUEUES"] as JSON (flow control, benchmarks/flow_control.py);
+                          unset: no QUEUES setting, every queue unlimited
 """
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 BASE_DIR = BENCH_DIR.parent
@@ -86,7 +90,9 @@ elif DB == "sqlite":
 else:
     raise RuntimeError(f"BENCH_DB must be 'sqlite', 'postgres' or 'mariadb', not {DB!r}")
 
-DURABLE = {
+DURABLE: dict[str, Any] = {
     "POLL_INTERVAL": float(os.environ.get("BENCH_POLL_INTERVAL", "0.01")),
     "LEASE_SECONDS": float(os.environ.get("BENCH_LEASE_SECONDS", "30")),
 }
+if os.environ.get("BENCH_QUEUES"):
+    DURABLE["QUEUES"] = json.loads(os.environ["BENCH_QUEUES"])

@@ -127,3 +127,21 @@ def test_a_declared_schedule_of_an_unknown_workflow_is_an_error():
     from django_durable.checks import check_schedules
 
     assert ids(check_schedules()) == ["django_durable.E050"]
+
+
+@override_settings(DURABLE={"QUEUES": {"payments": {"concurrency": 5}, "emails": {"rate_limit": {"limit": 0}}}})
+def test_queue_limits_that_cannot_be_read_are_an_error_naming_the_queue():
+    from django_durable.checks import check_queue_limits
+
+    (error,) = check_queue_limits()
+    assert error.id == "django_durable.E060"
+    assert "emails" in error.msg and "rate_limit" in error.msg
+
+
+@override_settings(
+    DURABLE={"QUEUES": {"payments": {"concurrency": 5, "worker_concurrency": 1, "key_concurrency": 1}, "free": {}}}
+)
+def test_valid_queue_limits_pass():
+    from django_durable.checks import check_queue_limits
+
+    assert check_queue_limits() == []

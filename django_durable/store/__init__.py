@@ -12,8 +12,9 @@ One module per concern, each importing only those before it in this list:
 (``db_now``) and ``transactions`` (``write_transaction``, which every transaction
 that writes begins with: on SQLite it takes the write lock at BEGIN);
 ``runs`` (locking, creating, history, delivering events, id reuse,
-terminating, starting children, telling parents); ``claims`` (claims, dispatch,
-leases, fencing); ``workflow_tasks``; ``activities``; ``control`` (the verbs);
+terminating, starting children, telling parents); ``queue_limits`` (flow control:
+which queues are limited, and what their locked row lets a lease take);
+``claims`` (claims, dispatch, leases, fencing); ``workflow_tasks``; ``activities``; ``control`` (the verbs);
 ``schedules`` (schedules and firing their ticks, used as ``store.schedules``);
 ``maintenance`` (timers, reaping, the next wake-up); ``operations`` (workers,
 the dashboard, pruning, health). Callers use the names re-exported here.

@@ -155,7 +155,7 @@ def complete_activities(
 def _wake_for_freed_slots(queues: Iterable[str]) -> None:
     """Attempts of limited queues finished: wake the workers waiting for their slots (once
     committed; where LISTEN/NOTIFY exists, else they look at their next poll)."""
-    limited = queue_limits.limited_queues()
+    limited = queue_limits.known_limited_queues()
     if limited:
         for queue in sorted({queue for queue in queues if queue in limited}):
             notify.notify_work(queue)

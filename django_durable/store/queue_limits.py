@@ -57,6 +57,15 @@ def limited_queues() -> Mapping[str, QueueLimits]:
     return known.limits
 
 
+def known_limited_queues() -> Mapping[str, QueueLimits]:
+    """``limited_queues()`` without a query, for paths inside a transaction (a commit's eager
+    leasing): as last read, or the settings' alone before the first read."""
+    known = _known
+    if known is not None:
+        return known.limits
+    return {queue: limit for queue, limit in configured_limits(durable_settings.QUEUES).items() if limit.limited}
+
+
 def forget() -> None:
     """Reread the limits at the next lease (a changed setting, an override just saved)."""
     global _known

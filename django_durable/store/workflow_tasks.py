@@ -319,7 +319,7 @@ def _lease_eagerly(items: list[WorkItem], eager: Eager | None, now: datetime.dat
     if eager is None or not connection.features.can_return_rows_from_bulk_insert:
         return leased
     # A limited queue's attempts are leased under its queue's lock only (a claim): never here.
-    limited = queue_limits.limited_queues()
+    limited = queue_limits.known_limited_queues()
     for item in items:
         if item.kind != WorkItemKind.ACTIVITY or item.parked_at is not None or item.queue not in eager.queues:
             continue
