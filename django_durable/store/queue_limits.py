@@ -122,6 +122,11 @@ class Gate:
         process (``worker_concurrency``). ``in_flight``: attempts sent to a remote executor and
         not yet leased, which will take slots when they are (dispatch)."""
         limits = self.limits
+        scan = want if limits.key_concurrency is None else max(KEY_SCAN, want)
+        # The waiting attempts first: an idle queue costs no count.
+        waiting = list(candidates.order_by("due_at", "id").values_list("id", "concurrency_key")[:scan])
+        if not waiting:
+            return []
         held = _held(self.queue)
         if in_flight is not None:
             held = held | in_flight
@@ -129,42 +134,17 @@ class Gate:
         if limits.concurrency is not None:
             room = min(room, limits.concurrency - held.count())
         if limits.worker_concurrency is not None and worker is not None:
-            room = min(
-                room, limits.worker_concurrency - _held(self.queue).filter(lease_owner__startswith=worker).count()
-            )
+            mine = _held(self.queue).filter(lease_owner__startswith=worker)
+            room = min(room, limits.worker_concurrency - mine.count())
         if limits.rate_limit is not None:
             self.starts = [t for t in self.starts if t > now.timestamp() - limits.rate_limit.period]
             pending = in_flight.count() if in_flight is not None else 0
             room = min(room, limits.rate_limit.limit - len(self.starts) - pending)
         if room <= 0:
             return []
-        candidates = candidates.order_by("due_at", "id")
         if limits.key_concurrency is None:
-            return list(candidates.values_list("id", flat=True)[:room])
-        return self._pick_by_key(candidates, room, held, limits.key_concurrency)
-
-    def _pick_by_key(
-        self, candidates: QuerySet[WorkItem], room: int, held: QuerySet[WorkItem], per_key: int
-    ) -> list[int]:
-        rows = list(candidates.values_list("id", "concurrency_key")[: max(KEY_SCAN, room)])
-        keys = {key for _, key in rows if key}
-        counts: dict[str, int] = dict(
-            held.filter(concurrency_key__in=keys)
-            .order_by()
-            .values_list("concurrency_key")
-            .annotate(n=Count("id"))
-            .values_list("concurrency_key", "n")
-        )
-        picked = []
-        for item_id, key in rows:
-            if key:  # attempts without a key are limited by the queue's limits only
-                if counts.get(key, 0) >= per_key:
-                    continue
-                counts[key] = counts.get(key, 0) + 1
-            picked.append(item_id)
-            if len(picked) == room:
-                break
-        return picked
+            return [item_id for item_id, _ in waiting[:room]]
+        return _pick_by_key(waiting, room, held, limits.key_concurrency)
 
     def started(self, count: int, now: datetime.datetime) -> None:
         """Record ``count`` attempts leased at ``now`` in the rate limit's window."""
@@ -173,6 +153,28 @@ class Gate:
             QueueState.objects.filter(pk=self.state_id).update(
                 recent_starts=self.starts[-self.limits.rate_limit.limit :]
             )
+
+
+def _pick_by_key(waiting: list[tuple[int, str]], room: int, held: QuerySet[WorkItem], per_key: int) -> list[int]:
+    """Up to ``room`` of ``waiting`` (in order) whose key has a slot left."""
+    keys = {key for _, key in waiting if key}
+    counts: dict[str, int] = dict(
+        held.filter(concurrency_key__in=keys)
+        .order_by()
+        .values_list("concurrency_key")
+        .annotate(n=Count("id"))
+        .values_list("concurrency_key", "n")
+    )
+    picked = []
+    for item_id, key in waiting:
+        if key:  # attempts without a key are held by the queue's other limits only
+            if counts.get(key, 0) >= per_key:
+                continue
+            counts[key] = counts.get(key, 0) + 1
+        picked.append(item_id)
+        if len(picked) == room:
+            break
+    return picked
 
 
 def lock(queue: str) -> Gate:
