@@ -606,6 +606,8 @@ def test_start_with_an_id_in_use_is_409(admin_api, started):
         ({"workflow": "api_greet", "args": ["a", "b", "c"]}, "invalid", "args"),
         ({"workflow": "api_greet", "args": ["a"], "kwargs": {"nope": 1}}, "invalid", "args"),
         ({"workflow": "api_greet", "args": ["a"], "kwargs": {"queue": "q"}}, "invalid", "kwargs"),
+        ({"workflow": "api_greet", "args": ["a"], "kwargs": {"priority": 1}}, "invalid", "kwargs"),
+        ({"workflow": "api_greet", "args": ["a"], "kwargs": {"concurrency_key": "k"}}, "invalid", "kwargs"),
         ({"workflow": "api_greet", "args": ["a\x00b"]}, "invalid", "args"),
         ({"workflow": "api_greet", "kwargs": {"name\x00": 1}}, "invalid", "kwargs"),
         ({"workflow": "api_greet", "args": ["a"], "workflow_id": "a/b"}, "invalid", "workflow_id"),
