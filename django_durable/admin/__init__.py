@@ -7,4 +7,4 @@ SVG picture of a run). ``schedules`` registers the schedules' admin, with its
 forms (``schedule_forms``) and actions (``schedule_actions``).
 """
 
-from . import instances, schedules  # noqa: F401  (registers the model admins)
+from . import instances, queues, schedules  # noqa: F401  (registers the model admins)

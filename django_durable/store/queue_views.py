@@ -47,9 +47,7 @@ class QueueOverview:
         return self.override is not None
 
 
-def queue_overview(
-    queues: Iterable[str] | None = None, *, now: datetime.datetime | None = None
-) -> list[QueueOverview]:
+def queue_overview(queues: Iterable[str] | None = None, *, now: datetime.datetime | None = None) -> list[QueueOverview]:
     """Every known queue (or only ``queues``), by name: three queries (the clock, the
     attempts counted by queue, the queues' rows), however many queues there are."""
     now = now or db_now()
@@ -62,7 +60,7 @@ def queue_overview(
         attempts = attempts.filter(queue__in=wanted)
         states = states.filter(queue__in=wanted)
     claimable_now = Q(lease_owner__isnull=True, parked_at__isnull=True, due_at__lte=now)
-    counts = {
+    counts: dict[str, Mapping[str, Any]] = {
         row["queue"]: row
         for row in attempts.order_by()
         .values("queue")
@@ -73,7 +71,9 @@ def queue_overview(
             oldest_waiting=Min("due_at", filter=claimable_now),
         )
     }
-    rows = {row["queue"]: row for row in states.values("id", "queue", "limits", "updated_at")}
+    rows: dict[str, Mapping[str, Any]] = {
+        row["queue"]: row for row in states.values("id", "queue", "limits", "updated_at")
+    }
 
     names = set(counts) | set(rows) | set(configured)
     if wanted is not None:
@@ -115,7 +115,9 @@ def ensure_states() -> int:
     how many were created. Two queries when none is missing. A row without an override
     changes nothing: unlimited queues are still never locked."""
     known = set(configured_limits(durable_settings.QUEUES))
-    known |= set(WorkItem.objects.filter(kind=WorkItemKind.ACTIVITY).order_by().values_list("queue", flat=True).distinct())
+    known |= set(
+        WorkItem.objects.filter(kind=WorkItemKind.ACTIVITY).order_by().values_list("queue", flat=True).distinct()
+    )
     missing = known - set(QueueState.objects.filter(queue__in=known).values_list("queue", flat=True))
     if missing:
         # Autocommit inserts (no transaction to hold a gap lock on MySQL); a worker's
