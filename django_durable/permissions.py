@@ -63,6 +63,12 @@ SCHEDULE_PERMISSIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Flow control (the admin's Queues page): looking, and overriding a queue's limits, which
+# Django's own change_queuestate does not allow.
+QUEUE_VIEW = "django_durable.view_queuestate"
+QUEUE_OVERRIDE = "django_durable.override_queue_limits"
+
+
 def may_schedule(user: Any, operation: str) -> bool:
     """Whether ``user`` holds every permission the schedule ``operation`` needs; an
     operation not in the table is refused."""

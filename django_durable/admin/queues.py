@@ -28,7 +28,7 @@ from django.utils.html import format_html
 from django.views.decorators.clickjacking import xframe_options_deny
 
 from ..models import QueueState
-from ..permissions import VIEW
+from ..permissions import QUEUE_OVERRIDE, QUEUE_VIEW, VIEW
 from ..queues import QueueLimits, parse_queue_limits
 from ..store import queue_views
 from ..store.queue_views import QueueOverview
@@ -36,8 +36,6 @@ from .instances import to_pretty
 from .schedule_text import when
 from .timeline import format_duration
 
-QUEUE_VIEW = "django_durable.view_queuestate"
-QUEUE_OVERRIDE = "django_durable.override_queue_limits"
 RESET = "_reset"  # the change form's button that goes back to the settings' limits
 COUNT_FIELDS = ("concurrency", "worker_concurrency", "key_concurrency")
 
