@@ -19,6 +19,9 @@ from .dialects import dialect_for
 from .records import CLAIM_FIELDS, Claim, LeaseLost, LeaseRenewal, activity_options
 from .transactions import write_transaction
 
+# Seconds an attempt a remote worker could not lease for lack of a slot waits before it is sent again.
+REFUSED_BACKOFF = 1.0
+
 
 def _claim_rows(items: QuerySet[WorkItem], *extra: str) -> QuerySet[WorkItem, dict[str, Any]]:
     """``values()`` for building ``Claim``s, with the run's ids joined in (no query per item)."""
@@ -199,15 +202,19 @@ def _claim_limited_item(
     item_id: int, queue: str, *, owner: str, worker: str | None, lease_seconds: float
 ) -> Claim | None:
     """``claim_item`` of an attempt of a limited queue: leased only if the limits leave it a
-    slot; else its sending is forgotten (it is sent again when a slot frees), which is no
-    lost message."""
+    slot; else its sending is forgotten and it is due again ``REFUSED_BACKOFF`` later (sent
+    again then, when a slot is free), which is no lost message."""
     queue_limits.ensure_state(queue)
     with write_transaction():
         gate = queue_limits.lock(queue)
         now = db_now()
         ids = gate.pick(_claimable(now, id=item_id, kind=WorkItemKind.ACTIVITY), 1, now=now, worker=worker)
         if not ids:
-            WorkItem.objects.filter(id=item_id, lease_owner__isnull=True).update(dispatched_at=None)
+            # Due again a moment later: a limit the sender cannot count (worker_concurrency, per
+            # remote process) would otherwise have it sent and refused again at once, in a loop.
+            WorkItem.objects.filter(id=item_id, lease_owner__isnull=True).update(
+                dispatched_at=None, due_at=Greatest("due_at", Value(now + _seconds(REFUSED_BACKOFF)))
+            )
             return None
         claims = _lease_items(ids, owner=owner, now=now, lease_seconds=lease_seconds)
         gate.started(len(claims), now)
