@@ -9,10 +9,13 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
+import django_durable as durable
 from django_durable import store
+from django_durable.executors.workflow_tasks import execute_workflow_task
 from django_durable.models import QueueState, WorkflowInstance, WorkItem, WorkItemKind
 from django_durable.queues import QueueLimits, RateLimit, configured_limits
 from django_durable.store import queue_limits
+from tests.testapp.flow_workflows import limited_fan_out
 
 pytestmark = pytest.mark.database
 
@@ -121,3 +124,35 @@ def test_the_setting_is_validated() -> None:
     for bad in ({"q": {"concurrency": 0}}, {"q": {"speed": 1}}, {"q": {"rate_limit": {"limit": 1}}}, ["q"]):
         with pytest.raises(ImproperlyConfigured):
             configured_limits(bad)
+
+
+def schedule_limited_attempts(tmp_path, labels: list[str]) -> store.Eager:
+    """A workflow task that schedules one attempt of the queue ``limited`` per label, committed
+    with room for ten attempts at once (a worker's eager leasing)."""
+    durable.start_workflow(limited_fan_out, str(tmp_path), labels, 0.0, workflow_id="flow-eager")
+    [task] = store.claim(owner="worker-w", kind=WorkItemKind.WORKFLOW, queues=["default"], limit=1, lease_seconds=60)
+    eager = store.Eager(owner="worker-w", queues=["limited"], limit=10, lease_seconds=60)
+    execute_workflow_task(task, None, eager)
+    return eager
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_leases_new_attempts_of_a_limited_queue_at_once_within_its_free_slots(tmp_path) -> None:
+    with limits(limited={"concurrency": 3, "key_concurrency": 1}):
+        waiting(1)
+        assert len(claim("worker-a")) == 1  # one slot of three held elsewhere
+        eager = schedule_limited_attempts(tmp_path, ["a/1", "a/2", "b/1", "c"])
+        assert sorted(item.payload["args"][1] for item in eager.claims) == ["a/1", "b/1"]
+        leased = WorkItem.objects.filter(lease_owner="worker-w", kind=WorkItemKind.ACTIVITY)
+        assert sorted(leased.values_list("concurrency_key", flat=True)) == ["a", "b"]
+        assert WorkItem.objects.filter(queue="limited", lease_owner__isnull=True).count() == 2
+        assert claim("worker-b") == []  # the queue is full: 1 + 2 of 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_counts_the_rate_limits_starts_and_leaves_an_unseen_queue_to_a_claim(tmp_path) -> None:
+    with limits(limited={"rate_limit": {"limit": 2, "period": 3600}}):
+        eager = schedule_limited_attempts(tmp_path, ["a", "b", "c"])
+        assert eager.claims == []  # no claim of this process created the queue's row yet
+        assert len(claim("worker-a")) == 2
+        assert len(QueueState.objects.get(queue="limited").recent_starts) == 2

@@ -91,6 +91,8 @@ def complete_activities(
     with one statement each, whatever their number. Results of one run make one step
     (the first completion's ``continue_run`` gets them all, in order). An attempt that
     is no longer ours is marked ``lost`` and the others still commit."""
+    if eager is not None:
+        eager.slots = None  # a failed try's locks went with its transaction
     with write_transaction():
         runs = _lock_instances(completion.item.instance_id for completion in completions)
         finished = _finish_attempts(

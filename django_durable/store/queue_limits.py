@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.core.signals import setting_changed
+from django.db import connection
 from django.db.models import Count, QuerySet
 
 from ..conf import durable_settings
@@ -123,48 +125,72 @@ class Gate:
         not yet leased, which will take slots when they are (dispatch)."""
         limits = self.limits
         scan = want if limits.key_concurrency is None else max(KEY_SCAN, want)
+        candidates = candidates.order_by("due_at", "id")
+        if connection.features.has_select_for_update_skip_locked:
+            # Never wait on an item's row while holding the queue's lock: a commit that locked
+            # that row may be waiting for the queue's lock in turn (its eager leasing).
+            candidates = candidates.select_for_update(skip_locked=True)
         # The waiting attempts first: an idle queue costs no count.
-        waiting = list(candidates.order_by("due_at", "id").values_list("id", "concurrency_key")[:scan])
+        waiting = list(candidates.values_list("id", "concurrency_key")[:scan])
         if not waiting:
             return []
-        held = _held(self.queue)
-        if in_flight is not None:
-            held = held | in_flight
+        room = self.room(want, now=now, worker=worker, in_flight=in_flight)
+        if room <= 0:
+            return []
+        if limits.key_concurrency is None:
+            return [item_id for item_id, _ in waiting[:room]]
+        held = _held(self.queue) if in_flight is None else _held(self.queue) | in_flight
+        return _pick_by_key(waiting, room, key_counts(held, {key for _, key in waiting}), limits.key_concurrency)
+
+    def room(
+        self,
+        want: int,
+        *,
+        now: datetime.datetime,
+        worker: str | None = None,
+        in_flight: QuerySet[WorkItem] | None = None,
+    ) -> int:
+        """How many of ``want`` more attempts the queue's limits (but its keys') let start now."""
+        limits = self.limits
         room = want
         if limits.concurrency is not None:
+            held = _held(self.queue) if in_flight is None else _held(self.queue) | in_flight
             room = min(room, limits.concurrency - held.count())
         if limits.worker_concurrency is not None and worker is not None:
             mine = _held(self.queue).filter(lease_owner__startswith=worker)
             room = min(room, limits.worker_concurrency - mine.count())
         if limits.rate_limit is not None:
-            self.starts = [t for t in self.starts if t > now.timestamp() - limits.rate_limit.period]
+            # Every start kept counts, even one after ``now``: on PostgreSQL ``now`` is when this
+            # transaction began, maybe before a claim that took the lock first.
+            edge = now.timestamp() - limits.rate_limit.period
             pending = in_flight.count() if in_flight is not None else 0
-            room = min(room, limits.rate_limit.limit - len(self.starts) - pending)
-        if room <= 0:
-            return []
-        if limits.key_concurrency is None:
-            return [item_id for item_id, _ in waiting[:room]]
-        return _pick_by_key(waiting, room, held, limits.key_concurrency)
+            room = min(room, limits.rate_limit.limit - sum(t > edge for t in self.starts) - pending)
+        return max(room, 0)
 
     def started(self, count: int, now: datetime.datetime) -> None:
-        """Record ``count`` attempts leased at ``now`` in the rate limit's window."""
+        """Record ``count`` attempts leased at ``now`` in the rate limit's window: the latest
+        ``limit`` starts are all any window needs."""
         if count and self.limits.rate_limit is not None:
-            self.starts += [now.timestamp()] * count
-            QueueState.objects.filter(pk=self.state_id).update(
-                recent_starts=self.starts[-self.limits.rate_limit.limit :]
-            )
+            self.starts = sorted([*self.starts, *[now.timestamp()] * count])[-self.limits.rate_limit.limit :]
+            QueueState.objects.filter(pk=self.state_id).update(recent_starts=self.starts)
 
 
-def _pick_by_key(waiting: list[tuple[int, str]], room: int, held: QuerySet[WorkItem], per_key: int) -> list[int]:
-    """Up to ``room`` of ``waiting`` (in order) whose key has a slot left."""
-    keys = {key for _, key in waiting if key}
-    counts: dict[str, int] = dict(
+def key_counts(held: QuerySet[WorkItem], keys: set[str]) -> dict[str, int]:
+    """How many attempts of ``held`` each of ``keys`` has."""
+    keys.discard("")
+    if not keys:
+        return {}
+    return dict(
         held.filter(concurrency_key__in=keys)
         .order_by()
         .values_list("concurrency_key")
         .annotate(n=Count("id"))
         .values_list("concurrency_key", "n")
     )
+
+
+def _pick_by_key(waiting: list[tuple[int, str]], room: int, counts: dict[str, int], per_key: int) -> list[int]:
+    """Up to ``room`` of ``waiting`` (in order) whose key has a slot left (``counts``: held per key)."""
     picked = []
     for item_id, key in waiting:
         if key:  # attempts without a key are held by the queue's other limits only
@@ -175,6 +201,46 @@ def _pick_by_key(waiting: list[tuple[int, str]], room: int, held: QuerySet[WorkI
         if len(picked) == room:
             break
     return picked
+
+
+@dataclasses.dataclass
+class _Free:
+    gate: Gate
+    room: int
+    keys: dict[str, int]
+
+
+@dataclasses.dataclass
+class EagerSlots:
+    """The free slots of the limited queues a commit leases new attempts of at once (eager
+    leasing), taken under their locks for the rest of the commit's transaction: the attempts
+    it leases are not in the table yet, so they are counted here."""
+
+    owner: str
+    now: datetime.datetime
+    queues: dict[str, _Free | None] = dataclasses.field(default_factory=dict)
+
+    def take(self, queue: str, key: str) -> bool:
+        """Whether one more attempt of ``queue`` (with ``key``) may be leased at once."""
+        if queue not in self.queues:
+            # A queue whose row this process has not seen is left to a claim, which creates the
+            # row outside any transaction.
+            gate = lock(queue) if queue in _states else None
+            room = gate.room(sys.maxsize, now=self.now, worker=self.owner) if gate is not None else 0
+            self.queues[queue] = _Free(gate, room, {}) if gate is not None else None
+        free = self.queues[queue]
+        if free is None or free.room <= 0:
+            return False
+        per_key = free.gate.limits.key_concurrency
+        if per_key is not None and key:
+            if key not in free.keys:
+                free.keys[key] = key_counts(_held(queue), {key}).get(key, 0)
+            if free.keys[key] >= per_key:
+                return False
+            free.keys[key] += 1
+        free.room -= 1
+        free.gate.started(1, self.now)
+        return True
 
 
 def lock(queue: str) -> Gate:

@@ -209,6 +209,8 @@ class Eager:
     # Beyond ``limit``: activities with neither a start-to-close nor a heartbeat timeout,
     # which may wait for a thread in the worker (no clock of theirs runs while they do).
     spare: int = 0
+    # Limited queues whose lock the commit holds, with the slots left (``queue_limits.EagerSlots``).
+    slots: Any = None
 
 
 @dataclasses.dataclass

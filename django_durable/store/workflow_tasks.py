@@ -139,6 +139,8 @@ def complete_workflow_tasks(tasks: Sequence[TaskCompletion], *, eager: Eager | N
     each, whatever their number. A task that is no longer ours is marked ``lost`` and
     the others still commit."""
     closing_runs = [task.item.instance_id for task in tasks if task.decisions.status in CLOSING_STATUSES]
+    if eager is not None:
+        eager.slots = None  # a failed try's locks went with its transaction
     with write_transaction():
         # A closing run tells its parent: the parents are locked with the runs, in id order,
         # not after them (a parent's id is lower: against another batch that would deadlock).
@@ -318,20 +320,24 @@ def _lease_eagerly(items: list[WorkItem], eager: Eager | None, now: datetime.dat
     leased: list[WorkItem] = []
     if eager is None or not connection.features.can_return_rows_from_bulk_insert:
         return leased
-    # A limited queue's attempts are leased under its queue's lock only (a claim): never here.
     limited = queue_limits.known_limited_queues()
     for item in items:
         if item.kind != WorkItemKind.ACTIVITY or item.parked_at is not None or item.queue not in eager.queues:
             continue
-        if item.queue in limited:
-            continue
         # The room is shared by every task of a batch.
-        if eager.limit > 0:
-            eager.limit -= 1
-        elif eager.spare > 0 and not _attempt_clock_runs(activity_options(item.payload)):
+        spare = eager.limit <= 0
+        if spare and (eager.spare <= 0 or _attempt_clock_runs(activity_options(item.payload))):
+            continue
+        if item.queue in limited:
+            # Within the free slots of its queue only, under the queue's lock.
+            if eager.slots is None:
+                eager.slots = queue_limits.EagerSlots(eager.owner, now)
+            if not eager.slots.take(item.queue, item.concurrency_key):
+                continue
+        if spare:
             eager.spare -= 1
         else:
-            continue
+            eager.limit -= 1
         item.lease_owner, item.attempt, item.claimed_at = eager.owner, 1, now
         item.lease_expires_at = now + _seconds(eager.lease_seconds)
         leased.append(item)
