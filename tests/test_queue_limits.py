@@ -156,3 +156,14 @@ def test_a_commit_counts_the_rate_limits_starts_and_leaves_an_unseen_queue_to_a_
         assert eager.claims == []  # no claim of this process created the queue's row yet
         assert len(claim("worker-a")) == 2
         assert len(QueueState.objects.get(queue="limited").recent_starts) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_leaves_free_slots_owed_to_attempts_already_waiting(tmp_path) -> None:
+    with limits(limited={"concurrency": 2}):
+        queue_limits.ensure_state("limited")
+        [older] = waiting(1)
+        eager = schedule_limited_attempts(tmp_path, ["a", "b", "c"])
+        assert [item.payload["args"][1] for item in eager.claims] == ["a"]  # 2 free, 1 owed to the older
+        [next_claim] = claim("worker-b")
+        assert next_claim.id == older

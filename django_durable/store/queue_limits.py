@@ -226,8 +226,7 @@ class EagerSlots:
             # A queue whose row this process has not seen is left to a claim, which creates the
             # row outside any transaction.
             gate = lock(queue) if queue in _states else None
-            room = gate.room(sys.maxsize, now=self.now, worker=self.owner) if gate is not None else 0
-            self.queues[queue] = _Free(gate, room, {}) if gate is not None else None
+            self.queues[queue] = _Free(gate, self._room(gate), {}) if gate is not None else None
         free = self.queues[queue]
         if free is None or free.room <= 0:
             return False
@@ -241,6 +240,21 @@ class EagerSlots:
         free.room -= 1
         free.gate.started(1, self.now)
         return True
+
+    def _room(self, gate: Gate) -> int:
+        """The free slots no waiting attempt is owed: a freed slot goes to the attempt that
+        has waited longest, not to the next attempt of the run that freed it."""
+        room = gate.room(sys.maxsize, now=self.now, worker=self.owner)
+        if room <= 0:
+            return 0
+        waiting = WorkItem.objects.filter(
+            kind=WorkItemKind.ACTIVITY,
+            queue=gate.queue,
+            lease_owner__isnull=True,
+            parked_at__isnull=True,
+            due_at__lte=self.now,
+        )
+        return room - waiting[: min(room, KEY_SCAN)].count()
 
 
 def lock(queue: str) -> Gate:
