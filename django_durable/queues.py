@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -96,7 +97,7 @@ def _rate_limit(where: str, value: object) -> RateLimit | None:
     if isinstance(period, bool) or not isinstance(period, (int, float, datetime.timedelta)):
         raise ImproperlyConfigured(f'{where}["rate_limit"]["period"] must be seconds or a timedelta, not {period!r}.')
     seconds = period.total_seconds() if isinstance(period, datetime.timedelta) else float(period)
-    if seconds <= 0:
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ImproperlyConfigured(f'{where}["rate_limit"]["period"] must be more than 0 seconds, not {period!r}.')
     return RateLimit(limit, seconds)
 

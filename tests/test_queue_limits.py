@@ -4,9 +4,11 @@ on every lease path (claim, dispatch, claim by id), and unlimited queues are lef
 from __future__ import annotations
 
 import datetime
+import threading
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection, transaction
 from django.test import override_settings
 
 import django_durable as durable
@@ -167,3 +169,71 @@ def test_a_commit_leaves_free_slots_owed_to_attempts_already_waiting(tmp_path) -
         assert [item.payload["args"][1] for item in eager.claims] == ["a"]  # 2 free, 1 owed to the older
         [next_claim] = claim("worker-b")
         assert next_claim.id == older
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_limited_queue_is_claimed_first_beside_a_busy_unlimited_one() -> None:
+    with limits(limited={"concurrency": 2}):
+        waiting(20, queue="free")
+        waiting(5)
+        taken = claim("worker-a", limit=3, queues=("free", "limited"))
+        assert sorted(item.queue for item in taken) == ["free", "limited", "limited"]
+        sent = store.dispatch_activities(queues=["free", "limited"], limit=3, dispatch_timeout=60)
+        assert sorted(queue for _, queue in sent) == ["free", "free", "free"]  # limited: no slot left
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_concurrency_counts_one_worker_by_its_name_and_a_celery_process_by_its_prefix() -> None:
+    with limits(limited={"worker_concurrency": 1}):
+        waiting(4)
+        assert len(claim("w1")) == 1
+        assert len(claim("w10")) == 1  # not w1's: a name is no prefix of another's
+        ids = list(WorkItem.objects.filter(lease_owner__isnull=True).values_list("id", flat=True))
+        assert store.claim_item(ids[0], owner="celery:h:7:t1", lease_seconds=60, worker="celery:h:7:") is not None
+        assert store.claim_item(ids[1], owner="celery:h:7:t2", lease_seconds=60, worker="celery:h:7:") is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_override_that_cannot_be_read_is_logged_and_the_settings_apply(caplog) -> None:
+    with limits(limited={"concurrency": 1}):
+        waiting(3)
+        QueueState.objects.create(queue="limited", limits={"concurrency": 0})  # written by hand
+        QueueState.objects.create(queue="other", limits={"speed": 9})
+        queue_limits.forget()
+        assert len(claim("worker-a")) == 1
+        assert "its override of the limits is ignored" in caplog.text
+
+
+def test_a_period_that_is_no_number_of_seconds_is_refused() -> None:
+    for period in (float("nan"), float("inf"), 0, -1, True, "30"):
+        with pytest.raises(ImproperlyConfigured):
+            configured_limits({"q": {"rate_limit": {"limit": 1, "period": period}}})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_never_waits_for_a_queue_lock_another_transaction_holds(tmp_path) -> None:
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has no row locks: its writers take turns")
+    with limits(limited={"concurrency": 5}):
+        queue_limits.ensure_state("limited")
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            try:
+                with transaction.atomic():
+                    list(QueueState.objects.select_for_update().filter(queue="limited"))
+                    holding.set()
+                    release.wait(30)
+            finally:
+                connection.close()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert holding.wait(30)
+            eager = schedule_limited_attempts(tmp_path, ["a", "b"])
+            assert eager.claims == []  # left to a claim rather than waited for
+        finally:
+            release.set()
+            holder.join(30)
+        assert len(claim("worker-a")) == 2

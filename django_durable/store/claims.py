@@ -61,15 +61,18 @@ def claim(*, owner: str, kind: str, queues: Sequence[str], limit: int, lease_sec
 def _claim_limited(
     *, owner: str, queues: Sequence[str], limited: Sequence[str], limit: int, lease_seconds: float
 ) -> list[Claim]:
-    """``claim()`` of activities when some of ``queues`` are limited: the unlimited ones
-    first, as ever, then each limited one in a transaction that holds its queue's lock."""
-    claims = claim(owner=owner, kind=WorkItemKind.ACTIVITY, queues=queues, limit=limit, lease_seconds=lease_seconds)
+    """``claim()`` of activities when some of ``queues`` are limited: each limited one first,
+    in a transaction that holds its queue's lock (their limits bound what they take, and a
+    busy unlimited queue would otherwise leave them no room), then the unlimited ones."""
+    claims: list[Claim] = []
     for queue in limited:
         if len(claims) >= limit:
             break
         queue_limits.ensure_state(queue)
         with write_transaction():
             gate = queue_limits.lock(queue)
+            if gate is None:
+                continue
             now = db_now()
             candidates = _claimable(now, kind=WorkItemKind.ACTIVITY, queue=queue)
             ids = gate.pick(candidates, limit - len(claims), now=now, worker=owner)
@@ -77,7 +80,9 @@ def _claim_limited(
             gate.started(len(leased), now)
         _log_claims(leased)
         claims += leased
-    return claims
+    return claims + claim(
+        owner=owner, kind=WorkItemKind.ACTIVITY, queues=queues, limit=limit - len(claims), lease_seconds=lease_seconds
+    )
 
 
 def _log_claims(claims: Iterable[Claim], **fields: Any) -> None:
@@ -134,16 +139,19 @@ def dispatch(*, kind: str, queues: Sequence[str], limit: int, dispatch_timeout: 
     if kind == WorkItemKind.ACTIVITY:
         queues, limited = queue_limits.split(queues)
     rows: list[tuple[int, str]] = []
-    if queues:
-        with write_transaction():
-            now = db_now()
-            rows = dialect_for(connection).lock_first_due(_dispatchable(now, kind, dispatch_timeout), queues, limit)
-            if rows:
-                WorkItem.objects.filter(id__in=[item_id for item_id, _ in rows]).update(dispatched_at=now)
-    for queue in limited:
+    for queue in limited:  # first, as in claim(): their limits bound what they take
         if len(rows) >= limit:
             break
         rows += _dispatch_limited(queue, limit - len(rows), dispatch_timeout)
+    if queues and len(rows) < limit:
+        with write_transaction():
+            now = db_now()
+            sent = dialect_for(connection).lock_first_due(
+                _dispatchable(now, kind, dispatch_timeout), queues, limit - len(rows)
+            )
+            if sent:
+                WorkItem.objects.filter(id__in=[item_id for item_id, _ in sent]).update(dispatched_at=now)
+        rows += sent
     return rows
 
 
@@ -159,6 +167,8 @@ def _dispatch_limited(queue: str, limit: int, dispatch_timeout: float) -> list[t
     queue_limits.ensure_state(queue)
     with write_transaction():
         gate = queue_limits.lock(queue)
+        if gate is None:
+            return []
         now = db_now()
         candidates = _dispatchable(now, WorkItemKind.ACTIVITY, dispatch_timeout).filter(queue=queue)
         ids = gate.pick(candidates, limit, now=now, in_flight=queue_limits.in_flight(queue, now, dispatch_timeout))
@@ -208,18 +218,21 @@ def _claim_limited_item(
     with write_transaction():
         gate = queue_limits.lock(queue)
         now = db_now()
-        ids = gate.pick(_claimable(now, id=item_id, kind=WorkItemKind.ACTIVITY), 1, now=now, worker=worker)
-        if not ids:
-            # Due again a moment later: a limit the sender cannot count (worker_concurrency, per
-            # remote process) would otherwise have it sent and refused again at once, in a loop.
-            WorkItem.objects.filter(id=item_id, lease_owner__isnull=True).update(
-                dispatched_at=None, due_at=Greatest("due_at", Value(now + _seconds(REFUSED_BACKOFF)))
-            )
-            return None
-        claims = _lease_items(ids, owner=owner, now=now, lease_seconds=lease_seconds)
-        gate.started(len(claims), now)
+        candidate = _claimable(now, id=item_id, kind=WorkItemKind.ACTIVITY)
+        ids = gate.pick(candidate, 1, now=now, worker=worker) if gate is not None else []
+        claims = _lease_items(ids, owner=owner, now=now, lease_seconds=lease_seconds) if ids else []
+        if gate is not None:
+            gate.started(len(claims), now)
+    if not claims:
+        # Due again a moment later: a limit the sender cannot count (worker_concurrency, per
+        # remote process) would otherwise have it sent and refused again at once, in a loop.
+        # After the queue's lock is let go: this may wait on the item's row.
+        WorkItem.objects.filter(id=item_id, lease_owner__isnull=True).update(
+            dispatched_at=None, due_at=Greatest("due_at", Value(now + _seconds(REFUSED_BACKOFF)))
+        )
+        return None
     _log_claims(claims)
-    return claims[0] if claims else None
+    return claims[0]
 
 
 def renew_leases(*, owner: str, leases: Sequence[LeaseRenewal], lease_seconds: float) -> set[int]:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.db import connection
 from django.db.models import Count, QuerySet
@@ -25,6 +27,9 @@ from ..conf import durable_settings
 from ..models import QueueState, WorkItem, WorkItemKind
 from ..queues import QueueLimits, configured_limits, parse_queue_limits
 from .clock import _seconds
+from .dialects import dialect_for
+
+logger = logging.getLogger("django_durable.worker")
 
 # How many waiting attempts a pick under ``key_concurrency`` looks through for keys with a
 # free slot: beyond it, attempts of free keys wait behind those of full ones.
@@ -50,7 +55,7 @@ def limited_queues() -> Mapping[str, QueueLimits]:
     if known is None or time.monotonic() >= known.until:
         limits = dict(configured_limits(durable_settings.QUEUES))
         for queue, override in QueueState.objects.filter(limits__isnull=False).values_list("queue", "limits"):
-            limits[queue] = parse_queue_limits(queue, override)
+            limits[queue] = _effective(queue, override)
         known = _Known(
             {queue: limit for queue, limit in limits.items() if limit.limited},
             time.monotonic() + float(durable_settings.QUEUE_LIMITS_REFRESH),
@@ -109,6 +114,7 @@ class Gate:
     queue: str
     limits: QueueLimits
     starts: list[float]
+    clock: datetime.datetime | None = None  # read once the lock was held (a rate limit's)
 
     def pick(
         self,
@@ -157,12 +163,15 @@ class Gate:
             held = _held(self.queue) if in_flight is None else _held(self.queue) | in_flight
             room = min(room, limits.concurrency - held.count())
         if limits.worker_concurrency is not None and worker is not None:
-            mine = _held(self.queue).filter(lease_owner__startswith=worker)
+            # A Celery process's owners share a prefix ending in ":"; a durable_worker is its name.
+            mine = _held(self.queue).filter(
+                **({"lease_owner__startswith": worker} if worker.endswith(":") else {"lease_owner": worker})
+            )
             room = min(room, limits.worker_concurrency - mine.count())
         if limits.rate_limit is not None:
             # Every start kept counts, even one after ``now``: on PostgreSQL ``now`` is when this
             # transaction began, maybe before a claim that took the lock first.
-            edge = now.timestamp() - limits.rate_limit.period
+            edge = (self.clock or now).timestamp() - limits.rate_limit.period
             pending = in_flight.count() if in_flight is not None else 0
             room = min(room, limits.rate_limit.limit - sum(t > edge for t in self.starts) - pending)
         return max(room, 0)
@@ -171,7 +180,8 @@ class Gate:
         """Record ``count`` attempts leased at ``now`` in the rate limit's window: the latest
         ``limit`` starts are all any window needs."""
         if count and self.limits.rate_limit is not None:
-            self.starts = sorted([*self.starts, *[now.timestamp()] * count])[-self.limits.rate_limit.limit :]
+            stamp = (self.clock or now).timestamp()
+            self.starts = sorted([*self.starts, *[stamp] * count])[-self.limits.rate_limit.limit :]
             QueueState.objects.filter(pk=self.state_id).update(recent_starts=self.starts)
 
 
@@ -225,7 +235,9 @@ class EagerSlots:
         if queue not in self.queues:
             # A queue whose row this process has not seen is left to a claim, which creates the
             # row outside any transaction.
-            gate = lock(queue) if queue in _states else None
+            # Without waiting: a commit holds its runs' rows, and another commit that holds
+            # this queue's lock may want one of them (or this commit's other queue) next.
+            gate = lock(queue, skip_locked=True) if queue in _states else None
             self.queues[queue] = _Free(gate, self._room(gate), {}) if gate is not None else None
         free = self.queues[queue]
         if free is None or free.room <= 0:
@@ -257,15 +269,38 @@ class EagerSlots:
         return room - waiting[: min(room, KEY_SCAN)].count()
 
 
-def lock(queue: str) -> Gate:
+def _effective(queue: str, override: object) -> QueueLimits:
+    """The queue's limits: its override when there is one (None: there is not), else the
+    settings'. An override that cannot be read (written by hand) is logged and ignored: it
+    must not stop every worker."""
+    if override is not None:
+        try:
+            return parse_queue_limits(queue, override)
+        except ImproperlyConfigured as error:
+            logger.error("Queue %r: its override of the limits is ignored: %s", queue, error)
+    return configured_limits(durable_settings.QUEUES).get(queue, QueueLimits())
+
+
+def lock(queue: str, *, skip_locked: bool = False) -> Gate | None:
     """Lock the queue's row (``ensure_state`` made it) in the caller's transaction, and read
-    its limits there: an override saved a moment ago applies to this very lease."""
-    state = QueueState.objects.select_for_update().values("id", "limits", "recent_starts").get(queue=queue)
-    if state["limits"] is not None:
-        limits = parse_queue_limits(queue, state["limits"])
-    else:
-        limits = configured_limits(durable_settings.QUEUES).get(queue, QueueLimits())
-    return Gate(state["id"], queue, limits, [float(t) for t in state["recent_starts"] or ()])
+    its limits there: an override saved a moment ago applies to this very lease. With
+    ``skip_locked``, None while another transaction holds it."""
+    rows = QueueState.objects.select_for_update(skip_locked=skip_locked and _skips_locked()).filter(queue=queue)
+    state = rows.values("id", "limits", "recent_starts").first()
+    if state is None:
+        return None
+    limits = _effective(queue, state["limits"])
+    gate = Gate(state["id"], queue, limits, [float(t) for t in state["recent_starts"] or ()])
+    if limits.rate_limit is not None:
+        # The starts are stamped with the clock once the lock is held: on PostgreSQL the
+        # transaction's clock may be from before a wait for it, and the window would slide
+        # early by that wait.
+        gate.clock = dialect_for(connection).read_wall_clock()
+    return gate
+
+
+def _skips_locked() -> bool:
+    return bool(connection.features.has_select_for_update_skip_locked)
 
 
 def in_flight(queue: str, now: datetime.datetime, dispatch_timeout: float) -> QuerySet[WorkItem]:

@@ -118,6 +118,12 @@ class Dialect:
             (now,) = cursor.fetchone()
         return now
 
+    def read_wall_clock(self) -> datetime.datetime:
+        """The database's clock as it is now, even late in a transaction (the test clock's, when set)."""
+        if testclock.clock_override is not None:
+            return testclock.clock_override()
+        return self.read_clock()
+
     def lock_run(self, instance_id: int, *, skip_locked: bool = False) -> LockedRun | None:
         """Lock the run's row and read LOCKED_FIELDS (and, where the statement can, ``now``)."""
         skip_locked = skip_locked and connection.features.has_select_for_update_skip_locked

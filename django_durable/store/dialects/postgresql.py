@@ -15,6 +15,7 @@ from django.utils.dateparse import parse_datetime
 
 from ...engine.events import Event, EventKind
 from ...models import HistoryEvent, InboxEvent, WorkflowInstance, WorkItem, WorkItemKind
+from .. import testclock
 from ..records import CLAIM_FIELDS, LOCKED_FIELDS, Claim, FinishedTask, LockedRun, StoredRun, StoredTask
 from .base import Dialect, DueTimer, RunUpdates, column, concrete_field
 
@@ -31,6 +32,15 @@ class PostgreSQLDialect(Dialect):
         )
 
         return bool(is_psycopg3)
+
+    def read_wall_clock(self) -> datetime.datetime:
+        # CURRENT_TIMESTAMP is the transaction's start, before any wait for a lock.
+        if testclock.clock_override is not None:
+            return testclock.clock_override()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT clock_timestamp()")
+            (now,) = cursor.fetchone()
+        return now
 
     def lock_run(self, instance_id: int, *, skip_locked: bool = False) -> LockedRun | None:
         # Hand-written: on every step's path, and the ORM's query building costs more
