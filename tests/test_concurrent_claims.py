@@ -145,7 +145,13 @@ def plans(operation: Callable[[], object], marker: str) -> list[dict[str, object
 def assert_index(found: list[dict[str, object]], index: str, *, locking: bool) -> None:
     assert found, "no plan read the work items"
     for plan in found:
-        assert plan["key"] == index, plan
+        if locking:
+            assert plan["key"] == index, plan
+        else:
+            # A read that locks nothing (the reaper's) may be driven from the runs' table with
+            # the index as a rowid filter (type ref|filter, key "fk|index"): the index still
+            # bounds the work items it reads. MariaDB picks either plan on so small a table.
+            assert index in str(plan["key"]).split("|"), plan
         # A locking read that sorts locks every row it sorted (the reaper's read locks nothing,
         # and every row it reads is one to reap).
         assert not locking or "filesort" not in str(plan["Extra"] or ""), plan
