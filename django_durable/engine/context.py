@@ -94,9 +94,9 @@ class WorkflowContext:
         self.schedule: ScheduledTick | None = None  # the tick a schedule started this run for
         self._index(history)
         self._latest_task_number = self._task_number
-        # A closed run went past every point of its code, recorded or not.
-        # patched() decides by the whole run: a replay of a prefix (the admin's time
-        # travel) passes the rest as ``lookahead`` so it takes the branch the run took.
+        # A closed run went past every point of its code, recorded or not. patched() decides by the
+        # whole run: a replay of a prefix (time travel) passes the rest as ``lookahead``, so it takes
+        # the branch the run took.
         horizon = [*history, *lookahead]
         self._history_closed = any(event.kind in CLOSE_KINDS for event in horizon)
         self._markers.update(event.name for event in lookahead if event.kind == EventKind.PATCH_MARKER)
@@ -116,10 +116,9 @@ class WorkflowContext:
         self.continue_request: ContinueAsNew | None = None
         # Set by a ResidentRun: waits park the code's thread instead of unwinding it.
         self._park: Callable[[], None] | None = None
-        # The admin's time travel: with ``vars_before_index`` (a history event's index),
-        # ``vars_before`` is the variables as the code had them when it first went on with
-        # that event or a later one, where a replay of the events before it would have
-        # stopped; so one replay tells what an event changed. None until then.
+        # Time travel: with ``vars_before_index`` (a history event's index), ``vars_before`` is the
+        # variables as the code had them when it first went on with that event or a later one, where a
+        # replay of the events before it would have stopped: one replay tells what an event changed.
         self._vars_boundary = vars_before_index
         self.vars_before: dict[str, Any] | None = None
         self.vars_before_unknown = False
@@ -211,8 +210,7 @@ class WorkflowContext:
         self._check_running()
         name, options = self._activity_options(activity)
         options |= activity_call_options(name, concurrency_key=concurrency_key, priority=priority)
-        # Encoded before the call takes a sequence number, on replay too: a
-        # value that cannot be encoded raises here, every time, leaving no gap.
+        # Encoded before taking a sequence number, on replay too: what cannot be encoded raises here, leaving no gap.
         payload = {
             "args": self._encode(list(args), f"the arguments of activity {name!r}"),
             "kwargs": self._encode(kwargs, f"the keyword arguments of activity {name!r}"),
