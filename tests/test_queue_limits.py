@@ -237,3 +237,15 @@ def test_a_commit_never_waits_for_a_queue_lock_another_transaction_holds(tmp_pat
             release.set()
             holder.join(30)
         assert len(claim("worker-a")) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_queue_row_deleted_by_hand_is_made_again() -> None:
+    with limits(limited={"concurrency": 1}):
+        waiting(3)
+        [first] = claim("worker-a")
+        QueueState.objects.all().delete()
+        store.discard(first)
+        taken = claim("worker-a") or claim("worker-a")  # the first look may find the row gone
+        assert len(taken) == 1
+        assert QueueState.objects.filter(queue="limited").exists()

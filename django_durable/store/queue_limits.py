@@ -288,6 +288,8 @@ def lock(queue: str, *, skip_locked: bool = False) -> Gate | None:
     rows = QueueState.objects.select_for_update(skip_locked=skip_locked and _skips_locked()).filter(queue=queue)
     state = rows.values("id", "limits", "recent_starts").first()
     if state is None:
+        if not skip_locked:
+            _states.discard(queue)  # deleted by hand (or a test's flush): made again next time
         return None
     limits = _effective(queue, state["limits"])
     gate = Gate(state["id"], queue, limits, [float(t) for t in state["recent_starts"] or ()])
