@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,6 +54,15 @@ class WorkerProcess:
     def wait(self, timeout: float = 60.0) -> int:
         try:
             return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # A worker that will not exit: its threads' stacks (tests/settings.py registers
+            # faulthandler on SIGUSR1 in every worker) go to its log, shown with the failure.
+            self.signal(signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(2)  # the dump is written at once; the worker goes on
+            raise AssertionError(
+                f"worker {self.pid} still running after {timeout}s; its log:\n{self.log()[-20000:]}"
+            ) from None
         finally:
             self._log.flush()
 

@@ -4,8 +4,11 @@ Worker subprocesses started by the tests use these settings too, with
 ``DURABLE_DB_NAME`` naming the test database the suite created.
 """
 
+import faulthandler
 import json
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +107,11 @@ else:
 # A worker started with start_worker(env={"DURABLE_TEST_DB_SETTINGS": json}) runs with these keys of
 # DATABASES["default"] replaced: e.g. OPTIONS as a new project's startproject writes them.
 DATABASES["default"].update(json.loads(os.environ.get("DURABLE_TEST_DB_SETTINGS", "{}")))
+
+# A worker subprocess that will not stop dumps its threads' stacks on SIGUSR1 (tests/conftest.py
+# sends it when a wait for its exit times out).
+if hasattr(signal, "SIGUSR1") and sys.__stderr__ is not None:
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
 
 # Short leases and polls so crash recovery happens in seconds, not minutes.
 DURABLE: dict[str, Any] = {
