@@ -10,6 +10,7 @@ their own serve it: the ``Committer`` records the activities' results, the
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import signal
@@ -65,6 +66,7 @@ class Worker:
         self.lease_seconds: float = durable_settings.LEASE_SECONDS
         self.poll_interval: float = durable_settings.POLL_INTERVAL
         self._stopping = threading.Event()
+        self._signalled = False  # set by the signal handler, which must take no lock
         self._wakeup = threading.Event()
         self._lock = threading.Lock()
         # Keyed by (item id, attempt): a timed-out attempt's thread can outlive
@@ -180,15 +182,20 @@ class Worker:
         self._wake()
 
     def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self._stopping.is_set():
+        if self._signalled or self._stopping.is_set():
             logger.warning("Second %s: exiting now, leaving running work to lease expiry.", signal.Signals(signum).name)
             os._exit(1)
+        self._signalled = True
         logger.warning(
             "%s received: finishing %d running activities, then exiting (send it again to exit now).",
             signal.Signals(signum).name,
             len(self._running),
         )
-        self.stop()
+        # Not in the handler: it runs between two bytecodes of the main thread, which may be
+        # holding the very lock Event.set() takes (a wait or a clear of ``_wakeup`` in
+        # progress), and would then wait for itself forever. A bare thread takes no lock of
+        # the threading module to start.
+        _thread.start_new_thread(self.stop, ())
 
     def _finish_running(self) -> None:
         while self._running:
