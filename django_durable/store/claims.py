@@ -73,7 +73,7 @@ def _claim_limited(
             gate = queue_limits.lock(queue)
             if gate is None:
                 continue
-            now = db_now()
+            now = queue_limits.lease_clock(gate)
             candidates = _claimable(now, kind=WorkItemKind.ACTIVITY, queue=queue)
             ids = gate.pick(candidates, limit - len(claims), now=now, worker=owner)
             leased = _lease_items(ids, owner=owner, now=now, lease_seconds=lease_seconds) if ids else []
@@ -169,7 +169,7 @@ def _dispatch_limited(queue: str, limit: int, dispatch_timeout: float) -> list[t
         gate = queue_limits.lock(queue)
         if gate is None:
             return []
-        now = db_now()
+        now = queue_limits.lease_clock(gate)
         candidates = _dispatchable(now, WorkItemKind.ACTIVITY, dispatch_timeout).filter(queue=queue)
         ids = gate.pick(candidates, limit, now=now, in_flight=queue_limits.in_flight(queue, now, dispatch_timeout))
         if ids:
@@ -217,7 +217,7 @@ def _claim_limited_item(
     queue_limits.ensure_state(queue)
     with write_transaction():
         gate = queue_limits.lock(queue)
-        now = db_now()
+        now = queue_limits.lease_clock(gate)
         candidate = _claimable(now, id=item_id, kind=WorkItemKind.ACTIVITY)
         ids = gate.pick(candidate, 1, now=now, worker=worker) if gate is not None else []
         claims = _lease_items(ids, owner=owner, now=now, lease_seconds=lease_seconds) if ids else []

@@ -26,7 +26,7 @@ from django.db.models import Count, QuerySet
 from ..conf import durable_settings
 from ..models import QueueState, WorkItem, WorkItemKind
 from ..queues import QueueLimits, configured_limits, parse_queue_limits
-from .clock import _seconds
+from .clock import _seconds, db_now
 from .dialects import dialect_for
 
 logger = logging.getLogger("django_durable.worker")
@@ -240,7 +240,8 @@ class EagerSlots:
             gate = lock(queue, skip_locked=True) if queue in _states else None
             self.queues[queue] = _Free(gate, self._room(gate), {}) if gate is not None else None
         free = self.queues[queue]
-        if free is None or free.room <= 0:
+        if free is None or free.room <= 0 or free.gate.limits.rate_limit is not None:
+            # A rate-limited queue's starts are counted where the claim stamps them, only.
             return False
         per_key = free.gate.limits.key_concurrency
         if per_key is not None and key:
@@ -250,7 +251,6 @@ class EagerSlots:
                 return False
             free.keys[key] += 1
         free.room -= 1
-        free.gate.started(1, self.now)
         return True
 
     def _room(self, gate: Gate) -> int:
@@ -299,6 +299,14 @@ def lock(queue: str, *, skip_locked: bool = False) -> Gate | None:
         # early by that wait.
         gate.clock = dialect_for(connection).read_wall_clock()
     return gate
+
+
+def lease_clock(gate: Gate | None) -> datetime.datetime:
+    """The time a lease under ``gate`` is taken at: for a rate limit, the clock read once the
+    lock was held, which its window counts (``claimed_at`` then says when it really started)."""
+    if gate is not None and gate.clock is not None:
+        return gate.clock
+    return db_now()
 
 
 def _skips_locked() -> bool:
